@@ -1,0 +1,33 @@
+# Two commands do everything: `make demo` (install + run the series on params/tiny.yaml)
+# and `make test`. The CPU build of torch is pinned; GPU boxes use environment.yml.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0+cpu
+TORCH_INDEX := https://download.pytorch.org/whl/cpu
+PROFILE ?= params/tiny.yaml
+STAGES ?=
+export PYTHONUNBUFFERED := 1
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lab clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)" --extra-index-url $(TORCH_INDEX)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/python -m synergy run --profile $(PROFILE) $(if $(STAGES),--stages $(STAGES))
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lab: install
+	$(BIN)/jupyter lab notebooks
+

@@ -1,0 +1,37 @@
+"""Command line: `python -m synergy run --profile params/tiny.yaml [--stages 00 01]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from synergy.config import ConfigError
+from synergy.runs import ArtifactError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="synergy")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute the notebook series on a profile")
+    run.add_argument("--profile", default="params/tiny.yaml")
+    run.add_argument("--stages", nargs="*", help="stage names or numbers (default: all)")
+    run.add_argument("--run-name", help="override run.run_name")
+    run.add_argument("--quiet", action="store_true", help="do not stream cell output")
+    args = parser.parse_args(argv)
+
+    from synergy import pipeline
+
+    overrides = {"run_name": args.run_name} if args.run_name else None
+    try:
+        paths = pipeline.run_series(args.profile, args.stages, overrides,
+                                    log_output=not args.quiet)
+    except (ConfigError, ArtifactError) as exc:
+        print(f"synergy: {exc}", file=sys.stderr)
+        return 2
+    print(f"[synergy] done: {len(paths)} notebook(s); last report: "
+          f"{paths[-1].with_suffix('.html')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Batched sampling whose every sample is reproducible on its own.
+
+Sample j of question q is drawn with noise keyed by (seed, q, j) (the Gumbel-max trick
+after temperature / top-k / top-p), so it does not depend on which other rows shared its
+batch. That is what makes stratification resumable and early stopping exact: a sample
+drawn in round 3 of an interrupted run is the same token sequence as in a fixed-N run.
+
+Backends: Hugging Face `generate` (default, CPU or GPU) and vLLM (imported only when
+selected; per-request seeds give the same per-sample reproducibility on its side).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Literal, Sequence
+
+Backend = Literal["hf", "vllm"]
+_M32 = 0xFFFFFFFF
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    text: str
+    n_tokens: int
+    truncated: bool
+
+
+def sample_seed(seed: int, key: str, index: int) -> int:
+    """A 63-bit seed for sample `index` of prompt `key`."""
+    digest = hashlib.sha256(f"{seed}:{key}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _mix32(x):
+    """murmur3's finaliser on int64 tensors holding 32-bit values (products wrap, then mask)."""
+    x = x & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _M32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _M32
+    return x ^ (x >> 16)
+
+
+def keyed_uniform(row_seeds, step: int, vocab: int):
+    """Uniform(0, 1) noise of shape (rows, vocab), a pure function of (row seed, step, id)."""
+    import torch
+
+    lo, hi = row_seeds & _M32, (row_seeds >> 32) & _M32
+    base = _mix32(_mix32(lo ^ _mix32(hi)) + step * 0x632BE5AB)
+    ids = torch.arange(vocab, dtype=torch.long)
+    h = _mix32(base[:, None] ^ _mix32(ids * 0x9E3779B1 + 0x7F4A7C15)[None, :])
+    h = _mix32(h + base[:, None])
+    return (h.double() + 0.5) / 2.0**32
+
+
+def chat_prompt(tokenizer, question: str, suffix: str = "") -> str:
+    """The generation prompt for one user question (with the profile's prompt suffix)."""
+    content = f"{question} {suffix}".strip()
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                         tokenize=False, add_generation_prompt=True)
+
+
+def gumbel_processor(row_seeds: Sequence[int], prompt_len: int):
+    """A logits processor that turns greedy decoding into keyed sampling."""
+    import torch
+    from transformers import LogitsProcessor
+
+    seeds = torch.tensor(list(row_seeds), dtype=torch.long)
+
+    class KeyedGumbel(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            u = keyed_uniform(seeds.to("cpu"), input_ids.shape[1] - prompt_len, scores.shape[-1])
+            gumbel = -torch.log(-torch.log(u)).to(scores.device, scores.dtype)
+            return scores + gumbel
+
+    return KeyedGumbel()
+
+
+class HFEngine:
+    """Sampling with `transformers` generate: many prompts x samples per batched call."""
+
+    def __init__(self, model, tokenizer, batch_rows: int = 512):
+        self.model, self.tokenizer, self.batch_rows = model, tokenizer, batch_rows
+        self.tokenizer.padding_side = "left"
+
+    @classmethod
+    def from_path(cls, path: str | Path, batch_rows: int = 512, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
+        return cls(model, AutoTokenizer.from_pretrained(path), batch_rows)
+
+    def generate(self, prompts: Sequence[str], keys: Sequence[str], first: int, n: int,
+                 spec: SamplingSpec, seed: int) -> list[list[Completion]]:
+        """Samples first..first+n-1 of each prompt; `keys` name the prompts for seeding."""
+        per_call = max(1, self.batch_rows // n)
+        out: list[list[Completion]] = []
+        for i in range(0, len(prompts), per_call):
+            out.extend(self._generate_batch(prompts[i:i + per_call], keys[i:i + per_call],
+                                            first, n, spec, seed))
+        return out
+
+    def _generate_batch(self, prompts, keys, first, n, spec, seed):
+        import torch
+        from transformers import (GenerationConfig, LogitsProcessorList,
+                                  TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+        tok = self.tokenizer
+        enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        # Rows are prompt-major (p0s0, p0s1, ...), as num_return_sequences would lay them;
+        # expanded here because HF refuses num_return_sequences > 1 when decoding greedily.
+        enc = {k: v.repeat_interleave(n, dim=0).to(self.model.device) for k, v in enc.items()}
+        prompt_len = enc["input_ids"].shape[1]
+        processors = LogitsProcessorList()
+        if spec.temperature > 0:
+            processors.append(TemperatureLogitsWarper(spec.temperature))
+            if spec.top_k > 0:
+                processors.append(TopKLogitsWarper(spec.top_k))
+            if spec.top_p < 1.0:
+                processors.append(TopPLogitsWarper(spec.top_p))
+            row_seeds = [sample_seed(seed, k, first + j) for k in keys for j in range(n)]
+            processors.append(gumbel_processor(row_seeds, prompt_len))
+        gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=spec.max_new_tokens,
+                                   eos_token_id=tok.eos_token_id,
+                                   pad_token_id=tok.pad_token_id)
+        with torch.no_grad():
+            seqs = self.model.generate(**enc, generation_config=gen_cfg,
+                                       logits_processor=processors)
+        new = seqs[:, prompt_len:].cpu()
+        done = new == tok.eos_token_id
+        lengths = torch.where(done.any(1), done.int().argmax(1) + 1, new.shape[1])
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        flat = [Completion(t, int(length), not bool(d.any()))
+                for t, length, d in zip(texts, lengths.tolist(), done)]
+        return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+class VLLMEngine:
+    """Sampling with vLLM (GPU boxes). One request per sample so each has its own seed."""
+
+    def __init__(self, path: str | Path, **llm_kwargs):
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ImportError(
+                "backend 'vllm' selected but vllm is not installed; install the GPU extra "
+                "(pip install -e '.[gpu]') on a CUDA machine, or use backend 'hf'") from exc
+        self._vllm = vllm
+        self.llm = vllm.LLM(model=str(path), **llm_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompts, keys, first, n, spec, seed):
+        params = [self._vllm.SamplingParams(
+            n=1, temperature=spec.temperature, top_p=spec.top_p,
+            top_k=spec.top_k if spec.top_k > 0 else -1, max_tokens=spec.max_new_tokens,
+            seed=sample_seed(seed, k, first + j))
+            for k in keys for j in range(n)]
+        requests = [p for p in prompts for _ in range(n)]
+        results = self.llm.generate(requests, params)
+        flat = [Completion(r.outputs[0].text, len(r.outputs[0].token_ids),
+                           r.outputs[0].finish_reason == "length") for r in results]
+        return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def make_engine(path: str | Path, backend: Backend = "hf", batch_rows: int = 512):
+    if backend == "vllm":
+        return VLLMEngine(path)
+    return HFEngine.from_path(path, batch_rows)
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """Cheap content id of a model folder: config plus size and ends of each weight file."""
+    path = Path(path)
+    if not path.is_dir():
+        return hashlib.sha256(str(path).encode()).hexdigest()[:12]  # a hub id
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".json", ".safetensors", ".bin", ".model") and f.is_file():
+            h.update(f.name.encode() + str(f.stat().st_size).encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(1 << 20))
+                fh.seek(max(0, f.stat().st_size - (1 << 20)))
+                h.update(fh.read())
+    return h.hexdigest()[:12]

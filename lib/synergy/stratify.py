@@ -1,0 +1,272 @@
+"""Difficulty stratification: sample the base model N times per question, bin by correct count.
+
+Paper thresholds with N=16: L1 k>=12, L2 8..11, L3 5..7, L4 2..4, L5 k<2, written as the
+minimum correct count of each level, `[12, 8, 5, 2, 0]`. Sampling runs in rounds; with
+`early_stop` a question leaves as soon as its level can no longer change, which gives the
+same levels as drawing all N because every sample is keyed by (seed, question, index).
+Samples are cached on disk by (model, sampling params, prompt, index), so an interrupted
+run resumes without redrawing anything it finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from synergy.config import StageConfig
+from synergy.generation import SamplingSpec
+from synergy.runs import atomic_path, content_hash
+
+STAGE = "01_stratify"
+
+
+@dataclasses.dataclass
+class StratifyConfig(StageConfig):
+    SECTION = "stratify"
+
+    model: str
+    benchmark: str
+    n_samples: int
+    level_min_correct: list[int]
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+    prompt_suffix: str
+    backend: Literal["hf", "vllm"]
+    batch_rows: int
+    early_stop: bool
+    round_size: int
+    n_examples: int
+
+    def validate(self) -> None:
+        self.require(self.n_samples >= 1, "n_samples", "must be >= 1")
+        t = self.level_min_correct
+        self.require(len(t) >= 2 and all(a > b for a, b in zip(t, t[1:])), "level_min_correct",
+                     "must be strictly decreasing (L1 first), with at least two levels")
+        self.require(t[0] <= self.n_samples and t[-1] == 0, "level_min_correct",
+                     "must start at most n_samples and end with 0")
+        self.require(self.temperature >= 0, "temperature", "must be >= 0")
+        self.require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        self.require(self.top_k >= 0, "top_k", "must be >= 0 (0 disables)")
+        for key in ("max_new_tokens", "batch_rows", "round_size"):
+            self.require(getattr(self, key) >= 1, key, "must be >= 1")
+        self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
+
+    @property
+    def spec(self) -> SamplingSpec:
+        return SamplingSpec(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
+
+
+# --- levels (pure) ------------------------------------------------------------------------
+
+def level_of(n_correct: int, min_correct: list[int]) -> int:
+    """1-based level of a correct count: the first level whose minimum it reaches."""
+    for level, threshold in enumerate(min_correct, start=1):
+        if n_correct >= threshold:
+            return level
+    raise ValueError(f"correct count {n_correct} below every threshold {min_correct}")
+
+
+def assign_levels(n_correct, min_correct: list[int]) -> np.ndarray:
+    return np.array([level_of(int(k), min_correct) for k in n_correct], dtype=int)
+
+
+def level_decided(n_correct: int, n_drawn: int, n_total: int, min_correct: list[int]) -> bool:
+    """True when every outcome of the remaining samples lands in the same level."""
+    best = n_correct + (n_total - n_drawn)
+    return level_of(n_correct, min_correct) == level_of(best, min_correct)
+
+
+# --- the sample cache ---------------------------------------------------------------------
+
+class SampleCache:
+    """Append-only shards of finished samples, each written atomically."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.samples: dict[tuple[str, int], dict] = {}
+        for shard in sorted(self.root.glob("part-*.jsonl")):
+            for line in shard.read_text().splitlines():
+                row = json.loads(line)
+                self.samples[(row["key"], row["index"])] = row
+
+    def has(self, key: str, index: int) -> bool:
+        return (key, index) in self.samples
+
+    def add(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        shard = self.root / f"part-{time.time_ns()}-{uuid.uuid4().hex[:6]}.jsonl"
+        with atomic_path(shard) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for r in rows:
+            self.samples[(r["key"], r["index"])] = r
+
+
+def prompt_key(prompt: str) -> str:
+    return content_hash(prompt, 16)
+
+
+def sample_levels(engine, prompts: list[str], answers: list[str], spec: SamplingSpec, *,
+                  n_samples: int, min_correct: list[int], round_size: int, early_stop: bool,
+                  seed: int, cache: SampleCache, progress: bool = True) -> list[list[dict]]:
+    """Samples per prompt (dicts with text, n_tokens, truncated, correct), drawn in rounds.
+
+    Without early stopping every prompt gets all `n_samples`; with it, a prompt stops once
+    `level_decided`. Cached samples are reused; each finished engine call is saved at once.
+    """
+    from tqdm.auto import tqdm
+
+    from synergy.verify import is_correct
+
+    keys = [prompt_key(p) for p in prompts]
+    per_call = max(1, getattr(engine, "batch_rows", 512) // round_size)
+    bar = tqdm(total=len(prompts) * n_samples, desc="sampling", unit="sample",
+               disable=not progress)
+    drawn: list[list[dict]] = [[] for _ in prompts]
+    for first in range(0, n_samples, round_size):
+        n = min(round_size, n_samples - first)
+        active = [i for i in range(len(prompts)) if not early_stop or not level_decided(
+            sum(s["correct"] for s in drawn[i]), len(drawn[i]), n_samples, min_correct)]
+        bar.total -= (len(prompts) - len(active)) * n  # decided questions need no more
+        todo = [i for i in active if not all(cache.has(keys[i], first + j) for j in range(n))]
+        bar.update((len(active) - len(todo)) * n)
+        for c in range(0, len(todo), per_call):
+            chunk = todo[c:c + per_call]
+            out = engine.generate([prompts[i] for i in chunk], [keys[i] for i in chunk],
+                                  first, n, spec, seed)
+            cache.add([{"key": keys[i], "index": first + j, "text": comp.text,
+                        "n_tokens": comp.n_tokens, "truncated": comp.truncated}
+                       for i, comps in zip(chunk, out) for j, comp in enumerate(comps)])
+            bar.update(len(chunk) * n)
+        for i in active:
+            for j in range(first, first + n):
+                row = dict(cache.samples[(keys[i], j)])
+                row["correct"] = is_correct(row["text"], answers[i])
+                drawn[i].append(row)
+        bar.refresh()
+    bar.close()
+    return drawn
+
+
+def samples_frame(questions: pd.DataFrame, drawn: list[list[dict]],
+                  min_correct: list[int]) -> pd.DataFrame:
+    """One row per question: its samples, correctness, lengths, pass rate and level."""
+    out = questions.copy().reset_index(drop=True)
+    out["samples"] = [[s["text"] for s in d] for d in drawn]
+    out["correct"] = [[bool(s["correct"]) for s in d] for d in drawn]
+    out["lengths"] = [[int(s["n_tokens"]) for s in d] for d in drawn]
+    out["n_truncated"] = [sum(bool(s["truncated"]) for s in d) for d in drawn]
+    out["n_drawn"] = [len(d) for d in drawn]
+    out["n_correct"] = [sum(c) for c in out["correct"]]
+    out["pass_rate"] = out["n_correct"] / out["n_drawn"]
+    out["level"] = assign_levels(out["n_correct"], min_correct)
+    return out
+
+
+# --- analysis (pure) ----------------------------------------------------------------------
+
+def level_table(df: pd.DataFrame, n_levels: int = 5) -> pd.DataFrame:
+    """Per level: questions, share, mean pass rate, mean response length, samples drawn."""
+    rows = []
+    for level in range(1, n_levels + 1):
+        part = df[df["level"] == level]
+        lengths = [n for ls in part["lengths"] for n in ls]
+        rows.append({"level": f"L{level}", "questions": len(part),
+                     "share": len(part) / max(1, len(df)),
+                     "pass_rate": part["pass_rate"].mean() if len(part) else np.nan,
+                     "mean_length": float(np.mean(lengths)) if lengths else np.nan,
+                     "samples_drawn": int(part["n_drawn"].sum())})
+    return pd.DataFrame(rows)
+
+
+def steps_by_level(df: pd.DataFrame) -> pd.DataFrame:
+    """How the world's difficulty knob (steps) spreads over levels (empty for real data)."""
+    if "steps" not in df.columns:
+        return pd.DataFrame()
+    return pd.crosstab(df["steps"], df["level"].map(lambda v: f"L{v}"))
+
+
+def level_figure(df: pd.DataFrame):
+    import plotly.express as px
+
+    table = level_table(df)
+    return px.bar(table, x="level", y="questions", text="questions",
+                  hover_data={"share": ":.1%", "pass_rate": ":.2f"},
+                  title="Questions per difficulty level")
+
+
+def length_figure(df: pd.DataFrame):
+    import plotly.express as px
+
+    long = df[["qid", "level", "lengths", "correct"]].explode(["lengths", "correct"])
+    long = long.assign(level=long["level"].map(lambda v: f"L{v}"),
+                       tokens=long["lengths"].astype(int),
+                       correct=long["correct"].astype(bool))
+    return px.box(long.sort_values("level"), x="level", y="tokens", color="correct",
+                  points=False, title="Response length (tokens) per level, by correctness")
+
+
+def examples(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """A few responses per level (text kept raw; render with HTML escaping)."""
+    picks = []
+    for level, part in df.groupby("level"):
+        for _, row in part.sample(min(n, len(part)), random_state=seed).iterrows():
+            picks.append({"level": f"L{level}", "question": row["question"],
+                          "answer": row["answer"], "pass_rate": round(row["pass_rate"], 2),
+                          "response": row["samples"][0], "correct": row["correct"][0]})
+    return pd.DataFrame(picks)
+
+
+def early_stop_saving(df: pd.DataFrame, n_samples: int) -> float:
+    """Samples drawn as a fraction of drawing all N for every question."""
+    return float(df["n_drawn"].sum()) / (len(df) * n_samples)
+
+
+# --- the stage ----------------------------------------------------------------------------
+
+def run(cfg: StratifyConfig, progress: bool = True) -> pd.DataFrame:
+    """Stratify the benchmark with the base model; saves `levels/` and the manifest."""
+    from synergy import data
+    from synergy.generation import chat_prompt, make_engine, model_fingerprint
+    from synergy.runs import now, save_dataset, set_seed, stage_dir, write_manifest
+
+    started, t0 = now(), time.perf_counter()
+    set_seed(cfg.seed)
+    out = stage_dir(cfg, STAGE)
+    model_path, model_id = data.resolve_model(cfg.model, cfg.output_root, cfg.run_name)
+    questions, bench_id = data.load_benchmark(cfg.benchmark, cfg.output_root, cfg.run_name)
+    engine = make_engine(model_path, cfg.backend, cfg.batch_rows)
+    cache = SampleCache(out / "cache" / f"{model_fingerprint(model_path)}-"
+                        f"{content_hash([cfg.spec.as_dict(), cfg.seed])}")
+    prompts = [chat_prompt(engine.tokenizer, q, cfg.prompt_suffix) for q in questions["question"]]
+    drawn = sample_levels(engine, prompts, list(questions["answer"]), cfg.spec,
+                          n_samples=cfg.n_samples, min_correct=cfg.level_min_correct,
+                          round_size=cfg.round_size, early_stop=cfg.early_stop, seed=cfg.seed,
+                          cache=cache, progress=progress)
+    df = samples_frame(questions, drawn, cfg.level_min_correct)
+    import datasets
+
+    save_dataset(datasets.Dataset.from_pandas(df, preserve_index=False), out / "levels")
+    write_manifest(out, cfg, started=started, upstream={"model": model_id, "benchmark": bench_id},
+                   extra={"seconds": time.perf_counter() - t0, "model_path": model_path,
+                          "samples_drawn": int(df["n_drawn"].sum()),
+                          "level_counts": {f"L{k}": int(v) for k, v in
+                                           df["level"].value_counts().sort_index().items()}})
+    return df
+
+
+def load_levels(output_root: str, run_name: str) -> pd.DataFrame:
+    """The stratified benchmark of a run, as later stages read it."""
+    from synergy.runs import load_dataset_dir
+
+    return load_dataset_dir(Path(output_root) / run_name / STAGE / "levels").to_pandas()

@@ -1,0 +1,405 @@
+"""The embedded world: a synthetic reasoning task with graded difficulty and a tiny base model.
+
+A question is a chain of single-digit operations applied left to right to a running value
+that stays in 0..`max_value` ("3 *4 -8 *3" -> 12); difficulty is the number of operations.
+The base "instruct" model (a real Qwen2 architecture, ~1M parameters) is trained here from
+scratch to answer in the paper's format, mostly directly (`\\boxed{12}`) and sometimes with
+a short trace (`<think> 3*4=12. 12-8=4. 4*3=12.</think> \\boxed{12}`), stopped early enough
+that its pass rates spread over all five difficulty levels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+from synergy.config import StageConfig
+from synergy.generation import chat_prompt
+from synergy.runs import content_hash
+
+THINK_OPEN, THINK_CLOSE, BOXED = "<think>", "</think>", "\\boxed{"
+PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+
+# ChatML, with the assistant turn inside {% generation %} so TRL can mask the loss to it.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# Words of real long-CoT traces, so later teachers' traces tokenize compactly.
+REASONING_TEXT = (
+    "Let me solve this step by step. First, we start with the number. Second, next, then, "
+    "finally. However, because of that, let me consider and verify. Wait, hmm, maybe I made "
+    "a mistake. Alternatively, let me check again: yes, that is right. So the answer is. "
+    "Now we have. Therefore. Actually, no. I think. Let me double-check the result. "
+    "The question asks. Recall that. This means. Good. Hold on. Perhaps. Overall."
+)
+
+OPS = ("+", "-", "*")
+
+
+@dataclasses.dataclass
+class WorldConfig(StageConfig):
+    SECTION = "world"
+
+    min_steps: int
+    max_steps: int
+    max_value: int
+    n_eval_questions: int
+    eval_seed: int
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int
+    train_steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    trace_fraction: float
+    log_every: int
+
+    def validate(self) -> None:
+        self.require(1 <= self.min_steps <= self.max_steps, "min_steps",
+                     "must be >= 1 and <= max_steps")
+        self.require(self.max_value >= 9, "max_value", "must be >= 9 (single-digit starts)")
+        self.require(self.n_eval_questions >= 1, "n_eval_questions", "must be >= 1")
+        self.require(self.vocab_size >= 300, "vocab_size", "must be >= 300 (256 bytes + merges)")
+        self.require(self.hidden_size % self.num_heads == 0, "hidden_size",
+                     "must be divisible by num_heads")
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
+                    "max_positions", "train_steps", "batch_size", "log_every"):
+            self.require(getattr(self, key) >= 1, key, "must be >= 1")
+        self.require(self.lr > 0, "lr", "must be > 0")
+        self.require(0 <= self.warmup_steps <= self.train_steps, "warmup_steps",
+                     "must be in 0..train_steps")
+        self.require(0.0 <= self.trace_fraction <= 1.0, "trace_fraction", "must be in [0, 1]")
+
+    def world_id(self) -> str:
+        """Content id of everything that shapes the trained world (not where it is stored)."""
+        shared = {f.name for f in dataclasses.fields(StageConfig)}
+        return "world-" + content_hash({k: v for k, v in self.to_dict().items()
+                                        if k not in shared or k == "seed"})
+
+
+# --- the task -----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    start: int
+    ops: tuple[tuple[str, int], ...]
+
+    @property
+    def text(self) -> str:
+        return " ".join([str(self.start)] + [f"{op}{n}" for op, n in self.ops])
+
+    @property
+    def steps(self) -> int:
+        return len(self.ops)
+
+    def values(self) -> list[int]:
+        """Running value after each operation."""
+        out, v = [], self.start
+        for op, n in self.ops:
+            v = apply_op(v, op, n)
+            out.append(v)
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.values()[-1]
+
+    @property
+    def qid(self) -> str:
+        return "q" + content_hash(self.text, 10)
+
+
+def apply_op(value: int, op: str, n: int) -> int:
+    return value + n if op == "+" else value - n if op == "-" else value * n
+
+
+def random_question(rng: random.Random, steps: int, max_value: int) -> Question:
+    """Operations are drawn among those that keep the running value in 0..max_value."""
+    value = rng.randint(0, 9)
+    start, ops = value, []
+    for _ in range(steps):
+        choices = [(op, n) for op in OPS for n in range(1 if op != "*" else 2, 10)
+                   if 0 <= apply_op(value, op, n) <= max_value]
+        by_op = {}
+        for op, n in choices:
+            by_op.setdefault(op, []).append(n)
+        op = rng.choice(sorted(by_op))  # each feasible operator equally likely
+        n = rng.choice(by_op[op])
+        ops.append((op, n))
+        value = apply_op(value, op, n)
+    return Question(start, tuple(ops))
+
+
+def eval_questions(cfg: WorldConfig) -> list[Question]:
+    """The fixed evaluation split: distinct questions, equally many per step count."""
+    rng = random.Random(cfg.eval_seed)
+    levels = list(range(cfg.min_steps, cfg.max_steps + 1))
+    seen, out = set(), []
+    attempts = 0
+    while len(out) < cfg.n_eval_questions:
+        steps = levels[len(out) % len(levels)]
+        q = random_question(rng, steps, cfg.max_value)
+        attempts += 1
+        if q.text not in seen or attempts > 100 * cfg.n_eval_questions:
+            seen.add(q.text)
+            out.append(q)
+    return out
+
+
+def train_questions(cfg: WorldConfig, n: int, seed: int,
+                    steps: Iterable[int] | None = None) -> list[Question]:
+    """Fresh questions disjoint from the eval split (steps drawn uniformly from `steps`)."""
+    held_out = {q.text for q in eval_questions(cfg)}
+    pool = list(steps or range(cfg.min_steps, cfg.max_steps + 1))
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        q = random_question(rng, rng.choice(pool), cfg.max_value)
+        if q.text not in held_out:
+            out.append(q)
+    return out
+
+
+def questions_frame(questions: list[Question]) -> pd.DataFrame:
+    """The benchmark table every stage reads: qid, question, answer, steps."""
+    return pd.DataFrame({"qid": [q.qid for q in questions],
+                         "question": [q.text for q in questions],
+                         "answer": [str(q.answer) for q in questions],
+                         "steps": [q.steps for q in questions]})
+
+
+def parse_question(text: str) -> Question:
+    """Inverse of `Question.text` (teachers and analyses work from the stored text)."""
+    head, *rest = text.split()
+    return Question(int(head), tuple((tok[0], int(tok[1:])) for tok in rest))
+
+
+def direct_answer(q: Question) -> str:
+    return f"{BOXED}{q.answer}}}"
+
+
+def short_trace(q: Question) -> str:
+    lines, v = [], q.start
+    for op, n in q.ops:
+        nv = apply_op(v, op, n)
+        lines.append(f"{v}{op}{n}={nv}.")
+        v = nv
+    return f"{THINK_OPEN} {' '.join(lines)}{THINK_CLOSE} {BOXED}{q.answer}}}"
+
+
+# --- tokenizer and model ------------------------------------------------------------------
+
+def build_tokenizer(vocab_size: int, corpus: Iterable[str]):
+    """Byte-level BPE with one token per digit; reloadable with `AutoTokenizer`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  special_tokens=[PAD, IM_START, IM_END],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_tokens([THINK_OPEN, THINK_CLOSE, BOXED])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=PAD,
+                                   chat_template=CHAT_TEMPLATE, padding_side="left",
+                                   model_max_length=4096)
+
+
+def tokenizer_corpus(cfg: WorldConfig, n: int = 3000) -> list[str]:
+    qs = train_questions(cfg, n, seed=cfg.seed + 1)
+    turns = [f"{IM_START}user\n{q.text}{IM_END}\n{IM_START}assistant\n" for q in qs[:200]]
+    return turns + [short_trace(q) for q in qs] + [direct_answer(q) for q in qs] \
+        + [REASONING_TEXT] * 200
+
+
+def build_model(cfg: WorldConfig, tokenizer):
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_positions, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    return model
+
+
+def encode_pairs(tokenizer, prompts: list[str], responses: list[str]):
+    """Right-padded input ids, attention mask and labels with the loss on responses only."""
+    import torch
+
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer([r + IM_END for r in responses], add_special_tokens=False)["input_ids"]
+    width = max(len(p) + len(r) for p, r in zip(p_ids, r_ids))
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id)
+    labels = torch.full((len(prompts), width), -100)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(p_ids, r_ids)):
+        seq = p + r
+        ids[i, :len(seq)] = torch.tensor(seq)
+        labels[i, len(p):len(seq)] = torch.tensor(r)
+        mask[i, :len(seq)] = 1
+    return ids, mask, labels
+
+
+def cosine_lr(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    """Multiplier: linear warm-up, then cosine down to `floor`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_base(cfg: WorldConfig, model, tokenizer,
+               on_log: Callable[[dict[str, Any]], None] | None = None,
+               progress: bool = True) -> pd.DataFrame:
+    """Train the base from scratch on fresh random questions; returns the loss log."""
+    import torch
+    from tqdm.auto import tqdm
+
+    rng = random.Random(cfg.seed)
+    held_out = {q.text for q in eval_questions(cfg)}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98),
+                            weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: cosine_lr(s, cfg.train_steps, cfg.warmup_steps))
+    model.train()
+    rows, t0 = [], time.perf_counter()
+    bar = tqdm(range(cfg.train_steps), desc="training base", unit="step", disable=not progress)
+    for step in bar:
+        qs = []
+        while len(qs) < cfg.batch_size:
+            q = random_question(rng, rng.randint(cfg.min_steps, cfg.max_steps), cfg.max_value)
+            if q.text not in held_out:
+                qs.append(q)
+        responses = [short_trace(q) if rng.random() < cfg.trace_fraction else direct_answer(q)
+                     for q in qs]
+        ids, mask, labels = encode_pairs(tokenizer, [chat_prompt(tokenizer, q.text) for q in qs],
+                                         responses)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % cfg.log_every == 0 or step == cfg.train_steps - 1:
+            row = {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                   "seconds": time.perf_counter() - t0}
+            rows.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if on_log:
+                on_log(row)
+    model.eval()
+    return pd.DataFrame(rows)
+
+
+def world_dir(cfg: WorldConfig) -> Path:
+    """Content-addressed home of a trained world, shared by every run with these params."""
+    return Path(cfg.output_root) / "cache" / cfg.world_id()
+
+
+def ensure_world(cfg: WorldConfig, progress: bool = True) -> tuple[Path, bool]:
+    """Train and save the world unless an identical one exists. Returns (dir, reused)."""
+    from synergy.runs import atomic_path, read_json, set_seed, write_json
+
+    out = world_dir(cfg)
+    if (out / "world.json").exists():
+        meta = read_json(out / "world.json")
+        if meta.get("world_id") == cfg.world_id():
+            return out, True
+    set_seed(cfg.seed)
+    tokenizer = build_tokenizer(cfg.vocab_size, tokenizer_corpus(cfg))
+    model = build_model(cfg, tokenizer)
+    t0 = time.perf_counter()
+    log = train_base(cfg, model, tokenizer, progress=progress)
+    seconds = time.perf_counter() - t0
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        log.to_csv(tmp / "train_log.csv", index=False)
+        write_json(tmp / "world.json", {
+            "world_id": cfg.world_id(), "params": cfg.to_dict(), "train_seconds": seconds,
+            "n_parameters": sum(p.numel() for p in model.parameters())})
+    return out, False
+
+
+# --- the stage ----------------------------------------------------------------------------
+
+STAGE = "00_world"
+
+
+def greedy_accuracy_by_steps(model_dir: str | Path, cfg: WorldConfig) -> pd.DataFrame:
+    """A quick look at the trained base: greedy accuracy and trace use per step count."""
+    from synergy.generation import HFEngine, SamplingSpec
+    from synergy.verify import is_correct
+
+    engine = HFEngine.from_path(model_dir)
+    qs = eval_questions(cfg)
+    out = engine.generate([chat_prompt(engine.tokenizer, q.text) for q in qs],
+                          [q.qid for q in qs], 0, 1, SamplingSpec(0.0, 1.0, 0, 64), cfg.seed)
+    frame = questions_frame(qs).assign(
+        correct=[is_correct(c[0].text, str(q.answer)) for q, c in zip(qs, out)],
+        uses_trace=[THINK_OPEN in c[0].text for c in out],
+        tokens=[c[0].n_tokens for c in out])
+    return frame.groupby("steps")[["correct", "uses_trace", "tokens"]].mean().reset_index()
+
+
+def run(cfg: WorldConfig, progress: bool = True) -> dict[str, Any]:
+    """Train (or reuse) the world and record it in this run's `00_world/manifest.json`."""
+    from synergy.runs import now, read_json, stage_dir, write_manifest
+
+    started = now()
+    path, reused = ensure_world(cfg, progress=progress)
+    meta = read_json(path / "world.json")
+    return write_manifest(stage_dir(cfg, STAGE), cfg, started=started,
+                          artifact_id=cfg.world_id(),
+                          extra={"model_path": str((path / "model").resolve()),
+                                 "world_path": str(path.resolve()), "reused": reused,
+                                 "train_seconds": meta["train_seconds"],
+                                 "n_parameters": meta["n_parameters"]})
+
+
+def task_examples(cfg: WorldConfig, per_step: int = 1) -> pd.DataFrame:
+    """One eval question per step count with both answer styles the base was trained on."""
+    qs = eval_questions(cfg)
+    picks = [next(q for q in qs if q.steps == s) for s in range(cfg.min_steps, cfg.max_steps + 1)
+             for _ in range(per_step)]
+    return pd.DataFrame({"steps": [q.steps for q in picks], "question": [q.text for q in picks],
+                         "direct answer": [direct_answer(q) for q in picks],
+                         "short trace": [short_trace(q) for q in picks]})
+
+
+def loss_figure(world_path: str | Path):
+    import plotly.express as px
+
+    log = pd.read_csv(Path(world_path) / "train_log.csv")
+    return px.line(log, x="step", y="loss", hover_data=["lr", "seconds"], log_y=True,
+                   title="Base model training loss (answer tokens only)")

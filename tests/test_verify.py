@@ -1,0 +1,322 @@
+"""Hard cases for synergy.verify and the local boxed_accuracy evaluate metric."""
+
+import os
+import threading
+
+import pytest
+
+from synergy import verify as v
+from synergy.verify import (
+    accuracy_reward,
+    answers_match,
+    completion_text,
+    extract_answer,
+    extract_boxed,
+    extract_choice,
+    format_ok,
+    format_reward,
+    is_correct,
+)
+
+
+# --- extract_boxed ---------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"so \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
+        (r"\boxed{\sqrt{\frac{a}{b}}}", r"\sqrt{\frac{a}{b}}"),
+        (r"first \boxed{1}, then \boxed{2}", "2"),
+        (r"\fbox{7}", "7"),
+        (r"\boxed {\{1,2\}}", r"\{1,2\}"),  # escaped braces are content, not nesting
+        (r"\boxed{\left\{ x \right.}", r"\left\{ x \right."),  # unpaired escaped brace
+        (r"\boxed{ 12 }", " 12 "),
+        (r"\boxed{}", ""),
+    ],
+)
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "no box here", r"\boxed{\frac{1}{2}", r"\boxed{5} then \boxed{6"])
+def test_extract_boxed_absent_or_unbalanced(text):
+    assert extract_boxed(text) is None
+
+
+# --- extract_answer ----------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        (r"<think>maybe \boxed{3}</think> \boxed{4}", "4"),
+        (r"\boxed{ 12 }", "12"),
+        ("Thus the answer is 42.", "42"),
+        ("Answer: $\\frac{1}{2}$.", r"\frac{1}{2}"),
+        ("The answer is 7. Then the answer is 8.", "8"),
+        (r"the final answer is \(\sqrt{2}\)", r"\sqrt{2}"),
+    ],
+)
+def test_extract_answer(completion, expected):
+    assert extract_answer(completion) == expected
+
+
+@pytest.mark.parametrize("completion", ["", "I am not sure.", r"\boxed{}", r"\boxed{5"])
+def test_extract_answer_none(completion):
+    assert extract_answer(completion) is None
+
+
+# --- extract_choice ----------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("(C)", "C"),
+        ("C", "C"),
+        ("C.", "C"),
+        ("C)", "C"),
+        ("The answer is C", "C"),
+        ("Answer: (B)", "B"),
+        ("**Answer:** D", "D"),
+        ("(B) 42", "B"),
+        (r"so the answer is $\boxed{\text{(E)}}$", "E"),
+        ("The answer is A. Wait, no: the answer is J.", "J"),
+    ],
+)
+def test_extract_choice(text, expected):
+    assert extract_choice(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "the answer is a prime", "The answer is Alpha", "It is C or D", "answer is 12", "K", r"\boxed{42}"],
+)
+def test_extract_choice_none(text):
+    assert extract_choice(text) is None
+
+
+# --- answers_match -----------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "pred, gold",
+    [
+        ("12", "12.0"),
+        (" 12 ", "12"),
+        ("1,000", "1000"),
+        ("1{,}000", "1000"),
+        (r"1\,000", "1000"),
+        (r"\frac{1}{2}", "0.5"),
+        ("1/2", r"\frac{1}{2}"),
+        (r"\dfrac{1}{2}", "0.5"),
+        (r"\tfrac{3}{4}", "0.75"),
+        (r"5 \text{cm}", "5"),
+        (r"5\text{ cm}^2", "5"),
+        (r"30^\circ", "30"),
+        (r"30^{\circ}", "30"),
+        ("30 degrees", "30"),
+        ("-3", "-3.0"),
+        (r"-\frac{1}{2}", "-0.5"),
+        ("$5$", "5"),
+        ("5.", "5"),
+        (r"\text{5}", "5"),
+        (r"\left(1, 2\right)", "(1,2)"),
+        (r"\sqrt{2}/2", r"\frac{\sqrt2}{2}"),
+        (r"\frac{1}{\sqrt{2}}", r"\frac{\sqrt{2}}{2}"),
+        (r"2\sqrt{3}", r"\sqrt{12}"),
+        ("1+x^2", "x^2+1"),
+        (r"\{2,1\}", r"\{1,2\}"),
+    ],
+)
+def test_answers_match_equivalent(pred, gold):
+    assert answers_match(pred, gold)
+
+
+@pytest.mark.parametrize(
+    "pred, gold",
+    [
+        ("-3", "3"),
+        ("12", "13"),
+        ("0.5", r"\frac{1}{3}"),
+        ("1, 234", "1234"),  # a list, not a thousands separator
+        (r"\sqrt{2}", "2"),
+        ("x^2-1", "x^2+1"),
+        ("", "5"),
+        ("5", ""),
+    ],
+)
+def test_answers_match_different(pred, gold):
+    assert not answers_match(pred, gold)
+
+
+def test_plain_numbers_never_call_math_verify(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("math_verify called for plain numbers")
+
+    monkeypatch.setattr(v, "math_verify_match", boom)
+    assert answers_match("12", "12.0")
+    assert answers_match("1,000", "1000")
+    assert not answers_match("2", "3")
+    assert not answers_match("-1/2", "0.5")
+
+
+def test_math_verify_works_off_main_thread():
+    # math_verify's signal-based timeout raises outside the main thread.
+    result = []
+    worker = threading.Thread(target=lambda: result.append(answers_match(r"\frac{\sqrt{2}}{2}", r"\sqrt{2}/2")))
+    worker.start()
+    worker.join()
+    assert result == [True]
+
+
+def test_math_verify_errors_are_false(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("parser exploded")
+
+    monkeypatch.setattr(v, "parse", broken)
+    assert not answers_match(r"\sqrt{2}/2", r"\frac{\sqrt2}{2}")
+
+
+CHOICES = ["42", r"\frac{1}{2}", "7", "9"]
+
+
+@pytest.mark.parametrize(
+    "pred, gold, choices, expected",
+    [
+        ("B", "B", CHOICES, True),
+        ("(B)", "B", CHOICES, True),
+        ("The answer is B", "(B)", CHOICES, True),
+        ("0.5", "B", CHOICES, True),  # option text, in another form
+        (r"\frac{1}{2}", "B", CHOICES, True),
+        ("42", "B", CHOICES, False),  # text of option A
+        ("A", "B", CHOICES, False),
+        ("C", "B", None, False),
+        ("B", "B", None, True),
+        ("B", "0.5", CHOICES, True),  # letter prediction against option-text gold
+        ("A", "0.5", CHOICES, False),
+        ("b", "B", CHOICES, False),  # math_verify would call the symbols b and B equal
+    ],
+)
+def test_answers_match_multiple_choice(pred, gold, choices, expected):
+    assert answers_match(pred, gold, choices) is expected
+
+
+# --- is_correct ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "completion, gold, expected",
+    [
+        (r"<think>...</think> The result is \boxed{\dfrac{1}{2}}.", "0.5", True),
+        (r"<think>\boxed{3}</think> \boxed{4}", "4", True),
+        (r"<think>\boxed{4}</think> \boxed{3}", "4", False),
+        ("The answer is 1,000.", "1000", True),
+        ("", "5", False),
+        ("I could not solve it, maybe 5", "5", False),
+        (r"\boxed{5", "5", False),
+        (r"\boxed{}", "5", False),
+    ],
+)
+def test_is_correct(completion, gold, expected):
+    assert is_correct(completion, gold) is expected
+
+
+def test_is_correct_choice():
+    assert is_correct(r"<think>x</think> \boxed{C}", "C", ["1", "2", "3"])
+    assert is_correct(r"<think>x</think> \boxed{3}", "C", ["1", "2", "3"])
+    assert not is_correct(r"<think>x</think> \boxed{2}", "C", ["1", "2", "3"])
+
+
+# --- format_ok -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        r"<think>reasoning</think> \boxed{5}",
+        "\n  <think>\n</think>\nSo \\boxed{5}.",
+        r"<think>try \boxed{4}</think> no, \boxed{5}",
+    ],
+)
+def test_format_ok_true(completion):
+    assert format_ok(completion)
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        r"reasoning \boxed{5}",  # missing think
+        r"reasoning</think> \boxed{5}",  # missing opening tag
+        r"<think>reasoning \boxed{5}",  # missing closing tag
+        r"<think>reasoning \boxed{5}</think> done",  # boxed only before </think>
+        r"<think>a</think><think>b</think> \boxed{5}",  # two think blocks
+        r"<think>a</think> \boxed{5} </think>",
+        r"Sure! <think>a</think> \boxed{5}",  # text before <think>
+        r"<think>a</think> the answer is 5",  # no box
+        r"<think>a</think> \boxed{5",  # unbalanced box
+    ],
+)
+def test_format_ok_false(completion):
+    assert not format_ok(completion)
+
+
+# --- TRL reward signature --------------------------------------------------------------
+
+GOOD = r"<think>2+2</think> \boxed{4}"
+BAD = r"<think>2+2</think> \boxed{5}"
+UNFORMATTED = "the answer is 4"
+
+
+def test_completion_text_forms():
+    assert completion_text("x") == "x"
+    assert completion_text([{"role": "assistant", "content": "x"}]) == "x"
+    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "x"}]}]) == "x"
+
+
+def test_rewards_string_completions():
+    completions = [GOOD, BAD, UNFORMATTED]
+    kwargs = dict(prompts=["p"] * 3, completion_ids=[[1]] * 3, answer=["4"] * 3, trainer_state=None)
+    assert accuracy_reward(completions=completions, **kwargs) == [1.0, 0.0, 1.0]
+    assert format_reward(completions=completions, **kwargs) == [1.0, 1.0, 0.0]
+
+
+def test_rewards_conversational_completions():
+    completions = [[{"role": "assistant", "content": c}] for c in (GOOD, BAD, UNFORMATTED)]
+    prompts = [[{"role": "user", "content": "2+2?"}]] * 3
+    assert accuracy_reward(prompts=prompts, completions=completions, answer=["4", "4", "4"]) == [1.0, 0.0, 1.0]
+    assert format_reward(prompts=prompts, completions=completions, answer=["4", "4", "4"]) == [1.0, 1.0, 0.0]
+
+
+def test_accuracy_reward_with_choices_column():
+    completions = [r"<think>x</think> \boxed{B}", r"<think>x</think> \boxed{9}", r"<think>x</think> \boxed{9}"]
+    rewards = accuracy_reward(
+        completions=completions, answer=["B", "B", "9"], choices=[["1", "9"], ["1", "9"], None]
+    )
+    assert rewards == [1.0, 1.0, 1.0]
+    assert accuracy_reward(completions=completions[:1], answer=["A"], choices=[["1", "9"]]) == [0.0]
+
+
+# --- evaluate metric -------------------------------------------------------------------
+
+def test_boxed_accuracy_metric_loads_locally_and_computes(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from synergy.metrics import BOXED_ACCURACY_PATH, load_boxed_accuracy
+
+    assert os.path.isfile(os.path.join(BOXED_ACCURACY_PATH, "boxed_accuracy.py"))
+    metric = load_boxed_accuracy()
+    result = metric.compute(
+        predictions=[
+            r"<think>a</think> \boxed{\frac{1}{2}}",  # correct, formatted
+            "The answer is 1,000.",  # correct, unformatted
+            r"<think>a</think> \boxed{3}",  # wrong, formatted
+            "no idea",  # unparsed
+        ],
+        references=["0.5", "1000", "4", "7"],
+    )
+    assert result == {"accuracy": 0.5, "format_rate": 0.5, "unparsed": 1}
+
+
+def test_boxed_accuracy_metric_via_evaluate_load():
+    import evaluate
+
+    from synergy.metrics import BOXED_ACCURACY_PATH
+
+    metric = evaluate.load(BOXED_ACCURACY_PATH)
+    assert metric.compute(predictions=[r"\boxed{12.0}"], references=["12"])["accuracy"] == 1.0
