@@ -11,9 +11,8 @@ run resumes without redrawing anything it finished.
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import time
-import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -21,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from synergy.config import StageConfig
+from synergy.evaluation import cache_for, sample_questions
 from synergy.generation import SamplingSpec
-from synergy.runs import atomic_path, content_hash
 
 STAGE = "01_stratify"
 
@@ -79,83 +78,10 @@ def assign_levels(n_correct, min_correct: list[int]) -> np.ndarray:
     return np.array([level_of(int(k), min_correct) for k in n_correct], dtype=int)
 
 
-def level_decided(n_correct: int, n_drawn: int, n_total: int, min_correct: list[int]) -> bool:
+def level_decided(n_correct: int, n_drawn: int, *, n_total: int, min_correct: list[int]) -> bool:
     """True when every outcome of the remaining samples lands in the same level."""
     best = n_correct + (n_total - n_drawn)
     return level_of(n_correct, min_correct) == level_of(best, min_correct)
-
-
-# --- the sample cache ---------------------------------------------------------------------
-
-class SampleCache:
-    """Append-only shards of finished samples, each written atomically."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.samples: dict[tuple[str, int], dict] = {}
-        for shard in sorted(self.root.glob("part-*.jsonl")):
-            for line in shard.read_text().splitlines():
-                row = json.loads(line)
-                self.samples[(row["key"], row["index"])] = row
-
-    def has(self, key: str, index: int) -> bool:
-        return (key, index) in self.samples
-
-    def add(self, rows: list[dict]) -> None:
-        if not rows:
-            return
-        shard = self.root / f"part-{time.time_ns()}-{uuid.uuid4().hex[:6]}.jsonl"
-        with atomic_path(shard) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        for r in rows:
-            self.samples[(r["key"], r["index"])] = r
-
-
-def prompt_key(prompt: str) -> str:
-    return content_hash(prompt, 16)
-
-
-def sample_levels(engine, prompts: list[str], answers: list[str], spec: SamplingSpec, *,
-                  n_samples: int, min_correct: list[int], round_size: int, early_stop: bool,
-                  seed: int, cache: SampleCache, progress: bool = True) -> list[list[dict]]:
-    """Samples per prompt (dicts with text, n_tokens, truncated, correct), drawn in rounds.
-
-    Without early stopping every prompt gets all `n_samples`; with it, a prompt stops once
-    `level_decided`. Cached samples are reused; each finished engine call is saved at once.
-    """
-    from tqdm.auto import tqdm
-
-    from synergy.verify import is_correct
-
-    keys = [prompt_key(p) for p in prompts]
-    per_call = max(1, getattr(engine, "batch_rows", 512) // round_size)
-    bar = tqdm(total=len(prompts) * n_samples, desc="sampling", unit="sample",
-               disable=not progress)
-    drawn: list[list[dict]] = [[] for _ in prompts]
-    for first in range(0, n_samples, round_size):
-        n = min(round_size, n_samples - first)
-        active = [i for i in range(len(prompts)) if not early_stop or not level_decided(
-            sum(s["correct"] for s in drawn[i]), len(drawn[i]), n_samples, min_correct)]
-        bar.total -= (len(prompts) - len(active)) * n  # decided questions need no more
-        todo = [i for i in active if not all(cache.has(keys[i], first + j) for j in range(n))]
-        bar.update((len(active) - len(todo)) * n)
-        for c in range(0, len(todo), per_call):
-            chunk = todo[c:c + per_call]
-            out = engine.generate([prompts[i] for i in chunk], [keys[i] for i in chunk],
-                                  first, n, spec, seed)
-            cache.add([{"key": keys[i], "index": first + j, "text": comp.text,
-                        "n_tokens": comp.n_tokens, "truncated": comp.truncated}
-                       for i, comps in zip(chunk, out) for j, comp in enumerate(comps)])
-            bar.update(len(chunk) * n)
-        for i in active:
-            for j in range(first, first + n):
-                row = dict(cache.samples[(keys[i], j)])
-                row["correct"] = is_correct(row["text"], answers[i])
-                drawn[i].append(row)
-        bar.refresh()
-    bar.close()
-    return drawn
 
 
 def samples_frame(questions: pd.DataFrame, drawn: list[list[dict]],
@@ -237,7 +163,7 @@ def early_stop_saving(df: pd.DataFrame, n_samples: int) -> float:
 def run(cfg: StratifyConfig, progress: bool = True) -> pd.DataFrame:
     """Stratify the benchmark with the base model; saves `levels/` and the manifest."""
     from synergy import data
-    from synergy.generation import chat_prompt, make_engine, model_fingerprint
+    from synergy.generation import chat_prompt, make_engine
     from synergy.runs import now, save_dataset, set_seed, stage_dir, write_manifest
 
     started, t0 = now(), time.perf_counter()
@@ -246,13 +172,13 @@ def run(cfg: StratifyConfig, progress: bool = True) -> pd.DataFrame:
     model_path, model_id = data.resolve_model(cfg.model, cfg.output_root, cfg.run_name)
     questions, bench_id = data.load_benchmark(cfg.benchmark, cfg.output_root, cfg.run_name)
     engine = make_engine(model_path, cfg.backend, cfg.batch_rows)
-    cache = SampleCache(out / "cache" / f"{model_fingerprint(model_path)}-"
-                        f"{content_hash([cfg.spec.as_dict(), cfg.seed])}")
+    cache = cache_for(out / "cache", model_path, cfg.spec, cfg.seed)
     prompts = [chat_prompt(engine.tokenizer, q, cfg.prompt_suffix) for q in questions["question"]]
-    drawn = sample_levels(engine, prompts, list(questions["answer"]), cfg.spec,
-                          n_samples=cfg.n_samples, min_correct=cfg.level_min_correct,
-                          round_size=cfg.round_size, early_stop=cfg.early_stop, seed=cfg.seed,
-                          cache=cache, progress=progress)
+    stop = (functools.partial(level_decided, n_total=cfg.n_samples,
+                              min_correct=cfg.level_min_correct) if cfg.early_stop else None)
+    drawn = sample_questions(engine, prompts, list(questions["answer"]), cfg.spec,
+                             n_samples=cfg.n_samples, round_size=cfg.round_size, seed=cfg.seed,
+                             cache=cache, stop=stop, progress=progress)
     df = samples_frame(questions, drawn, cfg.level_min_correct)
     import datasets
 

@@ -1,0 +1,162 @@
+"""The one evaluation every stage shares: sample answers, verify them, summarise per level.
+
+Sampling goes through a `generation` engine in rounds; finished samples are cached on disk
+by (model, sampling params, prompt, sample index), so an interrupted evaluation resumes
+without redrawing anything. Stratification (01) and every later model comparison use it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from synergy.generation import SamplingSpec, chat_prompt
+from synergy.runs import atomic_path, content_hash
+
+StopRule = Callable[[int, int], bool]  # (n_correct, n_drawn) -> no more samples needed
+
+
+class SampleCache:
+    """Append-only shards of finished samples, each written atomically."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.samples: dict[tuple[str, int], dict] = {}
+        for shard in sorted(self.root.glob("part-*.jsonl")):
+            for line in shard.read_text().splitlines():
+                row = json.loads(line)
+                self.samples[(row["key"], row["index"])] = row
+
+    def has(self, key: str, index: int) -> bool:
+        return (key, index) in self.samples
+
+    def add(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        shard = self.root / f"part-{time.time_ns()}-{uuid.uuid4().hex[:6]}.jsonl"
+        with atomic_path(shard) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for r in rows:
+            self.samples[(r["key"], r["index"])] = r
+
+
+def prompt_key(prompt: str) -> str:
+    return content_hash(prompt, 16)
+
+
+def cache_for(root: str | Path, model_path: str, spec: SamplingSpec, seed: int) -> SampleCache:
+    from synergy.generation import model_fingerprint
+
+    return SampleCache(Path(root) / f"{model_fingerprint(model_path)}-"
+                       f"{content_hash([spec.as_dict(), seed])}")
+
+
+def sample_questions(engine, prompts: list[str], answers: list[str], spec: SamplingSpec, *,
+                     n_samples: int, round_size: int, seed: int, cache: SampleCache,
+                     stop: StopRule | None = None, progress: bool = True) -> list[list[dict]]:
+    """Samples per prompt (dicts with text, n_tokens, truncated, correct), drawn in rounds.
+
+    A prompt gets up to `n_samples`; with a `stop` rule it leaves once the rule says its
+    outcome is settled. Cached samples are reused; each finished engine call is saved at once.
+    """
+    from tqdm.auto import tqdm
+
+    from synergy.verify import is_correct
+
+    keys = [prompt_key(p) for p in prompts]
+    per_call = max(1, getattr(engine, "batch_rows", 512) // round_size)
+    bar = tqdm(total=len(prompts) * n_samples, desc="sampling", unit="sample",
+               disable=not progress, mininterval=1.0)
+    drawn: list[list[dict]] = [[] for _ in prompts]
+    for first in range(0, n_samples, round_size):
+        n = min(round_size, n_samples - first)
+        active = [i for i in range(len(prompts)) if stop is None or not stop(
+            sum(s["correct"] for s in drawn[i]), len(drawn[i]))]
+        bar.total -= (len(prompts) - len(active)) * n  # settled prompts need no more
+        todo = [i for i in active if not all(cache.has(keys[i], first + j) for j in range(n))]
+        bar.update((len(active) - len(todo)) * n)
+        for c in range(0, len(todo), per_call):
+            chunk = todo[c:c + per_call]
+            out = engine.generate([prompts[i] for i in chunk], [keys[i] for i in chunk],
+                                  first, n, spec, seed)
+            cache.add([{"key": keys[i], "index": first + j, "text": comp.text,
+                        "n_tokens": comp.n_tokens, "truncated": comp.truncated}
+                       for i, comps in zip(chunk, out) for j, comp in enumerate(comps)])
+            bar.update(len(chunk) * n)
+        for i in active:
+            for j in range(first, first + n):
+                row = dict(cache.samples[(keys[i], j)])
+                row["correct"] = is_correct(row["text"], answers[i])
+                drawn[i].append(row)
+        bar.refresh()
+    bar.close()
+    return drawn
+
+
+def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec, *,
+                   n_samples: int, seed: int, cache_root: str | Path, prompt_suffix: str = "",
+                   backend: str = "hf", batch_rows: int = 512, engine=None,
+                   progress: bool = True) -> pd.DataFrame:
+    """One row per question: samples, correctness, lengths, format, accuracy (mean of samples).
+
+    `questions` carries `question`, `answer` and whatever else (qid, level) the caller keeps.
+    """
+    from synergy.generation import make_engine
+    from synergy.verify import format_ok
+
+    engine = engine or make_engine(model_path, backend, batch_rows)
+    prompts = [chat_prompt(engine.tokenizer, q, prompt_suffix) for q in questions["question"]]
+    drawn = sample_questions(engine, prompts, [str(a) for a in questions["answer"]], spec,
+                             n_samples=n_samples, round_size=n_samples, seed=seed,
+                             cache=cache_for(cache_root, model_path, spec, seed),
+                             progress=progress)
+    out = questions.copy().reset_index(drop=True)
+    out["samples"] = [[s["text"] for s in d] for d in drawn]
+    out["correct"] = [[bool(s["correct"]) for s in d] for d in drawn]
+    out["lengths"] = [[int(s["n_tokens"]) for s in d] for d in drawn]
+    out["formatted"] = [[format_ok(s["text"]) for s in d] for d in drawn]
+    out["n_truncated"] = [sum(bool(s["truncated"]) for s in d) for d in drawn]
+    out["accuracy"] = [float(np.mean(c)) for c in out["correct"]]
+    out["mean_length"] = [float(np.mean(x)) for x in out["lengths"]]
+    out["format_rate"] = [float(np.mean(f)) for f in out["formatted"]]
+    return out
+
+
+def per_level(results: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Long table: model, level, accuracy, mean length, format rate, questions (+ 'all')."""
+    rows = []
+    for model, df in results.items():
+        groups = [(f"L{lv}", part) for lv, part in df.groupby("level")] + [("all", df)]
+        for level, part in groups:
+            rows.append({"model": model, "level": level, "questions": len(part),
+                         "accuracy": part["accuracy"].mean(),
+                         "mean_length": part["mean_length"].mean(),
+                         "format_rate": part["format_rate"].mean()})
+    return pd.DataFrame(rows)
+
+
+def accuracy_figure(table: pd.DataFrame, title: str = "Accuracy by difficulty level"):
+    """Grouped bars: one group per level, one bar per model (input: `per_level`)."""
+    import plotly.express as px
+
+    return px.bar(table, x="level", y="accuracy", color="model", barmode="group",
+                  hover_data=["mean_length", "format_rate", "questions"], title=title,
+                  range_y=[0, 1])
+
+
+def length_figure(results: dict[str, pd.DataFrame], title: str = "Response length by level"):
+    import plotly.express as px
+
+    long = pd.concat([df[["level", "lengths"]].explode("lengths").assign(model=name)
+                      for name, df in results.items()])
+    long = long.assign(level=long["level"].map(lambda v: f"L{v}"),
+                       tokens=long["lengths"].astype(int))
+    return px.box(long.sort_values("level"), x="level", y="tokens", color="model",
+                  points=False, title=title)
