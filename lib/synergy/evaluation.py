@@ -160,3 +160,42 @@ def length_figure(results: dict[str, pd.DataFrame], title: str = "Response lengt
                        tokens=long["lengths"].astype(int))
     return px.box(long.sort_values("level"), x="level", y="tokens", color="model",
                   points=False, title=title)
+
+
+# --- conventions shared by the stages that compare models --------------------------------
+# Stages that evaluate models take these keys in their config section (flat, like every key):
+# eval_samples, eval_temperature, eval_top_p, eval_top_k, eval_max_new_tokens.
+
+def eval_spec(cfg) -> SamplingSpec:
+    return SamplingSpec(cfg.eval_temperature, cfg.eval_top_p, cfg.eval_top_k,
+                        cfg.eval_max_new_tokens)
+
+
+def samples_cache_root(output_root: str, run_name: str) -> Path:
+    """One sample cache per run, shared by all stages: the base is evaluated once."""
+    return Path(output_root) / run_name / "cache" / "samples"
+
+
+def save_results(out_dir: str | Path, results: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Write `eval/<model>/` datasets and `per_level.csv`; returns the per-level table."""
+    import datasets
+
+    from synergy.runs import save_dataset, write_text
+
+    out_dir = Path(out_dir)
+    for name, df in results.items():
+        save_dataset(datasets.Dataset.from_pandas(df, preserve_index=False),
+                     out_dir / "eval" / name)
+    table = per_level(results)
+    write_text(out_dir / "per_level.csv", table.to_csv(index=False))
+    return table
+
+
+def load_results(stage_path: str | Path) -> dict[str, pd.DataFrame]:
+    from synergy.runs import ArtifactError, load_dataset_dir
+
+    root = Path(stage_path) / "eval"
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: no evaluation results (did the stage run?)")
+    return {p.name: load_dataset_dir(p).to_pandas() for p in sorted(root.iterdir())
+            if p.is_dir() and not p.name.startswith(".")}
