@@ -1,13 +1,25 @@
-"""Where stages get their inputs: the embedded world or real benchmarks and models.
+"""Where stages get their inputs: the embedded world, real benchmarks, trace sets and models.
 
-A benchmark is a table with at least `qid`, `question`, `answer` (optional `choices`,
-`image`, and any metadata). `"world"` means the embedded task's eval split, recorded by this
-run's `00_world` stage; anything else is a local JSONL/JSON/parquet file.
+Every benchmark comes out in one schema: `qid`, `question` (the text the model sees, options
+formatted in for multiple choice), `answer` (the gold LETTER for multiple choice), `choices`
+(list or None), `images` (PIL images or resolved paths), `benchmark`, and `level` when the
+source carries the paper's difficulty level. `load_benchmark` takes `"world"`, a local
+table, or `"<name>:<path-or-hub-id>[:split]"` with a name from `NORMALIZERS`.
+
+Difficulty levels (the paper's `JierunChen/<Benchmark>_with_difficulty_level` copies): the
+column holding them is not documented, so it is detected among `LEVEL_NAMES`. Trap:
+MathVision has its OWN `level` column (1-5, the dataset's), which is not the paper's level,
+so detection skips it for MathVision; pass `level_column=` to name the column explicitly.
 """
 
 from __future__ import annotations
 
+import ast
+import io
+import json
+import re
 from pathlib import Path
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -15,6 +27,16 @@ from synergy.runs import ArtifactError, read_manifest
 
 WORLD = "world"
 REQUIRED = ("qid", "question", "answer")
+PAPER_PROMPT_SUFFIX = ("Please reason step by step within <think> </think> tags, "
+                       "and put your final answer within \\boxed{}.")
+LETTERS = "ABCDEFGHIJ"
+LEVEL_NAMES = ("level", "difficulty_level", "difficulty", "diff_level", "level_difficulty")
+SPLIT_NAMES = ("train", "dev", "val", "validation", "test", "testmini")
+# Columns that look like a level but hold something else (see the module docstring).
+NOT_PAPER_LEVEL = {"mathvision": ("level",)}
+_LETTER = re.compile(r"\(?([A-J])\)?\.?")
+_LEVEL = re.compile(r"(?:L|level\s*)?([1-5])(?:\.0)?", re.IGNORECASE)
+_IMAGE_TAG = re.compile(r"<image (\d+)>")
 
 
 def run_root(output_root: str, run_name: str) -> Path:
@@ -45,12 +67,18 @@ def resolve_model(model: str, output_root: str, run_name: str) -> tuple[str, str
 
 
 def load_benchmark(benchmark: str, output_root: str, run_name: str) -> tuple[pd.DataFrame, str]:
-    """(questions table, upstream artifact id)."""
+    """(questions table, upstream id): `world`, a local table, or `name:source[:split]`."""
     if benchmark == WORLD:
         from synergy.world import eval_questions, questions_frame
 
         cfg = world_config(output_root, run_name)
         return questions_frame(eval_questions(cfg)), cfg.world_id()
+    name, sep, rest = benchmark.partition(":")
+    if sep and name.lower() in NORMALIZERS:
+        source, split = rest, None
+        if ":" in rest:
+            source, split = rest.rsplit(":", 1)
+        return load_named_benchmark(name.lower(), source, split)
     return load_table(benchmark), f"file:{Path(benchmark).resolve()}"
 
 
@@ -66,8 +94,440 @@ def load_table(path: str | Path) -> pd.DataFrame:
         df = readers[path.suffix](path)
     except Exception as exc:
         raise ArtifactError(f"{path}: unreadable ({exc})") from exc
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise ArtifactError(f"{path}: missing column(s) {missing}; have {list(df.columns)}")
+    _require(df, REQUIRED, str(path))
     df["answer"] = df["answer"].astype(str)
     return df
+
+
+# --- reading a source: local file, local folder, or hub id --------------------------------
+
+def _is_hub_id(s: str) -> bool:
+    return s.count("/") in (1, 2) and not s.startswith((".", "/", "~")) and not Path(s).exists()
+
+
+def read_source(source: str | Path,
+                split: str | None = None) -> tuple[pd.DataFrame, Path | None, str]:
+    """(raw table, folder that relative image paths start from, upstream id).
+
+    `source`: a .parquet/.jsonl/.json file, a `save_to_disk` folder, a folder of parquet
+    files (those of `split` when file or folder names carry splits), or a hub id
+    `owner/name[/config]` loaded with `datasets.load_dataset` (needs hub access).
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _read_file(path), path.parent, f"file:{path.resolve()}"
+    if path.is_dir():
+        return _read_folder(path, split), path, f"file:{path.resolve()}:{split}"
+    if _is_hub_id(str(source)):
+        return _read_hub(str(source), split), None, f"hub:{source}:{split}"
+    raise ArtifactError(f"{source}: no such file or folder (and not a hub id owner/name)")
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix == ".jsonl":
+            return pd.DataFrame([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
+        if path.suffix == ".json":
+            obj = json.loads(path.read_text())
+            # MathVista's annot_testmini.json is a dict keyed by pid.
+            return pd.DataFrame(list(obj.values()) if isinstance(obj, dict) else obj)
+    except Exception as exc:
+        raise ArtifactError(f"{path}: unreadable ({exc})") from exc
+    raise ArtifactError(f"{path}: unsupported format (use .parquet, .jsonl, .json)")
+
+
+def _file_split(path: Path) -> str | None:
+    for part in (re.split(r"[-_.]", path.stem)[0], path.parent.name):
+        if part in SPLIT_NAMES:
+            return part
+    return None
+
+
+def _read_folder(path: Path, split: str | None) -> pd.DataFrame:
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise ArtifactError(f"{path}: no split '{split}'; have {list(ds)}")
+            ds = ds[split]
+        return ds.to_pandas()
+    files = sorted(path.rglob("*.parquet"))
+    if not files:
+        raise ArtifactError(f"{path}: neither a save_to_disk folder nor a folder of parquet files")
+    chosen = [f for f in files if _file_split(f) == split]
+    if not chosen:
+        named = sorted({s for f in files if (s := _file_split(f))})
+        if named:  # mixing dev/validation/test files silently would corrupt the benchmark
+            raise ArtifactError(f"{path}: no parquet files of split '{split}'; "
+                                f"found splits {named}")
+        chosen = files
+    return pd.concat([pd.read_parquet(f) for f in chosen], ignore_index=True)
+
+
+def _read_hub(hub_id: str, split: str | None) -> pd.DataFrame:
+    import datasets
+
+    repo, config = "/".join(hub_id.split("/")[:2]), "/".join(hub_id.split("/")[2:])
+    try:
+        if config:
+            configs = [config]
+        elif repo == "MMMU/MMMU":  # one config per subject
+            configs = datasets.get_dataset_config_names(repo)
+        elif repo == "AI4Math/MathVerse":
+            configs = ["testmini"]
+        else:
+            configs = [None]
+        parts = [datasets.load_dataset(repo, c, split=split).to_pandas() for c in configs]
+    except Exception as exc:
+        raise ArtifactError(
+            f"{hub_id}: could not load split '{split}' from the Hugging Face hub ({exc}). "
+            "Hub access is needed for a hub id (and no local path of that name exists); "
+            "otherwise pass a local copy "
+            "(a parquet/jsonl/json file, a save_to_disk folder or a folder of parquet files)"
+        ) from exc
+    return pd.concat(parts, ignore_index=True)
+
+
+# --- helpers shared by the normalizers ----------------------------------------------------
+
+def _require(df: pd.DataFrame, columns, what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ArtifactError(f"{what}: missing column(s) {missing}; have {list(df.columns)}")
+
+
+def _missing(value: Any) -> bool:
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    if isinstance(value, dict):
+        return value.get("bytes") is None and not value.get("path")
+    return isinstance(value, str) and not value.strip()
+
+
+def _image(value: Any, base: Path | None, qid: str):
+    """A PIL image (from an Image object or stored bytes) or an existing file's path."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return Image.open(io.BytesIO(value["bytes"]))
+    raw = value.get("path") if isinstance(value, dict) else str(value)
+    path = Path(raw.removeprefix("file://"))
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    if not path.exists():
+        raise ArtifactError(f"{qid}: image '{raw}' not found (looked at {path}; "
+                            "unzip the benchmark's images next to its table)")
+    return str(path)
+
+
+def _images(row: pd.Series, columns: list[str], base: Path | None, qid: str) -> list:
+    return [_image(row[c], base, qid) for c in columns if c in row and not _missing(row[c])]
+
+
+def _first_image(row: pd.Series, base: Path | None, qid: str) -> list:
+    """`decoded_image` (the hub's Image column) when present, else the `image` path."""
+    return _images(row, ["decoded_image"], base, qid) or _images(row, ["image"], base, qid)
+
+
+def _choices(value: Any) -> list[str] | None:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    items = [str(v) for v in value]
+    return items or None
+
+
+def _gold_letter(answer: Any, choices: list[str] | None, qid: str, *, by_text: bool = False) -> str:
+    """The gold letter: the answer's own letter, or (by_text) the letter of the option it equals."""
+    a = str(answer).strip()
+    if by_text:
+        hits = [i for i, c in enumerate(choices or []) if c.strip() == a]
+        if len(hits) == 1:
+            return LETTERS[hits[0]]
+        raise ArtifactError(f"{qid}: answer {a!r} matches {len(hits)} of the choices {choices}; "
+                            "need exactly one")
+    m = _LETTER.fullmatch(a)
+    if m and (not choices or LETTERS.index(m.group(1)) < len(choices)):
+        return m.group(1)
+    raise ArtifactError(f"{qid}: multiple-choice answer {a!r} is not a letter of the "
+                        f"choices {choices}")
+
+
+def _answer(value: Any, qid: str) -> str:
+    if _missing(value):
+        raise ArtifactError(f"{qid}: no answer")
+    return str(value).strip()
+
+
+def format_choices(question: str, choices: list[str] | None) -> str:
+    """The question with lettered options appended (as the model sees it)."""
+    if not choices:
+        return question
+    if all(c.strip() == LETTERS[i] for i, c in enumerate(choices)):  # options drawn in the image
+        return f"{question}\nOptions: {', '.join(choices)}"
+    lines = [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
+    return question + "\nOptions:\n" + "\n".join(lines)
+
+
+def _frame(rows: list[dict], benchmark: str) -> pd.DataFrame:
+    if not rows:
+        raise ArtifactError(f"{benchmark}: the source has no rows")
+    df = pd.DataFrame(rows)
+    df.insert(5, "benchmark", benchmark)
+    dupes = df["qid"][df["qid"].duplicated()].unique().tolist()
+    if dupes:
+        raise ArtifactError(f"{benchmark}: duplicate qid(s) {dupes[:5]} (two splits mixed?)")
+    return df
+
+
+def _row(qid, question, answer, choices, images, **extra) -> dict:
+    return {"qid": str(qid), "question": question, "answer": answer, "choices": choices,
+            "images": images, **extra}
+
+
+def _extras(row: pd.Series, columns: tuple[str, ...]) -> dict:
+    return {c: row[c] for c in columns if c in row}
+
+
+# --- one normalizer per benchmark (raw table in the hub's layout -> common schema) ---------
+
+def normalize_mathvision(raw: pd.DataFrame, base: Path | None = None) -> pd.DataFrame:
+    _require(raw, ("id", "question", "options", "answer"), "MathVision")
+    rows = []
+    for _, r in raw.iterrows():
+        qid, choices = str(r["id"]), _choices(r["options"])
+        answer = _gold_letter(r["answer"], choices, qid) if choices else _answer(r["answer"], qid)
+        rows.append(_row(qid, format_choices(str(r["question"]), choices), answer, choices,
+                         _first_image(r, base, qid),
+                         subject=r.get("subject"), mathvision_level=r.get("level")))
+    return _frame(rows, "mathvision")
+
+
+def normalize_mathvista(raw: pd.DataFrame, base: Path | None = None) -> pd.DataFrame:
+    _require(raw, ("pid", "question", "choices", "answer", "question_type"), "MathVista")
+    rows = []
+    for _, r in raw.iterrows():
+        qid = str(r["pid"])
+        if r["question_type"] == "multi_choice":  # the gold is the option TEXT
+            choices = _choices(r["choices"])
+            answer = _gold_letter(r["answer"], choices, qid, by_text=True)
+        else:
+            choices, answer = None, _answer(r["answer"], qid)
+        rows.append(_row(qid, format_choices(str(r["question"]), choices), answer, choices,
+                         _first_image(r, base, qid),
+                         **_extras(r, ("question_type", "answer_type", "unit", "precision"))))
+    return _frame(rows, "mathvista")
+
+
+def normalize_mathverse(raw: pd.DataFrame, base: Path | None = None) -> pd.DataFrame:
+    """`question` is what the model sees (choices already inside; empty for Vision Only,
+    where the whole problem is in the image). `question_for_eval` is the full text for a
+    judge and must not be shown to the model."""
+    _require(raw, ("sample_index", "question", "answer", "question_type"), "MathVerse")
+    rows = []
+    for _, r in raw.iterrows():
+        qid = str(r["sample_index"])
+        multi = r["question_type"] == "multi-choice"
+        answer = _gold_letter(r["answer"], None, qid) if multi else _answer(r["answer"], qid)
+        question = str(r["question"]).strip() or "Answer the question shown in the image."
+        rows.append(_row(qid, question, answer, None, _images(r, ["image"], base, qid),
+                         **_extras(r, ("problem_index", "problem_version", "question_type",
+                                       "question_for_eval"))))
+    return _frame(rows, "mathverse")
+
+
+def normalize_mmmu(raw: pd.DataFrame, base: Path | None = None) -> pd.DataFrame:
+    """Options are a string holding a Python list; images are image_1..image_7 in tag order."""
+    _require(raw, ("id", "question", "options", "answer"), "MMMU")
+    rows = []
+    for _, r in raw.iterrows():
+        qid = str(r["id"])
+        try:
+            options = r["options"]
+            choices = _choices(ast.literal_eval(options) if isinstance(options, str) else options)
+        except (ValueError, SyntaxError) as exc:
+            raise ArtifactError(f"{qid}: options {r['options']!r} is not a Python list") from exc
+        multi = r.get("question_type", "multiple-choice") == "multiple-choice"
+        answer = _gold_letter(r["answer"], choices, qid) if multi else _answer(r["answer"], qid)
+        question = format_choices(str(r["question"]), choices if multi else None)
+        present = [f"image_{k}" for k in range(1, 8)
+                   if f"image_{k}" in r and not _missing(r[f"image_{k}"])]
+        absent = {f"image_{k}" for k in map(int, _IMAGE_TAG.findall(question))} - set(present)
+        if absent:
+            raise ArtifactError(f"{qid}: text refers to {sorted(absent)} but they are empty")
+        rows.append(_row(qid, question, answer, choices if multi else None,
+                         _images(r, present, base, qid),
+                         **_extras(r, ("question_type", "subfield", "topic_difficulty"))))
+    return _frame(rows, "mmmu")
+
+
+def normalize_mmstar(raw: pd.DataFrame, base: Path | None = None) -> pd.DataFrame:
+    """Options are inside the question text, so `choices` stays None."""
+    _require(raw, ("index", "question", "answer", "image"), "MMStar")
+    rows = [_row(r["index"], str(r["question"]), _gold_letter(r["answer"], None, str(r["index"])),
+                 None, _images(r, ["image"], base, str(r["index"])),
+                 **_extras(r, ("category", "l2_category")))
+            for _, r in raw.iterrows()]
+    return _frame(rows, "mmstar")
+
+
+Normalizer = Callable[[pd.DataFrame, "Path | None"], pd.DataFrame]
+NORMALIZERS: dict[str, tuple[Normalizer, str]] = {  # name -> (normalizer, default split)
+    "mathvision": (normalize_mathvision, "test"),
+    "mathvista": (normalize_mathvista, "testmini"),
+    "mathverse": (normalize_mathverse, "testmini"),
+    "mmmu": (normalize_mmmu, "validation"),
+    "mmstar": (normalize_mmstar, "val"),
+}
+
+
+# --- the paper's difficulty levels ----------------------------------------------------------
+
+def _level(value: Any) -> int | None:
+    m = _LEVEL.fullmatch(str(value).strip())
+    return int(m.group(1)) if m else None
+
+
+def detect_level_column(raw: pd.DataFrame, exclude: tuple[str, ...] = ()) -> str | None:
+    """The one column named like a level whose values are 1-5 or L1-L5; None if none is named so."""
+    named = [c for c in raw.columns if str(c).lower().replace(" ", "_") in LEVEL_NAMES
+             and c not in exclude]
+    valid = [c for c in named if raw[c].map(_level).notna().all()]
+    if len(valid) > 1:
+        raise ArtifactError(f"several level columns {valid}: pass level_column= to pick one")
+    if named and not valid:
+        raise ArtifactError(f"level-like column(s) {named} hold values other than 1-5 / L1-L5 "
+                            "(pass level_column= or level_column=None)")
+    return valid[0] if valid else None
+
+
+def attach_levels(df: pd.DataFrame, raw: pd.DataFrame, benchmark: str,
+                  level_column: str | None = "auto", required: bool = False) -> pd.DataFrame:
+    """`df` with an int `level` column taken from `raw` (same rows).
+
+    level_column: "auto" detects (skipping MathVision's own `level`), None adds none, a name
+    uses that column. With `required`, finding none is an error listing the columns.
+    """
+    if level_column is None:
+        return df
+    raw = raw.reset_index(drop=True)
+    exclude = NOT_PAPER_LEVEL.get(benchmark, ())
+    column = detect_level_column(raw, exclude) if level_column == "auto" else level_column
+    if column is None or column not in raw.columns:
+        if column is None and not required:
+            return df
+        trap = (" (MathVision's own `level` is the dataset's difficulty, not the paper's; "
+                "pass level_column='level' only if this copy replaced it)") if exclude else ""
+        raise ArtifactError(f"{benchmark}: no level column {column or LEVEL_NAMES!r}; "
+                            f"have {list(raw.columns)}{trap}")
+    levels = raw[column].map(_level)
+    if levels.isna().any():
+        bad = df["qid"][levels.isna().to_numpy()].tolist()[:5]
+        raise ArtifactError(f"{benchmark}: column '{column}' has no level 1-5 for qid(s) {bad}")
+    return df.assign(level=levels.astype(int).to_numpy())
+
+
+def load_named_benchmark(name: str, source: str | Path, split: str | None = None, *,
+                         level_column: str | None = "auto") -> tuple[pd.DataFrame, str]:
+    """(normalized table, upstream id) of benchmark `name` from a local copy or hub id.
+
+    A source whose name contains `_with_difficulty_level` (the paper's copies) must yield
+    a level column.
+    """
+    if name not in NORMALIZERS:
+        raise ArtifactError(f"unknown benchmark '{name}'; known: {sorted(NORMALIZERS)}")
+    normalize, default_split = NORMALIZERS[name]
+    split = split or default_split
+    raw, base, source_id = read_source(source, split)
+    df = normalize(raw.reset_index(drop=True), base)
+    df = attach_levels(df, raw, name, level_column,
+                       required="_with_difficulty_level" in str(source))
+    return df, f"{name}:{source_id}"
+
+
+# --- SFT trace sets and RL query sets -------------------------------------------------------
+
+def _user_text(question: str, suffix: str | None) -> str:
+    return f"{question} {suffix}".strip() if suffix else question  # as generation.chat_prompt
+
+
+def _trace(thinking: str, attempt: str) -> str:
+    return f"<think>\n{thinking.strip()}\n</think>\n\n{attempt.strip()}"
+
+
+def load_s1(source: str | Path, teacher: str = "deepseek", split: str = "train",
+            prompt_suffix: str | None = None) -> pd.DataFrame:
+    """s1K-1.1 (teacher "deepseek" or "gemini") or s1K (Gemini only) as chat-format SFT rows.
+
+    `answer` is the set's `solution` (a reference solution, not always a short answer).
+    """
+    raw, _, _ = read_source(source, split)
+    if "thinking_trajectories" in raw.columns:
+        _require(raw, ("question", "solution", "attempt"), "s1K")
+        if teacher != "gemini":
+            raise ArtifactError(f"s1K holds Gemini traces only; teacher '{teacher}' needs s1K-1.1")
+        tag, thinking_col, attempt_col = "s1K", "thinking_trajectories", "attempt"
+    else:
+        if teacher not in ("deepseek", "gemini"):
+            raise ArtifactError(f"teacher must be 'deepseek' or 'gemini', not '{teacher}'")
+        thinking_col, attempt_col = f"{teacher}_thinking_trajectory", f"{teacher}_attempt"
+        _require(raw, ("question", "solution", thinking_col, attempt_col), "s1K-1.1")
+        tag = "s1K-1.1"
+    rows = []
+    for i, r in raw.reset_index(drop=True).iterrows():
+        qid, thinking = f"{tag}-{i:04d}", r[thinking_col]
+        if thinking_col == "thinking_trajectories":
+            if _missing(thinking) or len(thinking) != 1:
+                raise ArtifactError(f"{qid}: expected one thinking trajectory")
+            thinking = thinking[0]
+        if _missing(thinking) or _missing(r[attempt_col]):
+            raise ArtifactError(f"{qid}: no {teacher} trace")
+        question = str(r["question"])
+        rows.append({"qid": qid, "question": question, "answer": _answer(r["solution"], qid),
+                     "messages": [{"role": "user", "content": _user_text(question, prompt_suffix)},
+                                  {"role": "assistant",
+                                   "content": _trace(str(thinking), str(r[attempt_col]))}],
+                     "images": [], "source": f"{tag}/{teacher}"})
+    return pd.DataFrame(rows)
+
+
+def _image_ref(part: dict) -> str:
+    ref = part.get("image") or part.get("image_url")
+    return ref.get("url") if isinstance(ref, dict) else ref
+
+
+def load_mm_eureka(path: str | Path, prompt_suffix: str | None = None) -> pd.DataFrame:
+    """MM-Eureka JSONL queries (no trace: `messages` is the user turn, plus an assistant turn
+    only if the file has one). Image paths `file://...` resolve relative to the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: MM-Eureka JSONL not found")
+    raw = _read_file(path)
+    _require(raw, ("id", "message", "answer"), str(path))
+    rows = []
+    for _, r in raw.iterrows():
+        qid = str(r["id"])
+        try:
+            turns = json.loads(r["message"]) if isinstance(r["message"], str) else r["message"]
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{qid}: `message` is not JSON ({exc})") from exc
+        users = [t for t in turns if t.get("role") == "user"]
+        if len(users) != 1:
+            raise ArtifactError(f"{qid}: expected one user turn, found {len(users)}")
+        parts = users[0]["content"]
+        parts = [{"type": "text", "text": parts}] if isinstance(parts, str) else parts
+        texts = [p["text"] for p in parts if p.get("type") == "text"]
+        images = [_image(_image_ref(p), path.parent, qid)
+                  for p in parts if p.get("type") in ("image", "image_url")]
+        question = "\n".join(texts).strip()
+        messages = [{"role": "user", "content": _user_text(question, prompt_suffix)}]
+        messages += [{"role": "assistant", "content": str(t["content"])}
+                     for t in turns if t.get("role") == "assistant"]
+        rows.append({"qid": qid, "question": question, "answer": _answer(r["answer"], qid),
+                     "messages": messages, "images": images, "source": "mm-eureka"})
+    return pd.DataFrame(rows)

@@ -58,46 +58,106 @@ def cache_for(root: str | Path, model_path: str, spec: SamplingSpec, seed: int) 
                        f"{content_hash([spec.as_dict(), seed])}")
 
 
+def samples_needed(n_correct: int, n_drawn: int, n_total: int, stop: StopRule | None,
+                   cap: int) -> int:
+    """How many more samples to draw now: none once settled, else the fewest after which
+    the stop rule *could* hold (drawing fewer can never settle the question), at most `cap`."""
+    remaining = n_total - n_drawn
+    if remaining <= 0 or (stop is not None and stop(n_correct, n_drawn)):
+        return 0
+    if stop is None:
+        return min(cap, remaining)
+    for t in range(1, min(cap, remaining) + 1):
+        if any(stop(n_correct + j, n_drawn + t) for j in range(t + 1)):
+            return t
+    return min(cap, remaining)
+
+
 def sample_questions(engine, prompts: list[str], answers: list[str], spec: SamplingSpec, *,
                      n_samples: int, round_size: int, seed: int, cache: SampleCache,
-                     stop: StopRule | None = None, progress: bool = True) -> list[list[dict]]:
+                     stop: StopRule | None = None, progress: bool = True,
+                     images: list[list] | None = None,
+                     choices: list[list[str] | None] | None = None) -> list[list[dict]]:
     """Samples per prompt (dicts with text, n_tokens, truncated, correct), drawn in rounds.
 
     A prompt gets up to `n_samples`; with a `stop` rule it leaves once the rule says its
-    outcome is settled. Cached samples are reused; each finished engine call is saved at once.
+    outcome is settled. Each round draws, per prompt, at most `round_size` samples and never
+    more than could matter (`samples_needed`); prompts needing the same sample indices share
+    engine calls. Cached samples are reused; each finished engine call is saved at once.
     """
+    from collections import defaultdict
+
     from tqdm.auto import tqdm
 
     from synergy.verify import is_correct
 
     keys = [prompt_key(p) for p in prompts]
-    per_call = max(1, getattr(engine, "batch_rows", 512) // round_size)
     bar = tqdm(total=len(prompts) * n_samples, desc="sampling", unit="sample",
                disable=not progress, mininterval=1.0)
     drawn: list[list[dict]] = [[] for _ in prompts]
-    for first in range(0, n_samples, round_size):
-        n = min(round_size, n_samples - first)
-        active = [i for i in range(len(prompts)) if stop is None or not stop(
-            sum(s["correct"] for s in drawn[i]), len(drawn[i]))]
-        bar.total -= (len(prompts) - len(active)) * n  # settled prompts need no more
-        todo = [i for i in active if not all(cache.has(keys[i], first + j) for j in range(n))]
-        bar.update((len(active) - len(todo)) * n)
-        for c in range(0, len(todo), per_call):
-            chunk = todo[c:c + per_call]
-            out = engine.generate([prompts[i] for i in chunk], [keys[i] for i in chunk],
-                                  first, n, spec, seed)
-            cache.add([{"key": keys[i], "index": first + j, "text": comp.text,
-                        "n_tokens": comp.n_tokens, "truncated": comp.truncated}
-                       for i, comps in zip(chunk, out) for j, comp in enumerate(comps)])
-            bar.update(len(chunk) * n)
-        for i in active:
-            for j in range(first, first + n):
-                row = dict(cache.samples[(keys[i], j)])
-                row["correct"] = is_correct(row["text"], answers[i])
-                drawn[i].append(row)
+    settled: set[int] = set()
+    while True:
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i in range(len(prompts)):
+            if i in settled:
+                continue
+            need = samples_needed(sum(s["correct"] for s in drawn[i]), len(drawn[i]),
+                                  n_samples, stop, round_size)
+            if need == 0:
+                settled.add(i)
+                bar.total -= n_samples - len(drawn[i])  # never drawn: not owed
+            else:
+                groups[(len(drawn[i]), need)].append(i)
+        if not groups:
+            break
+        for (first, n), members in sorted(groups.items()):
+            todo = [i for i in members
+                    if not all(cache.has(keys[i], first + j) for j in range(n))]
+            bar.update((len(members) - len(todo)) * n)
+            per_call = max(1, getattr(engine, "batch_rows", 512) // n)
+            for c in range(0, len(todo), per_call):
+                chunk = todo[c:c + per_call]
+                extra = {} if images is None else {"images": [images[i] for i in chunk]}
+                out = engine.generate([prompts[i] for i in chunk], [keys[i] for i in chunk],
+                                      first, n, spec, seed, **extra)
+                cache.add([{"key": keys[i], "index": first + j, "text": comp.text,
+                            "n_tokens": comp.n_tokens, "truncated": comp.truncated}
+                           for i, comps in zip(chunk, out) for j, comp in enumerate(comps)])
+                bar.update(len(chunk) * n)
+            for i in members:
+                for j in range(first, first + n):
+                    row = dict(cache.samples[(keys[i], j)])
+                    row["correct"] = is_correct(row["text"], answers[i],
+                                                choices[i] if choices is not None else None)
+                    drawn[i].append(row)
         bar.refresh()
     bar.close()
     return drawn
+
+
+def choices_of(questions: pd.DataFrame) -> list | None:
+    """Per-question option lists for multiple choice (letters then match option text too)."""
+    if "choices" not in questions.columns:
+        return None
+    return [list(c) if c is not None and len(c) else None for c in questions["choices"]]
+
+
+def to_dataset(df: pd.DataFrame):
+    """A `datasets.Dataset` from a frame; via dicts so PIL image columns become Image features."""
+    import datasets
+
+    return datasets.Dataset.from_dict(df.to_dict("list"))
+
+
+def build_prompts(engine, questions: pd.DataFrame,
+                  suffix: str = "") -> tuple[list[str], list[list] | None]:
+    """Chat prompts for a benchmark table, and its images when it has any (VLM benchmarks)."""
+    images = None
+    if "images" in questions.columns and any(len(x) for x in questions["images"] if x is not None):
+        images = [list(x) if x is not None else [] for x in questions["images"]]
+    prompts = [chat_prompt(engine.template, q, suffix, len(images[i]) if images else 0)
+               for i, q in enumerate(questions["question"])]
+    return prompts, images
 
 
 def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec, *,
@@ -112,11 +172,11 @@ def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec,
     from synergy.verify import format_ok
 
     engine = engine or make_engine(model_path, backend, batch_rows)
-    prompts = [chat_prompt(engine.tokenizer, q, prompt_suffix) for q in questions["question"]]
+    prompts, images = build_prompts(engine, questions, prompt_suffix)
     drawn = sample_questions(engine, prompts, [str(a) for a in questions["answer"]], spec,
                              n_samples=n_samples, round_size=n_samples, seed=seed,
                              cache=cache_for(cache_root, model_path, spec, seed),
-                             progress=progress)
+                             progress=progress, images=images, choices=choices_of(questions))
     out = questions.copy().reset_index(drop=True)
     out["samples"] = [[s["text"] for s in d] for d in drawn]
     out["correct"] = [[bool(s["correct"]) for s in d] for d in drawn]
@@ -178,14 +238,11 @@ def samples_cache_root(output_root: str, run_name: str) -> Path:
 
 def save_results(out_dir: str | Path, results: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Write `eval/<model>/` datasets and `per_level.csv`; returns the per-level table."""
-    import datasets
-
     from synergy.runs import save_dataset, write_text
 
     out_dir = Path(out_dir)
     for name, df in results.items():
-        save_dataset(datasets.Dataset.from_pandas(df, preserve_index=False),
-                     out_dir / "eval" / name)
+        save_dataset(to_dataset(df), out_dir / "eval" / name)
     table = per_level(results)
     write_text(out_dir / "per_level.csv", table.to_csv(index=False))
     return table

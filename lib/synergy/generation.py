@@ -66,11 +66,17 @@ def keyed_uniform(row_seeds, step: int, vocab: int):
     return (h.double() + 0.5) / 2.0**32
 
 
-def chat_prompt(tokenizer, question: str, suffix: str = "") -> str:
-    """The generation prompt for one user question (with the profile's prompt suffix)."""
-    content = f"{question} {suffix}".strip()
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}],
-                                         tokenize=False, add_generation_prompt=True)
+def chat_prompt(template, question: str, suffix: str = "", n_images: int = 0) -> str:
+    """The generation prompt for one user question (with the profile's prompt suffix).
+
+    `template` is a tokenizer, or for a vision-language model its processor, whose chat
+    template places the image tokens.
+    """
+    text = f"{question} {suffix}".strip()
+    content = text if n_images == 0 else (
+        [{"type": "image"}] * n_images + [{"type": "text", "text": text}])
+    return template.apply_chat_template([{"role": "user", "content": content}],
+                                        tokenize=False, add_generation_prompt=True)
 
 
 def gumbel_processor(row_seeds: Sequence[int], prompt_len: int):
@@ -92,39 +98,65 @@ def gumbel_processor(row_seeds: Sequence[int], prompt_len: int):
 class HFEngine:
     """Sampling with `transformers` generate: many prompts x samples per batched call."""
 
-    def __init__(self, model, tokenizer, batch_rows: int = 512):
+    def __init__(self, model, tokenizer, batch_rows: int = 512, processor=None):
         self.model, self.tokenizer, self.batch_rows = model, tokenizer, batch_rows
+        self.processor = processor
         self.tokenizer.padding_side = "left"
+        if processor is not None:
+            processor.tokenizer.padding_side = "left"
+
+    @property
+    def template(self):
+        """What builds prompts: the processor for a VLM, else the tokenizer."""
+        return self.processor or self.tokenizer
 
     @classmethod
     def from_path(cls, path: str | Path, batch_rows: int = 512, device: str | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import (AutoConfig, AutoModelForCausalLM,
+                                  AutoModelForImageTextToText, AutoProcessor, AutoTokenizer)
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if is_vision_language(AutoConfig.from_pretrained(path)):
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto")
+            processor = AutoProcessor.from_pretrained(path)
+            return cls(model.to(device).eval(), processor.tokenizer, batch_rows, processor)
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
         return cls(model, AutoTokenizer.from_pretrained(path), batch_rows)
 
     def generate(self, prompts: Sequence[str], keys: Sequence[str], first: int, n: int,
-                 spec: SamplingSpec, seed: int) -> list[list[Completion]]:
-        """Samples first..first+n-1 of each prompt; `keys` name the prompts for seeding."""
+                 spec: SamplingSpec, seed: int,
+                 images: Sequence[list] | None = None) -> list[list[Completion]]:
+        """Samples first..first+n-1 of each prompt; `keys` name the prompts for seeding.
+
+        `images` (VLMs): one list of PIL images per prompt, in the order of its image slots.
+        """
         per_call = max(1, self.batch_rows // n)
         out: list[list[Completion]] = []
         for i in range(0, len(prompts), per_call):
-            out.extend(self._generate_batch(prompts[i:i + per_call], keys[i:i + per_call],
-                                            first, n, spec, seed))
+            out.extend(self._generate_batch(
+                prompts[i:i + per_call], keys[i:i + per_call], first, n, spec, seed,
+                None if images is None else images[i:i + per_call]))
         return out
 
-    def _generate_batch(self, prompts, keys, first, n, spec, seed):
+    def _encode(self, prompts, n, images):
+        # Rows are prompt-major (p0s0, p0s1, ...), as num_return_sequences would lay them;
+        # expanded here because HF refuses num_return_sequences > 1 when decoding greedily,
+        # and before encoding so a VLM's image patches stay aligned with their rows.
+        rows = [p for p in prompts for _ in range(n)]
+        if self.processor is not None and images is not None and any(images):
+            row_images = [list(im) for im in images for _ in range(n)]
+            return self.processor(text=rows, images=row_images, return_tensors="pt",
+                                  padding=True)
+        return self.tokenizer(rows, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def _generate_batch(self, prompts, keys, first, n, spec, seed, images=None):
         import torch
         from transformers import (GenerationConfig, LogitsProcessorList,
                                   TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
         tok = self.tokenizer
-        enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        # Rows are prompt-major (p0s0, p0s1, ...), as num_return_sequences would lay them;
-        # expanded here because HF refuses num_return_sequences > 1 when decoding greedily.
-        enc = {k: v.repeat_interleave(n, dim=0).to(self.model.device) for k, v in enc.items()}
+        enc = {k: v.to(self.model.device) for k, v in self._encode(prompts, n, images).items()}
         prompt_len = enc["input_ids"].shape[1]
         processors = LogitsProcessorList()
         if spec.temperature > 0:
@@ -163,18 +195,29 @@ class VLLMEngine:
         self._vllm = vllm
         self.llm = vllm.LLM(model=str(path), **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.template = self.tokenizer
+        if is_vision_language(self.llm.llm_engine.model_config.hf_config):
+            from transformers import AutoProcessor
 
-    def generate(self, prompts, keys, first, n, spec, seed):
+            self.template = AutoProcessor.from_pretrained(str(path))
+
+    def generate(self, prompts, keys, first, n, spec, seed, images=None):
         params = [self._vllm.SamplingParams(
             n=1, temperature=spec.temperature, top_p=spec.top_p,
             top_k=spec.top_k if spec.top_k > 0 else -1, max_tokens=spec.max_new_tokens,
             seed=sample_seed(seed, k, first + j))
             for k in keys for j in range(n)]
-        requests = [p for p in prompts for _ in range(n)]
+        requests = [p if not images or not images[i] else
+                    {"prompt": p, "multi_modal_data": {"image": list(images[i])}}
+                    for i, p in enumerate(prompts) for _ in range(n)]
         results = self.llm.generate(requests, params)
         flat = [Completion(r.outputs[0].text, len(r.outputs[0].token_ids),
                            r.outputs[0].finish_reason == "length") for r in results]
         return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def is_vision_language(config) -> bool:
+    return getattr(config, "vision_config", None) is not None
 
 
 def make_engine(path: str | Path, backend: Backend = "hf", batch_rows: int = 512):
@@ -184,7 +227,8 @@ def make_engine(path: str | Path, backend: Backend = "hf", batch_rows: int = 512
 
 
 def model_fingerprint(path: str | Path) -> str:
-    """Cheap content id of a model folder: config plus size and ends of each weight file."""
+    """Content id of a model folder: its config, tokenizer and weight files, read whole
+    (merged or partly trained models can differ only in the middle of a weight file)."""
     path = Path(path)
     if not path.is_dir():
         return hashlib.sha256(str(path).encode()).hexdigest()[:12]  # a hub id
@@ -193,7 +237,6 @@ def model_fingerprint(path: str | Path) -> str:
         if f.suffix in (".json", ".safetensors", ".bin", ".model") and f.is_file():
             h.update(f.name.encode() + str(f.stat().st_size).encode())
             with f.open("rb") as fh:
-                h.update(fh.read(1 << 20))
-                fh.seek(max(0, f.stat().st_size - (1 << 20)))
-                h.update(fh.read())
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(block)
     return h.hexdigest()[:12]

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from synergy.config import StageConfig
-from synergy.evaluation import cache_for, sample_questions
+from synergy.evaluation import (build_prompts, cache_for, choices_of, sample_questions,
+                                to_dataset)
 from synergy.generation import SamplingSpec
 
 STAGE = "01_stratify"
@@ -87,7 +88,8 @@ def level_decided(n_correct: int, n_drawn: int, *, n_total: int, min_correct: li
 def samples_frame(questions: pd.DataFrame, drawn: list[list[dict]],
                   min_correct: list[int]) -> pd.DataFrame:
     """One row per question: its samples, correctness, lengths, pass rate and level."""
-    out = questions.copy().reset_index(drop=True)
+    # A benchmark's own difficulty column (e.g. the paper's released levels) is kept apart.
+    out = questions.copy().reset_index(drop=True).rename(columns={"level": "source_level"})
     out["samples"] = [[s["text"] for s in d] for d in drawn]
     out["correct"] = [[bool(s["correct"]) for s in d] for d in drawn]
     out["lengths"] = [[int(s["n_tokens"]) for s in d] for d in drawn]
@@ -163,7 +165,7 @@ def early_stop_saving(df: pd.DataFrame, n_samples: int) -> float:
 def run(cfg: StratifyConfig, progress: bool = True) -> pd.DataFrame:
     """Stratify the benchmark with the base model; saves `levels/` and the manifest."""
     from synergy import data
-    from synergy.generation import chat_prompt, make_engine
+    from synergy.generation import make_engine
     from synergy.runs import now, save_dataset, set_seed, stage_dir, write_manifest
 
     started, t0 = now(), time.perf_counter()
@@ -173,16 +175,15 @@ def run(cfg: StratifyConfig, progress: bool = True) -> pd.DataFrame:
     questions, bench_id = data.load_benchmark(cfg.benchmark, cfg.output_root, cfg.run_name)
     engine = make_engine(model_path, cfg.backend, cfg.batch_rows)
     cache = cache_for(out / "cache", model_path, cfg.spec, cfg.seed)
-    prompts = [chat_prompt(engine.tokenizer, q, cfg.prompt_suffix) for q in questions["question"]]
+    prompts, images = build_prompts(engine, questions, cfg.prompt_suffix)
     stop = (functools.partial(level_decided, n_total=cfg.n_samples,
                               min_correct=cfg.level_min_correct) if cfg.early_stop else None)
     drawn = sample_questions(engine, prompts, list(questions["answer"]), cfg.spec,
                              n_samples=cfg.n_samples, round_size=cfg.round_size, seed=cfg.seed,
-                             cache=cache, stop=stop, progress=progress)
+                             cache=cache, stop=stop, progress=progress, images=images,
+                             choices=choices_of(questions))
     df = samples_frame(questions, drawn, cfg.level_min_correct)
-    import datasets
-
-    save_dataset(datasets.Dataset.from_pandas(df, preserve_index=False), out / "levels")
+    save_dataset(to_dataset(df), out / "levels")
     write_manifest(out, cfg, started=started, upstream={"model": model_id, "benchmark": bench_id},
                    extra={"seconds": time.perf_counter() - t0, "model_path": model_path,
                           "samples_drawn": int(df["n_drawn"].sum()),

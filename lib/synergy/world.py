@@ -363,7 +363,7 @@ def greedy_accuracy_by_steps(model_dir: str | Path, cfg: WorldConfig) -> pd.Data
 
     engine = HFEngine.from_path(model_dir)
     qs = eval_questions(cfg)
-    out = engine.generate([chat_prompt(engine.tokenizer, q.text) for q in qs],
+    out = engine.generate([chat_prompt(engine.template, q.text) for q in qs],
                           [q.qid for q in qs], 0, 1, SamplingSpec(0.0, 1.0, 0, 64), cfg.seed)
     frame = questions_frame(qs).assign(
         correct=[is_correct(c[0].text, str(q.answer)) for q, c in zip(qs, out)],
