@@ -114,12 +114,14 @@ class HFEngine:
     def from_path(cls, path: str | Path, batch_rows: int = 512, device: str | None = None):
         import torch
         from transformers import (AutoConfig, AutoModelForCausalLM,
-                                  AutoModelForImageTextToText, AutoProcessor, AutoTokenizer)
+                                  AutoModelForImageTextToText, AutoTokenizer)
+
+        from synergy.vlm import load_processor
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if is_vision_language(AutoConfig.from_pretrained(path)):
             model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto")
-            processor = AutoProcessor.from_pretrained(path)
+            processor = load_processor(path)
             return cls(model.to(device).eval(), processor.tokenizer, batch_rows, processor)
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
         return cls(model, AutoTokenizer.from_pretrained(path), batch_rows)
@@ -197,9 +199,9 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.template = self.tokenizer
         if is_vision_language(self.llm.llm_engine.model_config.hf_config):
-            from transformers import AutoProcessor
+            from synergy.vlm import load_processor
 
-            self.template = AutoProcessor.from_pretrained(str(path))
+            self.template = load_processor(path)
 
     def generate(self, prompts, keys, first, n, spec, seed, images=None):
         params = [self._vllm.SamplingParams(
