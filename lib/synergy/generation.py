@@ -160,28 +160,78 @@ class HFEngine:
         tok = self.tokenizer
         enc = {k: v.to(self.model.device) for k, v in self._encode(prompts, n, images).items()}
         prompt_len = enc["input_ids"].shape[1]
-        processors = LogitsProcessorList()
+        warpers = LogitsProcessorList()
+        row_seeds = None
         if spec.temperature > 0:
-            processors.append(TemperatureLogitsWarper(spec.temperature))
+            warpers.append(TemperatureLogitsWarper(spec.temperature))
             if spec.top_k > 0:
-                processors.append(TopKLogitsWarper(spec.top_k))
+                warpers.append(TopKLogitsWarper(spec.top_k))
             if spec.top_p < 1.0:
-                processors.append(TopPLogitsWarper(spec.top_p))
+                warpers.append(TopPLogitsWarper(spec.top_p))
             row_seeds = [sample_seed(seed, k, first + j) for k in keys for j in range(n)]
-            processors.append(gumbel_processor(row_seeds, prompt_len))
-        gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=spec.max_new_tokens,
-                                   eos_token_id=tok.eos_token_id,
-                                   pad_token_id=tok.pad_token_id)
-        with torch.no_grad():
-            seqs = self.model.generate(**enc, generation_config=gen_cfg,
-                                       logits_processor=processors)
-        new = seqs[:, prompt_len:].cpu()
-        done = new == tok.eos_token_id
-        lengths = torch.where(done.any(1), done.int().argmax(1) + 1, new.shape[1])
-        texts = tok.batch_decode(new, skip_special_tokens=True)
-        flat = [Completion(t, int(length), not bool(d.any()))
-                for t, length, d in zip(texts, lengths.tolist(), done)]
+        if self.processor is None:
+            # Text models: our own loop, which drops finished rows from the batch.
+            rows = self._decode_compacting(enc, warpers, row_seeds, spec.max_new_tokens)
+        else:
+            # VLMs (multimodal rotary positions): HF generate with the same keyed noise.
+            if row_seeds is not None:
+                warpers.append(gumbel_processor(row_seeds, prompt_len))
+            gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=spec.max_new_tokens,
+                                       eos_token_id=tok.eos_token_id,
+                                       pad_token_id=tok.pad_token_id)
+            with torch.no_grad():
+                seqs = self.model.generate(**enc, generation_config=gen_cfg,
+                                           logits_processor=warpers)
+            rows = [_until_eos(r, tok.eos_token_id) for r in seqs[:, prompt_len:].tolist()]
+        texts = tok.batch_decode([r for r, _ in rows], skip_special_tokens=True)
+        flat = [Completion(t, len(r), not ended) for t, (r, ended) in zip(texts, rows)]
         return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _decode_compacting(self, enc, warpers, row_seeds, max_new_tokens):
+        """Keyed sampling (greedy without seeds) with a KV cache; a row that has emitted
+        end-of-turn leaves the batch, so a few long samples do not hold up the short ones."""
+        import torch
+        from transformers import DynamicCache
+
+        eos = self.tokenizer.eos_token_id
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        rows = ids.shape[0]
+        seeds = None if row_seeds is None else torch.tensor(row_seeds, dtype=torch.long)
+        alive = torch.arange(rows)
+        out: list[list[int]] = [[] for _ in range(rows)]
+        ended = [False] * rows
+        cache = DynamicCache()
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position,
+                                past_key_values=cache, use_cache=True).logits[:, -1, :]
+            position = position[:, -1:]
+            for step in range(max_new_tokens):
+                scores = warpers(ids, logits.float())
+                if seeds is not None:
+                    u = keyed_uniform(seeds[alive], step, scores.shape[-1])
+                    scores = scores + (-torch.log(-torch.log(u))).to(scores)
+                nxt = scores.argmax(-1)
+                for r, t in zip(alive.tolist(), nxt.tolist()):
+                    out[r].append(t)
+                    ended[r] = t == eos
+                keep = (nxt != eos).nonzero().squeeze(-1)
+                if len(keep) == 0 or step == max_new_tokens - 1:
+                    break
+                if len(keep) < len(alive):
+                    alive, nxt, mask, position = alive[keep], nxt[keep], mask[keep], position[keep]
+                    cache.reorder_cache(keep.to(mask.device))
+                mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+                position = position + 1
+                logits = self.model(input_ids=nxt[:, None].to(mask.device), attention_mask=mask,
+                                    position_ids=position, past_key_values=cache,
+                                    use_cache=True).logits[:, -1, :]
+        return [(r, e) for r, e in zip(out, ended)]
+
+
+def _until_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:
+    """Tokens up to and including the first end-of-turn, and whether it came."""
+    return (tokens[:tokens.index(eos) + 1], True) if eos in tokens else (tokens, False)
 
 
 class VLLMEngine:

@@ -1,0 +1,238 @@
+"""The embedded world: the task generator, the tokenizer, one training step, the world cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from synergy import world
+from synergy.world import (BOXED, IM_END, THINK_CLOSE, THINK_OPEN, WorldConfig, eval_questions,
+                           parse_question, random_question, train_questions)
+
+SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two torch threads on two busy cores are many times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cfg() -> WorldConfig:
+    return WorldConfig.from_profile(SMOKE)
+
+
+def tiny_cfg(root: Path, **changes) -> WorldConfig:
+    """A world small enough to train in well under a second."""
+    values = {**WorldConfig.from_profile(SMOKE).to_dict(), "output_root": str(root),
+              "hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32,
+              "max_positions": 128, "train_steps": 2, "batch_size": 4, "warmup_steps": 1,
+              "log_every": 1, "vocab_size": 300, **changes}
+    return WorldConfig.from_mapping(values, "test")
+
+
+# --- the task -------------------------------------------------------------------------------
+
+def left_to_right(text: str) -> int:
+    """Evaluate "3 *4 -8" as ((3*4)-8) with Python's own arithmetic."""
+    head, *ops = text.split()
+    expr = head
+    for op in ops:
+        expr = f"({expr}{op})"
+    return eval(expr)  # noqa: S307 - digits and + - * only
+
+
+def test_questions_stay_in_range_and_answer_left_to_right():
+    rng = random.Random(0)
+    for _ in range(2000):
+        steps, max_value = rng.randint(1, 8), rng.choice([9, 19, 50])
+        q = random_question(rng, steps, max_value)
+        assert q.steps == steps and 0 <= q.start <= 9
+        assert all(0 <= v <= max_value for v in q.values())
+        assert all(1 <= n <= 9 and op in "+-*" for op, n in q.ops)
+        assert all(n >= 2 for op, n in q.ops if op == "*")  # no no-op multiplications
+        assert q.answer == left_to_right(q.text)
+        assert parse_question(q.text) == q
+        assert q.qid == parse_question(q.text).qid
+
+
+def test_question_text_and_traces():
+    q = parse_question("3 *4 -8 *3")
+    assert q.values() == [12, 4, 12] and q.answer == 12
+    assert world.direct_answer(q) == "\\boxed{12}"
+    assert world.short_trace(q) == "<think> 3*4=12. 12-8=4. 4*3=12.</think> \\boxed{12}"
+    from synergy.verify import is_correct
+
+    assert is_correct(world.short_trace(q), "12") and is_correct(world.direct_answer(q), "12")
+    assert not is_correct(world.direct_answer(q), "4")
+
+
+def test_all_operators_are_used():
+    rng = random.Random(1)
+    ops = Counter(op for _ in range(300) for op, _ in random_question(rng, 4, 19).ops)
+    assert set(ops) == {"+", "-", "*"} and min(ops.values()) > 150
+
+
+def test_eval_split(cfg):
+    qs = eval_questions(cfg)
+    assert qs == eval_questions(cfg)  # deterministic
+    assert len(qs) == cfg.n_eval_questions == len({q.text for q in qs})
+    per_step = Counter(q.steps for q in qs)
+    assert sorted(per_step) == list(range(cfg.min_steps, cfg.max_steps + 1))
+    assert len(set(per_step.values())) == 1
+    other = dataclasses.replace(cfg, eval_seed=cfg.eval_seed + 1,
+                                output_root=cfg.output_root)
+    assert eval_questions(other) != qs
+    # The run's own seed does not move the eval split; eval_seed does.
+    assert eval_questions(dataclasses.replace(cfg, seed=99)) == qs
+    frame = world.questions_frame(qs)
+    assert list(frame.columns) == ["qid", "question", "answer", "steps"]
+    assert frame["answer"].tolist() == [str(q.answer) for q in qs]
+
+
+def test_train_questions_are_disjoint_from_eval(cfg):
+    held_out = {q.text for q in eval_questions(cfg)}
+    train = train_questions(cfg, 3000, seed=5)
+    assert len(train) == 3000
+    assert not held_out & {q.text for q in train}
+    # Short questions are few, so random draws would hit the eval split often.
+    one_step = [random_question(random.Random(i), 1, cfg.max_value).text for i in range(500)]
+    assert held_out & set(one_step)
+    assert train_questions(cfg, 50, seed=5) == train[:50]
+    assert {q.steps for q in train_questions(cfg, 200, seed=5, steps=[2, 3])} == {2, 3}
+
+
+# --- tokenizer ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizer(cfg, tmp_path_factory):
+    """Built, saved and reloaded the way later stages load it."""
+    from transformers import AutoTokenizer
+
+    built = world.build_tokenizer(cfg.vocab_size, world.tokenizer_corpus(cfg))
+    folder = tmp_path_factory.mktemp("tokenizer")
+    built.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def test_tokenizer_round_trips_text(tokenizer, cfg):
+    q = eval_questions(cfg)[-1]
+    texts = [q.text, world.short_trace(q), world.direct_answer(q), world.REASONING_TEXT,
+             "  two  spaces\nand a new line\t tab", "ünïcödé → ∑ 漢字 😀",
+             world.chat_prompt(tokenizer, q.text) + world.short_trace(q) + IM_END]
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == text
+    assert len(tokenizer) <= cfg.vocab_size + 3
+
+
+def test_digits_and_markers_are_single_tokens(tokenizer):
+    def tokens(text):
+        return tokenizer.convert_ids_to_tokens(
+            tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    assert len(tokens("1234567890")) == 10
+    assert len(tokens("19")) == 2
+    for marker in (THINK_OPEN, THINK_CLOSE, BOXED, IM_END, world.IM_START, world.PAD):
+        assert tokens(marker) == [marker]
+    trace = tokens("<think> 3*4=12.</think> \\boxed{12}")
+    assert trace[0] == THINK_OPEN and THINK_CLOSE in trace and BOXED in trace
+    assert trace[-3:-1] == ["1", "2"]
+    assert tokenizer.eos_token == IM_END and tokenizer.pad_token == world.PAD
+    assert tokenizer.padding_side == "left"
+
+
+@pytest.mark.parametrize("answer", ["\\boxed{12}",
+                                    "<think> 3*4=12. 12-8=4. 4*3=12.</think> \\boxed{12}",
+                                    "Let me solve this step by step.\n\\boxed{7}"])
+def test_chat_template_masks_the_assistant_turn(tokenizer, answer):
+    messages = [{"role": "user", "content": "3 *4 -8 *3"},
+                {"role": "assistant", "content": answer}]
+    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+    assert len(ids) == len(mask)
+    masked = [i for i, m in zip(ids, mask) if m]
+    assert masked == tokenizer(answer + IM_END, add_special_tokens=False)["input_ids"]
+    start = mask.index(1)  # one contiguous span, ending with <|im_end|> before the newline
+    assert all(mask[start:start + len(masked)]) and sum(mask) == len(masked)
+    assert tokenizer.convert_ids_to_tokens(masked[-1]) == IM_END
+    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False,
+                                           add_generation_prompt=True)
+    assert tokenizer.decode(ids[:start]) == prompt
+
+
+def test_encode_pairs_puts_the_loss_on_responses_only(tokenizer):
+    prompts = [world.chat_prompt(tokenizer, "3 *4"), world.chat_prompt(tokenizer, "1 +2 +3 +4")]
+    responses = ["\\boxed{12}", "<think> 1+2=3. 3+3=6. 6+4=10.</think> \\boxed{10}"]
+    ids, mask, labels = world.encode_pairs(tokenizer, prompts, responses)
+    for row, (p, r) in enumerate(zip(prompts, responses)):
+        kept = labels[row][labels[row] != -100].tolist()
+        assert tokenizer.decode(kept) == r + IM_END
+        n = int(mask[row].sum())
+        assert tokenizer.decode(ids[row, :n].tolist()) == p + r + IM_END
+        assert (labels[row, n:] == -100).all()
+
+
+# --- model and training ---------------------------------------------------------------------
+
+def test_one_training_step_changes_every_weight(tokenizer, tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    torch.manual_seed(0)
+    model = world.build_model(cfg, tokenizer)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    log = world.train_base(cfg, model, tokenizer, progress=False)
+    assert log["step"].tolist() == [0, 1]
+    assert all(math.isfinite(x) for x in log["loss"])
+    assert log["loss"].iloc[0] > 0
+    unchanged = [k for k, v in model.named_parameters() if torch.equal(v, before[k])]
+    assert unchanged == []
+    assert not model.training
+
+
+def test_cosine_lr():
+    assert world.cosine_lr(0, 100, 10) == pytest.approx(0.1)
+    assert world.cosine_lr(9, 100, 10) == pytest.approx(1.0)
+    assert world.cosine_lr(10, 100, 10) == pytest.approx(1.0)
+    assert world.cosine_lr(100, 100, 10) == pytest.approx(0.1)
+    assert world.cosine_lr(55, 100, 10) == pytest.approx(0.55)
+
+
+def test_ensure_world_reuses_identical_params_and_retrains_otherwise(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path)
+    path, reused = world.ensure_world(cfg, progress=False)
+    assert not reused and path.name == cfg.world_id()
+    assert (path / "model" / "config.json").exists() and (path / "train_log.csv").exists()
+
+    real_train = world.train_base
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an identical world must not be retrained")
+
+    monkeypatch.setattr(world, "train_base", no_training)
+    renamed = tiny_cfg(tmp_path, run_name="elsewhere")  # where a run is stored is no param
+    assert renamed.world_id() == cfg.world_id()
+    assert world.ensure_world(renamed, progress=False) == (path, True)
+
+    monkeypatch.setattr(world, "train_base", real_train)
+    changed = tiny_cfg(tmp_path, train_steps=3)
+    assert changed.world_id() != cfg.world_id()
+    assert tiny_cfg(tmp_path, seed=1).world_id() != cfg.world_id()
+    other, reused = world.ensure_world(changed, progress=False)
+    assert not reused and other != path and other.parent == path.parent
+    assert (path / "world.json").exists()  # the first world is kept
+
+    from synergy.generation import HFEngine
+
+    engine = HFEngine.from_path(other / "model", device="cpu")  # loads like any saved model
+    assert engine.model.config.hidden_size == 16
