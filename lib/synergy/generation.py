@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -201,10 +202,13 @@ class HFEngine:
         out: list[list[int]] = [[] for _ in range(rows)]
         ended = [False] * rows
         cache = DynamicCache()
+        # transformers renames past_key_values to cache (5.x deprecation); accept either.
+        cache_kw = ("cache" if "cache" in inspect.signature(self.model.forward).parameters
+                    else "past_key_values")
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position,
-                                past_key_values=cache, use_cache=True).logits[:, -1, :]
+                                use_cache=True, **{cache_kw: cache}).logits[:, -1, :]
             position = position[:, -1:]
             for step in range(max_new_tokens):
                 scores = warpers(ids, logits.float())
@@ -224,8 +228,8 @@ class HFEngine:
                 mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
                 position = position + 1
                 logits = self.model(input_ids=nxt[:, None].to(mask.device), attention_mask=mask,
-                                    position_ids=position, past_key_values=cache,
-                                    use_cache=True).logits[:, -1, :]
+                                    position_ids=position, use_cache=True,
+                                    **{cache_kw: cache}).logits[:, -1, :]
         return [(r, e) for r, e in zip(out, ended)]
 
 
