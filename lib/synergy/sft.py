@@ -1,0 +1,606 @@
+"""Long-CoT SFT with TRL, then the per-level comparison with the base model.
+
+One model per teacher (the paper's s1.1-R1 vs s1-Gemini2 comparison), trained with
+`SFTTrainer` and the loss on assistant tokens only. The data mix is chosen by difficulty
+level of the training questions (default: hard questions only, as in s1K); one run can also
+sweep the share of easy questions (is the easy-question loss caused by the mix?) and the
+number of traces per teacher quality (does quality beat scale?). Checkpoints are chosen by
+greedy accuracy on held-out traces' questions, as in the paper; the chosen model is saved
+as safetensors with its tokenizer and evaluated with the engine, verifier and questions of
+`01_stratify`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from synergy.config import StageConfig
+
+STAGE = "03_sft"
+VISION_PREFIXES = ("visual",)  # Qwen2-VL / Qwen2.5-VL: vision tower and merger (connector)
+
+
+@dataclasses.dataclass
+class SftConfig(StageConfig):
+    SECTION = "sft"
+
+    model: str
+    teachers: list[str]
+    n_traces: int
+    easy_share: float
+    easy_levels: list[int]
+    hard_levels: list[int]
+    val_traces: int
+    lr: float
+    lr_scheduler: str
+    warmup_ratio: float
+    weight_decay: float
+    batch_size: int
+    grad_accum: int
+    epochs: float
+    max_steps: int
+    max_length: int
+    checkpoints: int
+    freeze_vision: bool
+    lora_r: int
+    lora_alpha: int
+    easy_share_sweep: list[float]
+    scale_sweep: dict[str, list[int]]
+    eval_samples: int
+    eval_temperature: float
+    eval_top_p: float
+    eval_top_k: int
+    eval_max_new_tokens: int
+    backend: Literal["hf", "vllm"]
+    batch_rows: int
+    n_examples: int
+
+    def validate(self) -> None:
+        self.require(len(self.teachers) >= 1, "teachers", "must name at least one trace set")
+        self.require(self.n_traces >= 1, "n_traces", "must be >= 1")
+        for key in ("easy_share",):
+            self.require(0.0 <= getattr(self, key) <= 1.0, key, "must be in [0, 1]")
+        self.require(all(0.0 <= s <= 1.0 for s in self.easy_share_sweep), "easy_share_sweep",
+                     "must hold shares in [0, 1]")
+        self.require(not set(self.easy_levels) & set(self.hard_levels), "easy_levels",
+                     "must not overlap hard_levels")
+        self.require(self.easy_share == 0 and not self.easy_share_sweep or
+                     len(self.easy_levels) >= 1, "easy_levels",
+                     "must name levels when easy_share or easy_share_sweep is non-zero")
+        self.require(len(self.hard_levels) >= 1, "hard_levels", "must name at least one level")
+        self.require(self.val_traces >= 1, "val_traces", "must be >= 1")
+        self.require(self.lr > 0, "lr", "must be > 0")
+        self.require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
+        self.require(self.batch_size >= 1 and self.batch_size % self.grad_accum == 0,
+                     "batch_size", "must be >= 1 and divisible by grad_accum")
+        self.require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        self.require(self.epochs > 0, "epochs", "must be > 0")
+        self.require(self.max_steps == -1 or self.max_steps >= 1, "max_steps",
+                     "must be -1 (train for `epochs`) or >= 1")
+        self.require(self.max_length >= 16, "max_length", "must be >= 16")
+        self.require(self.checkpoints >= 1, "checkpoints", "must be >= 1")
+        self.require(self.lora_r >= 0, "lora_r", "must be >= 0 (0: full fine-tuning)")
+        self.require(all(n >= 1 for ns in self.scale_sweep.values() for n in ns), "scale_sweep",
+                     "must map teacher names to trace counts >= 1")
+        self.require(self.eval_samples >= 1, "eval_samples", "must be >= 1")
+        self.require(self.eval_temperature >= 0, "eval_temperature", "must be >= 0")
+        self.require(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
+        self.require(self.eval_top_k >= 0, "eval_top_k", "must be >= 0 (0 disables)")
+        self.require(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", "must be >= 1")
+        self.require(self.batch_rows >= 1, "batch_rows", "must be >= 1")
+        self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One SFT model: which trace set, how many traces, what share of easy questions."""
+
+    teacher: str
+    n_traces: int
+    easy_share: float
+    role: str  # main | easy_sweep | scale_sweep
+
+    @property
+    def name(self) -> str:
+        if self.role == "main":
+            return self.teacher
+        return f"{self.teacher}_n{self.n_traces}_easy{round(100 * self.easy_share)}"
+
+
+def run_specs(cfg: SftConfig) -> list[RunSpec]:
+    """Main runs (one per teacher), then the sweeps; a sweep point equal to a run is dropped."""
+    specs = [RunSpec(t, cfg.n_traces, cfg.easy_share, "main") for t in cfg.teachers]
+    specs += [RunSpec(cfg.teachers[0], cfg.n_traces, s, "easy_sweep")
+              for s in cfg.easy_share_sweep]
+    specs += [RunSpec(t, n, cfg.easy_share, "scale_sweep")
+              for t, ns in cfg.scale_sweep.items() for n in ns]
+    seen, out = set(), []
+    for s in specs:
+        key = (s.teacher, s.n_traces, s.easy_share)
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
+
+
+# --- data selection (pure) ----------------------------------------------------------------
+
+def select_traces(traces: pd.DataFrame, teacher: str, n: int, easy_share: float,
+                  easy_levels: list[int], hard_levels: list[int], n_val: int,
+                  seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) rows of one teacher with `easy_share` of easy-level questions.
+
+    Questions are ordered by a seeded shuffle of their ids, so every teacher and every
+    sweep point draws the same questions first (a larger set contains the smaller one).
+    Validation rows come first in that order and never overlap training rows.
+    """
+    if teacher not in set(traces["teacher"]):
+        raise ValueError(f"sft.teachers: no traces from teacher '{teacher}' in 02_distill; "
+                         f"have {sorted(set(traces['teacher']))}")
+    rows = traces[traces["teacher"] == teacher]
+    rows = rows.assign(_order=rows["qid"].map(lambda q: _stable_key(seed, q)))
+    rows = rows.sort_values("_order").drop(columns="_order")
+    easy = rows[rows["level"].isin(easy_levels)]
+    hard = rows[rows["level"].isin(hard_levels)]
+    n_easy, v_easy = round(n * easy_share), round(n_val * easy_share)
+    n_hard, v_hard = n - n_easy, n_val - v_easy
+    for kind, have, need, levels in (("easy", easy, n_easy + v_easy, easy_levels),
+                                     ("hard", hard, n_hard + v_hard, hard_levels)):
+        if len(have) < need:
+            raise ValueError(
+                f"sft: teacher '{teacher}' has {len(have)} {kind} traces (levels {levels}); "
+                f"{need} are needed ({n} traces with easy share {easy_share} + {n_val} for "
+                f"validation). Lower sft.n_traces / the sweep or raise distill.n_questions.")
+    val = pd.concat([easy.iloc[:v_easy], hard.iloc[:v_hard]])
+    train = pd.concat([easy.iloc[v_easy:v_easy + n_easy], hard.iloc[v_hard:v_hard + n_hard]])
+    return train.sample(frac=1.0, random_state=seed).reset_index(drop=True), \
+        val.reset_index(drop=True)
+
+
+def _stable_key(seed: int, qid: str) -> str:
+    from synergy.runs import content_hash
+
+    return content_hash([seed, qid], 16)
+
+
+# --- models -------------------------------------------------------------------------------
+
+def freeze_vision(model) -> list[str]:
+    """Freeze the vision tower and the connector (Qwen-VL's `visual.*`); returns their names."""
+    frozen = []
+    for name, param in model.named_parameters():
+        if any(part in VISION_PREFIXES for part in name.split(".")):
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def is_vlm(path: str | Path) -> bool:
+    from transformers import AutoConfig
+
+    return hasattr(AutoConfig.from_pretrained(path), "vision_config")
+
+
+def load_student(path: str | Path):
+    """(model, processing class): a causal LM with its tokenizer, or a VLM with its processor."""
+    from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
+                              AutoTokenizer)
+
+    if is_vlm(path):
+        return (AutoModelForImageTextToText.from_pretrained(path, dtype="auto"),
+                AutoProcessor.from_pretrained(path))
+    return AutoModelForCausalLM.from_pretrained(path, dtype="auto"), \
+        AutoTokenizer.from_pretrained(path)
+
+
+def set_threads() -> None:
+    """Two threads by default (the 2-core reference machine); OMP_NUM_THREADS overrides."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
+
+
+def trainer_args(cfg: SftConfig, out_dir: Path, n_train: int):
+    from trl import SFTConfig
+
+    per_device = cfg.batch_size // cfg.grad_accum
+    steps = cfg.max_steps if cfg.max_steps > 0 else \
+        int(np.ceil(cfg.epochs * n_train / cfg.batch_size))
+    save_every = max(1, int(np.ceil(steps / cfg.checkpoints)))
+    import torch
+
+    cuda = torch.cuda.is_available()
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated")
+    return SFTConfig(
+        output_dir=str(out_dir), learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=int(cfg.warmup_ratio * steps), weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
+        assistant_only_loss=True, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
+        gradient_checkpointing=False, report_to="none", logging_steps=max(1, steps // 50),
+        save_strategy="steps", save_steps=save_every, save_only_model=True,
+        save_total_limit=None, seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
+        disable_tqdm=False, remove_unused_columns=True, dataloader_pin_memory=False)
+
+
+class JsonlLogger:
+    """A TRL/transformers callback appending every log event to a JSONL file."""
+
+    def __new__(cls, path: Path):
+        from transformers import TrainerCallback
+
+        class _Logger(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                with open(path, "a") as fh:
+                    fh.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        return _Logger()
+
+
+def build_trainer(model_path: str | Path, train: pd.DataFrame, cfg: SftConfig, out_dir: Path,
+                  log_path: Path):
+    """An `SFTTrainer` on chat-format rows (`messages`), loss on assistant tokens only."""
+    import datasets
+    from trl import SFTTrainer
+
+    model, processing = load_student(model_path)
+    frozen = freeze_vision(model) if cfg.freeze_vision else []
+    peft_config = None
+    if cfg.lora_r > 0:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    cols = [c for c in ("messages", "images") if c in train.columns]
+    trainer = SFTTrainer(model=model, args=trainer_args(cfg, out_dir, len(train)),
+                         train_dataset=datasets.Dataset.from_pandas(train[cols],
+                                                                    preserve_index=False),
+                         processing_class=processing, peft_config=peft_config,
+                         callbacks=[JsonlLogger(log_path)])
+    trainer.frozen_parameters = frozen
+    return trainer
+
+
+def validation_accuracy(model_dir: str | Path, val: pd.DataFrame, max_new_tokens: int,
+                        prompt_suffix: str, seed: int, backend: str = "hf",
+                        batch_rows: int = 512) -> float:
+    """Greedy accuracy of a checkpoint on the validation questions."""
+    from synergy.generation import SamplingSpec, chat_prompt, make_engine
+    from synergy.verify import is_correct
+
+    engine = make_engine(model_dir, backend, batch_rows)
+    prompts = [chat_prompt(engine.tokenizer, q, prompt_suffix) for q in val["question"]]
+    out = engine.generate(prompts, list(val["qid"]), 0, 1,
+                          SamplingSpec(0.0, 1.0, 0, max_new_tokens), seed)
+    return float(np.mean([is_correct(c[0].text, str(a)) for c, a in zip(out, val["answer"])]))
+
+
+def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: str,
+              out: Path, prompt_suffix: str, progress: bool = True) -> dict[str, Any]:
+    """Train, pick the checkpoint by validation, save it to `models/<name>/`. Resumable."""
+    from synergy.runs import atomic_path, content_hash, read_json, write_json
+
+    from synergy.generation import model_fingerprint
+
+    key = content_hash({"spec": dataclasses.asdict(spec), "base": model_fingerprint(model_path),
+                        "traces": content_hash(traces[["qid", "teacher", "response"]]
+                                               .to_dict("list")),
+                        "cfg": {k: v for k, v in cfg.to_dict().items() if not k.startswith(
+                            ("eval_", "easy_share_sweep", "scale_sweep", "n_examples",
+                             "teachers", "output_root", "backend", "batch_rows"))}})
+    final = out / "models" / spec.name
+    if (final / "sft_run.json").exists() and read_json(final / "sft_run.json")["key"] == key:
+        return {**read_json(final / "sft_run.json"), "reused": True}
+    train, val = select_traces(traces, spec.teacher, spec.n_traces, spec.easy_share,
+                               cfg.easy_levels, cfg.hard_levels, cfg.val_traces, cfg.seed)
+    ckpt_root = out / "checkpoints" / spec.name
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+    trainer = build_trainer(model_path, train, cfg, ckpt_root, out / "logs" / f"{spec.name}.jsonl")
+    trainer.args.disable_tqdm = not progress
+    t0 = time.perf_counter()
+    result = trainer.train()
+    train_seconds = time.perf_counter() - t0
+    ckpts = sorted(ckpt_root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if cfg.lora_r > 0:  # merge adapters so every later stage loads a plain model
+        ckpts = [merge_lora(c, model_path) for c in ckpts]
+    scores = []
+    for c in ckpts:
+        trainer.processing_class.save_pretrained(c)
+        scores.append(validation_accuracy(c, val, cfg.eval_max_new_tokens, prompt_suffix,
+                                          cfg.seed, cfg.backend, cfg.batch_rows))
+    best = int(np.argmax(scores))  # earliest among ties
+    record = {"key": key, "name": spec.name, **dataclasses.asdict(spec),
+              "train_rows": len(train), "val_rows": len(val),
+              "steps": int(result.global_step), "train_loss": float(result.training_loss),
+              "train_seconds": train_seconds,
+              "checkpoints": {c.name: s for c, s in zip(ckpts, scores)},
+              "best_checkpoint": ckpts[best].name, "val_accuracy": scores[best],
+              "frozen_parameters": len(trainer.frozen_parameters),
+              "train_tokens_mean": float(train["n_tokens"].mean())}
+    with atomic_path(final) as tmp:
+        shutil.copytree(ckpts[best], tmp, ignore=shutil.ignore_patterns(
+            "optimizer.pt", "scheduler.pt", "rng_state*", "training_args.bin"))
+        write_json(tmp / "sft_run.json", record)
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+    return {**record, "reused": False}
+
+
+def merge_lora(checkpoint: Path, base_path: str) -> Path:
+    from peft import PeftModel
+
+    model, _ = load_student(base_path)
+    merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
+    out = checkpoint.with_name(checkpoint.name + "-merged")
+    merged.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+# --- the stage ----------------------------------------------------------------------------
+
+def run(cfg: SftConfig, progress: bool = True) -> dict[str, Any]:
+    """Train every run of the config, evaluate each and the base per level; save all."""
+    from synergy import data, distill
+    from synergy.evaluation import (eval_spec, evaluate_model, samples_cache_root,
+                                    save_results)
+    from synergy.runs import (now, read_manifest, set_seed, stage_dir, write_manifest,
+                              write_text)
+    from synergy.stratify import STAGE as STRATIFY, load_levels
+
+    set_threads()
+    started, t0 = now(), time.perf_counter()
+    set_seed(cfg.seed)
+    out = stage_dir(cfg, STAGE)
+    run_root = data.run_root(cfg.output_root, cfg.run_name)
+    strat = read_manifest(run_root / STRATIFY)
+    prompt_suffix = strat["params"]["prompt_suffix"]
+    model_path, model_id = data.resolve_model(cfg.model, cfg.output_root, cfg.run_name)
+    traces = distill.load_traces(cfg.output_root, cfg.run_name)
+    levels = load_levels(cfg.output_root, cfg.run_name)
+    cache_root = samples_cache_root(cfg.output_root, cfg.run_name)
+
+    def evaluate(path: str) -> pd.DataFrame:
+        return evaluate_model(path, levels, eval_spec(cfg), n_samples=cfg.eval_samples,
+                              seed=cfg.seed, cache_root=cache_root, prompt_suffix=prompt_suffix,
+                              backend=cfg.backend, batch_rows=cfg.batch_rows,
+                              progress=progress)
+
+    timings = {"base_eval": -time.perf_counter()}
+    results = {"base": evaluate(model_path)}
+    timings["base_eval"] += time.perf_counter()
+    records = []
+    for spec in run_specs(cfg):
+        record = train_one(spec, traces, cfg, model_path, out, prompt_suffix, progress)
+        t = time.perf_counter()
+        results[spec.name] = evaluate(str(out / "models" / spec.name))
+        records.append({**record, "eval_seconds": time.perf_counter() - t,
+                        "model_path": str((out / "models" / spec.name).resolve())})
+    runs = pd.DataFrame(records).drop(columns=["key", "checkpoints"])
+    table = save_results(out, results)
+    write_text(out / "runs.csv", runs.to_csv(index=False))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    write_manifest(out, cfg, started=started,
+                   upstream={"model": model_id,
+                             "traces": read_manifest(run_root / distill.STAGE)["artifact_id"],
+                             "levels": strat["artifact_id"]},
+                   extra={"seconds": time.perf_counter() - t0, "timings": timings,
+                          "model_paths": {r["name"]: r["model_path"] for r in records},
+                          "base_model_path": model_path,
+                          "runs": runs.to_dict("records")})
+    return {"results": results, "per_level": table, "runs": runs, "out_dir": str(out),
+            "base_model_path": model_path}
+
+
+def load_run(output_root: str, run_name: str) -> dict[str, Any]:
+    """What `run` returned, read back from disk (for later stages and re-rendering)."""
+    from synergy.evaluation import load_results, per_level
+
+    from synergy.runs import read_manifest
+
+    out = Path(output_root) / run_name / STAGE
+    results = load_results(out)
+    return {"results": results, "per_level": per_level(results),
+            "runs": pd.read_csv(out / "runs.csv"), "out_dir": str(out),
+            "base_model_path": read_manifest(out)["base_model_path"]}
+
+
+# --- analysis (pure: each takes what `run` / `load_run` returned) -------------------------
+
+def plan(cfg: SftConfig) -> pd.DataFrame:
+    """The models this config trains: main runs (one per teacher), then the sweeps."""
+    return pd.DataFrame([{"name": s.name, **dataclasses.asdict(s)} for s in run_specs(cfg)])
+
+
+def main_models(res: dict) -> list[str]:
+    runs = res["runs"]
+    return ["base"] + list(runs.loc[runs["role"] == "main", "name"])
+
+
+def training_table(res: dict) -> pd.DataFrame:
+    cols = ["name", "role", "train_rows", "train_tokens_mean", "steps", "train_loss",
+            "train_seconds", "best_checkpoint", "val_accuracy", "eval_seconds", "reused"]
+    return res["runs"][[c for c in cols if c in res["runs"].columns]]
+
+
+def loss_figure(res: dict):
+    """Training loss of every model, from the trainer's JSONL logs."""
+    import plotly.express as px
+
+    frames = []
+    for name in res["runs"]["name"]:
+        path = Path(res["out_dir"]) / "logs" / f"{name}.jsonl"
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            frames.append(pd.DataFrame([r for r in rows if "loss" in r]).assign(model=name))
+    if not frames:
+        return px.line(title="no training logs (all models reused)")
+    df = pd.concat(frames, ignore_index=True)
+    return px.line(df, x="step", y="loss", color="model", log_y=True,
+                   title="SFT training loss (assistant tokens only)")
+
+
+def accuracy_figure(res: dict):
+    from synergy.evaluation import accuracy_figure as bars
+
+    table = res["per_level"]
+    return bars(table[table["model"].isin(main_models(res))],
+                "Accuracy by difficulty level: base vs SFT on each teacher's traces")
+
+
+def length_figure(res: dict):
+    from synergy.evaluation import length_figure as boxes
+
+    return boxes({m: res["results"][m] for m in main_models(res)},
+                 "Response length (tokens) by level: base vs SFT")
+
+
+def comparison(res: dict) -> pd.DataFrame:
+    """Per level (rows): accuracy, mean length, SFT/base length ratio and format rate."""
+    models = main_models(res)
+    part = res["per_level"][res["per_level"]["model"].isin(models)]
+
+    def pivot(col):
+        return part.pivot(index="level", columns="model", values=col)[models]
+
+    acc, length, fmt = pivot("accuracy"), pivot("mean_length"), pivot("format_rate")
+    ratio = length[models[1:]].div(length["base"], axis=0)
+    return pd.concat([acc.add_prefix("acc "), (acc[models[1:]].sub(acc["base"], axis=0))
+                      .add_prefix("Δacc "), length.add_prefix("len "),
+                      ratio.add_prefix("len ratio "), fmt.add_prefix("format ")], axis=1)
+
+
+def first_correct_tokens(results: pd.DataFrame, tokenizer) -> pd.DataFrame:
+    """Per level: tokens until the correct answer is first stated, and what follows it.
+
+    A statement is `\\boxed{ANS}` or "answer is ANS"; measured on correct samples. The share
+    of tokens after the first statement is an overthinking measure.
+    """
+    rows = []
+    for _, row in results.iterrows():
+        pattern = re.compile(r"(?:\\boxed\{\s*|answer is:?\s*)" + re.escape(str(row["answer"]))
+                             + r"(?!\d|\.\d)")
+        for text, ok, n in zip(row["samples"], row["correct"], row["lengths"]):
+            m = pattern.search(text) if ok else None
+            if m is None:
+                continue
+            upto = len(tokenizer(text[:m.end()], add_special_tokens=False)["input_ids"])
+            rows.append({"level": f"L{row['level']}", "tokens_to_first_correct": upto,
+                         "tokens_after": max(0, n - upto), "share_after": max(0, n - upto) / n})
+    cols = ["level", "tokens_to_first_correct", "tokens_after", "share_after"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    return pd.DataFrame(rows)[cols].groupby("level").mean().reset_index()
+
+
+def overthinking(res: dict) -> pd.DataFrame:
+    """`first_correct_tokens` for the base and each main SFT model (rows: model, level)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(res["base_model_path"])
+    return pd.concat([first_correct_tokens(res["results"][m], tokenizer).assign(model=m)
+                      for m in main_models(res)], ignore_index=True)
+
+
+def sweep_table(res: dict, role: str) -> pd.DataFrame:
+    """Per-level accuracy of one sweep's runs, with the main run(s) it extends and the base."""
+    runs, table = res["runs"], res["per_level"]
+    mains = runs[runs["role"] == "main"]
+    if role == "easy_sweep":
+        mains = mains[mains["teacher"] == mains["teacher"].iloc[0]]
+    specs = pd.concat([mains, runs[runs["role"] == role]])
+    merged = table.merge(specs[["name", "teacher", "n_traces", "easy_share"]],
+                         left_on="model", right_on="name").drop(columns="name")
+    base = table[table["model"] == "base"].assign(teacher="base", n_traces=0, easy_share=np.nan)
+    return pd.concat([base, merged], ignore_index=True)
+
+
+def easy_share_figure(res: dict):
+    import plotly.express as px
+
+    df = sweep_table(res, "easy_sweep")
+    base = df[df["teacher"] == "base"]
+    df = df[(df["teacher"] != "base") & (df["level"] != "all")].sort_values("easy_share")
+    fig = px.line(df, x="easy_share", y="accuracy", color="level", markers=True, range_y=[0, 1],
+                  title="SFT accuracy per level vs share of easy questions in the SFT data "
+                        "(dotted: base)")
+    for trace in fig.data:
+        level = base[base["level"] == trace.name]
+        if len(level):
+            fig.add_hline(y=float(level["accuracy"].iloc[0]), line_dash="dot",
+                          line_color=trace.line.color)
+    return fig
+
+
+def scale_figure(res: dict):
+    import plotly.express as px
+
+    df = sweep_table(res, "scale_sweep")
+    df = df.assign(run=np.where(df["teacher"] == "base", "base",
+                                df["teacher"] + " × " + df["n_traces"].astype(str)))
+    df = df.sort_values(["teacher", "n_traces", "level"])
+    return px.line(df, x="level", y="accuracy", color="run", markers=True, range_y=[0, 1],
+                   title="Quality vs quantity: per-level accuracy by teacher and number of "
+                         "traces (equal training steps)")
+
+
+def examples(res: dict, n: int, seed: int = 0) -> pd.DataFrame:
+    """The first sample of a few questions per level, from each main model (text raw)."""
+    picks = []
+    for model in main_models(res):
+        df = res["results"][model]
+        for level, part in df.groupby("level"):
+            for _, row in part.sample(min(n, len(part)), random_state=seed).iterrows():
+                picks.append({"model": model, "level": f"L{level}", "question": row["question"],
+                              "answer": row["answer"], "correct": row["correct"][0],
+                              "tokens": row["lengths"][0], "response": row["samples"][0]})
+    return pd.DataFrame(picks)
+
+
+def conclusion(res: dict) -> str:
+    """What the run shows, in a few sentences written from the numbers."""
+    table, runs = res["per_level"], res["runs"]
+    acc = table.pivot(index="level", columns="model", values="accuracy")
+    length = table.pivot(index="level", columns="model", values="mean_length")
+    levels = sorted(lv for lv in acc.index if lv != "all")
+    easy, hard = levels[0], [lv for lv in levels if lv in ("L4", "L5")] or levels[-1:]
+    mains = list(runs.loc[runs["role"] == "main", "name"])
+    lines = []
+    for name in mains:
+        d = acc[name] - acc["base"]
+        d_hard = float(d[hard].mean())
+        lines.append(
+            f"SFT on '{name}' traces: {d['all']:+.2f} overall; {d_hard:+.2f} on "
+            f"{'–'.join(hard)} (mean); {d[easy]:+.2f} on {easy}; responses "
+            f"×{length.loc['all', name] / length.loc['all', 'base']:.1f} as long as the base's.")
+    if len(mains) > 1:
+        ranked = sorted(mains, key=lambda m: -acc.loc["all", m])
+        lines.append("Overall accuracy by teacher: " + ", ".join(
+            f"'{m}' {acc.loc['all', m]:.2f}" for m in ranked)
+            + f" (base {acc.loc['all', 'base']:.2f}).")
+    easy_runs = sweep_table(res, "easy_sweep")
+    easy_runs = easy_runs[(easy_runs["teacher"] != "base") & (easy_runs["level"] == easy)]
+    if easy_runs["easy_share"].nunique() > 1:
+        pts = easy_runs.sort_values("easy_share")
+        lines.append(f"{easy} accuracy by share of easy questions in the SFT data: "
+                     + ", ".join(f"{s:.2f} → {a:.2f}" for s, a in
+                                 zip(pts["easy_share"], pts["accuracy"]))
+                     + f" (base {acc.loc[easy, 'base']:.2f}).")
+    scale = sweep_table(res, "scale_sweep")
+    scale = scale[(scale["teacher"] != "base") & (scale["level"] == "all")]
+    if len(scale) > len(mains):
+        lines.append("Overall accuracy by teacher × traces: " + ", ".join(
+            f"{t} × {n}: {a:.2f}" for t, n, a in
+            zip(scale["teacher"], scale["n_traces"], scale["accuracy"])) + ".")
+    return "\n".join(lines)
