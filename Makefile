@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lab clean-venv
+.PHONY: install demo test lab report clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/python -m synergy run --profile $(PROFILE) $(if $(STAGES),--stages $(STAGES))
+
+report: install
+	$(BIN)/python -m synergy report --run $(or $(RUN),$(error usage: make report RUN=<run>)) --profile $(PROFILE)
 
 test: install
 	$(BIN)/python -m pytest -q tests

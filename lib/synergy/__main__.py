@@ -1,4 +1,5 @@
-"""Command line: `python -m synergy run --profile params/tiny.yaml [--stages 00 01]`."""
+"""Command line: `python -m synergy run --profile params/tiny.yaml [--stages 00 01]`,
+`python -m synergy report --run tiny` (re-render one run's report)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--stages", nargs="*", help="stage names or numbers (default: all)")
     run.add_argument("--run-name", help="override run.run_name")
     run.add_argument("--quiet", action="store_true", help="do not stream cell output")
+    report = sub.add_parser("report", help="re-render the HTML report of a finished run")
+    report.add_argument("--run", required=True, dest="run_name", help="the run's name")
+    report.add_argument("--profile", default="params/tiny.yaml")
+    report.add_argument("--quiet", action="store_true", help="do not stream cell output")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        args.stages = ["08_report"]
 
     from synergy import pipeline
 
@@ -30,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"[synergy] done: {len(paths)} notebook(s); last report: "
           f"{paths[-1].with_suffix('.html')}")
+    reports = [p for p in paths if p.stem == "08_report"]
+    if reports:
+        print(f"[synergy] run report: {reports[-1].with_suffix('.html')}")
     return 0
 
 

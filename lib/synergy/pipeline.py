@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from synergy.config import ConfigError, StageConfig, project_root
+from synergy.distill import DistillConfig
+from synergy.grpo import GRPOStageConfig
+from synergy.merging import MergingConfig
+from synergy.pivotal import PivotalConfig
+from synergy.report import ReportConfig
 from synergy.runs import atomic_path, write_text
+from synergy.sft import SftConfig
 from synergy.stratify import StratifyConfig
 from synergy.world import WorldConfig
 
@@ -21,13 +27,18 @@ from synergy.world import WorldConfig
 class Stage:
     name: str  # notebook stem and output folder, e.g. "01_stratify"
     config: type[StageConfig]
+    hide_code: bool = False  # render the HTML without code cells (the run report)
 
     @property
     def notebook(self) -> Path:
         return project_root() / "notebooks" / f"{self.name}.ipynb"
 
 
-STAGES = [Stage("00_world", WorldConfig), Stage("01_stratify", StratifyConfig)]
+STAGES = [Stage("00_world", WorldConfig), Stage("01_stratify", StratifyConfig),
+          Stage("02_distill", DistillConfig), Stage("03_sft", SftConfig),
+          Stage("04_grpo", GRPOStageConfig),
+          Stage("06_merging", MergingConfig), Stage("07_pivotal_tokens", PivotalConfig),
+          Stage("08_report", ReportConfig, hide_code=True)]
 
 
 def find_stage(name: str) -> Stage:
@@ -58,7 +69,9 @@ def render_html(notebook: Path, html: Path, exclude_input: bool = False) -> Path
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter(exclude_input=exclude_input).from_notebook_node(
+    # Without code, the In/Out prompts are noise too (the run report).
+    body, _ = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
+                           exclude_output_prompt=exclude_input).from_notebook_node(
         nbformat.read(notebook, as_version=4))
     return write_text(html, body)
 
@@ -82,7 +95,8 @@ def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | Non
         papermill.execute_notebook(str(stage.notebook), str(tmp), parameters=cfg.to_dict(),
                                    cwd=str(stage.notebook.parent), kernel_name="python3",
                                    log_output=log_output, progress_bar=False)
-    render_html(executed, out_dir / f"{stage.name}.html", exclude_input=exclude_input)
+    render_html(executed, out_dir / f"{stage.name}.html",
+                exclude_input=exclude_input or stage.hide_code)
     print(f"[synergy] {stage.name}: {time.perf_counter() - t0:.1f}s -> "
           f"{out_dir / (stage.name + '.html')}", flush=True)
     return executed

@@ -1,0 +1,219 @@
+"""04_grpo: rewards, the exclude-easiest filter, the curve log, one real GRPO step, resume,
+and the notebook on the smoke profile."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import types
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from synergy import grpo
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "params" / "smoke.yaml"
+PAPER = ROOT / "params" / "paper.yaml"
+
+
+# --- rewards --------------------------------------------------------------------------------
+
+def test_reward_is_point_nine_accuracy_plus_point_one_format():
+    completions = ["<think> 2+3=5.</think> \\boxed{5}",  # right, formatted
+                   "\\boxed{5}",                          # right, no think block
+                   "<think> 2+3=4.</think> \\boxed{4}",  # wrong, formatted
+                   "five"]                                # neither
+    assert grpo.weighted_reward(completions, ["5"] * 4, [0.9, 0.1]) == pytest.approx(
+        [1.0, 0.9, 0.1, 0.0])
+    assert [f.__name__ for f in grpo.reward_functions()] == list(grpo.REWARD_NAMES)
+
+
+# --- exclude easiest ------------------------------------------------------------------------
+
+def crafted_batch():
+    """Three prompts x 4 rollouts: all correct, mixed, all wrong."""
+    accuracy = torch.tensor([1., 1., 1., 1., 1., 0., 1., 0., 0., 0., 0., 0.])
+    mask = torch.ones(12, 5, dtype=torch.long)
+    mask[:, 4] = 0  # a padded position
+    batch = {"completion_ids": torch.ones(12, 5, dtype=torch.long), "completion_mask": mask,
+             "advantages": torch.linspace(-1, 1, 12), "num_items_in_batch": mask.sum()}
+    return accuracy, batch
+
+
+def test_easiest_groups_marks_only_all_correct_groups():
+    accuracy, _ = crafted_batch()
+    drop = grpo.easiest_groups(accuracy, num_generations=4)
+    assert drop.tolist() == [True] * 4 + [False] * 8
+
+
+def test_drop_completions_masks_easiest_out_of_the_loss():
+    accuracy, batch = crafted_batch()
+    out = grpo.drop_completions(batch, grpo.easiest_groups(accuracy, 4))
+    assert out["completion_mask"][:4].sum() == 0
+    assert torch.equal(out["completion_mask"][4:], batch["completion_mask"][4:])
+    assert torch.all(out["advantages"][:4] == 0)
+    assert torch.equal(out["advantages"][4:], batch["advantages"][4:])
+    assert out["num_items_in_batch"] == 8 * 4  # the kept rows' real tokens
+    assert batch["completion_mask"].sum() == 12 * 4  # the input is left alone
+
+
+def test_static_filter_keeps_questions_with_any_miss():
+    assert grpo.base_all_correct([[True] * 8, [True] * 7 + [False], [False] * 8, []]).tolist() \
+        == [True, False, False, False]
+
+
+# --- batching and config --------------------------------------------------------------------
+
+def test_paper_batching_maps_onto_trl():
+    cfg = grpo.GRPOStageConfig.from_profile(PAPER)
+    b = grpo.trl_batching(cfg)
+    assert b["completions_per_step"] == 64 * 8  # verl mini-batch of 64 prompts x 8 rollouts
+    assert b["per_device_train_batch_size"] * b["gradient_accumulation_steps"] == 512
+    assert b["steps_per_generation"] == 2 * b["gradient_accumulation_steps"]  # 128 / 64
+    assert grpo.trl_batching(cfg, num_processes=8)["gradient_accumulation_steps"] == 8
+
+
+@pytest.mark.parametrize("key, value, names", [
+    ("betas", [], "grpo.betas"), ("betas", [0.0, 0.0], "grpo.betas"),
+    ("prompts_per_generation", 5, "grpo.prompts_per_generation"),
+    ("micro_batch", 3, "grpo.micro_batch"), ("num_generations", 1, "grpo.num_generations"),
+    ("reward_weights", [1.0], "grpo.reward_weights"), ("loss_type", "ppo", "grpo.loss_type"),
+    ("exclude_easiest", "yes", "grpo.exclude_easiest"),
+])
+def test_bad_values_name_the_key(key, value, names):
+    from synergy.config import ConfigError, load_profile, profile_section
+
+    values = profile_section(load_profile(SMOKE), "grpo", SMOKE)
+    with pytest.raises(ConfigError, match=names):
+        grpo.GRPOStageConfig.from_mapping({**values, key: value}, "test")
+
+
+# --- the curve log --------------------------------------------------------------------------
+
+def test_curve_logger_appends_and_forgets_rows_past_a_resumed_checkpoint(tmp_path):
+    path = tmp_path / "curves.jsonl"
+    logger = grpo.make_curve_logger(path, "rl-beta0")
+    state = types.SimpleNamespace(global_step=0)
+    logger.on_train_begin(None, state, None)
+    for step in (1, 2, 3):
+        state.global_step = step
+        logger.on_log(None, state, None, logs={"reward": 0.1 * step, "kl": 0.01, "note": "x"})
+    logger.on_log(None, state, None, logs={"train_runtime": 9.0})  # end summary: skipped
+    with path.open("a") as fh:
+        fh.write('{"run": "rl-beta0", "st')  # torn by an interruption
+    rows = grpo.read_jsonl(path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0] == {"run": "rl-beta0", "step": 1, "reward": 0.1, "kl": 0.01}
+    logger.on_train_begin(None, types.SimpleNamespace(global_step=2), None)  # resumed at 2
+    assert [r["step"] for r in grpo.read_jsonl(path)] == [1, 2]
+
+
+# --- real training --------------------------------------------------------------------------
+
+def smoke_cfg(smoke_root, **overrides):
+    from synergy.config import load_profile, profile_section
+
+    values = profile_section(load_profile(SMOKE), "grpo", SMOKE)
+    return grpo.GRPOStageConfig.from_mapping(
+        {**values, "output_root": str(smoke_root), **overrides}, str(SMOKE))
+
+
+@pytest.fixture
+def init_copy(smoke_world, tmp_path):
+    _, model_dir = smoke_world
+    path = tmp_path / "init"
+    shutil.copytree(model_dir, path)
+    return path
+
+
+def test_one_grpo_step_changes_the_weights(init_copy, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig
+
+    from synergy.verify import accuracy_reward
+
+    def length_reward(completions, **kwargs):  # varies within a group, so advantages != 0
+        return [len(c) / 16 for c in completions]
+
+    tok = AutoTokenizer.from_pretrained(init_copy)
+    questions = pd.DataFrame({"qid": ["a", "b"], "question": ["3 +4", "9 -2 *2"],
+                              "answer": ["7", "14"]})
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8,
+                      num_generations=4, max_completion_length=12, learning_rate=1e-2,
+                      max_steps=1, beta=0.01, reward_weights=[0.9, 0.1], logging_steps=1,
+                      save_strategy="no", report_to="none", bf16=False, fp16=False,
+                      gradient_checkpointing=False, remove_unused_columns=False)
+    trainer = grpo.make_trainer_class()(
+        model=str(init_copy), reward_funcs=[accuracy_reward, length_reward], args=args,
+        train_dataset=grpo.training_dataset(questions, tok, ""), processing_class=tok,
+        callbacks=[grpo.make_curve_logger(tmp_path / "curves.jsonl", "t")],
+        exclude_easiest_dynamic=True)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed
+    # beta != 0: the reference is a second copy, reloaded from the saved path, left untouched.
+    assert Path(trainer.ref_model.config._name_or_path) == init_copy
+    reloaded = AutoModelForCausalLM.from_pretrained(init_copy).state_dict()
+    assert all(torch.equal(v, reloaded[k]) for k, v in trainer.ref_model.state_dict().items())
+    (row,) = grpo.read_jsonl(tmp_path / "curves.jsonl")
+    assert {"reward", "kl", "entropy", "completions/mean_length", "frac_reward_zero_std",
+            "easiest_dropped"} <= set(row)
+    assert row["reward"] == pytest.approx(0.9 * row["rewards/accuracy_reward/mean"]
+                                          + 0.1 * row["rewards/length_reward/mean"], abs=1e-5)
+
+
+def test_interrupted_training_resumes_from_its_last_checkpoint(smoke_root, init_copy,
+                                                              tmp_path):
+    from transformers import AutoTokenizer, TrainerCallback
+
+    cfg = smoke_cfg(smoke_root, save_steps=1, exclude_easiest="dynamic")
+    questions = grpo.training_questions(cfg)
+    dataset = grpo.training_dataset(questions, AutoTokenizer.from_pretrained(init_copy), "")
+    run_dir = tmp_path / "run"
+
+    class Interrupt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        grpo.train_policy(cfg, 0.01, str(init_copy), dataset, run_dir, "key", progress=False,
+                          callbacks=[Interrupt()])
+    assert (run_dir / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (run_dir / "done.json").exists()
+
+    record = grpo.train_policy(cfg, 0.01, str(init_copy), dataset, run_dir, "key",
+                               progress=False)
+    assert record["resumed_from"].endswith("checkpoint-2") and record["steps"] == 4
+    assert [r["step"] for r in grpo.read_jsonl(run_dir / "curves.jsonl")] == [1, 2, 3, 4]
+    again = grpo.train_policy(cfg, 0.01, str(init_copy), dataset, run_dir, "key",
+                              progress=False)
+    assert again["reused"] and again["model_path"] == record["model_path"]
+
+
+# --- the notebook ---------------------------------------------------------------------------
+
+def test_notebook_runs_on_the_smoke_profile(smoke_root):
+    from synergy import pipeline
+
+    pipeline.run_stage(pipeline.find_stage("04_grpo"), SMOKE, {"output_root": str(smoke_root)},
+                       log_output=False)
+    out = smoke_root / "smoke" / "04_grpo"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["model_paths"]) == {"rl-beta0-static", "rl-beta0.01-static"}
+    assert manifest["upstream"]["init_model"].startswith("world-")
+    assert Path(manifest["model_path"]) == Path(manifest["model_paths"]["rl-beta0.01-static"])
+    curves = pd.read_csv(out / "curves.csv")
+    assert set(curves["run"]) == set(manifest["model_paths"])
+    assert {"reward", "entropy", "completions/mean_length", "frac_reward_zero_std"} \
+        <= set(curves.columns)
+    table = pd.read_csv(out / "per_level.csv")
+    assert {"base", "rl-beta0-static", "rl-beta0.01-static"} <= set(table["model"])
+    assert (out / "04_grpo.html").stat().st_size > 0
+    # Same params again: every policy is reused, nothing retrains.
+    result = grpo.run(smoke_cfg(smoke_root), progress=False)
+    assert result.runs["reused"].all()
