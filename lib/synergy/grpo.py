@@ -685,8 +685,10 @@ def policy_drift(results: dict[str, pd.DataFrame], models: dict[str, str], ref_p
                 prompts, responses = zip(*pairs[i:i + batch])
                 ids, mask, labels = encode_pairs(tok, list(prompts), list(responses))
                 keep = labels[:, 1:] != -100
-                logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1], -1)
-                logq = torch.log_softmax(ref(input_ids=ids, attention_mask=mask).logits[:, :-1], -1)
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+                logp = torch.log_softmax(logits, -1)
+                logq = torch.log_softmax(ref(input_ids=ids, attention_mask=mask).logits[:, :-1],
+                                         -1)
                 p = logp.exp()
                 kl_sum += ((p * (logp - logq)).sum(-1)[keep]).sum().item()
                 ent_sum += (-(p * logp).sum(-1)[keep]).sum().item()
@@ -724,7 +726,8 @@ def statement(table: pd.DataFrame, drift: pd.DataFrame, curves: pd.DataFrame,
         up = [lv for lv in levels if delta[lv] > tolerance]
         down = [lv for lv in levels if delta[lv] < -tolerance]
         kept = [lv for lv in levels if lv not in up + down]
-        verdict = (f"raises accuracy on {'every level' if len(up) == len(levels) else ', '.join(up) or 'no level'}"
+        raised = "every level" if len(up) == len(levels) else ", ".join(up) or "no level"
+        verdict = (f"raises accuracy on {raised}"
                    + (f", keeps {', '.join(kept)} within {tolerance:.0%}" if kept else "")
                    + (f" and lowers {', '.join(down)}" if down else ""))
         lines.append(
