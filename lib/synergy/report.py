@@ -106,8 +106,9 @@ def run_levels(output_root: str, run_name: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def main_models(output_root: str, run_name: str) -> dict[str, str]:
-    """The model a bare "03_sft" / "04_grpo" means in this run (as 06 and 07 resolve it)."""
+def main_models(output_root: str, run_name: str) -> dict[str, list[str]]:
+    """The model a bare "03_sft" / "04_grpo" means in this run (as 06 and 07 resolve it),
+    with every name the stage's manifest gives that same model folder."""
     from synergy.merging import STAGE_LABELS, main_model, stage_models
     from synergy.runs import read_manifest
 
@@ -117,11 +118,14 @@ def main_models(output_root: str, run_name: str) -> dict[str, str]:
         if (folder / "manifest.json").exists():
             models = stage_models(output_root, run_name, stage)
             if models:
-                out[stage] = main_model(read_manifest(folder), models, STAGE_LABELS[stage])
+                main = main_model(read_manifest(folder), models, STAGE_LABELS[stage])
+                out[stage] = [main] + [n for n, p in models.items()
+                                       if p == models[main] and n != main]
     return out
 
 
-def role_levels(levels: pd.DataFrame, mains: dict[str, str] | None = None) -> pd.DataFrame:
+def role_levels(levels: pd.DataFrame,
+                mains: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Base, SFT and RL (from one stage where possible) plus every combination model.
 
     `mains` names the SFT and RL models of stages 03 and 04 (`main_models`), used when 06
@@ -138,9 +142,10 @@ def role_levels(levels: pd.DataFrame, mains: dict[str, str] | None = None) -> pd
             if role in set(part["model"]):
                 picked.append(part[part["model"] == role].assign(role=role))
                 break
-            own = (mains or {}).get(stage) if (role, stage) in (("sft", "03_sft"),
-                                                                ("rl", "04_grpo")) else None
-            if own in set(part["model"]):
+            names = (mains or {}).get(stage, []) if (role, stage) in (("sft", "03_sft"),
+                                                                      ("rl", "04_grpo")) else []
+            own = next((n for n in names if n in set(part["model"])), None)
+            if own:
                 picked.append(part[part["model"] == own].assign(role=role))
                 break
     names = levels["model"].astype(str)
@@ -150,8 +155,9 @@ def role_levels(levels: pd.DataFrame, mains: dict[str, str] | None = None) -> pd
     picked.append(merges.assign(role=merges["model"]))
     # 05 strategies, and the other SFT / RL models (teachers, sweeps, KL ablations).
     taken = {(p["stage"].iloc[0], p["model"].iloc[0]) for p in picked[:-1] if len(p)}
-    others = levels[levels["stage"].str.match(r"0[345]_") & ~levels["model"].isin(["base",
-                                                                                 "init"])]
+    # (04 also re-evaluates base, its start and the SFT models: "sft-<name>".)
+    others = levels[levels["stage"].str.match(r"0[345]_")
+                    & ~levels["model"].astype(str).str.match(r"^(base|init|sft-.*)$")]
     others = others.loc[np.array([(s, m) not in taken for s, m in
                                   zip(others["stage"], others["model"])], dtype=bool)]
     # A model several stages evaluated (04 re-evaluates the SFT models) appears once.
@@ -176,13 +182,17 @@ PAPER_MATCH = {"sft:s1.1-R1": r"^03_sft/careful$", "sft:s1-Gemini2": r"^03_sft/l
                "progressive": r"^05_.*progress", "data_mixing": r"^05_.*mix"}
 
 
-def _find_role(role: str, wide: pd.DataFrame) -> str | None:
-    """This run's row for a paper role (see PAPER_MATCH)."""
-    if role in wide.index:
+def _find_role(role: str, roles: pd.DataFrame) -> str | None:
+    """This run's row for a paper role (see PAPER_MATCH; "sft" may also be "03_sft/careful")."""
+    if role in set(roles["role"]):
         return role
     pattern = PAPER_MATCH.get(role)
-    hits = [r for r in wide.index if pattern and re.search(pattern, r, re.IGNORECASE)]
-    return hits[0] if hits else None
+    for r, stage, model in roles[["role", "stage", "model"]].drop_duplicates().itertuples(
+            index=False):
+        if pattern and any(re.search(pattern, key, re.IGNORECASE)
+                           for key in (r, f"{stage}/{model}")):
+            return r
+    return None
 
 
 def paper_vs_run(paper: dict, roles: pd.DataFrame) -> pd.DataFrame:
@@ -192,14 +202,17 @@ def paper_vs_run(paper: dict, roles: pd.DataFrame) -> pd.DataFrame:
     run's task); the gains over the base and their signs per level do.
     """
     wide = _wide(roles)
+    where = {r: f"{st}/{m}" for r, st, m in roles[["role", "stage", "model"]].itertuples(
+        index=False)} if len(roles) else {}
     base_paper = next(m["avg"] for m in paper["models"] if m["role"] == "base")
     base_run = wide.loc["base"] if "base" in wide.index else None
     rows = []
     for m in paper["models"]:
-        match = _find_role(m["role"], wide)
+        match = _find_role(m["role"], roles) if len(roles) else None
         row = {"paper model": m["name"], "paper Avg %": m["avg"],
                "paper gain vs base": round(m["avg"] - base_paper, 1),
-               "this run": match or "not run"}
+               "this run": (f"{match} ({where[match]})" if match in ("base", "sft", "rl")
+                            else match) if match else "not run"}
         for lv in list(wide.columns):
             row[f"run {lv} %"] = round(100 * wide.at[match, lv], 1) if match else np.nan
         if match and base_run is not None and "all" in wide.columns:
