@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet "$(TORCH)" --extra-index-url $(TORCH_INDEX)
+	$(BIN)/pip install --quiet --retries 1 --timeout 10 "$(TORCH)" --extra-index-url $(TORCH_INDEX)
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 

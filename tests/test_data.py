@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import datasets
-import pandas as pd
 import pytest
 from PIL import Image
 

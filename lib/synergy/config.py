@@ -110,6 +110,13 @@ class StageConfig:
     def validate(self) -> None:
         """Impossible values; subclasses extend."""
 
+    def require_sampling(self, prefix: str = "") -> None:
+        """Checks `<prefix>temperature`, `<prefix>top_p` and `<prefix>top_k`."""
+        t, p, k = (f"{prefix}temperature", f"{prefix}top_p", f"{prefix}top_k")
+        self.require(getattr(self, t) >= 0, t, "must be >= 0")
+        self.require(0 < getattr(self, p) <= 1, p, "must be in (0, 1]")
+        self.require(getattr(self, k) >= 0, k, "must be >= 0 (0 disables)")
+
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]

@@ -7,15 +7,17 @@ without redrawing anything. Stratification (01) and every later model comparison
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
 
+from synergy.config import StageConfig
 from synergy.generation import SamplingSpec, chat_prompt
 from synergy.runs import atomic_path, content_hash
 
@@ -223,8 +225,24 @@ def length_figure(results: dict[str, pd.DataFrame], title: str = "Response lengt
 
 
 # --- conventions shared by the stages that compare models --------------------------------
-# Stages that evaluate models take these keys in their config section (flat, like every key):
-# eval_samples, eval_temperature, eval_top_p, eval_top_k, eval_max_new_tokens.
+
+@dataclasses.dataclass
+class EvaluatingConfig(StageConfig):
+    """The keys of every stage that evaluates models (flat in its section, like every key)."""
+
+    eval_samples: int
+    eval_temperature: float
+    eval_top_p: float
+    eval_top_k: int
+    eval_max_new_tokens: int
+    backend: Literal["hf", "vllm"]
+    batch_rows: int
+
+    def validate(self) -> None:
+        self.require_sampling("eval_")
+        for key in ("eval_samples", "eval_max_new_tokens", "batch_rows"):
+            self.require(getattr(self, key) >= 1, key, "must be >= 1")
+
 
 def eval_spec(cfg) -> SamplingSpec:
     return SamplingSpec(cfg.eval_temperature, cfg.eval_top_p, cfg.eval_top_k,

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import pandas as pd
 
-from synergy.config import StageConfig
+from synergy.evaluation import EvaluatingConfig
 
 STAGE = "04_grpo"
 SFT_STAGE = "03_sft"
@@ -55,7 +55,7 @@ CURVES = {
 
 
 @dataclasses.dataclass
-class GRPOStageConfig(StageConfig):
+class GRPOStageConfig(EvaluatingConfig):
     SECTION = "grpo"
 
     init_model: str
@@ -77,16 +77,10 @@ class GRPOStageConfig(StageConfig):
     save_steps: int
     logging_steps: int
     cpu_threads: int
-    backend: Literal["hf", "vllm"]
-    batch_rows: int
-    eval_samples: int
-    eval_temperature: float
-    eval_top_p: float
-    eval_top_k: int
-    eval_max_new_tokens: int
     n_examples: int
 
     def validate(self) -> None:
+        super().validate()
         self.require(self.init_model.strip() != "", "init_model", "must name a model")
         self.require(self.n_train_questions >= 1, "n_train_questions", "must be >= 1")
         self.require(len(self.betas) >= 1 and all(b >= 0 for b in self.betas)
@@ -94,9 +88,7 @@ class GRPOStageConfig(StageConfig):
                      "must be a non-empty list of distinct values >= 0")
         self.require(self.learning_rate > 0, "learning_rate", "must be > 0")
         for key in ("epochs", "prompts_per_generation", "prompts_per_step", "micro_batch",
-                    "max_completion_length", "save_steps", "logging_steps", "cpu_threads",
-                    "batch_rows",
-                    "eval_samples", "eval_max_new_tokens"):
+                    "max_completion_length", "save_steps", "logging_steps", "cpu_threads"):
             self.require(getattr(self, key) >= 1, key, "must be >= 1")
         self.require(self.num_generations >= 2, "num_generations",
                      "must be >= 2 (GRPO compares rollouts within a group)")
@@ -108,9 +100,6 @@ class GRPOStageConfig(StageConfig):
         self.require(len(self.reward_weights) == len(REWARD_NAMES)
                      and all(w >= 0 for w in self.reward_weights), "reward_weights",
                      f"must be {len(REWARD_NAMES)} weights >= 0 ({', '.join(REWARD_NAMES)})")
-        self.require(self.eval_temperature >= 0, "eval_temperature", "must be >= 0")
-        self.require(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
-        self.require(self.eval_top_k >= 0, "eval_top_k", "must be >= 0 (0 disables)")
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
 
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 import pandas as pd
 
-from synergy.config import StageConfig
+from synergy.evaluation import EvaluatingConfig
 from synergy.runs import ArtifactError, content_hash
 
 STAGE = "06_merging"
@@ -37,7 +37,7 @@ _SIDE_FILES = (".json", ".jinja", ".txt", ".model")
 
 
 @dataclasses.dataclass
-class MergingConfig(StageConfig):
+class MergingConfig(EvaluatingConfig):
     SECTION = "merging"
 
     sft_model: str
@@ -48,28 +48,16 @@ class MergingConfig(StageConfig):
     density: float
     dtype: Literal["float32", "bfloat16", "float16"]
     shard_params: int
-    eval_samples: int
-    eval_temperature: float
-    eval_top_p: float
-    eval_top_k: int
-    eval_max_new_tokens: int
-    backend: Literal["hf", "vllm"]
-    batch_rows: int
     synergy_margin: float
 
     def validate(self) -> None:
+        super().validate()
         self.require(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
                      "methods", "must list at least one method, each once")
         self.require(len(self.sft_ratios) >= 1 and all(0 <= r <= 1 for r in self.sft_ratios),
                      "sft_ratios", "must be one or more ratios in [0, 1]")
         self.require(0 < self.density <= 1, "density", "must be in (0, 1]")
         self.require(self.shard_params >= 1, "shard_params", "must be >= 1")
-        self.require(self.eval_samples >= 1, "eval_samples", "must be >= 1")
-        self.require(self.eval_temperature >= 0, "eval_temperature", "must be >= 0")
-        self.require(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
-        self.require(self.eval_top_k >= 0, "eval_top_k", "must be >= 0 (0 disables)")
-        for key in ("eval_max_new_tokens", "batch_rows"):
-            self.require(getattr(self, key) >= 1, key, "must be >= 1")
         self.require(0 <= self.synergy_margin < 1, "synergy_margin", "must be in [0, 1)")
 
 

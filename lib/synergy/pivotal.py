@@ -15,18 +15,17 @@ import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from synergy.config import StageConfig
+from synergy.evaluation import EvaluatingConfig
 
 STAGE = "07_pivotal_tokens"
 
 
 @dataclasses.dataclass
-class PivotalConfig(StageConfig):
+class PivotalConfig(EvaluatingConfig):
     SECTION = "pivotal"
 
     reference_model: str
@@ -35,26 +34,16 @@ class PivotalConfig(StageConfig):
     kl_responses: int
     kl_batch_size: int
     top_tokens: int
-    eval_samples: int
-    eval_temperature: float
-    eval_top_p: float
-    eval_top_k: int
-    eval_max_new_tokens: int
-    backend: Literal["hf", "vllm"]
-    batch_rows: int
 
     def validate(self) -> None:
+        super().validate()
         self.require(len(self.models) >= 1, "models", "must name at least one model")
         self.require(len(self.categories) >= 1 and all(
             len(words) >= 1 and all(re.fullmatch(r"[A-Za-z']+", w) for w in words)
             for words in self.categories.values()), "categories",
             "must map each category to a non-empty list of plain words")
-        for key in ("kl_responses", "kl_batch_size", "top_tokens", "eval_samples",
-                    "eval_max_new_tokens", "batch_rows"):
+        for key in ("kl_responses", "kl_batch_size", "top_tokens"):
             self.require(getattr(self, key) >= 1, key, "must be >= 1")
-        self.require(self.eval_temperature >= 0, "eval_temperature", "must be >= 0")
-        self.require(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
-        self.require(self.eval_top_k >= 0, "eval_top_k", "must be >= 0 (0 disables)")
 
 
 # --- token-level KL -----------------------------------------------------------------------

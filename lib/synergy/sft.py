@@ -20,19 +20,19 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from synergy.config import StageConfig
+from synergy.evaluation import EvaluatingConfig
 
 STAGE = "03_sft"
 VISION_PREFIXES = ("visual",)  # Qwen2-VL / Qwen2.5-VL: vision tower and merger (connector)
 
 
 @dataclasses.dataclass
-class SftConfig(StageConfig):
+class SftConfig(EvaluatingConfig):
     SECTION = "sft"
 
     model: str
@@ -57,16 +57,10 @@ class SftConfig(StageConfig):
     lora_alpha: int
     easy_share_sweep: list[float]
     scale_sweep: dict[str, list[int]]
-    eval_samples: int
-    eval_temperature: float
-    eval_top_p: float
-    eval_top_k: int
-    eval_max_new_tokens: int
-    backend: Literal["hf", "vllm"]
-    batch_rows: int
     n_examples: int
 
     def validate(self) -> None:
+        super().validate()
         self.require(len(self.teachers) >= 1, "teachers", "must name at least one trace set")
         self.require(self.n_traces >= 1, "n_traces", "must be >= 1")
         for key in ("easy_share",):
@@ -93,12 +87,6 @@ class SftConfig(StageConfig):
         self.require(self.lora_r >= 0, "lora_r", "must be >= 0 (0: full fine-tuning)")
         self.require(all(n >= 1 for ns in self.scale_sweep.values() for n in ns), "scale_sweep",
                      "must map teacher names to trace counts >= 1")
-        self.require(self.eval_samples >= 1, "eval_samples", "must be >= 1")
-        self.require(self.eval_temperature >= 0, "eval_temperature", "must be >= 0")
-        self.require(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
-        self.require(self.eval_top_k >= 0, "eval_top_k", "must be >= 0 (0 disables)")
-        self.require(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", "must be >= 1")
-        self.require(self.batch_rows >= 1, "batch_rows", "must be >= 1")
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
 
 
