@@ -70,9 +70,7 @@ class DistillConfig(StageConfig):
         self.require(0.0 <= self.lowquality_error_rate <= 1.0, "lowquality_error_rate",
                      "must be in [0, 1]")
         self.require(self.teacher_samples >= 1, "teacher_samples", "must be >= 1")
-        self.require(self.teacher_temperature >= 0, "teacher_temperature", "must be >= 0")
-        self.require(0 < self.teacher_top_p <= 1, "teacher_top_p", "must be in (0, 1]")
-        self.require(self.teacher_top_k >= 0, "teacher_top_k", "must be >= 0 (0 disables)")
+        self.require_sampling("teacher_")
         self.require(self.teacher_max_new_tokens >= 1, "teacher_max_new_tokens", "must be >= 1")
         self.require(self.batch_rows >= 1, "batch_rows", "must be >= 1")
         self.require(len(self.trace_columns) == 3, "trace_columns",

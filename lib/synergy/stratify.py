@@ -53,9 +53,7 @@ class StratifyConfig(StageConfig):
                      "must be strictly decreasing (L1 first), with at least two levels")
         self.require(t[0] <= self.n_samples and t[-1] == 0, "level_min_correct",
                      "must start at most n_samples and end with 0")
-        self.require(self.temperature >= 0, "temperature", "must be >= 0")
-        self.require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        self.require(self.top_k >= 0, "top_k", "must be >= 0 (0 disables)")
+        self.require_sampling()
         for key in ("max_new_tokens", "batch_rows", "round_size"):
             self.require(getattr(self, key) >= 1, key, "must be >= 1")
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
