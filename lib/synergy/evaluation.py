@@ -249,6 +249,16 @@ def eval_spec(cfg) -> SamplingSpec:
                         cfg.eval_max_new_tokens)
 
 
+def evaluate_for(cfg: EvaluatingConfig, model_path: str, questions: pd.DataFrame,
+                 prompt_suffix: str = "", progress: bool = True) -> pd.DataFrame:
+    """`evaluate_model` with a stage's eval keys and the run's shared sample cache."""
+    return evaluate_model(model_path, questions, eval_spec(cfg), n_samples=cfg.eval_samples,
+                          seed=cfg.seed,
+                          cache_root=samples_cache_root(cfg.output_root, cfg.run_name),
+                          prompt_suffix=prompt_suffix, backend=cfg.backend,
+                          batch_rows=cfg.batch_rows, progress=progress)
+
+
 def samples_cache_root(output_root: str, run_name: str) -> Path:
     """One sample cache per run, shared by all stages: the base is evaluated once."""
     return Path(output_root) / run_name / "cache" / "samples"

@@ -565,10 +565,8 @@ def _run(cfg: GRPOStageConfig, progress: bool) -> GRPOResult:
     if source_path not in models.values():
         models["init"] = source_path
     models.update(dict(zip(runs["label"], runs["model_path"])))
-    results = {name: evaluation.evaluate_model(
-        path, questions, evaluation.eval_spec(cfg), n_samples=cfg.eval_samples, seed=cfg.seed,
-        cache_root=cache_root, prompt_suffix=cfg.prompt_suffix, backend=cfg.backend,
-        batch_rows=cfg.batch_rows, progress=progress) for name, path in models.items()}
+    results = {name: evaluation.evaluate_for(cfg, path, questions, cfg.prompt_suffix, progress)
+               for name, path in models.items()}
     table = evaluation.save_results(out, results)
     drift = policy_drift(results, models, str(init_path), cfg.prompt_suffix)
     write_text(out / "drift.csv", drift.to_csv(index=False))

@@ -363,12 +363,7 @@ def run(cfg: MergingConfig, progress: bool = True) -> dict:
             continue
         if progress:
             print(f"evaluating {name}", flush=True)
-        results[name] = evaluation.evaluate_model(
-            path, questions, evaluation.eval_spec(cfg), n_samples=cfg.eval_samples,
-            seed=cfg.seed, cache_root=evaluation.samples_cache_root(cfg.output_root,
-                                                                     cfg.run_name),
-            prompt_suffix=suffix, backend=cfg.backend, batch_rows=cfg.batch_rows,
-            progress=progress)
+        results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress)
     table = evaluation.save_results(out, results)
     check = synergy_check(table, list(merges["model"]), margin=cfg.synergy_margin)
     write_text(out / "synergy_check.csv", check.to_csv(index=False))

@@ -265,12 +265,7 @@ def run(cfg: PivotalConfig, progress: bool = True) -> dict:
     suffix = read_manifest(out.parent / stratify.STAGE)["params"].get("prompt_suffix", "")
     results = {}
     for name, (path, _) in resolved.items():
-        results[name] = evaluation.evaluate_model(
-            path, questions, evaluation.eval_spec(cfg), n_samples=cfg.eval_samples,
-            seed=cfg.seed, cache_root=evaluation.samples_cache_root(cfg.output_root,
-                                                                     cfg.run_name),
-            prompt_suffix=suffix, backend=cfg.backend, batch_rows=cfg.batch_rows,
-            progress=progress)
+        results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress)
     table = evaluation.save_results(out, results)
     responses = responses_frame(results)
     counts = category_counts(responses, cfg.categories)

@@ -341,8 +341,7 @@ def merge_lora(checkpoint: Path, base_path: str) -> Path:
 def run(cfg: SftConfig, progress: bool = True) -> dict[str, Any]:
     """Train every run of the config, evaluate each and the base per level; save all."""
     from synergy import data, distill
-    from synergy.evaluation import (eval_spec, evaluate_model, samples_cache_root,
-                                    save_results)
+    from synergy.evaluation import evaluate_for, save_results
     from synergy.runs import (now, read_manifest, set_seed, stage_dir, write_manifest,
                               write_text)
     from synergy.stratify import STAGE as STRATIFY, load_levels
@@ -357,13 +356,9 @@ def run(cfg: SftConfig, progress: bool = True) -> dict[str, Any]:
     model_path, model_id = data.resolve_model(cfg.model, cfg.output_root, cfg.run_name)
     traces = distill.load_traces(cfg.output_root, cfg.run_name)
     levels = load_levels(cfg.output_root, cfg.run_name)
-    cache_root = samples_cache_root(cfg.output_root, cfg.run_name)
 
     def evaluate(path: str) -> pd.DataFrame:
-        return evaluate_model(path, levels, eval_spec(cfg), n_samples=cfg.eval_samples,
-                              seed=cfg.seed, cache_root=cache_root, prompt_suffix=prompt_suffix,
-                              backend=cfg.backend, batch_rows=cfg.batch_rows,
-                              progress=progress)
+        return evaluate_for(cfg, path, levels, prompt_suffix, progress)
 
     timings = {"base_eval": -time.perf_counter()}
     results = {"base": evaluate(model_path)}
