@@ -74,3 +74,22 @@ def merge_root(smoke_root, smoke_world, tmp_path_factory) -> Path:
                     key: {label: str(folder / "model")}}
         (folder / "manifest.json").write_text(json.dumps(manifest))
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two torch threads on two busy cores are many times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def smoke_engine(smoke_world):
+    """A sampling engine on the smoke world's base model."""
+    from synergy.generation import HFEngine
+
+    return HFEngine.from_path(smoke_world[1], device="cpu")

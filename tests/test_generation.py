@@ -11,21 +11,14 @@ import torch
 from synergy.generation import (HFEngine, SamplingSpec, chat_prompt, keyed_uniform,
                                 make_engine, model_fingerprint, sample_seed)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SPEC = SamplingSpec(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two torch threads on two busy cores are many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def engine(smoke_world):
-    return HFEngine.from_path(smoke_world[1], device="cpu")
+def engine(smoke_engine):
+    return smoke_engine
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,11 @@ import pytest
 
 from synergy import evaluation, stratify
 from synergy.evaluation import SampleCache, prompt_key, sample_questions
-from synergy.generation import HFEngine, SamplingSpec, chat_prompt
+from synergy.generation import SamplingSpec, chat_prompt
 from synergy.runs import atomic_path
 from synergy.stratify import assign_levels, level_decided, level_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
 PAPER = [12, 8, 5, 2, 0]
@@ -71,20 +73,11 @@ def test_level_decided_matches_brute_force(n_total, thresholds):
 
 # --- sampling on the smoke world ------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two torch threads on two busy cores are many times slower than one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def engine(smoke_world):
-    return HFEngine.from_path(smoke_world[1], device="cpu")
+def engine(smoke_engine):
+    return smoke_engine
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,11 @@ from synergy import world
 from synergy.world import (BOXED, IM_END, THINK_CLOSE, THINK_OPEN, WorldConfig, eval_questions,
                            parse_question, random_question, train_questions)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two torch threads on two busy cores are many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
