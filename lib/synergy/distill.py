@@ -403,12 +403,6 @@ def pivotal_count(text: str) -> int:
     return sum(w in PIVOTAL_WORDS for w in words)
 
 
-def length_by_level(traces: pd.DataFrame) -> pd.DataFrame:
-    """Mean trace tokens per teacher and level (rows: level)."""
-    return traces.pivot_table(index=traces["level"].map(lambda v: f"L{v}"), columns="teacher",
-                              values="n_tokens", aggfunc="mean").rename_axis(index="level")
-
-
 def sampled_yield(traces: pd.DataFrame, pool: pd.DataFrame) -> pd.DataFrame:
     """Per level: pool questions, kept by the sampled teacher, and the yield (kept / pool)."""
     kept = traces[traces["teacher"] == "sampled"].groupby("level").size()
