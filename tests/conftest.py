@@ -1,4 +1,8 @@
-"""Shared fixtures: one smoke run of the upstream stages, reused by every notebook test."""
+"""Shared fixtures: one real smoke run of the series, reused by every stage's tests.
+
+`smoke_root` runs 00 and 01; `smoke_series` adds 02 -> 03 -> 04 -> 06 once per test
+session, so 06, 07 and 08 are tested on what 03 and 04 actually wrote.
+"""
 
 from __future__ import annotations
 
@@ -15,25 +19,45 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
 
 
+def pytest_collection_modifyitems(items):
+    """Everything that needs the trained smoke series is slow (`pytest -m "not slow"`)."""
+    for item in items:
+        if "smoke_series" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def run_stages(root: Path, *names: str, profile: Path = SMOKE, **overrides) -> None:
+    """Execute stages' notebooks (papermill) on `profile` with output under `root`."""
+    from synergy import pipeline
+
+    for name in names:
+        pipeline.run_stage(pipeline.find_stage(name), profile,
+                           {"output_root": str(root), **overrides}, log_output=False)
+
+
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory) -> Path:
     """An output root where 00_world and 01_stratify have run on the smoke profile."""
-    from synergy import pipeline
-
     root = tmp_path_factory.mktemp("outputs")
-    for name in ("00_world", "01_stratify"):
-        pipeline.run_stage(pipeline.find_stage(name), SMOKE, {"output_root": str(root)},
-                           log_output=False)
+    run_stages(root, "00", "01")
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_series(smoke_root) -> Path:
+    """The same root after 02 -> 03 -> 04 -> 06 ran on it (real SFT, GRPO and merges)."""
+    run_stages(smoke_root, "02", "03", "04", "06")
+    return smoke_root
 
 
 @pytest.fixture(scope="session")
 def smoke_world(smoke_root):
     """(WorldConfig, model folder) of the smoke run."""
-    from synergy import data
+    from synergy import world
+    from synergy.runs import Run
 
-    manifest = data.world_manifest(str(smoke_root), "smoke")
-    return data.world_config(str(smoke_root), "smoke"), Path(manifest["model_path"])
+    return world.config_of(Run(smoke_root, "smoke")), world.load(str(smoke_root),
+                                                                  "smoke").model_path
 
 
 def perturbed_copy(src: Path, dst: Path, seed: int, scale: float = 0.05) -> Path:
@@ -51,40 +75,13 @@ def perturbed_copy(src: Path, dst: Path, seed: int, scale: float = 0.05) -> Path
     return dst
 
 
-@pytest.fixture(scope="session")
-def merge_root(smoke_root, smoke_world, tmp_path_factory) -> Path:
-    """TEST FIXTURE: a copy of the smoke run with stand-ins for 03_sft and 04_grpo.
-
-    The stand-in "SFT" and "RL" models are the smoke base plus small deterministic noise,
-    recorded the two ways `merging.stage_models` reads (`models` and `model_paths`), so
-    06-08 can be tested without training. Not the real stages' output.
-    """
-    import json
-    import shutil
-
-    root = tmp_path_factory.mktemp("merge_outputs")
-    for name in ("00_world", "01_stratify"):
-        shutil.copytree(smoke_root / "smoke" / name, root / "smoke" / name)
-    _, base = smoke_world
-    for stage, key, label, seed in (("03_sft", "models", "sft", 1),
-                                    ("04_grpo", "model_paths", "rl", 2)):
-        folder = root / "smoke" / stage
-        perturbed_copy(base, folder / "model", seed)
-        manifest = {"stage": stage, "artifact_id": f"fake-{stage}", "fake_for_tests": True,
-                    key: {label: str(folder / "model")}}
-        (folder / "manifest.json").write_text(json.dumps(manifest))
-    return root
-
-
 @pytest.fixture(scope="module")
 def one_thread():
     """Two torch threads on two busy cores are many times slower than one."""
-    import torch
+    from synergy.runs import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from synergy import pipeline
 from synergy.config import RUN_SECTION, ConfigError, load_profile, profile_section
 
@@ -30,9 +29,14 @@ def notebook_defaults(stage: pipeline.Stage) -> dict:
 
 # --- the three mirrors ----------------------------------------------------------------------
 
-def test_there_are_stages_and_profiles():
-    assert len(pipeline.STAGES) >= 2
-    assert {p.name for p in PROFILES} >= {"smoke.yaml", "tiny.yaml"}
+def test_every_stage_module_has_config_run_and_load():
+    import inspect
+
+    for stage in pipeline.STAGES:
+        module = stage.load_module()
+        assert stage.config.SECTION == stage.section, stage.name
+        assert list(inspect.signature(module.run).parameters)[:1] == ["cfg"], stage.name
+        assert list(inspect.signature(module.load).parameters) == ["output_root", "run_name"]
 
 
 @pytest.mark.parametrize("stage", pipeline.STAGES, ids=STAGE_IDS)
@@ -275,8 +279,10 @@ def test_check_notebook_matches_catches_a_drifted_parameters_cell(tmp_path, monk
                                                                   no_execution, edit, names):
     stage = pipeline.find_stage("01")
     bad = edited_notebook(stage.notebook, tmp_path / stage.notebook.name, edit)
+    from synergy.config import project_root
+
     monkeypatch.setattr(pipeline.Stage, "notebook", property(
-        lambda self: bad if self.name == stage.name else pipeline.project_root()
+        lambda self: bad if self.name == stage.name else project_root()
         / "notebooks" / f"{self.name}.ipynb"))
     with pytest.raises(ConfigError) as err:
         pipeline.check_notebook_matches(stage)

@@ -8,9 +8,8 @@ from pathlib import Path
 import datasets
 import pytest
 from PIL import Image
-
 from synergy import data
-from synergy.runs import ArtifactError
+from synergy.files import ArtifactError
 from synergy.verify import is_correct
 
 IMG = Image.new("RGB", (4, 4), "red")
@@ -139,7 +138,7 @@ def test_mmmu_parquet_folder_split_and_images(tmp_path):
     to_parquet(mmmu_rows(["dev_Math_1"], ["Dev <image 1>"], ["['a', 'b']"], ["A"],
                          ["multiple-choice"], [{1: IMG}]),
                root / "Math" / "dev-00000-of-00001.parquet", MMMU_FEATURES)
-    df, upstream = data.load_benchmark(f"mmmu:{root}", "unused", "unused")
+    df, upstream = data.load_benchmark(f"mmmu:{root}", None)
     assert df["qid"].tolist() == ["validation_Math_1", "validation_Math_2"]  # dev left out
     assert df["choices"][0] == ["left", "right", "it's equal"] and df["answer"][0] == "C"
     assert df["question"][0].endswith("\nC. it's equal")
@@ -147,7 +146,7 @@ def test_mmmu_parquet_folder_split_and_images(tmp_path):
     assert [len(i) for i in df["images"]] == [2, 1] and upstream.endswith(":validation")
     with pytest.raises(ArtifactError,
                        match=r"no parquet files of split 'test'; found splits \['dev', 'validation'\]"):
-        data.load_benchmark(f"mmmu:{root}:test", "unused", "unused")
+        data.load_benchmark(f"mmmu:{root}:test", None)
 
 
 def test_mmmu_errors_name_the_question(tmp_path):
@@ -173,7 +172,7 @@ def mmstar(path: Path, answers=("A", "D")) -> Path:
 
 def test_mmstar_and_benchmark_spec(tmp_path):
     path = mmstar(tmp_path / "mmstar.parquet")
-    df, upstream = data.load_benchmark(f"mmstar:{path}:val", "unused", "unused")
+    df, upstream = data.load_benchmark(f"mmstar:{path}:val", None)
     assert df["qid"].tolist() == ["0", "1"] and df["answer"].tolist() == ["A", "D"]
     assert df["choices"].isna().all() and set(df["benchmark"]) == {"mmstar"}
     assert upstream == f"mmstar:file:{path.resolve()}"
@@ -186,7 +185,7 @@ def test_mmstar_and_benchmark_spec(tmp_path):
 
 def test_clear_errors_for_bad_sources(tmp_path):
     with pytest.raises(ArtifactError, match="no such file or folder"):
-        data.load_benchmark(f"mmstar:{tmp_path}/missing.parquet", "unused", "unused")
+        data.load_benchmark(f"mmstar:{tmp_path}/missing.parquet", None)
     path = to_parquet({"index": [0], "question": ["q"], "image": [IMG]}, tmp_path / "m.parquet")
     with pytest.raises(ArtifactError, match=r"MMStar: missing column\(s\) \['answer'\]; have "
                                             r"\['index', 'question', 'image'\]"):

@@ -7,13 +7,11 @@ import random
 
 import pandas as pd
 import pytest
-
+from conftest import SMOKE
 from synergy import distill
 from synergy.config import ConfigError
 from synergy.verify import format_ok, is_correct
 from synergy.world import random_question, short_trace
-
-from conftest import SMOKE
 
 
 def questions(n=120, seed=0):
@@ -72,7 +70,7 @@ class FakeTokenizer:
 class FakeEngine:
     """Answers a question right only at sample indices 2 and 5 (long and short)."""
 
-    tokenizer = FakeTokenizer()
+    tokenizer = template = FakeTokenizer()
     batch_rows = 64
 
     def generate(self, prompts, keys, first, n, spec, seed):
@@ -120,31 +118,34 @@ def test_config_rejects_unknown_teacher_and_missing_source():
         distill.DistillConfig.from_mapping({**_smoke_section(), "teachers": ["traces"]}, "t")
 
 
-def test_trace_file_loader_and_format(tmp_path):
+def test_traces_teacher_reads_s1k_through_the_loaders(tmp_path):
     path = tmp_path / "s1k.jsonl"
-    rows = [{"question": "What is 2+2?", "deepseek_thinking_trajectory": "2+2 is 4. Wait, yes.",
-             "deepseek_attempt": "The answer is $\\boxed{4}$."}]
+    rows = [{"question": "What is 2+2?", "solution": "4", "cot_type": "math",
+             "source_type": "x", "metadata": "{}",
+             "deepseek_thinking_trajectory": "2+2 is 4. Wait, yes.",
+             "deepseek_attempt": "The answer is $\\boxed{4}$.",
+             "gemini_thinking_trajectory": "Four.", "gemini_attempt": "\\boxed{4}"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    table = distill.load_trace_table(str(path), ["question", "deepseek_thinking_trajectory",
-                                                 "deepseek_attempt"])
-    response = distill.trace_response(table["thinking"][0], table["answer"][0])
-    assert response == "<think>2+2 is 4. Wait, yes.</think> \\boxed{4}"
-    assert format_ok(response) and is_correct(response, "4")
-    with pytest.raises(Exception, match="missing column"):
-        distill.load_trace_table(str(path), ["question", "gemini_thinking_trajectory", "x"])
+    for trace_set, thinking in (("s1k-deepseek", "2+2 is 4. Wait, yes."),
+                                ("s1k-gemini", "Four.")):
+        cfg = distill.DistillConfig.from_mapping(
+            {**_smoke_section(), "teachers": ["traces"], "trace_source": str(path),
+             "trace_set": trace_set}, "test")
+        table = distill.trace_set(cfg)
+        response = table["response"][0]
+        assert response.startswith("<think>") and thinking in response
+        assert format_ok(response) and is_correct(response, "4")
 
 
-def test_notebook_02_runs_on_smoke(smoke_root):
-    from synergy import pipeline
-
-    pipeline.run_stage(pipeline.find_stage("02_distill"), SMOKE,
-                       {"output_root": str(smoke_root)}, log_output=False)
-    traces = distill.load_traces(str(smoke_root), "smoke")
+def test_notebook_02_on_smoke(smoke_series):
+    res = distill.load(str(smoke_series), "smoke")
+    traces = res.traces
     assert {"messages", "teacher", "source", "level", "n_tokens", "correct"} <= set(traces)
     assert set(traces["teacher"]) >= {"careful", "lowquality"}
     msg = traces["messages"].iloc[0]
     assert [m["role"] for m in msg] == ["user", "assistant"]
     careful = traces[traces["teacher"] == "careful"]
     assert careful["correct"].all()
-    pool = distill.load_pool(str(smoke_root), "smoke")
-    assert len(pool) == traces["qid"][traces["teacher"] == "careful"].nunique()
+    assert len(res.pool) == traces["qid"][traces["teacher"] == "careful"].nunique()
+    assert res.pool["level"].between(1, 5).all()
+    assert "careful" in distill.statement(traces, res.pool)

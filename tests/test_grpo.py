@@ -3,7 +3,6 @@ and the notebook on the smoke profile."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import types
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from synergy import grpo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,9 +24,12 @@ def test_reward_is_point_nine_accuracy_plus_point_one_format():
                    "\\boxed{5}",                          # right, no think block
                    "<think> 2+3=4.</think> \\boxed{4}",  # wrong, formatted
                    "five"]                                # neither
-    assert grpo.weighted_reward(completions, ["5"] * 4, [0.9, 0.1]) == pytest.approx(
-        [1.0, 0.9, 0.1, 0.0])
-    assert [f.__name__ for f in grpo.reward_functions()] == list(grpo.REWARD_NAMES)
+    funcs = grpo.reward_functions()
+    assert [f.__name__ for f in funcs] == list(grpo.REWARD_NAMES)
+    weights = grpo.training_args(grpo.GRPOStageConfig.from_profile(PAPER), 0.005).reward_weights
+    per_func = [f(completions=completions, answer=["5"] * 4) for f in funcs]
+    total = [sum(w * r[i] for w, r in zip(weights, per_func)) for i in range(4)]
+    assert total == pytest.approx([1.0, 0.9, 0.1, 0.0])
 
 
 # --- exclude easiest ------------------------------------------------------------------------
@@ -91,11 +92,13 @@ def test_bad_values_name_the_key(key, value, names):
         grpo.GRPOStageConfig.from_mapping({**values, key: value}, "test")
 
 
-# --- the curve log --------------------------------------------------------------------------
+# --- the training log -----------------------------------------------------------------------
 
-def test_curve_logger_appends_and_forgets_rows_past_a_resumed_checkpoint(tmp_path):
+def test_log_callback_appends_and_forgets_rows_past_a_resumed_checkpoint(tmp_path):
+    from synergy.training import log_callback, read_jsonl
+
     path = tmp_path / "curves.jsonl"
-    logger = grpo.make_curve_logger(path, "rl-beta0")
+    logger = log_callback(path, "rl-beta0")
     state = types.SimpleNamespace(global_step=0)
     logger.on_train_begin(None, state, None)
     for step in (1, 2, 3):
@@ -104,11 +107,11 @@ def test_curve_logger_appends_and_forgets_rows_past_a_resumed_checkpoint(tmp_pat
     logger.on_log(None, state, None, logs={"train_runtime": 9.0})  # end summary: skipped
     with path.open("a") as fh:
         fh.write('{"run": "rl-beta0", "st')  # torn by an interruption
-    rows = grpo.read_jsonl(path)
+    rows = read_jsonl(path)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows[0] == {"run": "rl-beta0", "step": 1, "reward": 0.1, "kl": 0.01}
     logger.on_train_begin(None, types.SimpleNamespace(global_step=2), None)  # resumed at 2
-    assert [r["step"] for r in grpo.read_jsonl(path)] == [1, 2]
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2]
 
 
 # --- real training --------------------------------------------------------------------------
@@ -129,11 +132,12 @@ def init_copy(smoke_world, tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_one_grpo_step_changes_the_weights(init_copy, tmp_path):
+    from synergy.training import log_callback, read_jsonl
+    from synergy.verify import accuracy_reward
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig
-
-    from synergy.verify import accuracy_reward
 
     def length_reward(completions, **kwargs):  # varies within a group, so advantages != 0
         return [len(c) / 16 for c in completions]
@@ -146,10 +150,10 @@ def test_one_grpo_step_changes_the_weights(init_copy, tmp_path):
                       max_steps=1, beta=0.01, reward_weights=[0.9, 0.1], logging_steps=1,
                       save_strategy="no", report_to="none", bf16=False, fp16=False,
                       gradient_checkpointing=False, remove_unused_columns=False)
-    trainer = grpo.make_trainer_class()(
+    trainer = grpo.trainer_class()(
         model=str(init_copy), reward_funcs=[accuracy_reward, length_reward], args=args,
         train_dataset=grpo.training_dataset(questions, tok, ""), processing_class=tok,
-        callbacks=[grpo.make_curve_logger(tmp_path / "curves.jsonl", "t")],
+        callbacks=[log_callback(tmp_path / "curves.jsonl", "t")],
         exclude_easiest_dynamic=True)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
@@ -159,21 +163,29 @@ def test_one_grpo_step_changes_the_weights(init_copy, tmp_path):
     assert Path(trainer.ref_model.config._name_or_path) == init_copy
     reloaded = AutoModelForCausalLM.from_pretrained(init_copy).state_dict()
     assert all(torch.equal(v, reloaded[k]) for k, v in trainer.ref_model.state_dict().items())
-    (row,) = grpo.read_jsonl(tmp_path / "curves.jsonl")
+    (row,) = read_jsonl(tmp_path / "curves.jsonl")
     assert {"reward", "kl", "entropy", "completions/mean_length", "frac_reward_zero_std",
             "easiest_dropped"} <= set(row)
     assert row["reward"] == pytest.approx(0.9 * row["rewards/accuracy_reward/mean"]
                                           + 0.1 * row["rewards/length_reward/mean"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_its_last_checkpoint(smoke_root, init_copy,
                                                               tmp_path):
+    from synergy.runs import Run
+    from synergy.training import read_jsonl
     from transformers import AutoTokenizer, TrainerCallback
 
     cfg = smoke_cfg(smoke_root, save_steps=1, exclude_easiest="dynamic")
-    questions = grpo.training_questions(cfg)
+    questions, _ = grpo.training_questions(cfg, Run(smoke_root, "smoke"))
     dataset = grpo.training_dataset(questions, AutoTokenizer.from_pretrained(init_copy), "")
     run_dir = tmp_path / "run"
+
+    def train(**kw):
+        return grpo.train(str(init_copy), dataset, grpo.training_args(cfg, 0.01), run_dir,
+                          key="key", label="rl", progress=False,
+                          exclude_easiest_dynamic=True, **kw)
 
     class Interrupt(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -181,39 +193,40 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(smoke_root, init_
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        grpo.train_policy(cfg, 0.01, str(init_copy), dataset, run_dir, "key", progress=False,
-                          callbacks=[Interrupt()])
+        train(callbacks=[Interrupt()])
     assert (run_dir / "checkpoints" / "checkpoint-2").is_dir()
     assert not (run_dir / "done.json").exists()
 
-    record = grpo.train_policy(cfg, 0.01, str(init_copy), dataset, run_dir, "key",
-                               progress=False)
+    record = train()
     assert record["resumed_from"].endswith("checkpoint-2") and record["steps"] == 4
-    assert [r["step"] for r in grpo.read_jsonl(run_dir / "curves.jsonl")] == [1, 2, 3, 4]
-    again = grpo.train_policy(cfg, 0.01, str(init_copy), dataset, run_dir, "key",
-                              progress=False)
+    assert [r["step"] for r in read_jsonl(run_dir / "curves.jsonl")] == [1, 2, 3, 4]
+    again = train()
     assert again["reused"] and again["model_path"] == record["model_path"]
 
 
 # --- the notebook ---------------------------------------------------------------------------
 
-def test_notebook_runs_on_the_smoke_profile(smoke_root):
-    from synergy import pipeline
+def test_notebook_04_on_smoke(smoke_series):
+    from synergy.runs import Run
 
-    pipeline.run_stage(pipeline.find_stage("04_grpo"), SMOKE, {"output_root": str(smoke_root)},
-                       log_output=False)
-    out = smoke_root / "smoke" / "04_grpo"
-    manifest = json.loads((out / "manifest.json").read_text())
+    result = grpo.load(str(smoke_series), "smoke")
+    manifest = result.manifest
     assert set(manifest["model_paths"]) == {"rl-beta0-static", "rl-beta0.01-static"}
+    assert manifest["main_model"] == "rl-beta0.01-static"  # the first policy with a KL term
     assert manifest["upstream"]["init_model"].startswith("world-")
-    assert Path(manifest["model_path"]) == Path(manifest["model_paths"]["rl-beta0.01-static"])
-    curves = pd.read_csv(out / "curves.csv")
-    assert set(curves["run"]) == set(manifest["model_paths"])
+    assert Run(smoke_series, "smoke").model("04_grpo").path == str(
+        smoke_series / "smoke" / manifest["model_paths"]["rl-beta0.01-static"])
+    assert set(result.curves["run"]) == set(manifest["model_paths"])
     assert {"reward", "entropy", "completions/mean_length", "frac_reward_zero_std"} \
-        <= set(curves.columns)
-    table = pd.read_csv(out / "per_level.csv")
-    assert {"base", "rl-beta0-static", "rl-beta0.01-static"} <= set(table["model"])
-    assert (out / "04_grpo.html").stat().st_size > 0
-    # Same params again: every policy is reused, nothing retrains.
-    result = grpo.run(smoke_cfg(smoke_root), progress=False)
+        <= set(result.curves.columns)
+    assert {"base", "sft-careful", "rl-beta0-static", "rl-beta0.01-static"} \
+        <= set(result.table["model"])
+    assert (result.drift["kl_to_init"] >= 0).all()
+    assert result.train["kept"].any()
+    assert (result.dir / "04_grpo.html").stat().st_size > 0
+
+
+def test_finished_policies_are_reused(smoke_series, tmp_path):
+    shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")
+    result = grpo.run(smoke_cfg(tmp_path), progress=False)
     assert result.runs["reused"].all()

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
 import yaml
 from conftest import SMOKE, perturbed_copy
 from safetensors.torch import load_file
-
 from synergy import merging
-from synergy.runs import ArtifactError
 
 
 @pytest.fixture(scope="module")
@@ -86,53 +82,6 @@ def test_merge_reused_unless_config_or_inputs_change(parents, tmp_path):
     assert merging.ensure_merge(config, folder, shard_params=10**8, seed=0)[1]
 
 
-def test_stage_models_reads_every_manifest_spelling(tmp_path):
-    stage = tmp_path / "run" / "03_sft"
-    for name in ("a", "b", "c", "d"):
-        (stage / name).mkdir(parents=True)
-    manifest = {"artifact_id": "x", "models": {"a": str(stage / "a")},
-                "model_paths": {"b": {"path": "b"}}, "model_path": str(stage / "c"),
-                "long_model_path": "d", "evaluated": {"base": "/elsewhere"}}
-    (stage / "manifest.json").write_text(json.dumps(manifest))
-    found = merging.stage_models(str(tmp_path), "run", "03_sft")
-    assert found == {"a": str(stage / "a"), "b": str(stage / "b"), "sft": str(stage / "c"),
-                     "long": str(stage / "d")}
-    path, uid = merging.resolve_parent("03_sft", str(tmp_path), "run")
-    assert path == str(stage / "c") and uid == "x:sft"
-    assert merging.resolve_parent("03_sft:b", str(tmp_path), "run")[0] == str(stage / "b")
-    with pytest.raises(ArtifactError, match="no model 'zz'"):
-        merging.resolve_parent("03_sft:zz", str(tmp_path), "run")
-    manifest["models"] = {"gone": str(stage / "gone")}
-    (stage / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="missing"):
-        merging.stage_models(str(tmp_path), "run", "03_sft")
-
-
-def test_bare_stage_name_means_the_main_model(tmp_path):
-    grpo, sft = tmp_path / "run" / "04_grpo", tmp_path / "run" / "03_sft"
-    for folder, names in ((grpo, ["rl-beta0", "rl-beta0.005"]),
-                          (sft, ["base", "careful", "lowquality", "careful_n8_easy0"])):
-        for name in names:
-            (folder / name).mkdir(parents=True)
-    (grpo / "manifest.json").write_text(json.dumps({
-        "artifact_id": "g", "model_paths": {n: str(grpo / n) for n in ["rl-beta0",
-                                                                        "rl-beta0.005"]},
-        "runs": [{"label": "rl-beta0.005"}, {"label": "rl-beta0"}]}))
-    (sft / "manifest.json").write_text(json.dumps({
-        "artifact_id": "s", "base_model_path": str(sft / "base"),
-        "model_paths": {n: str(sft / n) for n in ["careful_n8_easy0", "lowquality", "careful"]},
-        "runs": [{"name": "careful_n8_easy0", "role": "easy_sweep"},
-                 {"name": "lowquality", "role": "main"}, {"name": "careful", "role": "main"}]}))
-    assert merging.resolve_parent("04_grpo", str(tmp_path), "run")[0] == str(grpo / "rl-beta0.005")
-    assert merging.resolve_parent("03_sft", str(tmp_path), "run")[0] == str(sft / "lowquality")
-    assert merging.stage_models(str(tmp_path), "run", "03_sft")["base"] == str(sft / "base")
-
-
-def test_missing_upstream_stage_names_the_stage(tmp_path):
-    with pytest.raises(ArtifactError, match="04_grpo has not run.*--stages 04"):
-        merging.resolve_parent("04_grpo", str(tmp_path), "run")
-
-
 def test_synergy_check():
     rows = [("sft", [0.2, 0.6]), ("rl", [0.5, 0.3]), ("linear-0.5", [0.35, 0.45]),
             ("ties-0.5", [0.6, 0.6]), ("slerp-0.5", [0.7, 0.1])]
@@ -146,16 +95,17 @@ def test_synergy_check():
     assert check.at["slerp-0.5", "below_both"] == "L2"
 
 
-@pytest.mark.slow
-def test_notebook_06_on_smoke(merge_root):
-    from synergy import pipeline
+def test_notebook_06_on_smoke(smoke_series):
+    from synergy.runs import Run
 
-    pipeline.run_stage(pipeline.find_stage("06"), SMOKE, {"output_root": str(merge_root)},
-                       log_output=False)
-    stage = merging.load_stage(str(merge_root), "smoke")
+    res = merging.load(str(smoke_series), "smoke")
     profile = yaml.safe_load(SMOKE.read_text())["merging"]
-    assert len(stage["merges"]) == len(profile["methods"]) * len(profile["sft_ratios"])
-    assert {"base", "sft", "rl", "linear-0.5"} <= set(stage["per_level"]["model"])
-    manifest = json.loads((merge_root / "smoke" / "06_merging" / "manifest.json").read_text())
-    assert manifest["upstream"]["sft"] == "fake-03_sft:sft"
-    assert (merge_root / "smoke" / "06_merging" / "06_merging.html").stat().st_size > 10_000
+    assert len(res.merges) == len(profile["methods"]) * len(profile["sft_ratios"])
+    assert {"base", "sft", "rl", "linear-0.5"} <= set(res.per_level["model"])
+    run = Run(smoke_series, "smoke")
+    # The parents are what 03 and 04 actually wrote, found through the registry.
+    assert res.manifest["upstream"]["sft"] == f"{run.manifest('03_sft')['artifact_id']}:careful"
+    assert res.manifest["upstream"]["rl"].startswith(run.manifest("04_grpo")["artifact_id"])
+    assert set(res.manifest["model_paths"]) == set(res.merges["model"])
+    assert "between the parents" in merging.statement(res)
+    assert (res.dir / "06_merging.html").stat().st_size > 10_000

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import SMOKE, perturbed_copy
-
+from conftest import SMOKE, perturbed_copy, run_stages
 from synergy import pivotal
 
 CATEGORIES = {"meta": ["wait", "hmm", "mistake"], "connectors": ["alternative", "however"],
@@ -13,19 +12,21 @@ CATEGORIES = {"meta": ["wait", "hmm", "mistake"], "connectors": ["alternative", 
 
 
 def test_kl_of_a_model_with_itself_is_zero(smoke_world, tmp_path):
+    from synergy import models
     from synergy.generation import chat_prompt
+    from synergy.scoring import token_kl
 
     _, base = smoke_world
-    model, tok = pivotal.load_scorer(base)
+    model, tok = models.load(base)
     prompts = [chat_prompt(tok, q) for q in ("3 +4", "2 *3 -1", "9 -9 +2 *2")]
     responses = ["\\boxed{7}", "<think> 2*3=6. 6-1=5.</think> \\boxed{5}", "Wait, hmm \\boxed{4}"]
-    kl = pivotal.token_kl(model, model, tok, prompts, responses, batch_size=2)
+    kl = token_kl(model, model, tok, prompts, responses, batch_size=2)
     n_tokens = sum(len(tok(r, add_special_tokens=False)["input_ids"]) for r in responses)
     assert len(kl) == n_tokens
-    assert kl["kl"].abs().max() < 1e-6
+    assert kl["kl"].abs().max() < 1e-6 and (kl["entropy"] > 0).all()
     assert (kl["logp_p"] - kl["logp_q"]).abs().max() < 1e-6
-    other, _ = pivotal.load_scorer(perturbed_copy(base, tmp_path / "other", 5, scale=0.5))
-    different = pivotal.token_kl(other, model, tok, prompts, responses, batch_size=3)
+    other, _ = models.load(perturbed_copy(base, tmp_path / "other", 5, scale=0.5))
+    different = token_kl(other, model, tok, prompts, responses, batch_size=3)
     assert different["kl"].min() >= 0 and different["kl"].sum() > 1e-3
     table = pivotal.kl_by_token(different)
     assert table["total_kl"].is_monotonic_decreasing
@@ -34,17 +35,18 @@ def test_kl_of_a_model_with_itself_is_zero(smoke_world, tmp_path):
 
 def test_kl_on_a_vision_language_model_with_images(smoke_world, tmp_path):
     from PIL import Image
-
+    from synergy import models
     from synergy.generation import chat_prompt
+    from synergy.scoring import token_kl
     from synergy.vlm import build_tiny_vlm
 
     _, base = smoke_world
-    model, processor = pivotal.load_scorer(build_tiny_vlm(base, tmp_path / "vlm"))
+    model, processor = models.load(build_tiny_vlm(base, tmp_path / "vlm"))
     assert processor is not getattr(processor, "tokenizer", processor)  # a real processor
     prompts = [chat_prompt(processor, q, "", n_images=1) for q in ("3 +4", "2 *3")]
     responses = ["\\boxed{7}", "Wait, \\boxed{6}"]
     images = [[Image.new("RGB", (56, 56), (200, 0, 0))], [Image.new("RGB", (84, 56), (0, 0, 9))]]
-    kl = pivotal.token_kl(model, model, processor, prompts, responses, images)
+    kl = token_kl(model, model, processor, prompts, responses, images)
     n_tokens = sum(len(processor.tokenizer(r, add_special_tokens=False)["input_ids"])
                    for r in responses)
     assert len(kl) == n_tokens and kl["kl"].abs().max() < 1e-6
@@ -95,12 +97,17 @@ def test_use_vs_correctness():
 
 
 @pytest.mark.slow
-def test_notebook_07_on_smoke(merge_root):
-    from synergy import pipeline
+def test_notebook_07_on_smoke(smoke_series):
+    run_stages(smoke_series, "07")
+    res = pivotal.load(str(smoke_series), "smoke")
+    assert set(res.tokens["model"]) == {"sft", "rl"}
+    assert set(res.counts["model"]) == {"base", "sft", "rl"}
+    assert (res.tokens["total_kl"] >= 0).all()
+    assert res.manifest["upstream"]["sft"].endswith(":careful")
+    assert "words per 1k tokens" in pivotal.statement(res, yaml_categories())
 
-    pipeline.run_stage(pipeline.find_stage("07"), SMOKE, {"output_root": str(merge_root)},
-                       log_output=False)
-    stage = pivotal.load_stage(str(merge_root), "smoke")
-    assert set(stage["tokens"]["model"]) == {"sft", "rl"}
-    assert set(stage["counts"]["model"]) == {"base", "sft", "rl"}
-    assert (stage["tokens"]["total_kl"] >= 0).all()
+
+def yaml_categories():
+    import yaml
+
+    return yaml.safe_load(SMOKE.read_text())["pivotal"]["categories"]

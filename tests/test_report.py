@@ -7,8 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import SMOKE
-
+from conftest import run_stages
 from synergy import report
 
 PAYLOAD = "<script>alert('pwned')</script><b>bold</b>"
@@ -65,20 +64,35 @@ def test_checklist_judges_from_numbers():
     assert status[f["meta_tokens"]] == "not run"
 
 
-def test_checklist_and_tables_with_stages_missing(smoke_root, tmp_path):
-    shutil.copytree(smoke_root / "smoke" / "00_world", tmp_path / "smoke" / "00_world")
+def test_every_finding_has_one_function_and_each_is_judged_alone():
     paper = report.paper_results()
-    levels = report.run_levels(str(tmp_path), "smoke")
-    roles = report.role_levels(levels)
+    assert set(paper["findings"]) == set(report.FINDINGS)
+    base, sft = [0.9, 0.7, 0.5, 0.3, 0.1], [0.8, 0.7, 0.6, 0.5, 0.3]
+    ev = report.Evidence(report.wide(_roles(sft, base, base)),
+                         report.wide(_roles(sft, base, base), "mean_length"), None, 0.02, 2.0)
+    assert report.sft_hard(ev)[0] == "reproduced" and "+20.0 points" in report.sft_hard(ev)[1]
+    assert report.sft_easy(ev) == ("reproduced", "SFT - base on L1: -10.0 points")
+    assert report.rl_all(ev)[0] == "not reproduced"  # RL equal to the base: no gain
+    assert report.no_synergy(ev)[0] == "not run"  # no combination in this run
+    assert report.meta_tokens(ev)[0] == "not run"
+
+
+def test_checklist_and_tables_with_stages_missing(smoke_root, tmp_path):
+    from synergy.runs import Run
+
+    shutil.copytree(smoke_root / "smoke" / "00_world", tmp_path / "smoke" / "00_world")
+    run = Run(tmp_path, "smoke")
+    paper = report.paper_results()
+    roles = report.role_levels(report.run_levels(run), report.main_models(run))
     checks = report.checklist(paper, roles, None, 0.02, 2.0)
     assert set(checks["status"]) == {"not run"}
     compared = report.paper_vs_run(paper, roles)
     assert (compared["this run"] == "not run").all()
-    status = report.stage_status(str(tmp_path), "smoke").set_index("stage")["status"]
+    status = report.stage_status(run).set_index("stage")["status"]
     assert status["00_world"] == "ran" and status["06_merging"] == "not run"
-    assert report.top_pivotal_tokens(str(tmp_path), "smoke", 5).iloc[0, 0] == \
-        "07_pivotal_tokens not run"
-    assert report.training_curves(str(tmp_path), "smoke").empty
+    assert report.top_pivotal_tokens(None, 5).iloc[0, 0] == "07_pivotal_tokens not run"
+    curves = report.training_curves(run)  # only the base's own training loss so far
+    assert set(curves["stage"]) == {"00_world"} and set(curves["metric"]) >= {"loss"}
 
 
 def test_paper_numbers_match_the_paper_page():
@@ -91,26 +105,28 @@ def test_paper_numbers_match_the_paper_page():
 
 
 @pytest.mark.slow
-def test_notebook_08_on_smoke(merge_root):
+def test_notebook_08_on_smoke(smoke_series, tmp_path):
     """The report renders without code, with plotly inline once, and escapes model text."""
     import datasets
+    from synergy.files import save_dataset
 
-    from synergy import pipeline
-    from synergy.runs import save_dataset
-
-    eval_dir = merge_root / "smoke" / "06_merging" / "eval" / "sft"
-    if eval_dir.exists():  # plant a hostile response where the report reads examples
-        df = datasets.load_from_disk(str(eval_dir)).to_pandas()
-        df["samples"] = [[f"{PAYLOAD} \\boxed{{1}}"] * len(s) for s in df["samples"]]
-        save_dataset(datasets.Dataset.from_pandas(df, preserve_index=False), eval_dir)
-    pipeline.run_stage(pipeline.find_stage("08"), SMOKE, {"output_root": str(merge_root)},
-                       log_output=False)
-    html = (merge_root / "smoke" / "08_report" / "08_report.html").read_text()
+    shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")  # the hostile text stays here
+    eval_dir = tmp_path / "smoke" / "06_merging" / "eval" / "sft"
+    df = datasets.load_from_disk(str(eval_dir)).to_pandas()
+    df["samples"] = [[f"{PAYLOAD} \\boxed{{1}}"] * len(s) for s in df["samples"]]
+    save_dataset(datasets.Dataset.from_pandas(df, preserve_index=False), eval_dir)
+    run_stages(tmp_path, "08")
+    rep = report.load(str(tmp_path), "smoke")
+    html = (tmp_path / "smoke" / "08_report" / "08_report.html").read_text()
     assert "report.run(cfg)" not in html  # code cells hidden
     assert html.count("window.PlotlyConfig") == 1  # plotly.js inlined once: works offline
     assert not re.search(r"<script[^>]+src=[\"'][^\"']*plot", html)  # not from a CDN
     assert "<script>alert" not in html and "<b>bold</b>" not in html
-    if eval_dir.exists():  # shown as text (nbconvert turns &#x27; back into a quote)
-        assert "&lt;script&gt;alert(" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
-    assert "not run" in html  # no 05 strategies in this run
-    assert (merge_root / "smoke" / "08_report" / "accuracy_by_level.png").stat().st_size > 1000
+    # shown as text (nbconvert turns &#x27; back into a quote)
+    assert "&lt;script&gt;alert(" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    status = dict(zip(rep.checklist["finding"], rep.checklist["status"]))
+    findings = report.paper_results()["findings"]
+    assert status[findings["interpolate"]] in ("reproduced", "not reproduced")  # 06 ran
+    ran_07 = (tmp_path / "smoke" / "07_pivotal_tokens" / "manifest.json").exists()
+    assert (status[findings["meta_tokens"]] == "not run") != ran_07
+    assert (tmp_path / "smoke" / "08_report" / "accuracy_by_level.png").stat().st_size > 1000

@@ -4,15 +4,14 @@ overthinking counts, and the 03_sft notebook on the smoke profile."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
+from conftest import SMOKE
 from synergy import sft
 from synergy.config import load_profile, profile_section
-
-from conftest import SMOKE
 
 
 def smoke_cfg(root, **over) -> sft.SftConfig:
@@ -69,30 +68,31 @@ def test_first_correct_tokens_counts_until_the_answer(smoke_world):
 
 
 @pytest.fixture(scope="module")
-def smoke_traces(smoke_root):
-    from synergy import distill, pipeline
+def smoke_traces(smoke_series):
+    from synergy import distill
 
-    if not (smoke_root / "smoke" / distill.STAGE / "manifest.json").exists():
-        pipeline.run_stage(pipeline.find_stage("02_distill"), SMOKE,
-                           {"output_root": str(smoke_root)}, log_output=False)
-    return distill.load_traces(str(smoke_root), "smoke")
+    return distill.load(str(smoke_series), "smoke").traces
 
 
-def test_one_sft_step_changes_weights_and_masks_only_the_assistant(smoke_root, smoke_world,
-                                                                   smoke_traces, tmp_path):
+def test_one_sft_step_changes_weights_and_masks_only_the_assistant(smoke_world, smoke_traces,
+                                                                   tmp_path):
     import torch
+    from synergy import models
+    from synergy.training import read_jsonl
 
-    cfg = smoke_cfg(smoke_root, max_steps=1, batch_size=4, grad_accum=1, lr=1e-2)
+    cfg = smoke_cfg(tmp_path, max_steps=1, batch_size=4, grad_accum=1, lr=1e-2)
     train = smoke_traces[smoke_traces["teacher"] == "careful"].head(8)
-    trainer = sft.build_trainer(smoke_world[1], train, cfg, tmp_path / "ckpt",
-                                tmp_path / "log.jsonl")
-    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    result = trainer.train()
+    args = sft.training_args(cfg, len(train))
+    assert (args.learning_rate, args.max_steps, args.assistant_only_loss) == (1e-2, 1, True)
+    before = {n: p.detach().clone()
+              for n, p in models.load(smoke_world[1])[0].named_parameters()}
+    trainer, result = sft.train(smoke_world[1], train, args, tmp_path / "run", key="k",
+                                progress=False)
     assert math.isfinite(result.training_loss) and result.training_loss > 0
     changed = [n for n, p in trainer.model.named_parameters()
                if not torch.equal(before[n], p.detach())]
     assert len(changed) == len(before)
-    assert (tmp_path / "log.jsonl").read_text().strip()
+    assert read_jsonl(tmp_path / "run" / "log.jsonl")
 
     # TRL folds the assistant mask into the labels: -100 everywhere but the assistant turn
     tok = trainer.processing_class
@@ -109,6 +109,36 @@ def test_one_sft_step_changes_weights_and_masks_only_the_assistant(smoke_root, s
         assert mask[first:first + n].all()  # one contiguous span
         assert tok.decode(ids[:first]).endswith("<|im_start|>assistant\n")
         assert tok.decode(ids[first + n:]) in ("", "\n")
+
+
+def test_interrupted_sft_resumes_from_its_last_checkpoint(smoke_world, smoke_traces, tmp_path):
+    from synergy import training
+    from transformers import TrainerCallback
+
+    cfg = smoke_cfg(tmp_path, max_steps=4, checkpoints=4, batch_size=4, grad_accum=1)
+    rows = smoke_traces[smoke_traces["teacher"] == "careful"].head(16)
+
+    class Interrupt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sft.train(smoke_world[1], rows, sft.training_args(cfg, len(rows)), tmp_path / "run",
+                  key="k", progress=False, callbacks=[Interrupt()])
+    ckpts = training.checkpoints(tmp_path / "run")
+    assert [c.name for c in ckpts] == ["checkpoint-1", "checkpoint-2"]
+    assert (ckpts[-1] / "optimizer.pt").exists() and not (ckpts[0] / "optimizer.pt").exists()
+    trainer, result = sft.train(smoke_world[1], rows, sft.training_args(cfg, len(rows)),
+                                tmp_path / "run", key="k", progress=False)
+    assert result.global_step == 4 and trainer.state.global_step == 4
+    steps = [r["step"] for r in training.read_jsonl(tmp_path / "run" / "log.jsonl")
+             if "loss" in r]
+    assert steps == sorted(set(steps)) and max(steps) == 4  # step 2's log kept once
+    # Another key never resumes from these checkpoints.
+    sft.train(smoke_world[1], rows, sft.training_args(cfg, len(rows)), tmp_path / "run",
+              key="other", progress=False)
+    assert training.read_json(tmp_path / "run" / "key.json")["key"] == "other"
 
 
 def tiny_vlm():
@@ -158,27 +188,26 @@ def test_freeze_vision_keeps_the_vision_tower_and_connector_fixed():
     assert changed_free & set(frozen)
 
 
-def test_notebook_03_runs_on_smoke(smoke_root, smoke_traces):
-    from synergy import pipeline
-    from synergy.runs import read_manifest
+def test_notebook_03_on_smoke(smoke_series):
+    from synergy import models
+    from synergy.runs import Run
 
-    pipeline.run_stage(pipeline.find_stage("03_sft"), SMOKE, {"output_root": str(smoke_root)},
-                       log_output=False)
-    out = smoke_root / "smoke" / sft.STAGE
-    manifest = read_manifest(out)
-    res = sft.load_run(str(smoke_root), "smoke")
-    assert set(manifest["model_paths"]) == set(res["runs"]["name"])
-    for path in manifest["model_paths"].values():
-        assert (pytest.importorskip("pathlib").Path(path) / "model.safetensors").exists()
-    assert {"base", "careful", "lowquality"} <= set(res["results"])
+    res = sft.load(str(smoke_series), "smoke")
+    assert set(res.manifest["model_paths"]) == set(res.runs["name"])
+    assert res.manifest["main_model"] == "careful"
+    for name in res.manifest["model_paths"]:
+        path = models.resolve(Run(smoke_series, "smoke"), f"03_sft:{name}").path
+        assert (Path(path) / "model.safetensors").exists()
+    assert {"base", "careful", "lowquality"} <= set(res.results)
     assert "SFT on 'careful'" in sft.conclusion(res)
+    assert (res.dir / "03_sft.html").stat().st_size > 0
 
 
-def test_lora_run_is_merged_into_a_plain_model(smoke_root, smoke_world, smoke_traces, tmp_path):
+def test_lora_run_is_merged_into_a_plain_model(smoke_world, smoke_traces, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    cfg = smoke_cfg(smoke_root, lora_r=4, lora_alpha=8, max_steps=1, checkpoints=1, lr=1e-2,
+    cfg = smoke_cfg(tmp_path, lora_r=4, lora_alpha=8, max_steps=1, checkpoints=1, lr=1e-2,
                     n_traces=8, val_traces=2)
     spec = sft.RunSpec("careful", 8, 0.0, "main")
     record = sft.train_one(spec, smoke_traces, cfg, str(smoke_world[1]), tmp_path, "", False)

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from synergy import evaluation, stratify
 from synergy.evaluation import SampleCache, prompt_key, sample_questions
+from synergy.files import atomic_path
 from synergy.generation import SamplingSpec, chat_prompt
-from synergy.runs import atomic_path
 from synergy.stratify import assign_levels, level_decided, level_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -275,7 +274,7 @@ COLUMNS = ["qid", "question", "answer", "steps", "samples", "correct", "lengths"
 def test_levels_artifact(smoke_root, smoke_world):
     from synergy.world import eval_questions
 
-    df = stratify.load_levels(str(smoke_root), "smoke")
+    df = stratify.load(str(smoke_root), "smoke").levels
     assert set(COLUMNS) <= set(df.columns)
     assert df["qid"].tolist() == [q.qid for q in eval_questions(smoke_world[0])]
     assert df["level"].between(1, 5).all()
@@ -296,8 +295,10 @@ def test_manifests(smoke_root):
         assert m["device"]["platform"] and "cuda" in m["device"]
         assert m["started"] <= m["finished"]
     assert strat["params"]["n_samples"] == 4 and strat["stage"] == "stratify"
-    assert strat["upstream"] == {"model": world["artifact_id"], "benchmark": world["artifact_id"]}
-    assert strat["samples_drawn"] == int(stratify.load_levels(str(smoke_root), "smoke")
+    assert strat["upstream"] == {"model": f"{world['artifact_id']}:base",
+                                 "benchmark": world["artifact_id"]}
+    assert world["model_paths"] == {"base": "00_world/model"} and world["main_model"] == "base"
+    assert strat["samples_drawn"] == int(stratify.load(str(smoke_root), "smoke").levels
                                          ["n_drawn"].sum())
 
 
@@ -313,20 +314,21 @@ def test_executed_notebook_and_html(smoke_root, stage):
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
+@pytest.mark.slow
 def test_stratify_is_deterministic(smoke_root):
     from synergy.config import load_profile, profile_section
 
     src, dst = smoke_root / "smoke", smoke_root / "smoke-again"
-    (dst / "00_world").mkdir(parents=True)
-    shutil.copy(src / "00_world" / "manifest.json", dst / "00_world" / "manifest.json")
+    shutil.copytree(src / "00_world", dst / "00_world")
     values = {**profile_section(load_profile(SMOKE), "stratify", SMOKE),
               "output_root": str(smoke_root), "run_name": "smoke-again"}
     cfg = stratify.StratifyConfig.from_mapping(values, "test")
-    again = stratify.run(cfg, progress=False)
-    first = stratify.load_levels(str(smoke_root), "smoke")
+    again = stratify.run(cfg, progress=False).levels
+    first = stratify.load(str(smoke_root), "smoke").levels
     assert (dst / "01_stratify" / "cache").is_dir()  # sampled afresh, not read from 'smoke'
     assert again["level"].tolist() == first["level"].tolist()
-    pd.testing.assert_frame_equal(stratify.load_levels(str(smoke_root), "smoke-again"), first)
+    pd.testing.assert_frame_equal(stratify.load(str(smoke_root), "smoke-again").levels, first)
+    assert "questions over the levels" in stratify.statement(again, cfg.n_samples)
 
 
 @pytest.mark.parametrize("cap", [1, 2, 4, 16])

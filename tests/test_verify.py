@@ -4,7 +4,6 @@ import os
 import threading
 
 import pytest
-
 from synergy import verify as v
 from synergy.verify import (
     accuracy_reward,
@@ -17,7 +16,6 @@ from synergy.verify import (
     format_reward,
     is_correct,
 )
-
 
 # --- extract_boxed ---------------------------------------------------------------
 
@@ -315,7 +313,6 @@ def test_boxed_accuracy_metric_loads_locally_and_computes(monkeypatch):
 
 def test_boxed_accuracy_metric_via_evaluate_load():
     import evaluate
-
     from synergy.metrics import BOXED_ACCURACY_PATH
 
     metric = evaluate.load(BOXED_ACCURACY_PATH)

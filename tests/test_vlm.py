@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from PIL import Image
-
 from synergy import evaluation
 from synergy.generation import HFEngine, SamplingSpec, chat_prompt
 from synergy.vlm import build_tiny_vlm

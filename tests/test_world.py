@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from synergy import world
-from synergy.world import (BOXED, IM_END, THINK_CLOSE, THINK_OPEN, WorldConfig, eval_questions,
-                           parse_question, random_question, train_questions)
+from synergy.world import (
+    BOXED,
+    IM_END,
+    THINK_CLOSE,
+    THINK_OPEN,
+    WorldConfig,
+    eval_questions,
+    parse_question,
+    random_question,
+    train_questions,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from synergy import stages
 from synergy.config import ConfigError
-from synergy.runs import ArtifactError
+from synergy.files import ArtifactError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--quiet", action="store_true", help="do not stream cell output")
     args = parser.parse_args(argv)
     if args.command == "report":
-        args.stages = ["08_report"]
+        args.stages = [stages.REPORT.name]
 
     from synergy import pipeline
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"[synergy] done: {len(paths)} notebook(s); last report: "
           f"{paths[-1].with_suffix('.html')}")
-    reports = [p for p in paths if p.stem == "08_report"]
+    reports = [p for p in paths if p.stem == stages.REPORT.name]
     if reports:
         print(f"[synergy] run report: {reports[-1].with_suffix('.html')}")
     return 0

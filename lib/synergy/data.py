@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from synergy.runs import ArtifactError, read_manifest
+from synergy.files import ArtifactError
 
 WORLD = "world"
 REQUIRED = ("qid", "question", "answer")
@@ -39,40 +39,14 @@ _LEVEL = re.compile(r"(?:L|level\s*)?([1-5])(?:\.0)?", re.IGNORECASE)
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
 
 
-def run_root(output_root: str, run_name: str) -> Path:
-    return Path(output_root) / run_name
-
-
-def world_manifest(output_root: str, run_name: str) -> dict:
-    return read_manifest(run_root(output_root, run_name) / "00_world")
-
-
-def world_config(output_root: str, run_name: str):
-    from synergy.world import WorldConfig
-
-    return WorldConfig.from_mapping(world_manifest(output_root, run_name)["params"],
-                                    "00_world manifest")
-
-
-def resolve_model(model: str, output_root: str, run_name: str) -> tuple[str, str]:
-    """(path or hub id, upstream artifact id) for a model parameter."""
-    if model == WORLD:
-        manifest = world_manifest(output_root, run_name)
-        return manifest["model_path"], manifest["artifact_id"]
-    if Path(model).exists():
-        return str(Path(model).resolve()), f"path:{Path(model).resolve()}"
-    if "/" in model and not model.startswith((".", "/")):
-        return model, f"hub:{model}"
-    raise ArtifactError(f"model '{model}': neither 'world', an existing path, nor a hub id")
-
-
-def load_benchmark(benchmark: str, output_root: str, run_name: str) -> tuple[pd.DataFrame, str]:
-    """(questions table, upstream id): `world`, a local table, or `name:source[:split]`."""
+def load_benchmark(benchmark: str, run) -> tuple[pd.DataFrame, str]:
+    """(questions table, upstream id): `world` (the run's own task), a local table, or
+    `name:source[:split]` with a name from NORMALIZERS."""
     if benchmark == WORLD:
-        from synergy.world import eval_questions, questions_frame
+        from synergy import world
 
-        cfg = world_config(output_root, run_name)
-        return questions_frame(eval_questions(cfg)), cfg.world_id()
+        cfg = world.config_of(run)
+        return world.questions_frame(world.eval_questions(cfg)), cfg.world_id()
     name, sep, rest = benchmark.partition(":")
     if sep and name.lower() in NORMALIZERS:
         source, split = rest, None

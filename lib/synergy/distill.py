@@ -24,19 +24,25 @@ settings as `01_stratify`, so SFT data can be chosen by difficulty.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import random
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from synergy.config import StageConfig
-from synergy.world import BOXED, THINK_CLOSE, THINK_OPEN, Question, apply_op, parse_question
+from synergy.runs import StageResult
+from synergy.world import (
+    BOXED,
+    THINK_CLOSE,
+    THINK_OPEN,
+    Question,
+    apply_op,
+    parse_question,
+)
 
-STAGE = "02_distill"
 TEACHERS = ("careful", "lowquality", "sampled", "traces")
 PIVOTAL_WORDS = ("first", "next", "then", "however", "because", "let", "verify", "wait", "hmm",
                  "maybe", "alternatively", "check")
@@ -60,7 +66,7 @@ class DistillConfig(StageConfig):
     backend: Literal["hf", "vllm"]
     batch_rows: int
     trace_source: str
-    trace_columns: list[str]
+    trace_set: Literal["s1k-deepseek", "s1k-gemini"]
     n_examples: int
 
     def validate(self) -> None:
@@ -73,8 +79,6 @@ class DistillConfig(StageConfig):
         self.require_sampling("teacher_")
         self.require(self.teacher_max_new_tokens >= 1, "teacher_max_new_tokens", "must be >= 1")
         self.require(self.batch_rows >= 1, "batch_rows", "must be >= 1")
-        self.require(len(self.trace_columns) == 3, "trace_columns",
-                     "must name three columns: question, thinking, answer")
         self.require("traces" not in self.teachers or self.trace_source != "", "trace_source",
                      "must name a file or hub dataset when teachers include 'traces'")
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
@@ -186,105 +190,52 @@ def sampled_traces(engine, pool: pd.DataFrame, cfg: DistillConfig, cache_root: P
                    model_path: str, prompt_suffix: str,
                    progress: bool = True) -> list[dict | None]:
     """Draw `teacher_samples` per question; keep the shortest correct (None if none)."""
-    from synergy.evaluation import cache_for, sample_questions
-    from synergy.generation import chat_prompt
+    from synergy.evaluation import sample_table
 
-    prompts = [chat_prompt(engine.tokenizer, q, prompt_suffix) for q in pool["question"]]
-    drawn = sample_questions(engine, prompts, list(pool["answer"]), cfg.teacher_spec,
-                             n_samples=cfg.teacher_samples, round_size=cfg.teacher_samples,
-                             seed=cfg.seed, cache=cache_for(cache_root, model_path,
-                                                            cfg.teacher_spec, cfg.seed),
-                             progress=progress)
+    drawn = sample_table(engine, model_path, pool, cfg.teacher_spec,
+                         n_samples=cfg.teacher_samples, seed=cfg.seed, cache_root=cache_root,
+                         prompt_suffix=prompt_suffix, progress=progress)
     return [shortest_correct(d) for d in drawn]
 
 
-# --- trace files (s1K style) --------------------------------------------------------------
+def trace_set(cfg: DistillConfig) -> pd.DataFrame:
+    """The `traces` teacher's rows from an s1K / s1K-1.1 set (`trace_set` picks the
+    teacher: DeepSeek-R1 = the paper's s1.1-R1, Gemini = s1-Gemini2)."""
+    from synergy import data
 
-def load_trace_table(source: str, columns: list[str]) -> pd.DataFrame:
-    """question / thinking / answer from a local file or a hub dataset id (split `train`)."""
-    from synergy.runs import ArtifactError
-
-    path = Path(source)
-    if path.exists():
-        readers = {".jsonl": lambda p: pd.read_json(p, lines=True), ".json": pd.read_json,
-                   ".parquet": pd.read_parquet}
-        if path.suffix not in readers:
-            raise ArtifactError(f"{path}: unsupported trace format (use .jsonl, .json, .parquet)")
-        df = readers[path.suffix](path)
-    else:
-        import datasets
-
-        try:
-            df = datasets.load_dataset(source, split="train").to_pandas()
-        except Exception as exc:
-            raise ArtifactError(f"trace_source '{source}': neither a local file nor a loadable "
-                                f"hub dataset ({exc})") from exc
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ArtifactError(f"trace_source '{source}': missing column(s) {missing}; "
-                            f"have {list(df.columns)}")
-    q, think, ans = columns
-    return pd.DataFrame({"question": df[q].astype(str), "thinking": df[think].astype(str),
-                         "answer": df[ans].astype(str)})
-
-
-def trace_response(thinking: str, answer: str) -> str:
-    """The paper's format from a trajectory and a final answer/attempt."""
-    from synergy.verify import extract_boxed
-
-    boxed = extract_boxed(answer)
-    final = boxed if boxed is not None else answer.strip()
-    return f"{THINK_OPEN}{thinking.strip()}{THINK_CLOSE} {BOXED}{final}}}"
+    teacher = cfg.trace_set.split("-", 1)[1]
+    rows = data.load_s1(cfg.trace_source, teacher=teacher)
+    return rows.assign(response=[m[-1]["content"] for m in rows["messages"]]).drop(
+        columns="messages")
 
 
 # --- the pool and the dataset --------------------------------------------------------------
 
-def question_pool(cfg: DistillConfig) -> tuple[pd.DataFrame, str]:
+def question_pool(cfg: DistillConfig, run) -> tuple[pd.DataFrame, str]:
     """Training questions (qid, question, answer[, steps]) and their upstream id."""
-    from synergy import data
+    from synergy import data, world
 
     if cfg.train_questions == data.WORLD:
-        from synergy.world import questions_frame, train_questions
-
-        wcfg = data.world_config(cfg.output_root, cfg.run_name)
+        wcfg = world.config_of(run)
         # Offset seed: the base trained on seed-driven questions; these are a fresh draw.
-        qs = train_questions(wcfg, cfg.n_questions, seed=cfg.seed + 7919)
-        pool = questions_frame(qs).drop_duplicates("qid").reset_index(drop=True)
+        qs = world.train_questions(wcfg, cfg.n_questions, seed=cfg.seed + 7919)
+        pool = world.questions_frame(qs).drop_duplicates("qid").reset_index(drop=True)
         return pool, f"{wcfg.world_id()}:train:{cfg.seed + 7919}:{cfg.n_questions}"
     return data.load_table(cfg.train_questions), f"file:{Path(cfg.train_questions).resolve()}"
 
 
-def stratify_manifest(output_root: str, run_name: str) -> dict:
-    """01_stratify's manifest: the base model, its sampling settings and prompt suffix."""
-    from synergy import data
-    from synergy.runs import read_manifest
-    from synergy.stratify import STAGE as STRATIFY
-
-    return read_manifest(data.run_root(output_root, run_name) / STRATIFY)
-
-
-def level_pool(pool: pd.DataFrame, cfg: DistillConfig, cache_root: Path,
+def level_pool(pool: pd.DataFrame, base_path: str, run, batch_rows: int,
                progress: bool = True) -> pd.DataFrame:
     """Pass rate and level of each pool question under the base, with 01_stratify's settings."""
-    from synergy.evaluation import cache_for, sample_questions
-    from synergy.generation import chat_prompt, make_engine
-    from synergy.stratify import StratifyConfig, assign_levels, level_decided
+    from synergy import stratify
+    from synergy.generation import make_engine
 
-    manifest = stratify_manifest(cfg.output_root, cfg.run_name)
-    scfg = StratifyConfig.from_mapping(manifest["params"], "01_stratify manifest")
-    model_path = manifest["model_path"]
-    engine = make_engine(model_path, scfg.backend, cfg.batch_rows)
-    prompts = [chat_prompt(engine.tokenizer, q, scfg.prompt_suffix) for q in pool["question"]]
-    stop = (functools.partial(level_decided, n_total=scfg.n_samples,
-                              min_correct=scfg.level_min_correct) if scfg.early_stop else None)
-    drawn = sample_questions(engine, prompts, list(pool["answer"]), scfg.spec,
-                             n_samples=scfg.n_samples, round_size=scfg.round_size,
-                             seed=scfg.seed, cache=cache_for(cache_root, model_path, scfg.spec,
-                                                             scfg.seed),
-                             stop=stop, progress=progress)
-    n_correct = [sum(s["correct"] for s in d) for d in drawn]
-    return pool.assign(base_pass_rate=[c / len(d) for c, d in zip(n_correct, drawn)],
-                       level=assign_levels(n_correct, scfg.level_min_correct))
+    scfg = stratify.config_of(run)
+    engine = make_engine(base_path, scfg.backend, batch_rows)
+    leveled = stratify.level_questions(engine, base_path, pool, scfg, run.samples_cache,
+                                       progress)
+    return pool.assign(base_pass_rate=leveled["pass_rate"].to_numpy(),
+                       level=leveled["level"].to_numpy())
 
 
 def trace_rows(pool: pd.DataFrame, responses: list[str | None], teacher: str, source: str,
@@ -304,86 +255,97 @@ def trace_rows(pool: pd.DataFrame, responses: list[str | None], teacher: str, so
 
 
 def with_messages(df: pd.DataFrame, prompt_suffix: str) -> pd.DataFrame:
-    user = [f"{q} {prompt_suffix}".strip() for q in df["question"]]
+    from synergy.generation import user_text
+
+    user = [user_text(q, prompt_suffix) for q in df["question"]]
     return df.assign(messages=[[{"role": "user", "content": u},
                                 {"role": "assistant", "content": r}]
                                for u, r in zip(user, df["response"])])
 
 
-def run(cfg: DistillConfig, progress: bool = True) -> pd.DataFrame:
+@dataclasses.dataclass
+class DistillResult(StageResult):
+    traces: pd.DataFrame  # one row per teacher x question (chat `messages`, level, length)
+    pool: pd.DataFrame    # the training questions with the base's pass rate and level
+
+
+def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
     """Build every teacher's traces; saves `traces/` (a `datasets` dataset) and the manifest."""
     import datasets
-
-    from synergy import data
-    from synergy.evaluation import samples_cache_root
-    from synergy.generation import make_engine
-    from synergy.runs import now, save_dataset, set_seed, stage_dir, write_manifest, write_text
-
-    started, t0 = now(), time.perf_counter()
-    set_seed(cfg.seed)
-    out = stage_dir(cfg, STAGE)
-    cache_root = samples_cache_root(cfg.output_root, cfg.run_name)
-    strat = stratify_manifest(cfg.output_root, cfg.run_name)
-    base_path, base_id = strat["model_path"], strat["upstream"]["model"]
-    suffix = strat["params"]["prompt_suffix"]
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    timings = {}
-    needs_pool = bool(set(cfg.teachers) & {"careful", "lowquality", "sampled"})
-    if needs_pool and cfg.train_questions == "":
-        raise ValueError("distill.train_questions: teachers careful / lowquality / sampled "
-                         "need questions ('world' or a file); it is empty")
-    pool, pool_id = question_pool(cfg) if needs_pool else (
-        pd.DataFrame(columns=["qid", "question", "answer"]), "none")
-    if cfg.level_pool and needs_pool:
-        t = time.perf_counter()
-        pool = level_pool(pool, cfg, cache_root, progress)
-        timings["level_pool"] = time.perf_counter() - t
-    else:
-        pool = pool.assign(base_pass_rate=np.nan, level=0)
-    is_world = cfg.train_questions == "world"
-    frames, upstream = [], {"base": base_id, "questions": pool_id}
-    for teacher in cfg.teachers:
-        t = time.perf_counter()
-        if teacher in ("careful", "lowquality"):
-            if not is_world:
-                raise ValueError(f"distill.teachers: '{teacher}' writes traces for the embedded "
-                                 f"world only; train_questions is '{cfg.train_questions}'")
-            responses = programmatic_traces(pool, teacher, cfg.seed, cfg.lowquality_error_rate)
-            frames.append(trace_rows(pool, responses, teacher, "programmatic", tokenizer))
-        elif teacher == "sampled":
-            path, model_id = data.resolve_model(cfg.teacher_model, cfg.output_root, cfg.run_name)
-            upstream["teacher_model"] = model_id
-            engine = make_engine(path, cfg.backend, cfg.batch_rows)
-            kept = sampled_traces(engine, pool, cfg, cache_root, path, suffix, progress)
-            frames.append(trace_rows(pool, [k["text"] if k else None for k in kept], teacher,
-                                     f"shortest correct of {cfg.teacher_samples}", tokenizer))
+    from synergy import data, stages, stratify
+    from synergy.files import save_dataset, write_text
+    from synergy.generation import make_engine
+    from synergy.runs import stage_run
+
+    with stage_run(cfg, stages.DISTILL) as ctx:
+        scfg = stratify.config_of(ctx.run)
+        ctx.needs(stages.STRATIFY)
+        base = ctx.model(scfg.model, "base")
+        suffix = scfg.prompt_suffix
+        tokenizer = AutoTokenizer.from_pretrained(base.path)
+        timings = {}
+        needs_pool = bool(set(cfg.teachers) & {"careful", "lowquality", "sampled"})
+        if needs_pool and cfg.train_questions == "":
+            raise ValueError("distill.train_questions: teachers careful / lowquality / sampled "
+                             "need questions ('world' or a file); it is empty")
+        pool, ctx.upstream["questions"] = question_pool(cfg, ctx.run) if needs_pool else (
+            pd.DataFrame(columns=["qid", "question", "answer"]), "none")
+        if cfg.level_pool and needs_pool:
+            t = time.perf_counter()
+            pool = level_pool(pool, base.path, ctx.run, cfg.batch_rows, progress)
+            timings["level_pool"] = time.perf_counter() - t
         else:
-            table = load_trace_table(cfg.trace_source, cfg.trace_columns)
-            upstream["traces"] = cfg.trace_source
-            table = table.assign(qid=[f"t{i}" for i in range(len(table))], level=0,
-                                 base_pass_rate=np.nan)
-            responses = [trace_response(th, a) for th, a in zip(table["thinking"],
-                                                                table["answer"])]
-            frames.append(trace_rows(table.drop(columns="thinking"), responses, teacher,
-                                     cfg.trace_source, tokenizer))
-        timings[teacher] = time.perf_counter() - t
-    traces = with_messages(pd.concat(frames, ignore_index=True), suffix)
-    save_dataset(datasets.Dataset.from_pandas(traces, preserve_index=False), out / "traces")
-    write_text(out / "pool.csv", pool.to_csv(index=False))
-    write_manifest(out, cfg, started=started, upstream=upstream,
-                   extra={"seconds": time.perf_counter() - t0, "timings": timings,
-                          "rows": {t: int((traces["teacher"] == t).sum()) for t in cfg.teachers},
-                          "pool_levels": {f"L{k}": int(v) for k, v in
-                                          pool["level"].value_counts().sort_index().items()}})
-    return traces
+            pool = pool.assign(base_pass_rate=np.nan, level=0)
+        is_world = cfg.train_questions == data.WORLD
+        frames = []
+        for teacher in cfg.teachers:
+            t = time.perf_counter()
+            if teacher in ("careful", "lowquality"):
+                if not is_world:
+                    raise ValueError(f"distill.teachers: '{teacher}' writes traces for the "
+                                     f"embedded world only; train_questions is "
+                                     f"'{cfg.train_questions}'")
+                responses = programmatic_traces(pool, teacher, cfg.seed,
+                                                cfg.lowquality_error_rate)
+                frames.append(trace_rows(pool, responses, teacher, "programmatic", tokenizer))
+            elif teacher == "sampled":
+                model = ctx.model(cfg.teacher_model, "teacher_model")
+                engine = make_engine(model.path, cfg.backend, cfg.batch_rows)
+                kept = sampled_traces(engine, pool, cfg, ctx.run.samples_cache, model.path,
+                                      suffix, progress)
+                frames.append(trace_rows(pool, [k["text"] if k else None for k in kept],
+                                         teacher, f"shortest correct of {cfg.teacher_samples}",
+                                         tokenizer))
+            else:
+                table = trace_set(cfg).assign(level=0, base_pass_rate=np.nan)
+                ctx.upstream["traces"] = f"{cfg.trace_set}:{cfg.trace_source}"
+                frames.append(trace_rows(table.drop(columns="response"), list(table["response"]),
+                                         teacher, cfg.trace_set, tokenizer))
+            timings[teacher] = time.perf_counter() - t
+        traces = with_messages(pd.concat(frames, ignore_index=True), suffix)
+        save_dataset(datasets.Dataset.from_pandas(traces, preserve_index=False),
+                     ctx.dir / "traces")
+        write_text(ctx.dir / "pool.csv", pool.to_csv(index=False))
+        ctx.record(timings=timings,
+                   rows={t: int((traces["teacher"] == t).sum()) for t in cfg.teachers},
+                   pool_levels={f"L{k}": int(v) for k, v in
+                                pool["level"].value_counts().sort_index().items()})
+    return DistillResult(ctx.manifest, ctx.dir, traces, pool)
 
 
-def load_traces(output_root: str, run_name: str) -> pd.DataFrame:
-    from synergy.runs import load_dataset_dir
+def load(output_root: str, run_name: str) -> DistillResult:
+    """What `run` returned, read back from disk."""
+    from synergy import stages
+    from synergy.files import load_dataset_dir
+    from synergy.runs import Run
 
-    return load_dataset_dir(Path(output_root) / run_name / STAGE / "traces").to_pandas()
+    r = Run(output_root, run_name)
+    folder = r.dir(stages.DISTILL)
+    return DistillResult(r.manifest(stages.DISTILL), folder,
+                         load_dataset_dir(folder / "traces").to_pandas(),
+                         pd.read_csv(folder / "pool.csv"))
 
 
 # --- analysis (pure) ----------------------------------------------------------------------
@@ -412,15 +374,6 @@ def sampled_yield(traces: pd.DataFrame, pool: pd.DataFrame) -> pd.DataFrame:
     return table.rename(index=lambda v: f"L{v}").rename_axis("level").reset_index()
 
 
-def load_pool(output_root: str, run_name: str) -> pd.DataFrame:
-    from synergy.runs import ArtifactError
-
-    path = Path(output_root) / run_name / STAGE / "pool.csv"
-    if not path.exists():
-        raise ArtifactError(f"{path}: not found; run 02_distill first")
-    return pd.read_csv(path)
-
-
 def length_figure(traces: pd.DataFrame):
     import plotly.express as px
 
@@ -440,7 +393,21 @@ def examples(traces: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
     return pd.concat(picks)[cols].reset_index(drop=True)
 
 
-def summary(traces: pd.DataFrame) -> dict[str, Any]:
-    return {t: {"rows": int(len(p)), "mean_tokens": float(p["n_tokens"].mean()),
-                "correct": float(p["correct"].mean())}
-            for t, p in traces.groupby("teacher", sort=False)}
+def statement(traces: pd.DataFrame, pool: pd.DataFrame) -> str:
+    """What the traces of this run look like, computed from them (markdown)."""
+    table = teacher_table(traces)
+    lines = [f"- **{r.teacher}**: {r.rows} traces, {r.mean_tokens:.0f} tokens on average, "
+             f"{r.correct:.0%} with the right final answer, {r.formatted:.0%} in the paper's "
+             f"format, {r.pivotal_words_per_trace:.1f} pivotal words per trace."
+             for r in table.itertuples()]
+    if "sampled" in set(traces["teacher"]) and pool["level"].gt(0).any():
+        y = sampled_yield(traces, pool).set_index("level")["yield"]
+        lines.append("- Self-distillation keeps a trace for " + ", ".join(
+            f"{lv} {v:.0%}" for lv, v in y.items()) + " of the pool questions: the hard "
+            "levels, where long CoT should help, are the ones it covers least.")
+    if {"careful", "lowquality"} <= set(traces["teacher"]):
+        t = table.set_index("teacher")
+        lines.append(f"- The low-quality teacher writes {t.at['lowquality', 'mean_tokens'] / max(t.at['careful', 'mean_tokens'], 1e-9):.1f}x "
+                     f"the careful teacher's tokens and is right {t.at['lowquality', 'correct']:.0%} "
+                     f"of the time against {t.at['careful', 'correct']:.0%}.")
+    return "\n".join(lines)

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from synergy.config import StageConfig
+from synergy.files import atomic_path, content_hash
 from synergy.generation import SamplingSpec, chat_prompt
-from synergy.runs import atomic_path, content_hash
 
 StopRule = Callable[[int, int], bool]  # (n_correct, n_drawn) -> no more samples needed
 
@@ -54,9 +54,9 @@ def prompt_key(prompt: str) -> str:
 
 
 def cache_for(root: str | Path, model_path: str, spec: SamplingSpec, seed: int) -> SampleCache:
-    from synergy.generation import model_fingerprint
+    from synergy.models import fingerprint
 
-    return SampleCache(Path(root) / f"{model_fingerprint(model_path)}-"
+    return SampleCache(Path(root) / f"{fingerprint(model_path)}-"
                        f"{content_hash([spec.as_dict(), seed])}")
 
 
@@ -162,6 +162,21 @@ def build_prompts(engine, questions: pd.DataFrame,
     return prompts, images
 
 
+def sample_table(engine, model_path: str, questions: pd.DataFrame, spec: SamplingSpec, *,
+                 n_samples: int, seed: int, cache_root: str | Path, prompt_suffix: str = "",
+                 stop: StopRule | None = None, round_size: int | None = None,
+                 progress: bool = True) -> list[list[dict]]:
+    """`sample_questions` on a benchmark table (question, answer[, choices, images]) with
+    the model's cache under `cache_root`: the one sample loop of stratification, leveling
+    of training questions, the static easy-question filter and evaluation."""
+    prompts, images = build_prompts(engine, questions, prompt_suffix)
+    return sample_questions(engine, prompts, [str(a) for a in questions["answer"]], spec,
+                            n_samples=n_samples, round_size=round_size or n_samples,
+                            seed=seed, cache=cache_for(cache_root, model_path, spec, seed),
+                            stop=stop, progress=progress, images=images,
+                            choices=choices_of(questions))
+
+
 def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec, *,
                    n_samples: int, seed: int, cache_root: str | Path, prompt_suffix: str = "",
                    backend: str = "hf", batch_rows: int = 512, engine=None,
@@ -174,11 +189,8 @@ def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec,
     from synergy.verify import format_ok
 
     engine = engine or make_engine(model_path, backend, batch_rows)
-    prompts, images = build_prompts(engine, questions, prompt_suffix)
-    drawn = sample_questions(engine, prompts, [str(a) for a in questions["answer"]], spec,
-                             n_samples=n_samples, round_size=n_samples, seed=seed,
-                             cache=cache_for(cache_root, model_path, spec, seed),
-                             progress=progress, images=images, choices=choices_of(questions))
+    drawn = sample_table(engine, model_path, questions, spec, n_samples=n_samples, seed=seed,
+                         cache_root=cache_root, prompt_suffix=prompt_suffix, progress=progress)
     out = questions.copy().reset_index(drop=True)
     out["samples"] = [[s["text"] for s in d] for d in drawn]
     out["correct"] = [[bool(s["correct"]) for s in d] for d in drawn]
@@ -252,21 +264,17 @@ def eval_spec(cfg) -> SamplingSpec:
 def evaluate_for(cfg: EvaluatingConfig, model_path: str, questions: pd.DataFrame,
                  prompt_suffix: str = "", progress: bool = True) -> pd.DataFrame:
     """`evaluate_model` with a stage's eval keys and the run's shared sample cache."""
+    from synergy.runs import Run
+
     return evaluate_model(model_path, questions, eval_spec(cfg), n_samples=cfg.eval_samples,
-                          seed=cfg.seed,
-                          cache_root=samples_cache_root(cfg.output_root, cfg.run_name),
+                          seed=cfg.seed, cache_root=Run.of(cfg).samples_cache,
                           prompt_suffix=prompt_suffix, backend=cfg.backend,
                           batch_rows=cfg.batch_rows, progress=progress)
 
 
-def samples_cache_root(output_root: str, run_name: str) -> Path:
-    """One sample cache per run, shared by all stages: the base is evaluated once."""
-    return Path(output_root) / run_name / "cache" / "samples"
-
-
 def save_results(out_dir: str | Path, results: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Write `eval/<model>/` datasets and `per_level.csv`; returns the per-level table."""
-    from synergy.runs import save_dataset, write_text
+    from synergy.files import save_dataset, write_text
 
     out_dir = Path(out_dir)
     for name, df in results.items():
@@ -277,7 +285,7 @@ def save_results(out_dir: str | Path, results: dict[str, pd.DataFrame]) -> pd.Da
 
 
 def load_results(stage_path: str | Path) -> dict[str, pd.DataFrame]:
-    from synergy.runs import ArtifactError, load_dataset_dir
+    from synergy.files import ArtifactError, load_dataset_dir
 
     root = Path(stage_path) / "eval"
     if not root.is_dir():

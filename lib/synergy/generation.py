@@ -67,13 +67,18 @@ def keyed_uniform(row_seeds, step: int, vocab: int):
     return (h.double() + 0.5) / 2.0**32
 
 
+def user_text(question: str, suffix: str = "") -> str:
+    """The user turn for a question: the question, then the profile's prompt suffix."""
+    return f"{question} {suffix}".strip() if suffix else question
+
+
 def chat_prompt(template, question: str, suffix: str = "", n_images: int = 0) -> str:
     """The generation prompt for one user question (with the profile's prompt suffix).
 
     `template` is a tokenizer, or for a vision-language model its processor, whose chat
     template places the image tokens.
     """
-    text = f"{question} {suffix}".strip()
+    text = user_text(question, suffix)
     content = text if n_images == 0 else (
         [{"type": "image"}] * n_images + [{"type": "text", "text": text}])
     return template.apply_chat_template([{"role": "user", "content": content}],
@@ -114,18 +119,13 @@ class HFEngine:
     @classmethod
     def from_path(cls, path: str | Path, batch_rows: int = 512, device: str | None = None):
         import torch
-        from transformers import (AutoConfig, AutoModelForCausalLM,
-                                  AutoModelForImageTextToText, AutoTokenizer)
 
-        from synergy.vlm import load_processor
+        from synergy.models import is_vision_language, load, tokenizer_of
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if is_vision_language(AutoConfig.from_pretrained(path)):
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto")
-            processor = load_processor(path)
-            return cls(model.to(device).eval(), processor.tokenizer, batch_rows, processor)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
-        return cls(model, AutoTokenizer.from_pretrained(path), batch_rows)
+        model, processing = load(path, device)
+        processor = processing if is_vision_language(model.config) else None
+        return cls(model.eval(), tokenizer_of(processing), batch_rows, processor)
 
     def generate(self, prompts: Sequence[str], keys: Sequence[str], first: int, n: int,
                  spec: SamplingSpec, seed: int,
@@ -155,8 +155,13 @@ class HFEngine:
 
     def _generate_batch(self, prompts, keys, first, n, spec, seed, images=None):
         import torch
-        from transformers import (GenerationConfig, LogitsProcessorList,
-                                  TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+        from transformers import (
+            GenerationConfig,
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         tok = self.tokenizer
         enc = {k: v.to(self.model.device) for k, v in self._encode(prompts, n, images).items()}
@@ -252,6 +257,8 @@ class VLLMEngine:
         self.llm = vllm.LLM(model=str(path), **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.template = self.tokenizer
+        from synergy.models import is_vision_language
+
         if is_vision_language(self.llm.llm_engine.model_config.hf_config):
             from synergy.vlm import load_processor
 
@@ -272,27 +279,7 @@ class VLLMEngine:
         return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
-def is_vision_language(config) -> bool:
-    return getattr(config, "vision_config", None) is not None
-
-
 def make_engine(path: str | Path, backend: Backend = "hf", batch_rows: int = 512):
     if backend == "vllm":
         return VLLMEngine(path)
     return HFEngine.from_path(path, batch_rows)
-
-
-def model_fingerprint(path: str | Path) -> str:
-    """Content id of a model folder: its config, tokenizer and weight files, read whole
-    (merged or partly trained models can differ only in the middle of a weight file)."""
-    path = Path(path)
-    if not path.is_dir():
-        return hashlib.sha256(str(path).encode()).hexdigest()[:12]  # a hub id
-    h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.suffix in (".json", ".safetensors", ".bin", ".model") and f.is_file():
-            h.update(f.name.encode() + str(f.stat().st_size).encode())
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 24), b""):
-                    h.update(block)
-    return h.hexdigest()[:12]

@@ -23,21 +23,21 @@ last one, and a finished run with the same content key is reused.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
+import functools
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from synergy.evaluation import EvaluatingConfig
+from synergy.runs import StageResult
+from synergy.training import ReportTo
 
-STAGE = "04_grpo"
-SFT_STAGE = "03_sft"
 REWARD_NAMES = ("accuracy_reward", "format_reward")
 # The curves shown per run (names as TRL 1.x logs them).
 CURVES = {
@@ -59,6 +59,7 @@ class GRPOStageConfig(EvaluatingConfig):
     SECTION = "grpo"
 
     init_model: str
+    train_source: str
     prompt_suffix: str
     n_train_questions: int
     betas: list[float]
@@ -77,11 +78,15 @@ class GRPOStageConfig(EvaluatingConfig):
     save_steps: int
     logging_steps: int
     cpu_threads: int
+    report_to: ReportTo
     n_examples: int
 
     def validate(self) -> None:
         super().validate()
         self.require(self.init_model.strip() != "", "init_model", "must name a model")
+        self.require(self.train_source == "world" or self.train_source.startswith("mm_eureka:")
+                     and len(self.train_source) > len("mm_eureka:"), "train_source",
+                     "must be 'world' or 'mm_eureka:<file, folder or hub id>'")
         self.require(self.n_train_questions >= 1, "n_train_questions", "must be >= 1")
         self.require(len(self.betas) >= 1 and all(b >= 0 for b in self.betas)
                      and len(set(self.betas)) == len(self.betas), "betas",
@@ -156,14 +161,6 @@ def reward_functions() -> list:
     return [accuracy_reward, format_reward]
 
 
-def weighted_reward(completions: list[str], answers: list[str],
-                    weights: list[float]) -> list[float]:
-    """The scalar reward GRPO optimises: sum of weight x reward function (TRL's default)."""
-    per_func = [f(completions=completions, answer=answers) for f in reward_functions()]
-    return [float(sum(w * r[i] for w, r in zip(weights, per_func)))
-            for i in range(len(completions))]
-
-
 def easiest_groups(accuracy, num_generations: int):
     """Per completion: True where every rollout of its prompt's group is correct.
 
@@ -199,14 +196,17 @@ def base_all_correct(correct: list[list[bool]]) -> np.ndarray:
     return np.array([len(c) > 0 and all(c) for c in correct], dtype=bool)
 
 
-# --- the trainer and its curve logger -----------------------------------------------------
+# --- the trainer --------------------------------------------------------------------------
 
-def make_trainer_class():
-    """GRPOTrainer with the dynamic exclude-easiest mask (TRL imported lazily)."""
+@functools.cache
+def trainer_class():
+    """TRL's GRPOTrainer with the dynamic exclude-easiest mask (TRL imported lazily).
+    The combination strategies subclass it."""
     from trl import GRPOTrainer
 
-    class ExcludeEasiestGRPOTrainer(GRPOTrainer):
-        """Masks groups whose rollouts are all correct out of the loss when enabled."""
+    class SynergyGRPOTrainer(GRPOTrainer):
+        """Masks groups whose rollouts are all correct out of the loss when enabled, and
+        keeps the last batch's per-function rewards for subclasses."""
 
         def __init__(self, *args, exclude_easiest_dynamic: bool = False, **kwargs):
             super().__init__(*args, **kwargs)
@@ -236,133 +236,113 @@ def make_trainer_class():
             self._metrics[mode]["easiest_dropped"].append(drop_all.float().mean().item())
             return batch
 
-    return ExcludeEasiestGRPOTrainer
+    return SynergyGRPOTrainer
 
 
-def make_curve_logger(path: str | Path, run: str):
-    """A TrainerCallback appending every training log (one JSON line per log) to `path`."""
-    from transformers import TrainerCallback
-
-    class CurveLogger(TrainerCallback):
-        def __init__(self):
-            self.path, self.run = Path(path), run
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            # After a resume, forget rows logged past the checkpoint: they are redone.
-            rows = [r for r in read_jsonl(self.path) if r["step"] <= state.global_step]
-            from synergy.runs import write_text
-
-            write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            # Every training log (steps that reuse a rollout batch carry no reward, only the
-            # loss-side metrics); not the end-of-training summary.
-            if not logs or "train_runtime" in logs:
-                return
-            row = {"run": self.run, "step": state.global_step,
-                   **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-                fh.flush()
-
-    return CurveLogger()
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL log; a torn last line (interrupted write) is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def grpo_args(cfg: GRPOStageConfig, beta: float, output_dir: Path, progress: bool):
+def training_args(cfg: GRPOStageConfig, beta: float):
+    """TRL's `GRPOConfig` for this stage: the one place where the stage's keys become trainer
+    arguments (every other TRL option keeps TRL's default)."""
     from trl import GRPOConfig
 
     batching = trl_batching(cfg)
     return GRPOConfig(
-        output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed,
+        output_dir="checkpoints",  # `train` puts it inside the policy's folder
+        seed=cfg.seed, data_seed=cfg.seed,
         per_device_train_batch_size=batching["per_device_train_batch_size"],
         gradient_accumulation_steps=batching["gradient_accumulation_steps"],
         steps_per_generation=batching["steps_per_generation"],
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        # The paper's rollouts (verl): plain sampling at `temperature`, no top-p / top-k cut.
         temperature=cfg.temperature, top_p=1.0, top_k=0,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
         num_train_epochs=cfg.epochs, beta=beta, loss_type=cfg.loss_type,
+        # verl's GRPO: advantages are rewards normalised by their group's std.
         reward_weights=list(cfg.reward_weights), scale_rewards="group",
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
-        save_total_limit=1, report_to="none", disable_tqdm=not progress,
+        save_total_limit=1, report_to=cfg.report_to,
         # CPU: bf16/fp16 off (bf16 errors, use_cpu autocasts and crawls); no checkpointing.
         bf16=False, fp16=False, gradient_checkpointing=False,
+        # Extra dataset columns (answer, choices, expert traces) must reach the trainer.
         remove_unused_columns=False, dataloader_num_workers=0)
+
+
+def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, label: str,
+          trainer_cls=None, reward_funcs=None, callbacks=(), progress: bool = True,
+          **trainer_kwargs) -> dict[str, Any]:
+    """GRPO from the saved model at `init` on `dataset` (`prompt`, `answer`, ...) with
+    `args` (a TRL `GRPOConfig`) and `trainer_cls` (default: `trainer_class()`).
+
+    Trains in `out_dir` (checkpoints, `curves.jsonl`, the final `model/`): a rerun resumes
+    from the last checkpoint of the same `key`, and a finished run of that key is reused.
+    Returns the run's record."""
+    import warnings
+
+    from synergy import models, training
+    from synergy.runs import set_seed
+
+    out_dir = Path(out_dir)
+    done = training.finished(out_dir, key)
+    if done and (out_dir / "model" / "config.json").exists():
+        return {**done, "reused": True}
+    resume = training.prepare(out_dir, key)
+    args.output_dir, args.disable_tqdm = str(out_dir / "checkpoints"), not progress
+    set_seed(args.seed)
+    processing = models.load_processing(init)
+    # Deprecation chatter of the CPU settings (gradient_checkpointing, pin_memory): not ours.
+    warnings.filterwarnings("ignore", message=".*checkpointing.*deprecated.*")
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    trainer = (trainer_cls or trainer_class())(
+        model=str(init),  # a path: with beta != 0 TRL reloads the reference from it
+        reward_funcs=reward_funcs or reward_functions(), args=args, train_dataset=dataset,
+        processing_class=processing,
+        callbacks=[training.log_callback(out_dir / "curves.jsonl", label), *callbacks],
+        **trainer_kwargs)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - t0
+    training.save_model(trainer, processing, out_dir / "model")
+    curves = pd.DataFrame(training.read_jsonl(out_dir / "curves.jsonl"))
+    record = {"key": key, "beta": args.beta, "label": label,
+              "model_path": str((out_dir / "model").resolve()),
+              "steps": int(trainer.state.global_step),
+              "resumed_from": str(resume) if resume else None,
+              "train_seconds_this_session": seconds,
+              "train_runtime": float(result.metrics.get("train_runtime", seconds)),
+              "seconds_per_step": float(curves["step_time"].mean())
+              if "step_time" in curves else np.nan}
+    return {**training.mark_done(out_dir, record), "reused": False}
 
 
 # --- data ---------------------------------------------------------------------------------
 
-def resolve_init_model(init_model: str, output_root: str, run_name: str) -> tuple[str, str]:
-    """(path, upstream id) of the starting policy: "world", "03_sft[:name]", a path or hub id."""
-    from synergy import data
-    from synergy.runs import ArtifactError
+def training_questions(cfg: GRPOStageConfig, run) -> tuple[pd.DataFrame, str]:
+    """(training questions, upstream id): fresh world questions (disjoint from the eval
+    split) or MM-Eureka queries (`mm_eureka:<file or hub id>`, first n in a seeded order)."""
+    from synergy import data, world
 
-    if init_model.split(":")[0] in (SFT_STAGE, "sft"):
-        models = sft_models(output_root, run_name)
-        if not models:
-            raise ArtifactError(f"init_model '{init_model}': no {SFT_STAGE} models in this run")
-        name = init_model.split(":", 1)[1] if ":" in init_model else next(iter(models))
-        if name not in models:
-            raise ArtifactError(f"init_model '{init_model}': {SFT_STAGE} has {list(models)}")
-        return models[name], f"{SFT_STAGE}:{name}"
-    return data.resolve_model(init_model, output_root, run_name)
-
-
-def sft_models(output_root: str, run_name: str) -> dict[str, str]:
-    """{name: path} of the SFT models this run recorded (empty when 03_sft has not run)."""
-    from synergy.runs import read_json
-
-    path = Path(output_root) / run_name / SFT_STAGE / "manifest.json"
-    if not path.exists():
-        return {}
-    manifest = read_json(path)
-    paths = manifest.get("model_paths") or {}
-    if isinstance(paths, list):
-        paths = {Path(p).name: p for p in paths}
-    if not paths and manifest.get("model_path"):
-        paths = {"sft": manifest["model_path"]}
-    return {(n if str(n).startswith("sft") else f"sft-{n}"): str(p)
-            for n, p in paths.items() if Path(p).exists()}
-
-
-def training_questions(cfg: GRPOStageConfig) -> pd.DataFrame:
-    """Fresh world questions (disjoint from the eval split) with their chat prompts."""
-    from synergy import data
-    from synergy.world import questions_frame, train_questions
-
-    world_cfg = data.world_config(cfg.output_root, cfg.run_name)
-    # A seed of its own, so these are not the questions the base was trained on first.
-    return questions_frame(train_questions(world_cfg, cfg.n_train_questions,
-                                           seed=cfg.seed + 4004))
+    if cfg.train_source == data.WORLD:
+        world_cfg = world.config_of(run)
+        # A seed of its own, so these are not the questions the base was trained on first.
+        qs = world.train_questions(world_cfg, cfg.n_train_questions, seed=cfg.seed + 4004)
+        return world.questions_frame(qs), f"{world_cfg.world_id()}:train:{cfg.seed + 4004}"
+    source = cfg.train_source.partition(":")[2]
+    rows = data.load_mm_eureka(source)
+    rows = rows.sample(frac=1.0, random_state=cfg.seed).head(cfg.n_train_questions)
+    return rows.drop(columns=["messages"]).reset_index(drop=True), f"mm_eureka:{source}"
 
 
 def static_filter(cfg: GRPOStageConfig, questions: pd.DataFrame, model_path: str,
                   cache_root: Path, progress: bool = True) -> pd.DataFrame:
     """Sample the starting model `num_generations` times per question (the training
     rollout settings) and mark the questions it solves every time (`easiest`)."""
-    from synergy.evaluation import cache_for, sample_questions
-    from synergy.generation import SamplingSpec, chat_prompt, make_engine
+    from synergy.evaluation import sample_table
+    from synergy.generation import SamplingSpec, make_engine
 
     engine = make_engine(model_path, cfg.backend, cfg.batch_rows)
     spec = SamplingSpec(cfg.temperature, 1.0, 0, cfg.max_completion_length)
-    prompts = [chat_prompt(engine.tokenizer, q, cfg.prompt_suffix) for q in questions["question"]]
-    drawn = sample_questions(engine, prompts, list(questions["answer"]), spec,
-                             n_samples=cfg.num_generations, round_size=cfg.num_generations,
-                             seed=cfg.seed, cache=cache_for(cache_root, model_path, spec, cfg.seed),
-                             progress=progress)
+    drawn = sample_table(engine, model_path, questions, spec, n_samples=cfg.num_generations,
+                         seed=cfg.seed, cache_root=cache_root, prompt_suffix=cfg.prompt_suffix,
+                         progress=progress)
     correct = [[bool(s["correct"]) for s in d] for d in drawn]
     return questions.assign(base_pass_rate=[float(np.mean(c)) for c in correct],
                             easiest=base_all_correct(correct))
@@ -382,37 +362,19 @@ def training_dataset(questions: pd.DataFrame, tokenizer, prompt_suffix: str):
 
 
 def training_set_table(train: pd.DataFrame) -> pd.DataFrame:
-    """Per number of operations: training questions, those kept, base pass rate."""
+    """Per number of operations (world) or overall: training questions, kept, base pass rate."""
+    by = "steps" if "steps" in train.columns else None
     agg = {"questions": ("qid", "size"), "kept": ("kept", "sum")}
     if "base_pass_rate" in train.columns:
         agg["base_pass_rate"] = ("base_pass_rate", "mean")
-    table = train.groupby("steps").agg(**agg).reset_index()
+    table = train.groupby(by).agg(**agg).reset_index() if by else pd.DataFrame()
     total = {"steps": "all", "questions": len(train), "kept": int(train["kept"].sum())}
     if "base_pass_rate" in train.columns:
         total["base_pass_rate"] = train["base_pass_rate"].mean()
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
 
 
-# --- one training run ---------------------------------------------------------------------
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with `n` torch CPU threads (no-op with CUDA), then restore the previous count.
-
-    A ~1M-parameter model's ops are too small to share out: on a busy 2-core box one thread
-    ran GRPO steps 3x and evaluation sampling 10x faster than two (idle threads spin)."""
-    import torch
-
-    if torch.cuda.is_available():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
+# --- one policy ---------------------------------------------------------------------------
 
 def run_label(beta: float, exclude_easiest: str) -> str:
     label = f"rl-beta{beta:g}"
@@ -421,74 +383,43 @@ def run_label(beta: float, exclude_easiest: str) -> str:
 
 def run_key(cfg: GRPOStageConfig, beta: float, init_fingerprint: str, qids: list[str]) -> str:
     """Content key of one policy: everything that shapes its training."""
-    from synergy.runs import content_hash
+    from synergy.files import content_hash
 
     shaping = {k: v for k, v in cfg.to_dict().items()
                if k not in ("run_name", "output_root", "betas", "n_examples", "backend",
-                            "batch_rows", "logging_steps", "save_steps", "cpu_threads")
+                            "batch_rows", "logging_steps", "save_steps", "cpu_threads",
+                            "report_to")
                and not k.startswith("eval_")}
     return content_hash({**shaping, "beta": beta, "init": init_fingerprint,
                          "questions": content_hash(qids)})
 
 
-def train_policy(cfg: GRPOStageConfig, beta: float, init_path: str, dataset, run_dir: Path,
-                 key: str, progress: bool = True, callbacks: list | None = None) -> dict[str, Any]:
-    """Train (or resume, or reuse) one policy in `run_dir`; returns its record."""
-    import warnings
+def starting_copy(source: str, out: Path) -> Path:
+    """The policy starts from a saved copy in this stage (TRL reloads the reference model
+    from it when beta != 0); remade only when the source model's content changed."""
+    from synergy.files import atomic_path, read_json, write_json
+    from synergy.models import fingerprint
 
-    from transformers import AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
+    init_path, recorded = out / "init_model", out / "init_model.json"
+    source_fp = fingerprint(source)
+    if (init_path / "config.json").exists() and recorded.exists() \
+            and read_json(recorded).get("source") == source_fp:
+        return init_path
+    with atomic_path(init_path) as tmp:
+        if Path(source).is_dir():
+            shutil.copytree(source, tmp)
+        else:  # a hub id: a local snapshot, so the reference reloads from a path
+            from huggingface_hub import snapshot_download
 
-    from synergy.runs import atomic_path, read_json, set_seed, write_json
-
-    done_path = run_dir / "done.json"
-    if done_path.exists() and read_json(done_path).get("key") == key:
-        return {**read_json(done_path), "reused": True}
-    if (run_dir / "key.json").exists() and read_json(run_dir / "key.json").get("key") != key:
-        shutil.rmtree(run_dir)  # checkpoints of other params must not be resumed
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "key.json", {"key": key, "beta": beta})
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
-    resume = get_last_checkpoint(str(ckpt_dir))
-
-    set_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(init_path)
-    # Deprecation chatter of the CPU settings (gradient_checkpointing, pin_memory): not ours.
-    warnings.filterwarnings("ignore", message=".*checkpointing.*deprecated.*")
-    warnings.filterwarnings("ignore", message=".*pin_memory.*")
-    trainer = make_trainer_class()(
-        model=init_path,  # a path: with beta != 0 TRL reloads the reference from it
-        reward_funcs=reward_functions(), args=grpo_args(cfg, beta, ckpt_dir, progress),
-        train_dataset=dataset, processing_class=tokenizer,
-        callbacks=[make_curve_logger(run_dir / "curves.jsonl",
-                                     run_label(beta, cfg.exclude_easiest)), *(callbacks or [])],
-        exclude_easiest_dynamic=cfg.exclude_easiest == "dynamic")
-    t0 = time.perf_counter()
-    with torch_threads(cfg.cpu_threads):
-        result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t0
-    with atomic_path(run_dir / "model") as tmp:
-        trainer.save_model(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-    curves = pd.DataFrame(read_jsonl(run_dir / "curves.jsonl"))
-    step_time = curves["step_time"].mean() if "step_time" in curves else np.nan
-    record = {"key": key, "beta": beta, "label": run_label(beta, cfg.exclude_easiest),
-              "model_path": str((run_dir / "model").resolve()),
-              "steps": int(trainer.state.global_step), "resumed_from": resume,
-              "train_seconds_this_session": seconds,
-              "train_runtime": float(result.metrics.get("train_runtime", seconds)),
-              "seconds_per_step": float(step_time)}
-    write_json(done_path, record)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the model folder is the artifact
-    return {**record, "reused": False}
+            snapshot_download(source, local_dir=str(tmp))
+    write_json(recorded, {"source": source_fp, "spec": source})
+    return init_path
 
 
 # --- the stage ----------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class GRPOResult:
-    manifest: dict[str, Any]
+class GRPOResult(StageResult):
     train: pd.DataFrame                 # training questions (+ static-filter columns)
     runs: pd.DataFrame                  # one row per trained policy
     curves: pd.DataFrame                # every logged training step of every run
@@ -497,99 +428,101 @@ class GRPOResult:
     drift: pd.DataFrame                 # policy_drift: KL to the starting model, entropy
 
 
+def evaluated_models(ctx, base_path: str, source_path: str,
+                     policies: dict[str, str]) -> dict[str, str]:
+    """What 04 evaluates side by side: base, this run's SFT models ("sft-<name>"), the
+    starting model when it is neither, and every policy."""
+    from synergy import models, stages
+
+    out = {"base": base_path}
+    if ctx.run.has_run(stages.SFT):
+        out.update({(n if n.startswith("sft") else f"sft-{n}"): p
+                    for n, p in models.stage_models(ctx.run, stages.SFT).items()})
+    if source_path not in out.values():
+        out["init"] = source_path
+    return {**out, **policies}
+
+
 def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
     """Train one GRPO policy per beta, evaluate them with base (and SFT) per level."""
-    with torch_threads(cfg.cpu_threads):
-        return _run(cfg, progress)
+    from synergy import evaluation, models, stages, stratify
+    from synergy.files import write_text
+    from synergy.runs import stage_run, torch_threads
+
+    with torch_threads(cfg.cpu_threads), stage_run(cfg, stages.GRPO) as ctx:
+        scfg = stratify.config_of(ctx.run)
+        ctx.needs(stages.STRATIFY)
+        base = ctx.model(scfg.model, "base")
+        source = ctx.model(cfg.init_model, "init_model")
+        init_path = starting_copy(source.path, ctx.dir)
+        init_fp = models.fingerprint(init_path)
+
+        train_set, ctx.upstream["train_questions"] = training_questions(cfg, ctx.run)
+        if cfg.exclude_easiest == "static":
+            train_set = static_filter(cfg, train_set, str(init_path), ctx.run.samples_cache, progress)
+            train_set["kept"] = ~train_set["easiest"]
+        else:
+            train_set["kept"] = True
+        kept = train_set[train_set["kept"]].reset_index(drop=True)
+        dataset = training_dataset(kept, models.load_processing(init_path), cfg.prompt_suffix)
+        write_text(ctx.dir / "train_questions.csv", train_set.to_csv(index=False))
+
+        records = []
+        for beta in cfg.betas:
+            label = run_label(beta, cfg.exclude_easiest)
+            records.append(train(str(init_path), dataset, training_args(cfg, beta),
+                                 ctx.dir / "runs" / label,
+                                 key=run_key(cfg, beta, init_fp, list(kept["qid"])),
+                                 label=label, progress=progress,
+                                 exclude_easiest_dynamic=cfg.exclude_easiest == "dynamic"))
+        runs = pd.DataFrame(records)
+        curves = load_curves(ctx.dir, list(runs["label"]))
+        write_text(ctx.dir / "curves.csv", curves.to_csv(index=False))
+
+        # Evaluation: same questions, sampling and verifier for every model.
+        questions = stratify.benchmark_questions(
+            stratify.load(cfg.output_root, cfg.run_name).levels)
+        evaluated = evaluated_models(ctx, base.path, source.path,
+                                     dict(zip(runs["label"], runs["model_path"])))
+        results = {name: evaluation.evaluate_for(cfg, path, questions, cfg.prompt_suffix,
+                                                 progress)
+                   for name, path in evaluated.items()}
+        table = evaluation.save_results(ctx.dir, results)
+        drift = policy_drift(results, evaluated, str(init_path), cfg.prompt_suffix)
+        write_text(ctx.dir / "drift.csv", drift.to_csv(index=False))
+        ctx.set_models(dict(zip(runs["label"], runs["model_path"])),
+                       main=headline_policy(runs)["label"])
+        ctx.record(evaluated={n: ctx.run.relative(p) if Path(p).is_dir() else p
+                              for n, p in evaluated.items()},
+                   train_questions=len(train_set),
+                   train_questions_kept=int(train_set["kept"].sum()),
+                   runs=[{**r, "model_path": ctx.run.relative(r["model_path"])}
+                         for r in records])
+    return GRPOResult(ctx.manifest, ctx.dir, train_set, runs, curves, results, table, drift)
 
 
-def _run(cfg: GRPOStageConfig, progress: bool) -> GRPOResult:
-    from transformers import AutoTokenizer
+def load(output_root: str, run_name: str) -> GRPOResult:
+    """What `run` returned, read back from disk."""
+    from synergy import stages
+    from synergy.evaluation import load_results, per_level
+    from synergy.runs import Run
 
-    from synergy import data, evaluation
-    from synergy.generation import model_fingerprint
-    from synergy.runs import (ArtifactError, atomic_path, now, read_json, set_seed, stage_dir,
-                              write_manifest, write_text)
-    from synergy.stratify import load_levels
-
-    started, t0 = now(), time.perf_counter()
-    set_seed(cfg.seed)
-    out = stage_dir(cfg, STAGE)
-    cache_root = evaluation.samples_cache_root(cfg.output_root, cfg.run_name)
-    levels = load_levels(cfg.output_root, cfg.run_name)
-    try:
-        base_path, base_id = data.resolve_model("world", cfg.output_root, cfg.run_name)
-    except ArtifactError:  # real data: the stratified base is the init model's source
-        base_path, base_id = None, None
-    source_path, init_id = resolve_init_model(cfg.init_model, cfg.output_root, cfg.run_name)
-
-    # The policy starts from a saved copy in this stage (TRL reloads the reference from it).
-    init_path = out / "init_model"
-    recorded = out / "init_model.json"
-    if not (init_path / "config.json").exists() or not recorded.exists() or \
-            read_json(recorded).get("source") != model_fingerprint(source_path):
-        with atomic_path(init_path) as tmp:
-            if Path(source_path).is_dir():
-                shutil.copytree(source_path, tmp)
-            else:  # a hub id: a local snapshot, so the reference reloads from a path
-                from huggingface_hub import snapshot_download
-
-                snapshot_download(source_path, local_dir=str(tmp))
-        write_text(recorded,
-                   json.dumps({"source": model_fingerprint(source_path), "path": source_path}))
-    init_fp = model_fingerprint(init_path)
-
-    train = training_questions(cfg)
-    if cfg.exclude_easiest == "static":
-        train = static_filter(cfg, train, str(init_path), cache_root, progress)
-        train["kept"] = ~train["easiest"]
-    else:
-        train["kept"] = True
-    kept = train[train["kept"]].reset_index(drop=True)
-    dataset = training_dataset(kept, AutoTokenizer.from_pretrained(init_path), cfg.prompt_suffix)
-
-    records = []
-    for beta in cfg.betas:
-        label = run_label(beta, cfg.exclude_easiest)
-        records.append(train_policy(cfg, beta, str(init_path), dataset, out / "runs" / label,
-                                    run_key(cfg, beta, init_fp, list(kept["qid"])), progress))
-    runs = pd.DataFrame(records)
-    curves = load_curves(out, list(runs["label"]))
-    write_text(out / "curves.csv", curves.to_csv(index=False))
-
-    # Evaluation: same questions, sampling and verifier for every model.
-    questions = levels[[c for c in ("qid", "question", "answer", "steps", "level")
-                        if c in levels.columns]]
-    models = {"base": base_path} if base_path else {}
-    models.update(sft_models(cfg.output_root, cfg.run_name))
-    if source_path not in models.values():
-        models["init"] = source_path
-    models.update(dict(zip(runs["label"], runs["model_path"])))
-    results = {name: evaluation.evaluate_for(cfg, path, questions, cfg.prompt_suffix, progress)
-               for name, path in models.items()}
-    table = evaluation.save_results(out, results)
-    drift = policy_drift(results, models, str(init_path), cfg.prompt_suffix)
-    write_text(out / "drift.csv", drift.to_csv(index=False))
-
-    manifest = write_manifest(
-        out, cfg, started=started,
-        upstream={"init_model": init_id, **({"base": base_id} if base_id else {}),
-                  "levels": read_json(Path(cfg.output_root) / cfg.run_name / "01_stratify"
-                                      / "manifest.json")["artifact_id"]},
-        extra={"seconds": time.perf_counter() - t0,
-               # "model_path": the policy later stages take by default (the paper's KL run)
-               "model_path": headline_policy(runs)["model_path"],
-               "model_paths": dict(zip(runs["label"], runs["model_path"])),
-               "evaluated": models, "train_questions": len(train),
-               "train_questions_kept": int(train["kept"].sum()),
-               "runs": records})
-    return GRPOResult(manifest, train, runs, curves, results, table, drift)
+    r = Run(output_root, run_name)
+    folder, manifest = r.dir(stages.GRPO), r.manifest(stages.GRPO)
+    runs = pd.DataFrame(manifest["runs"]).assign(
+        model_path=lambda d: [str(r.resolve(p)) for p in d["model_path"]])
+    results = load_results(folder)
+    return GRPOResult(manifest, folder, pd.read_csv(folder / "train_questions.csv"), runs,
+                      load_curves(folder, list(runs["label"])), results, per_level(results),
+                      pd.read_csv(folder / "drift.csv"))
 
 
 # --- analysis (pure) ----------------------------------------------------------------------
 
 def load_curves(stage_path: str | Path, labels: list[str] | None = None) -> pd.DataFrame:
     """Every logged training step of the stage's runs (long table: one row per log)."""
+    from synergy.training import read_jsonl
+
     root = Path(stage_path) / "runs"
     labels = labels or sorted(p.name for p in root.iterdir() if p.is_dir())
     frames = [pd.DataFrame(read_jsonl(root / label / "curves.jsonl")) for label in labels]
@@ -650,38 +583,24 @@ def drift_table(curves: pd.DataFrame, window: int = 3) -> pd.DataFrame:
 def policy_drift(results: dict[str, pd.DataFrame], models: dict[str, str], ref_path: str,
                  prompt_suffix: str = "", max_samples: int = 400, batch: int = 64) -> pd.DataFrame:
     """Per model: mean per-token KL(model || reference) and the model's entropy, measured on
-    the model's own evaluation responses. Unlike TRL's logged `kl` (only when beta != 0),
-    this measures every policy the same way, beta 0 included."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    the model's own evaluation responses (`scoring.token_kl`). Unlike TRL's logged `kl`
+    (only when beta != 0), this measures every policy the same way, beta 0 included."""
+    from synergy import models as registry
+    from synergy.evaluation import build_prompts
+    from synergy.scoring import mean_kl_entropy, token_kl
 
-    from synergy.generation import chat_prompt
-    from synergy.world import encode_pairs
-
-    tok = AutoTokenizer.from_pretrained(ref_path)
-    ref = AutoModelForCausalLM.from_pretrained(ref_path).eval()
+    ref, processing = registry.load(ref_path)
     rows = []
     for name, path in models.items():
-        df = results[name]
-        pairs = [(chat_prompt(tok, q, prompt_suffix), s) for q, ss in zip(df["question"],
-                 df["samples"]) for s in ss][:max_samples]
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
-        kl_sum = ent_sum = count = 0.0
-        with torch.no_grad():
-            for i in range(0, len(pairs), batch):
-                prompts, responses = zip(*pairs[i:i + batch])
-                ids, mask, labels = encode_pairs(tok, list(prompts), list(responses))
-                keep = labels[:, 1:] != -100
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-                logp = torch.log_softmax(logits, -1)
-                logq = torch.log_softmax(ref(input_ids=ids, attention_mask=mask).logits[:, :-1],
-                                         -1)
-                p = logp.exp()
-                kl_sum += ((p * (logp - logq)).sum(-1)[keep]).sum().item()
-                ent_sum += (-(p * logp).sum(-1)[keep]).sum().item()
-                count += keep.sum().item()
-        rows.append({"model": name, "kl_to_init": kl_sum / max(count, 1),
-                     "entropy": ent_sum / max(count, 1), "tokens": int(count)})
+        df = results[name].explode("samples").head(max_samples)
+        prompts, images = build_prompts(SimpleNamespace(template=processing), df,
+                                        prompt_suffix)
+        model, _ = registry.load(path)
+        kl = token_kl(model.eval(), ref.eval(), processing, prompts, list(df["samples"]),
+                      images, batch)
+        stats = mean_kl_entropy(kl)
+        rows.append({"model": name, "kl_to_init": stats["kl"], "entropy": stats["entropy"],
+                     "tokens": stats["tokens"]})
     return pd.DataFrame(rows)
 
 

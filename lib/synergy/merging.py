@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import re
 import shutil
 import time
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 
 from synergy.evaluation import EvaluatingConfig
-from synergy.runs import ArtifactError, content_hash
+from synergy.files import content_hash
+from synergy.runs import StageResult
 
-STAGE = "06_merging"
 Method = Literal["linear", "slerp", "ties", "dare_ties"]
-# How a stage name reads as a model name ("03_sft" -> "sft"); the three parents by role.
-STAGE_LABELS = {"world": "base", "00_world": "base", "03_sft": "sft", "04_grpo": "rl"}
-_STAGE_NAME = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Files a processor or chat template needs that mergekit's tokenizer copy may not bring.
 _SIDE_FILES = (".json", ".jinja", ".txt", ".model")
 
@@ -61,102 +57,6 @@ class MergingConfig(EvaluatingConfig):
         self.require(0 <= self.synergy_margin < 1, "synergy_margin", "must be in [0, 1)")
 
 
-# --- where the parents are ----------------------------------------------------------------
-
-def stage_models(output_root: str, run_name: str, stage: str) -> dict[str, str]:
-    """Models a stage recorded in its manifest: name -> local folder (or hub id).
-
-    Read from the manifest's `models` or `model_paths` mapping (name -> path, or name ->
-    {"path": ...} / {"model_path": ...}), its `model_path` (named after the stage:
-    "03_sft" -> "sft") and any `<name>_model_path` key. Relative paths are relative to the
-    stage folder.
-    """
-    from synergy.runs import read_manifest
-
-    folder = Path(output_root) / run_name / stage
-    manifest = read_manifest(folder)
-    found: dict[str, str] = {}
-    for key in ("models", "model_paths"):
-        listed = manifest.get(key)
-        for name, value in (listed.items() if isinstance(listed, dict) else ()):
-            if isinstance(value, dict):
-                value = value.get("path") or value.get("model_path")
-            if isinstance(value, str):
-                found.setdefault(str(name), value)
-    for key, value in manifest.items():
-        if not isinstance(value, str):
-            continue
-        if key == "model_path":
-            found.setdefault(STAGE_LABELS.get(stage, stage[3:] if _STAGE_NAME.match(stage)
-                                              else stage), value)
-        elif key.endswith("_model_path"):
-            found.setdefault(key[: -len("_model_path")], value)
-    out = {}
-    for name, value in found.items():
-        path = Path(value) if Path(value).is_absolute() else folder / value
-        if path.exists():
-            out[name] = str(path.resolve())
-        elif not Path(value).is_absolute() and _HUB_ID.match(value):
-            out[name] = value
-        else:
-            raise ArtifactError(f"{folder / 'manifest.json'}: model '{name}' at {value} "
-                                f"is missing; rerun stage {stage}")
-    return out
-
-
-def resolve_parent(spec: str, output_root: str, run_name: str) -> tuple[str, str]:
-    """(path, upstream id) of a model parameter: "world", "<stage>[:<name>]", a path, a hub id."""
-    from synergy import data
-    from synergy.runs import read_manifest
-
-    stage, _, name = spec.partition(":")
-    if not _STAGE_NAME.match(stage):
-        return data.resolve_model(spec, output_root, run_name)
-    folder = Path(output_root) / run_name / stage
-    if not (folder / "manifest.json").exists():
-        raise ArtifactError(f"model '{spec}': stage {stage} has not run for run '{run_name}' "
-                            f"(no {folder / 'manifest.json'}); run it first: "
-                            f"python -m synergy run --run-name {run_name} --stages {stage[:2]}")
-    models = stage_models(output_root, run_name, stage)
-    if not models:
-        raise ArtifactError(f"model '{spec}': the manifest of stage {stage} names no model")
-    if not name:
-        name = main_model(read_manifest(folder), models, STAGE_LABELS.get(stage, stage[3:]))
-    if name not in models:
-        raise ArtifactError(f"model '{spec}': stage {stage} has no model '{name}'; "
-                            f"it has {sorted(models)}")
-    return models[name], f"{read_manifest(folder)['artifact_id']}:{name}"
-
-
-def main_model(manifest: dict, models: dict[str, str], label: str) -> str:
-    """Which of a stage's models a bare stage name means (pick others as '<stage>:<name>').
-
-    The model named like the stage ("sft"), else the first of the manifest's `runs` list
-    (`name` or `label`; with roles, the first "main" one: the first teacher, the first KL
-    beta), else the first by name; never the base or the starting point it recorded.
-    """
-    if label in models:
-        return label
-    candidates = [n for n in models if n not in ("base", "init")] or list(models)
-    runs = [r for r in manifest.get("runs", []) if isinstance(r, dict)]
-    ordered = [r.get("name") or r.get("label") for r in runs if r.get("role", "main") == "main"]
-    return next((n for n in ordered if n in candidates), sorted(candidates)[0])
-
-
-def model_labels(specs: list[str]) -> list[str]:
-    """Short names for model parameters: "world" -> "base", "04_grpo:rl-beta0.005" -> "rl"
-    ("rl:rl-beta0.005" when another listed model has the same short name)."""
-    def short(spec):
-        stage = spec.partition(":")[0]
-        if stage in STAGE_LABELS:
-            return STAGE_LABELS[stage]
-        return stage[3:] if _STAGE_NAME.match(stage) else (Path(spec).name or spec)
-
-    names = [short(s) for s in specs]
-    return [n if names.count(n) == 1 or ":" not in s else f"{n}:{s.partition(':')[2]}"
-            for n, s in zip(names, specs)]
-
-
 # --- merges (pure config, then mergekit) --------------------------------------------------
 
 def merge_name(method: str, ratio: float) -> str:
@@ -183,11 +83,11 @@ def mergekit_config(method: str, ratio: float, sft: str, rl: str, base: str, *,
 
 def merge_key(config: dict, seed: int) -> str:
     """Content id of a merge: its config with each model path replaced by its fingerprint."""
-    from synergy.generation import model_fingerprint
+    from synergy.models import fingerprint
 
     def swap(obj):
         if isinstance(obj, dict):
-            return {k: (model_fingerprint(v) if k in ("model", "base_model") else swap(v))
+            return {k: (fingerprint(v) if k in ("model", "base_model") else swap(v))
                     for k, v in obj.items()}
         if isinstance(obj, list):
             return [swap(v) for v in obj]
@@ -225,7 +125,7 @@ def run_mergekit(config: dict, out_path: str | Path, shard_params: int, seed: in
 def ensure_merge(config: dict, folder: str | Path, *, shard_params: int,
                  seed: int) -> tuple[Path, bool, float]:
     """Merge into `folder/model` unless the same merge is there. Returns (model, reused, s)."""
-    from synergy.runs import atomic_path, read_json, write_json
+    from synergy.files import atomic_path, read_json, write_json
 
     folder, key = Path(folder), merge_key(config, seed)
     meta = folder / "merge.json"
@@ -305,84 +205,102 @@ def merge_table(curves: pd.DataFrame, y: str = "accuracy") -> pd.DataFrame:
     return curves.pivot_table(index=["method", "sft_ratio"], columns="level", values=y)
 
 
-# Columns 01_stratify adds to the benchmark table (its samples, not the questions).
-SAMPLE_COLUMNS = ("samples", "correct", "lengths", "n_truncated", "n_drawn", "n_correct",
-                  "pass_rate")
-
-
-def benchmark_questions(levels: pd.DataFrame) -> pd.DataFrame:
-    """The stratified benchmark without the base's samples: questions, answers, level,
-    and whatever else the benchmark carries (images, choices)."""
-    return levels.drop(columns=[c for c in SAMPLE_COLUMNS if c in levels.columns])
-
-
 # --- the stage ----------------------------------------------------------------------------
 
-def run(cfg: MergingConfig, progress: bool = True) -> dict:
+@dataclasses.dataclass
+class MergingResult(StageResult):
+    merges: pd.DataFrame               # one row per merge: method, ratio, path, reused, time
+    per_level: pd.DataFrame            # evaluation.per_level of parents and merges
+    results: dict[str, pd.DataFrame]   # evaluation per model
+    synergy: pd.DataFrame              # synergy_check of every merge
+
+
+def run(cfg: MergingConfig, progress: bool = True) -> MergingResult:
     """Merge (or reuse) every method x ratio, evaluate merges and parents per level.
 
-    Writes `merges/<method>-<ratio>/model`, `merges.csv`, `eval/`, `per_level.csv` and the
-    manifest. Returns {"merges": DataFrame, "per_level": DataFrame, "results": {...}}.
+    Writes `merges/<method>-<ratio>/model`, `merges.csv`, `eval/`, `per_level.csv`,
+    `synergy_check.csv` and the manifest (`model_paths`: every merge).
     """
     from tqdm.auto import tqdm
 
-    from synergy import evaluation, stratify
-    from synergy.runs import now, read_manifest, set_seed, stage_dir, write_manifest, write_text
+    from synergy import evaluation, stages, stratify
+    from synergy.files import write_text
+    from synergy.runs import stage_run
 
-    started, t0 = now(), time.perf_counter()
-    set_seed(cfg.seed)
-    out = stage_dir(cfg, STAGE)
-    parents = {role: resolve_parent(spec, cfg.output_root, cfg.run_name)
-               for role, spec in (("sft", cfg.sft_model), ("rl", cfg.rl_model),
-                                  ("base", cfg.base_model))}
-    paths = {role: path for role, (path, _) in parents.items()}
-    rows = []
-    plan = [(m, r) for m in cfg.methods for r in cfg.sft_ratios]
-    for method, ratio in tqdm(plan, desc="merging", unit="merge", disable=not progress):
-        config = mergekit_config(method, ratio, paths["sft"], paths["rl"], paths["base"],
-                                 density=cfg.density, dtype=cfg.dtype)
-        name = merge_name(method, ratio)
-        path, reused, seconds = ensure_merge(config, out / "merges" / name,
-                                             shard_params=cfg.shard_params, seed=cfg.seed)
-        rows.append({"model": name, "method": method, "sft_ratio": ratio, "path": str(path),
-                     "reused": reused, "merge_seconds": seconds})
-    merges = pd.DataFrame(rows)
-    write_text(out / "merges.csv", merges.to_csv(index=False))
+    with stage_run(cfg, stages.MERGING) as ctx:
+        paths = {role: ctx.model(spec, role).path
+                 for role, spec in (("sft", cfg.sft_model), ("rl", cfg.rl_model),
+                                    ("base", cfg.base_model))}
+        rows = []
+        plan = [(m, r) for m in cfg.methods for r in cfg.sft_ratios]
+        for method, ratio in tqdm(plan, desc="merging", unit="merge", disable=not progress):
+            config = mergekit_config(method, ratio, paths["sft"], paths["rl"], paths["base"],
+                                     density=cfg.density, dtype=cfg.dtype)
+            name = merge_name(method, ratio)
+            path, reused, seconds = ensure_merge(config, ctx.dir / "merges" / name,
+                                                 shard_params=cfg.shard_params, seed=cfg.seed)
+            rows.append({"model": name, "method": method, "sft_ratio": ratio,
+                         "path": ctx.run.relative(path), "reused": reused,
+                         "merge_seconds": seconds})
+        merges = pd.DataFrame(rows)
+        write_text(ctx.dir / "merges.csv", merges.to_csv(index=False))
 
-    questions = benchmark_questions(stratify.load_levels(cfg.output_root, cfg.run_name))
-    suffix = read_manifest(out.parent / stratify.STAGE)["params"].get("prompt_suffix", "")
-    to_eval = {**paths, **dict(zip(merges["model"], merges["path"]))}
-    # Linear and SLERP at ratio 0 / 1 are their parent weight for weight (tested), so they
-    # share its samples; mergekit's config.json differs, which would defeat the cache.
-    same = {merge_name(m, r): ("sft" if r == 1 else "rl") for m in ("linear", "slerp")
-            for r in (0.0, 1.0) if saved_dtype(paths["sft" if r == 1 else "rl"]) == cfg.dtype}
-    results = {}
-    for name, path in to_eval.items():
-        if name in same and same[name] in results:
-            results[name] = results[same[name]]
-            continue
-        if progress:
-            print(f"evaluating {name}", flush=True)
-        results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress)
-    table = evaluation.save_results(out, results)
-    check = synergy_check(table, list(merges["model"]), margin=cfg.synergy_margin)
-    write_text(out / "synergy_check.csv", check.to_csv(index=False))
-    write_manifest(out, cfg, started=started,
-                   upstream={role: uid for role, (_, uid) in parents.items()},
-                   extra={"seconds": time.perf_counter() - t0,
-                          "models": dict(zip(merges["model"], merges["path"])),
-                          "parent_paths": paths,
-                          "merges_reused": int(merges["reused"].sum()),
-                          "any_synergy": bool(check["synergy"].any()) if len(check) else False})
-    return {"merges": merges, "per_level": table, "results": results, "synergy": check}
+        questions = stratify.benchmark_questions(
+            stratify.load(cfg.output_root, cfg.run_name).levels)
+        suffix = stratify.config_of(ctx.run).prompt_suffix
+        to_eval = {**paths, **{m: str(ctx.run.resolve(p))
+                               for m, p in zip(merges["model"], merges["path"])}}
+        # Linear and SLERP at ratio 0 / 1 are their parent weight for weight (tested), so
+        # they share its samples; mergekit's config.json differs, which would defeat the cache.
+        same = {merge_name(m, r): ("sft" if r == 1 else "rl") for m in ("linear", "slerp")
+                for r in (0.0, 1.0) if saved_dtype(paths["sft" if r == 1 else "rl"]) == cfg.dtype}
+        results = {}
+        for name, path in to_eval.items():
+            if name in same and same[name] in results:
+                results[name] = results[same[name]]
+                continue
+            if progress:
+                print(f"evaluating {name}", flush=True)
+            results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress)
+        table = evaluation.save_results(ctx.dir, results)
+        check = synergy_check(table, list(merges["model"]), margin=cfg.synergy_margin)
+        write_text(ctx.dir / "synergy_check.csv", check.to_csv(index=False))
+        ctx.set_models({m: ctx.run.resolve(p) for m, p in zip(merges["model"], merges["path"])},
+                       main=merges["model"].iloc[0])
+        ctx.record(merges_reused=int(merges["reused"].sum()),
+                   any_synergy=bool(check["synergy"].any()) if len(check) else False)
+    return MergingResult(ctx.manifest, ctx.dir, merges, table, results, check)
 
 
-def load_stage(output_root: str, run_name: str) -> dict:
+def load(output_root: str, run_name: str) -> MergingResult:
     """The saved artifacts of this stage, as `run` returns them (for the report)."""
+    from synergy import stages
     from synergy.evaluation import load_results
+    from synergy.runs import Run
 
-    folder = Path(output_root) / run_name / STAGE
-    return {"merges": pd.read_csv(folder / "merges.csv"),
-            "per_level": pd.read_csv(folder / "per_level.csv"),
-            "synergy": pd.read_csv(folder / "synergy_check.csv", keep_default_na=False),
-            "results": load_results(folder)}
+    r = Run(output_root, run_name)
+    folder = r.dir(stages.MERGING)
+    return MergingResult(r.manifest(stages.MERGING), folder, pd.read_csv(folder / "merges.csv"),
+                         pd.read_csv(folder / "per_level.csv"), load_results(folder),
+                         pd.read_csv(folder / "synergy_check.csv", keep_default_na=False))
+
+
+def statement(res: MergingResult) -> str:
+    """What the merges of this run show, computed from their numbers (markdown)."""
+    curves = merge_curves(res.per_level, res.merges)
+    acc = res.per_level[res.per_level["level"] != "all"].pivot(
+        index="model", columns="level", values="accuracy")
+    lines = []
+    for method, part in curves[curves["level"] != "all"].groupby("method", sort=False):
+        inside = [min(acc.at["sft", lv], acc.at["rl", lv]) - 0.02 <= a
+                  <= max(acc.at["sft", lv], acc.at["rl", lv]) + 0.02
+                  for lv, a in zip(part["level"], part["accuracy"])]
+        overall = curves[(curves["method"] == method) & (curves["level"] == "all")]
+        lines.append(f"- **{method}**: {np.mean(inside):.0%} of (ratio, level) points lie "
+                     f"between the parents (±0.02); overall accuracy by SFT ratio "
+                     + ", ".join(f"{r:g} → {a:.2f}" for r, a in
+                                 zip(overall["sft_ratio"], overall["accuracy"])) + ".")
+    winners = list(res.synergy.loc[res.synergy["synergy"].astype(str) == "True", "model"])
+    lines.append(f"- Merges that beat both parents on some level without losing on another: "
+                 f"{', '.join(winners) if winners else 'none'} (the paper found none).")
+    return "\n".join(lines)

@@ -6,46 +6,18 @@ cell before anything runs (papermill would only warn about an unknown parameter)
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
-from synergy.config import ConfigError, StageConfig, project_root
-from synergy.distill import DistillConfig
-from synergy.grpo import GRPOStageConfig
-from synergy.merging import MergingConfig
-from synergy.pivotal import PivotalConfig
-from synergy.report import ReportConfig
-from synergy.runs import atomic_path, write_text
-from synergy.sft import SftConfig
-from synergy.stratify import StratifyConfig
-from synergy.world import WorldConfig
+from synergy import stages
+from synergy.config import ConfigError, load_profile, profile_section
+from synergy.files import atomic_path, write_text
+from synergy.runs import Run
+from synergy.stages import Stage
 
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    name: str  # notebook stem and output folder, e.g. "01_stratify"
-    config: type[StageConfig]
-    hide_code: bool = False  # render the HTML without code cells (the run report)
-
-    @property
-    def notebook(self) -> Path:
-        return project_root() / "notebooks" / f"{self.name}.ipynb"
-
-
-STAGES = [Stage("00_world", WorldConfig), Stage("01_stratify", StratifyConfig),
-          Stage("02_distill", DistillConfig), Stage("03_sft", SftConfig),
-          Stage("04_grpo", GRPOStageConfig),
-          Stage("06_merging", MergingConfig), Stage("07_pivotal_tokens", PivotalConfig),
-          Stage("08_report", ReportConfig, hide_code=True)]
-
-
-def find_stage(name: str) -> Stage:
-    for stage in STAGES:
-        if name in (stage.name, stage.name[:2], stage.config.SECTION):
-            return stage
-    raise ConfigError(f"unknown stage '{name}'; stages: {[s.name for s in STAGES]}")
+STAGES = stages.STAGES
+find_stage = stages.find
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
@@ -81,13 +53,11 @@ def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | Non
     """Execute one stage's notebook on a profile; returns the executed notebook's path."""
     import papermill
 
-    from synergy.config import load_profile, profile_section
-
     values = {**profile_section(load_profile(profile), stage.config.SECTION, profile),
               **(overrides or {})}
     cfg = stage.config.from_mapping(values, str(profile))
     check_notebook_matches(stage)
-    out_dir = Path(cfg.output_root) / cfg.run_name / stage.name
+    out_dir = Run.of(cfg).dir(stage)
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / f"{stage.name}.ipynb"
     t0 = time.perf_counter()
@@ -102,10 +72,25 @@ def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | Non
     return executed
 
 
-def run_series(profile: str | Path, stages: list[str] | None = None,
+def time_table(seconds: dict[str, float]) -> str:
+    """Each stage's wall time and share of the total, as printed at the end of a series."""
+    total = sum(seconds.values()) or 1.0
+    rows = [f"  {name:<20} {secs:8.1f} s  {100 * secs / total:5.1f}%"
+            for name, secs in seconds.items()]
+    return "\n".join(["[synergy] stage times:", *rows,
+                      f"  {'total':<20} {sum(seconds.values()):8.1f} s  100.0%"])
+
+
+def run_series(profile: str | Path, names: list[str] | None = None,
                overrides: dict[str, Any] | None = None, log_output: bool = True) -> list[Path]:
-    chosen = [find_stage(s) for s in stages] if stages else STAGES
+    chosen = [find_stage(s) for s in names] if names else STAGES
     for stage in chosen:  # fail on any parameter problem before the first long stage
         check_notebook_matches(stage)
         stage.config.from_profile(profile)
-    return [run_stage(s, profile, overrides, log_output) for s in chosen]
+    paths, seconds = [], {}
+    for stage in chosen:
+        t0 = time.perf_counter()
+        paths.append(run_stage(stage, profile, overrides, log_output))
+        seconds[stage.name] = time.perf_counter() - t0
+    print(time_table(seconds), flush=True)
+    return paths

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
 from synergy.evaluation import EvaluatingConfig
-
-STAGE = "07_pivotal_tokens"
+from synergy.runs import StageResult
 
 
 @dataclasses.dataclass
@@ -46,84 +43,7 @@ class PivotalConfig(EvaluatingConfig):
             self.require(getattr(self, key) >= 1, key, "must be >= 1")
 
 
-# --- token-level KL -----------------------------------------------------------------------
-
-def load_scorer(path: str | Path):
-    """(model, processor) for scoring: a VLM's processor, else the tokenizer (shared loader)."""
-    from synergy.generation import HFEngine
-
-    engine = HFEngine.from_path(path)
-    return engine.model, engine.processor or engine.tokenizer
-
-
-def _encode(processor, prompt: str, response: str, images: list | None) -> tuple[dict, int]:
-    """Inputs of prompt + response for one row, and where the response starts."""
-    if not images:
-        tok = getattr(processor, "tokenizer", processor)
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        r = tok(response, add_special_tokens=False)["input_ids"]
-        return {"input_ids": p + r}, len(p)
-    # Images expand into many tokens inside the prompt; the processor knows how many.
-    full = processor(text=[prompt + response], images=list(images), return_tensors="pt")
-    start = processor(text=[prompt], images=list(images), return_tensors="pt")["input_ids"]
-    return dict(full), start.shape[1]
-
-
-def _logprobs(model, batch: list[tuple[dict, int]], pad_id: int):
-    """Log-softmax over the vocabulary at each response position, per row (list of tensors)."""
-    import torch
-
-    if len(batch) == 1 and "pixel_values" in batch[0][0]:
-        enc, start = batch[0]
-        with torch.no_grad():
-            logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits[0]
-        return [torch.log_softmax(logits[start - 1:-1].float(), -1).cpu()]
-    width = max(len(e["input_ids"]) for e, _ in batch)
-    ids = torch.full((len(batch), width), pad_id)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, (e, _) in enumerate(batch):
-        ids[i, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
-        mask[i, :len(e["input_ids"])] = 1
-    with torch.no_grad():
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-    return [torch.log_softmax(logits[i, s - 1:len(e["input_ids"]) - 1].float(), -1).cpu()
-            for i, (e, s) in enumerate(batch)]
-
-
-def token_kl(model_p, model_q, processor, prompts: list[str], responses: list[str],
-             images: list | None = None, batch_size: int = 16) -> pd.DataFrame:
-    """KL(p || q) of the next-token distributions at every response token.
-
-    `model_p` is the model whose responses these are, `model_q` the reference; both share
-    `processor`'s vocabulary; `images` holds one list of images per row (VLMs), or is None.
-    One row per response token: response, position, token_id, token (decoded), kl, and
-    logp_p and logp_q of the token actually produced.
-    """
-    import torch
-
-    tok = getattr(processor, "tokenizer", processor)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    rows = []
-    images = images if images is not None else [None] * len(prompts)
-    step = 1 if any(images) else batch_size
-    for b in range(0, len(prompts), step):
-        batch = [_encode(processor, p, r, im) for p, r, im in
-                 zip(prompts[b:b + step], responses[b:b + step], images[b:b + step])]
-        lp, lq = _logprobs(model_p, batch, pad), _logprobs(model_q, batch, pad)
-        for i, ((enc, start), a, c) in enumerate(zip(batch, lp, lq)):
-            target = torch.as_tensor(enc["input_ids"]).reshape(-1)[start:]
-            kl = (a.exp() * (a - c)).sum(-1).clamp_min(0)
-            pick = target[:, None]
-            rows.append(pd.DataFrame({
-                "response": b + i, "position": np.arange(len(target)),
-                "token_id": target.numpy(), "kl": kl.numpy(),
-                "logp_p": a.gather(1, pick)[:, 0].numpy(),
-                "logp_q": c.gather(1, pick)[:, 0].numpy()}))
-    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["response", "position", "token_id", "kl", "logp_p", "logp_q"])
-    names = {i: tok.decode([i]) for i in out["token_id"].unique()}
-    return out.assign(token=out["token_id"].map(names))
-
+# --- token-level KL (scored by `scoring.token_kl`) -----------------------------------------
 
 def kl_by_token(kl: pd.DataFrame) -> pd.DataFrame:
     """Per token string: occurrences, total and mean KL, share of all KL, mean log-ratio.
@@ -216,9 +136,9 @@ def use_vs_correctness(responses: pd.DataFrame,
 
 def top_tokens_figure(tokens: pd.DataFrame, n: int):
     """Top-n tokens by total KL, one panel per compared model (input: saved kl_tokens)."""
-    import plotly.express as px
-
     import html
+
+    import plotly.express as px
 
     top = tokens.groupby("model", group_keys=False).head(n)
     # Plotly reads labels as a subset of HTML: escape model tokens such as "</think>".
@@ -244,65 +164,92 @@ def category_figure(counts: pd.DataFrame):
 
 # --- the stage ----------------------------------------------------------------------------
 
-def run(cfg: PivotalConfig, progress: bool = True) -> dict:
+@dataclasses.dataclass
+class PivotalResult(StageResult):
+    per_level: pd.DataFrame   # evaluation.per_level of the reference and compared models
+    counts: pd.DataFrame      # category_counts
+    use: pd.DataFrame         # use_vs_correctness
+    tokens: pd.DataFrame      # kl_by_token per compared model (column `model`)
+    responses: pd.DataFrame | None = None  # responses_frame (only after `run`)
+
+
+def run(cfg: PivotalConfig, progress: bool = True) -> PivotalResult:
     """Evaluate reference and models, count categories, score KL; saves CSVs + manifest."""
     import torch
 
-    from synergy import evaluation, stratify
-    from synergy.merging import benchmark_questions, model_labels, resolve_parent
-    from synergy.runs import now, read_manifest, set_seed, stage_dir, write_manifest, write_text
+    from synergy import evaluation, models, stages, stratify
+    from synergy.files import write_text
+    from synergy.runs import stage_run
+    from synergy.scoring import token_kl
 
-    started, t0 = now(), time.perf_counter()
-    set_seed(cfg.seed)
-    out = stage_dir(cfg, STAGE)
-    specs = dict(zip(model_labels([cfg.reference_model, *cfg.models]),
-                     [cfg.reference_model, *cfg.models]))
-    resolved = {name: resolve_parent(s, cfg.output_root, cfg.run_name)
-                for name, s in specs.items()}
-    reference = next(iter(specs))
-    levels = stratify.load_levels(cfg.output_root, cfg.run_name)
-    questions = benchmark_questions(levels)
-    suffix = read_manifest(out.parent / stratify.STAGE)["params"].get("prompt_suffix", "")
-    results = {}
-    for name, (path, _) in resolved.items():
-        results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress)
-    table = evaluation.save_results(out, results)
-    responses = responses_frame(results)
-    counts = category_counts(responses, cfg.categories)
-    use = use_vs_correctness(responses, cfg.categories)
-    write_text(out / "category_counts.csv", counts.to_csv(index=False))
-    write_text(out / "pivotal_use.csv", use.to_csv(index=False))
+    with stage_run(cfg, stages.PIVOTAL) as ctx:
+        specs = dict(zip(models.labels([cfg.reference_model, *cfg.models]),
+                         [cfg.reference_model, *cfg.models]))
+        paths = {name: ctx.model(spec, name).path for name, spec in specs.items()}
+        reference = next(iter(specs))
+        questions = stratify.benchmark_questions(
+            stratify.load(cfg.output_root, cfg.run_name).levels)
+        suffix = stratify.config_of(ctx.run).prompt_suffix
+        results = {name: evaluation.evaluate_for(cfg, path, questions, suffix, progress)
+                   for name, path in paths.items()}
+        table = evaluation.save_results(ctx.dir, results)
+        responses = responses_frame(results)
+        counts = category_counts(responses, cfg.categories)
+        use = use_vs_correctness(responses, cfg.categories)
+        write_text(ctx.dir / "category_counts.csv", counts.to_csv(index=False))
+        write_text(ctx.dir / "pivotal_use.csv", use.to_csv(index=False))
 
-    ref_model, _ = load_scorer(resolved[reference][0])
-    rng = np.random.default_rng(cfg.seed)
-    tokens = []
-    for name in [n for n in resolved if n != reference]:
-        model, processor = load_scorer(resolved[name][0])
-        rows = responses_frame({name: results[name]}).merge(
-            questions.drop(columns=["level"]), on="qid")
-        rows = rows.iloc[np.sort(rng.permutation(len(rows))[:cfg.kl_responses])]
-        prompts, images = evaluation.build_prompts(SimpleNamespace(template=processor),
-                                                   rows, suffix)
-        kl = token_kl(model, ref_model, processor, prompts, list(rows["text"]), images,
-                      cfg.kl_batch_size)
-        tokens.append(kl_by_token(kl).assign(model=name, reference=reference))
-        del model
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    tokens = pd.concat(tokens, ignore_index=True)
-    write_text(out / "kl_tokens.csv", tokens.to_csv(index=False))
-    write_manifest(out, cfg, started=started,
-                   upstream={name: uid for name, (_, uid) in resolved.items()},
-                   extra={"seconds": time.perf_counter() - t0,
-                          "model_paths": {n: p for n, (p, _) in resolved.items()},
-                          "reference": reference})
-    return {"per_level": table, "responses": responses, "counts": counts, "use": use,
-            "tokens": tokens}
+        ref_model, _ = models.load(paths[reference])
+        rng = np.random.default_rng(cfg.seed)
+        tokens = []
+        for name in [n for n in paths if n != reference]:
+            model, processor = models.load(paths[name])
+            rows = responses_frame({name: results[name]}).merge(
+                questions.drop(columns=["level"]), on="qid")
+            rows = rows.iloc[np.sort(rng.permutation(len(rows))[:cfg.kl_responses])]
+            prompts, images = evaluation.build_prompts(SimpleNamespace(template=processor),
+                                                       rows, suffix)
+            kl = token_kl(model.eval(), ref_model.eval(), processor, prompts,
+                          list(rows["text"]), images, cfg.kl_batch_size)
+            tokens.append(kl_by_token(kl).assign(model=name, reference=reference))
+            del model
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        tokens = pd.concat(tokens, ignore_index=True)
+        write_text(ctx.dir / "kl_tokens.csv", tokens.to_csv(index=False))
+        ctx.record(reference=reference, compared=list(paths))
+    return PivotalResult(ctx.manifest, ctx.dir, table, counts, use, tokens, responses)
 
 
-def load_stage(output_root: str, run_name: str) -> dict:
+def load(output_root: str, run_name: str) -> PivotalResult:
     """The saved tables of this stage (for the report)."""
-    folder = Path(output_root) / run_name / STAGE
-    return {"per_level": pd.read_csv(folder / "per_level.csv"),
-            "counts": pd.read_csv(folder / "category_counts.csv"),
-            "use": pd.read_csv(folder / "pivotal_use.csv"),
-            "tokens": pd.read_csv(folder / "kl_tokens.csv", keep_default_na=False)}
+    from synergy import stages
+    from synergy.runs import Run
+
+    r = Run(output_root, run_name)
+    folder = r.dir(stages.PIVOTAL)
+    return PivotalResult(r.manifest(stages.PIVOTAL), folder,
+                         pd.read_csv(folder / "per_level.csv"),
+                         pd.read_csv(folder / "category_counts.csv"),
+                         pd.read_csv(folder / "pivotal_use.csv"),
+                         pd.read_csv(folder / "kl_tokens.csv", keep_default_na=False))
+
+
+def statement(res: PivotalResult, categories: dict[str, list[str]]) -> str:
+    """What the pivotal-token analysis of this run shows (markdown)."""
+    counts = res.counts[res.counts["level"] == "all"]
+    per_cat = counts.groupby(["category", "model"]).agg(n=("count", "sum"),
+                                                       tokens=("tokens", "first"))
+    per_1k = (1000 * per_cat["n"] / per_cat["tokens"].clip(lower=1)).unstack("model")
+    lines = []
+    for category in categories:
+        if category in per_1k.index:
+            row = per_1k.loc[category]
+            lines.append(f"- **{category}** words per 1k tokens: "
+                         + ", ".join(f"{m} {v:.2f}" for m, v in row.items()) + ".")
+    for model, part in res.tokens.groupby("model", sort=False):
+        top = part.sort_values("total_kl", ascending=False).head(5)
+        lines.append(f"- Tokens where **{model}** differs most from the reference: "
+                     + ", ".join(f"`{t}` ({s:.0%})" for t, s in zip(top["token"],
+                                                                    top["kl_share"]))
+                     + " of its total KL.")
+    return "\n".join(lines)

@@ -1,9 +1,10 @@
 """The run report: every stage of one run, beside the paper's numbers, with a checklist.
 
-Reads `outputs/<run>/<stage>/` (manifests, `per_level.csv`, merge and pivotal-token tables,
-training curves); a stage that has not run shows as "not run". The paper's numbers live in
-`synergy/data/paper_results.yaml`. The checklist judges each of the paper's findings from
-this run's numbers. Model-generated text is HTML-escaped wherever it is shown.
+`run(cfg)` reads one run (manifests, `per_level.csv`, merge and pivotal-token tables,
+training curves) and returns every table the report shows; the figures are pure functions
+of those tables. A stage that has not run shows as "not run". The paper's numbers live in
+`synergy/data/paper_results.yaml`; each of its findings is judged by one function of
+`FINDINGS`, keyed like the YAML. Model-generated text is HTML-escaped wherever it is shown.
 """
 
 from __future__ import annotations
@@ -12,20 +13,24 @@ import dataclasses
 import html
 import importlib.resources
 import re
-import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from synergy import stages
 from synergy.config import StageConfig
+from synergy.runs import Run, StageResult
 
-STAGE = "08_report"
 LEVELS = ["L1", "L2", "L3", "L4", "L5"]
 # Where each role's per-level numbers come from, best first: 06 and 07 evaluate base, SFT
 # and RL with one sampling spec, so their numbers compare directly.
-ROLE_SOURCES = ["06_merging", "07_pivotal_tokens", "04_grpo", "03_sft", "01_stratify"]
+ROLE_SOURCES = [stages.MERGING.name, stages.PIVOTAL.name, stages.GRPO.name, stages.SFT.name,
+                stages.STRATIFY.name]
 _MERGE = re.compile(r"^(linear|slerp|ties|dare_ties)-([0-9.]+)$")
+# Stages whose other models (teachers, sweeps, KL ablations, strategies) the report lists.
+MODEL_STAGE_FOLDERS = [stages.SFT.name, stages.GRPO.name]
 
 
 @dataclasses.dataclass
@@ -59,45 +64,41 @@ def paper_table(paper: dict) -> pd.DataFrame:
                           "Avg": m["avg"]} for m in paper["models"]])
 
 
-def stage_status(output_root: str, run_name: str) -> pd.DataFrame:
+def stage_status(run: Run) -> pd.DataFrame:
     """Every stage of the series (and any other folder of the run): ran or not, when, id."""
-    from synergy import pipeline
-    from synergy.runs import read_json
+    from synergy.files import read_json
 
-    root = Path(output_root) / run_name
-    names = sorted(({s.name for s in pipeline.STAGES}
-                    | {p.name for p in root.glob("[0-9][0-9]_*")}) - {STAGE})
+    names = sorted(({s.name for s in stages.STAGES}
+                    | {p.name for p in run.root.glob("[0-9][0-9]_*")}) - {stages.REPORT.name})
     rows = []
     for name in names:
-        path = root / name / "manifest.json"
+        path = run.root / name / "manifest.json"
         m = read_json(path) if path.exists() else {}
         rows.append({"stage": name, "status": "ran" if m else "not run",
                      "artifact_id": m.get("artifact_id", ""), "finished": m.get("finished", ""),
-                     "seconds": round(float(m.get("seconds", m.get("train_seconds", np.nan))),
-                                      1) if m else np.nan,
+                     "seconds": round(float(m.get("seconds", np.nan)), 1) if m else np.nan,
                      "commit": (m.get("git", {}).get("commit") or "")[:10]})
     return pd.DataFrame(rows)
 
 
-def run_levels(output_root: str, run_name: str) -> pd.DataFrame:
+def run_levels(run: Run) -> pd.DataFrame:
     """Per-level accuracy and length of every model every stage evaluated (long table).
 
     Columns: stage, model, level, accuracy, mean_length, format_rate, questions. The base's
     stratification pass rates appear as stage 01_stratify, model "base".
     """
-    root = Path(output_root) / run_name
     parts = [pd.read_csv(p).assign(stage=p.parent.name)
-             for p in sorted(root.glob("[0-9][0-9]_*/per_level.csv"))]
-    levels_path = root / "01_stratify" / "levels"
-    if levels_path.exists():
-        from synergy.stratify import load_levels
+             for p in sorted(run.root.glob("[0-9][0-9]_*/per_level.csv"))]
+    if run.has_run(stages.STRATIFY):
+        from synergy import stratify
 
-        df = load_levels(output_root, run_name)
+        df = stratify.load(str(run.output_root), run.name).levels
         df = df.assign(accuracy=df["pass_rate"],
                        mean_length=df["lengths"].map(lambda x: float(np.mean(x))))
         groups = [(f"L{lv}", p) for lv, p in df.groupby("level")] + [("all", df)]
-        parts.append(pd.DataFrame([{"stage": "01_stratify", "model": "base", "level": lv,
-                                    "questions": len(p), "accuracy": p["accuracy"].mean(),
+        parts.append(pd.DataFrame([{"stage": stages.STRATIFY.name, "model": "base",
+                                    "level": lv, "questions": len(p),
+                                    "accuracy": p["accuracy"].mean(),
                                     "mean_length": p["mean_length"].mean(),
                                     "format_rate": np.nan} for lv, p in groups]))
     if not parts:
@@ -106,21 +107,18 @@ def run_levels(output_root: str, run_name: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def main_models(output_root: str, run_name: str) -> dict[str, list[str]]:
-    """The model a bare "03_sft" / "04_grpo" means in this run (as 06 and 07 resolve it),
-    with every name the stage's manifest gives that same model folder."""
-    from synergy.merging import STAGE_LABELS, main_model, stage_models
-    from synergy.runs import read_manifest
+def main_models(run: Run) -> dict[str, list[str]]:
+    """Per model stage (03, 04): its main model (the registry's) first, then every other
+    name its manifest gives the same folder."""
+    from synergy import models
 
     out = {}
-    for stage in ("03_sft", "04_grpo"):
-        folder = Path(output_root) / run_name / stage
-        if (folder / "manifest.json").exists():
-            models = stage_models(output_root, run_name, stage)
-            if models:
-                main = main_model(read_manifest(folder), models, STAGE_LABELS[stage])
-                out[stage] = [main] + [n for n, p in models.items()
-                                       if p == models[main] and n != main]
+    for stage in (stages.SFT, stages.GRPO):
+        if run.has_run(stage):
+            found = models.stage_models(run, stage)
+            main = models.main_model(run, stage)
+            out[stage.name] = [main] + [n for n, p in found.items()
+                                        if p == found[main] and n != main]
     return out
 
 
@@ -134,29 +132,28 @@ def role_levels(levels: pd.DataFrame,
     Adds a `role` column: base, sft, rl, a merge name ("linear-0.25") or `<stage>/<model>`
     for 05 strategies and other models. Merges at ratio 0 or 1 are the parents: left out.
     """
+    own_stage = {"sft": stages.SFT.name, "rl": stages.GRPO.name}
     picked = []
-    for role, stages in (("base", ROLE_SOURCES), ("sft", ROLE_SOURCES[:2] + ["03_sft"]),
-                         ("rl", ROLE_SOURCES[:2] + ["04_grpo"])):
-        for stage in stages:
+    for role, sources in (("base", ROLE_SOURCES), ("sft", ROLE_SOURCES[:2] + [own_stage["sft"]]),
+                          ("rl", ROLE_SOURCES[:2] + [own_stage["rl"]])):
+        for stage in sources:
             part = levels[levels["stage"] == stage]
             if role in set(part["model"]):
                 picked.append(part[part["model"] == role].assign(role=role))
                 break
-            names = (mains or {}).get(stage, []) if (role, stage) in (("sft", "03_sft"),
-                                                                      ("rl", "04_grpo")) else []
+            names = (mains or {}).get(stage, []) if own_stage.get(role) == stage else []
             own = next((n for n in names if n in set(part["model"])), None)
             if own:
                 picked.append(part[part["model"] == own].assign(role=role))
                 break
     names = levels["model"].astype(str)
     ratio = names.str.extract(_MERGE)[1].astype(float)
-    merges = levels.loc[(levels["stage"] == "06_merging") & ratio.notna()
+    merges = levels.loc[(levels["stage"] == stages.MERGING.name) & ratio.notna()
                         & ~ratio.isin([0.0, 1.0])]
     picked.append(merges.assign(role=merges["model"]))
-    # 05 strategies, and the other SFT / RL models (teachers, sweeps, KL ablations).
+    # The other SFT / RL models (teachers, sweeps, KL ablations) and any other model stage.
     taken = {(p["stage"].iloc[0], p["model"].iloc[0]) for p in picked[:-1] if len(p)}
-    # (04 also re-evaluates base, its start and the SFT models: "sft-<name>".)
-    others = levels[levels["stage"].str.match(r"0[345]_")
+    others = levels[levels["stage"].isin(MODEL_STAGE_FOLDERS)
                     & ~levels["model"].astype(str).str.match(r"^(base|init|sft-.*)$")]
     others = others.loc[np.array([(s, m) not in taken for s, m in
                                   zip(others["stage"], others["model"])], dtype=bool)]
@@ -166,7 +163,8 @@ def role_levels(levels: pd.DataFrame,
     return pd.concat(picked, ignore_index=True)
 
 
-def _wide(roles: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
+def wide(roles: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
+    """Roles as rows, levels (L1..L5, all) as columns."""
     if roles.empty:
         return pd.DataFrame(columns=LEVELS + ["all"])
     table = roles.pivot_table(index="role", columns="level", values=value, sort=False)
@@ -175,11 +173,13 @@ def _wide(roles: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
 
 # This run's counterparts of the paper's other models, matched by name: the world's
 # teachers stand in for the paper's trace sources (careful ~ s1.1-R1, lowquality ~
-# s1-Gemini2), GRPO labels carry their beta and easy-question filter, 05 its strategy.
-PAPER_MATCH = {"sft:s1.1-R1": r"^03_sft/careful$", "sft:s1-Gemini2": r"^03_sft/lowquality$",
-               "rl_kl0": r"^04_grpo/.*beta0$", "rl_no_easiest": r"^04_grpo/.*(static|dynamic)",
-               "two_stage": r"^05_.*two", "interleaved": r"^05_.*interleav",
-               "progressive": r"^05_.*progress", "data_mixing": r"^05_.*mix"}
+# s1-Gemini2), GRPO labels carry their beta and easy-question filter.
+PAPER_MATCH = {"sft:s1.1-R1": rf"^{stages.SFT.name}/careful$",
+               "sft:s1-Gemini2": rf"^{stages.SFT.name}/lowquality$",
+               "rl_kl0": rf"^{stages.GRPO.name}/.*beta0$",
+               "rl_no_easiest": rf"^{stages.GRPO.name}/.*(static|dynamic)",
+               "two_stage": r"two", "interleaved": r"interleav",
+               "progressive": r"progress", "data_mixing": r"mix"}
 
 
 def _find_role(role: str, roles: pd.DataFrame) -> str | None:
@@ -201,11 +201,11 @@ def paper_vs_run(paper: dict, roles: pd.DataFrame) -> pd.DataFrame:
     Absolute numbers do not compare (a 7B VLM on five benchmarks vs a small model on the
     run's task); the gains over the base and their signs per level do.
     """
-    wide = _wide(roles)
+    acc = wide(roles)
     where = {r: f"{st}/{m}" for r, st, m in roles[["role", "stage", "model"]].itertuples(
         index=False)} if len(roles) else {}
     base_paper = next(m["avg"] for m in paper["models"] if m["role"] == "base")
-    base_run = wide.loc["base"] if "base" in wide.index else None
+    base_run = acc.loc["base"] if "base" in acc.index else None
     rows = []
     for m in paper["models"]:
         match = _find_role(m["role"], roles) if len(roles) else None
@@ -213,125 +213,198 @@ def paper_vs_run(paper: dict, roles: pd.DataFrame) -> pd.DataFrame:
                "paper gain vs base": round(m["avg"] - base_paper, 1),
                "this run": (f"{match} ({where[match]})" if match in ("base", "sft", "rl")
                             else match) if match else "not run"}
-        for lv in list(wide.columns):
-            row[f"run {lv} %"] = round(100 * wide.at[match, lv], 1) if match else np.nan
-        if match and base_run is not None and "all" in wide.columns:
-            row["run gain vs base"] = round(100 * (wide.at[match, "all"] - base_run["all"]), 1)
+        for lv in list(acc.columns):
+            row[f"run {lv} %"] = round(100 * acc.at[match, lv], 1) if match else np.nan
+        if match and base_run is not None and "all" in acc.columns:
+            row["run gain vs base"] = round(100 * (acc.at[match, "all"] - base_run["all"]), 1)
         else:
             row["run gain vs base"] = np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-# --- the checklist --------------------------------------------------------------------------
+# --- the checklist: one function per finding of paper_results.yaml -----------------------
+
+@dataclasses.dataclass
+class Evidence:
+    """What the findings are judged from: per-role, per-level accuracy and length."""
+
+    acc: pd.DataFrame                # role x level (accuracy 0-1)
+    length: pd.DataFrame             # role x level (mean tokens)
+    counts: pd.DataFrame | None      # 07's category counts, or None
+    margin: float                    # accuracy change (0-1) that counts as real
+    long_ratio: float                # "much longer": at least this ratio
+
+    def missing(self, *roles: str) -> list[str]:
+        return [r for r in roles if r not in self.acc.index]
+
+    def levels(self, *names: str) -> list[str]:
+        wanted = names or LEVELS
+        return [c for c in LEVELS if c in self.acc.columns and c in wanted]
+
+    def delta(self, role: str, levels: list[str]) -> pd.Series:
+        """Accuracy change vs the base, in points."""
+        return 100 * (self.acc.loc[role, levels] - self.acc.loc["base", levels])
+
+    def combinations(self) -> list[str]:
+        """Merges (interior ratios) and 05 strategies: the models that combine SFT and RL."""
+        return [r for r in self.acc.index if _MERGE.match(r)]
+
+
+Verdict = tuple[str, str]  # (status, the numbers it rests on)
+
+
+def _verdict(ok: bool, evidence: str) -> Verdict:
+    return ("reproduced" if ok else "not reproduced", evidence)
+
+
+def _not_run(needs: list[str] | str) -> Verdict:
+    return ("not run", f"needs {', '.join(needs) if isinstance(needs, list) else needs}")
+
+
+def sft_hard(ev: Evidence) -> Verdict:
+    hard = ev.levels("L4", "L5")
+    if ev.missing("base", "sft"):
+        return _not_run(ev.missing("base", "sft"))
+    if not hard:
+        return ("not run", "no questions at L4-L5 in this run")
+    d = ev.delta("sft", hard).mean()
+    return _verdict(d > 100 * ev.margin, f"SFT - base on {'+'.join(hard)}: {d:+.1f} points")
+
+
+def sft_easy(ev: Evidence) -> Verdict:
+    if ev.missing("base", "sft"):
+        return _not_run(ev.missing("base", "sft"))
+    if not ev.levels("L1"):
+        return ("not run", "no questions at L1 in this run")
+    d = ev.delta("sft", ["L1"]).iloc[0]
+    return _verdict(d < -100 * ev.margin, f"SFT - base on L1: {d:+.1f} points")
+
+
+def sft_long(ev: Evidence) -> Verdict:
+    if ev.missing("base", "sft"):
+        return _not_run(ev.missing("base", "sft"))
+    s, b = ev.length.at["sft", "all"], ev.length.at["base", "all"]
+    return _verdict(s >= ev.long_ratio * b, f"mean length SFT {s:.0f} vs base {b:.0f} tokens "
+                                            f"({s / max(b, 1e-9):.1f}x)")
+
+
+def rl_all(ev: Evidence) -> Verdict:
+    if ev.missing("base", "rl"):
+        return _not_run(ev.missing("base", "rl"))
+    d = ev.delta("rl", ev.levels())
+    ok = (d >= -100 * ev.margin).all() and ev.delta("rl", ["all"]).iloc[0] > 0
+    return _verdict(ok, "RL - base: " + ", ".join(f"{c} {v:+.1f}" for c, v in d.items()))
+
+
+def rl_short(ev: Evidence) -> Verdict:
+    if ev.missing("base", "rl"):
+        return _not_run(ev.missing("base", "rl"))
+    r, b = ev.length.at["rl", "all"], ev.length.at["base", "all"]
+    return _verdict(r < ev.long_ratio * b, f"mean length RL {r:.0f} vs base {b:.0f} tokens")
+
+
+def synergy_table(ev: Evidence) -> pd.DataFrame:
+    """`merging.synergy_check` of every combination against the SFT and RL parents."""
+    from synergy.merging import synergy_check
+
+    long = ev.acc.reset_index().melt(id_vars="role", var_name="level", value_name="accuracy")
+    return synergy_check(long.rename(columns={"role": "model"}), ev.combinations(),
+                         margin=ev.margin)
+
+
+def no_synergy(ev: Evidence) -> Verdict:
+    combos = ev.combinations()
+    if ev.missing("sft", "rl") or not combos:
+        return _not_run(ev.missing("sft", "rl") + ([] if combos else
+                                                   ["a combination (05 or 06)"]))
+    table = synergy_table(ev)
+    winners = list(table.loc[table["synergy"], "model"])
+    return _verdict(not winners, f"{len(winners)} of {len(combos)} combinations beat both "
+                                 f"parents without losing elsewhere: "
+                                 f"{', '.join(winners) or 'none'}")
+
+
+def interpolation_gaps(ev: Evidence, methods: tuple[str, ...]) -> np.ndarray:
+    """Per (merge, level) of `methods`: |merge - linear interpolation of the parents| and
+    whether the merge lies between the parents (+- margin). Shape (n, 2)."""
+    rows = []
+    lv = ev.levels()
+    for r in ev.combinations() if not ev.missing("sft", "rl") else []:
+        m = _MERGE.match(r)
+        if m and m.group(1) in methods:
+            t = float(m.group(2))
+            sft, rl = ev.acc.loc["sft", lv], ev.acc.loc["rl", lv]
+            expect = t * sft + (1 - t) * rl
+            lo, hi = np.minimum(sft, rl) - ev.margin, np.maximum(sft, rl) + ev.margin
+            rows += [(abs(ev.acc.at[r, c] - expect[c]), lo[c] <= ev.acc.at[r, c] <= hi[c])
+                     for c in lv]
+    return np.array(rows, dtype=float).reshape(-1, 2)
+
+
+def interpolate(ev: Evidence) -> Verdict:
+    gaps = interpolation_gaps(ev, ("linear", "slerp"))
+    if ev.missing("sft", "rl") or not len(gaps):
+        return _not_run(ev.missing("sft", "rl") + ([] if len(gaps) else
+                                                   ["linear or SLERP merges"]))
+    share = gaps[:, 1].mean()
+    return _verdict(share >= 0.8, f"{100 * share:.0f}% of linear/SLERP (ratio, level) points "
+                                  f"lie between the parents (+-{100 * ev.margin:.0f} points)")
+
+
+def ties_erratic(ev: Evidence) -> Verdict:
+    lin, ties = interpolation_gaps(ev, ("linear", "slerp")), interpolation_gaps(ev, ("ties",))
+    needs = ev.missing("sft", "rl") + ([] if len(ties) else ["TIES merges"]) + \
+        ([] if len(lin) else ["linear or SLERP merges"])
+    if needs:
+        return _not_run(needs)
+    t, li = 100 * ties[:, 0].mean(), 100 * lin[:, 0].mean()
+    return _verdict(t > li, f"mean distance from interpolation: TIES {t:.1f} vs "
+                            f"linear/SLERP {li:.1f} points")
+
+
+def meta_tokens(ev: Evidence) -> Verdict:
+    if ev.counts is None or ev.counts.empty:
+        return _not_run(stages.PIVOTAL.name)
+    meta = ev.counts[(ev.counts["level"] == "all") & (ev.counts["category"] == "meta")]
+    per = meta.groupby("model").agg(n=("count", "sum"), tokens=("tokens", "first"))
+    per = 1000 * per["n"] / per["tokens"].clip(lower=1)
+    if "sft" not in per.index:
+        return _not_run(f"the SFT model in {stages.PIVOTAL.name}")
+    others = per.drop("sft")
+    ok = per["sft"] > 0 and (others.empty or per["sft"] >= 5 * others.max())
+    return _verdict(ok, "meta words per 1k tokens: " + ", ".join(f"{m} {v:.2f}"
+                                                                 for m, v in per.items()))
+
+
+FINDINGS: dict[str, Callable[[Evidence], Verdict]] = {
+    "sft_hard": sft_hard, "sft_easy": sft_easy, "sft_long": sft_long, "rl_all": rl_all,
+    "rl_short": rl_short, "no_synergy": no_synergy, "interpolate": interpolate,
+    "ties_erratic": ties_erratic, "meta_tokens": meta_tokens}
+
 
 def checklist(paper: dict, roles: pd.DataFrame, counts: pd.DataFrame | None,
               margin: float, long_ratio: float) -> pd.DataFrame:
-    """Each of the paper's findings, judged from this run's numbers.
-
-    `roles` is `role_levels` output; `counts` the pivotal stage's category counts (or None).
-    Status: "reproduced", "not reproduced", or "not run" when the numbers it needs are absent.
-    """
-    acc, length = _wide(roles), _wide(roles, "mean_length")
-    have = set(acc.index)
-    lv = [c for c in LEVELS if c in acc.columns]
-    hard = [c for c in lv if c in ("L4", "L5")]
-    out = {}
-
-    def judge(key, needs, ok, evidence, levels=lv):
-        missing = [n for n in needs if n not in have]
-        if missing:
-            out[key] = ("not run", f"needs {', '.join(missing)}")
-        elif not levels:
-            out[key] = ("not run", "no questions at the levels it concerns in this run")
-        else:
-            out[key] = ("reproduced" if ok() else "not reproduced", evidence())
-
-    def d(model, cols):  # accuracy change vs base, in points
-        return 100 * (acc.loc[model, cols] - acc.loc["base", cols])
-
-    easy = [c for c in lv if c == "L1"]
-    judge("sft_hard", ["base", "sft"], lambda: d("sft", hard).mean() > 100 * margin,
-          lambda: f"SFT - base on {'+'.join(hard)}: {d('sft', hard).mean():+.1f} points", hard)
-    judge("sft_easy", ["base", "sft"], lambda: d("sft", easy).iloc[0] < -100 * margin,
-          lambda: f"SFT - base on L1: {d('sft', easy).iloc[0]:+.1f} points", easy)
-    judge("sft_long", ["base", "sft"],
-          lambda: length.at["sft", "all"] >= long_ratio * length.at["base", "all"],
-          lambda: f"mean length SFT {length.at['sft', 'all']:.0f} vs base "
-                  f"{length.at['base', 'all']:.0f} tokens "
-                  f"({length.at['sft', 'all'] / max(length.at['base', 'all'], 1e-9):.1f}x)")
-    judge("rl_all", ["base", "rl"],
-          lambda: (d("rl", lv) >= -100 * margin).all() and d("rl", ["all"]).iloc[0] > 0,
-          lambda: "RL - base: " + ", ".join(f"{c} {v:+.1f}" for c, v in d("rl", lv).items()))
-    judge("rl_short", ["base", "rl"],
-          lambda: length.at["rl", "all"] < long_ratio * length.at["base", "all"],
-          lambda: f"mean length RL {length.at['rl', 'all']:.0f} vs base "
-                  f"{length.at['base', 'all']:.0f} tokens")
-    combos = [r for r in acc.index if _MERGE.match(r) or r.startswith("05_")]
-
-    def synergies():
-        from synergy.merging import synergy_check
-
-        return synergy_check(roles.rename(columns={"model": "_m", "role": "model"}),
-                             combos, margin=margin)
-
-    judge("no_synergy", ["sft", "rl"] + (combos[:1] or ["a combination (05 or 06)"]),
-          lambda: not synergies()["synergy"].any(),
-          lambda: (f"{int(synergies()['synergy'].sum())} of {len(combos)} combinations beat "
-                   f"both parents without losing elsewhere: "
-                   f"{', '.join(synergies().query('synergy')['model']) or 'none'}"))
-    interior = [r for r in combos if _MERGE.match(r)]
-
-    def deviations(methods):  # |merge - linear interpolation of the parents|, per point
-        rows = []
-        for r in (interior if {"sft", "rl"} <= have else []):
-            m = _MERGE.match(r)
-            if m.group(1) in methods:
-                t = float(m.group(2))
-                expect = t * acc.loc["sft", lv] + (1 - t) * acc.loc["rl", lv]
-                lo = np.minimum(acc.loc["sft", lv], acc.loc["rl", lv]) - margin
-                hi = np.maximum(acc.loc["sft", lv], acc.loc["rl", lv]) + margin
-                rows += [(abs(acc.at[r, c] - expect[c]), lo[c] <= acc.at[r, c] <= hi[c])
-                         for c in lv]
-        return np.array(rows, dtype=float).reshape(-1, 2)
-
-    lin = deviations(("linear", "slerp"))
-    judge("interpolate", ["sft", "rl"] + ([] if len(lin) else ["linear or SLERP merges"]),
-          lambda: lin[:, 1].mean() >= 0.8,
-          lambda: f"{100 * lin[:, 1].mean():.0f}% of linear/SLERP (ratio, level) points lie "
-                  f"between the parents (+-{100 * margin:.0f} points)")
-    ties = deviations(("ties",))
-    judge("ties_erratic", ["sft", "rl"] + ([] if len(ties) else ["TIES merges"])
-          + ([] if len(lin) else ["linear or SLERP merges"]),
-          lambda: ties[:, 0].mean() > lin[:, 0].mean(),
-          lambda: f"mean distance from interpolation: TIES {100 * ties[:, 0].mean():.1f} vs "
-                  f"linear/SLERP {100 * lin[:, 0].mean():.1f} points")
-    if counts is None or counts.empty:
-        out["meta_tokens"] = ("not run", "needs 07_pivotal_tokens")
-    else:
-        meta = counts[(counts["level"] == "all") & (counts["category"] == "meta")]
-        per = meta.groupby("model").agg(n=("count", "sum"), tokens=("tokens", "first"))
-        per = 1000 * per["n"] / per["tokens"].clip(lower=1)
-        if "sft" not in per.index:
-            out["meta_tokens"] = ("not run", "needs the SFT model in 07_pivotal_tokens")
-        else:
-            others = per.drop("sft")
-            ok = per["sft"] > 0 and (others.empty or per["sft"] >= 5 * others.max())
-            out["meta_tokens"] = ("reproduced" if ok else "not reproduced",
-                                  "meta words per 1k tokens: " + ", ".join(
-                                      f"{m} {v:.2f}" for m, v in per.items()))
-    return pd.DataFrame([{"finding": paper["findings"][k], "status": s, "this run": e}
-                         for k, (s, e) in out.items()])
+    """Each of the paper's findings (`paper["findings"]`), judged by its function in
+    FINDINGS from this run's numbers: reproduced, not reproduced, or not run."""
+    ev = Evidence(wide(roles), wide(roles, "mean_length"), counts, margin, long_ratio)
+    missing = set(paper["findings"]) ^ set(FINDINGS)
+    if missing:
+        raise KeyError(f"findings without a function or without a paper entry: {missing}")
+    rows = []
+    for key, text in paper["findings"].items():
+        status, evidence = FINDINGS[key](ev)
+        rows.append({"finding": text, "status": status, "this run": evidence})
+    return pd.DataFrame(rows)
 
 
 # --- other tables -------------------------------------------------------------------------
 
-def training_curves(output_root: str, run_name: str) -> pd.DataFrame:
+def training_curves(run: Run) -> pd.DataFrame:
     """Every training log of the run (CSV files with a `step` column), long: stage, source,
     run, step, metric, value."""
-    root = Path(output_root) / run_name
     parts = []
-    for path in sorted(root.glob("[0-9][0-9]_*/**/*.csv")):
+    for path in sorted(run.root.glob("[0-9][0-9]_*/**/*.csv")):
         if path.name in ("per_level.csv",) or "eval" in path.parts or "cache" in path.parts:
             continue
         try:
@@ -343,24 +416,23 @@ def training_curves(output_root: str, run_name: str) -> pd.DataFrame:
         ids = [c for c in ("label", "run", "model", "beta") if c in df.columns]
         numeric = [c for c in df.select_dtypes("number").columns if c not in ("step", *ids)]
         long = df.melt(id_vars=["step", *ids], value_vars=numeric, var_name="metric")
-        run = (long[ids].astype(str).agg("/".join, axis=1) if ids
-               else path.parent.name if path.parent.name != path.parents[1].name else "")
-        parts.append(long.assign(stage=path.relative_to(root).parts[0],
-                                 source=path.name, run=run)
+        name = (long[ids].astype(str).agg("/".join, axis=1) if ids
+                else path.parent.name if path.parent.name != path.parents[1].name else "")
+        parts.append(long.assign(stage=path.relative_to(run.root).parts[0],
+                                 source=path.name, run=name)
                      [["stage", "source", "run", "step", "metric", "value"]])
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["stage", "source", "run", "step", "metric", "value"])
 
 
-def response_examples(output_root: str, run_name: str, n: int, seed: int = 0) -> pd.DataFrame:
+def response_examples(run: Run, n: int, seed: int = 0) -> pd.DataFrame:
     """A few responses of base, SFT and RL (from the stage that evaluated all three)."""
     from synergy.evaluation import load_results
-    from synergy.runs import ArtifactError
+    from synergy.files import ArtifactError
 
-    root = Path(output_root) / run_name
     for stage in ROLE_SOURCES[:2]:
         try:
-            results = load_results(root / stage)
+            results = load_results(run.root / stage)
         except ArtifactError:
             continue
         rows = []
@@ -387,16 +459,14 @@ def escaped_html(df: pd.DataFrame, empty: str = "not run"):
     return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
-def _not_run(stage: str) -> pd.DataFrame:
-    return pd.DataFrame({"status": [f"{stage} not run"]})
+def _not_run_table(stage: stages.Stage) -> pd.DataFrame:
+    return pd.DataFrame({"status": [f"{stage.name} not run"]})
 
 
-def top_pivotal_tokens(output_root: str, run_name: str, n: int) -> pd.DataFrame:
+def top_pivotal_tokens(tokens: pd.DataFrame | None, n: int) -> pd.DataFrame:
     """Top-n tokens by total KL per compared model, side by side (rank x model)."""
-    path = Path(output_root) / run_name / "07_pivotal_tokens" / "kl_tokens.csv"
-    if not path.exists():
-        return _not_run("07_pivotal_tokens")
-    tokens = pd.read_csv(path, keep_default_na=False)
+    if tokens is None:
+        return _not_run_table(stages.PIVOTAL)
     cols = {}
     for model, part in tokens.groupby("model", sort=False):
         top = part.sort_values("total_kl", ascending=False).head(n)
@@ -406,20 +476,11 @@ def top_pivotal_tokens(output_root: str, run_name: str, n: int) -> pd.DataFrame:
     return table.set_axis(range(1, len(table) + 1)).rename_axis("rank")
 
 
-def category_counts(output_root: str, run_name: str) -> pd.DataFrame:
+def category_counts(counts: pd.DataFrame | None) -> pd.DataFrame:
     """Pivotal-word counts per model over all levels (the paper's Table 5 layout)."""
     from synergy.pivotal import category_table
 
-    path = Path(output_root) / run_name / "07_pivotal_tokens" / "category_counts.csv"
-    if not path.exists():
-        return _not_run("07_pivotal_tokens")
-    return category_table(pd.read_csv(path))
-
-
-def examples_html(output_root: str, run_name: str, n: int, seed: int = 0):
-    """A few base / SFT / RL responses, escaped."""
-    return escaped_html(response_examples(output_root, run_name, n, seed),
-                        empty="no evaluated responses yet (06 or 07 not run)")
+    return _not_run_table(stages.PIVOTAL) if counts is None else category_table(counts)
 
 
 # --- figures ------------------------------------------------------------------------------
@@ -465,24 +526,26 @@ def training_figure(curves: pd.DataFrame):
                    facet_col_wrap=3, title="Training curves").update_yaxes(matches=None)
 
 
-def merge_figure(output_root: str, run_name: str):
+def merge_figure(merge_curves: pd.DataFrame | None):
     from synergy import merging
 
-    path = Path(output_root) / run_name / merging.STAGE / "merges.csv"
-    if not path.exists():
-        return _placeholder("Merge curves", "06_merging not run")
-    stage = merging.load_stage(output_root, run_name)
-    return merging.merge_curve_figure(merging.merge_curves(stage["per_level"], stage["merges"]))
+    if merge_curves is None:
+        return _placeholder("Merge curves", f"{stages.MERGING.name} not run")
+    return merging.merge_curve_figure(merge_curves)
 
 
-def static_accuracy_png(roles: pd.DataFrame, path: str | Path):
+def static_accuracy_png(roles: pd.DataFrame, path: str | Path) -> bytes:
     """Paper-style static bars (seaborn) of base / SFT / RL per level, saved as a PNG at
-    `path` and returned for display."""
+    `path`; returns the PNG's bytes."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
+
+    from synergy.files import atomic_path
 
     data = roles[roles["role"].isin(["base", "sft", "rl"]) & roles["level"].isin(LEVELS)]
     fig, ax = plt.subplots(figsize=(6.5, 3.2), dpi=120)
@@ -498,45 +561,84 @@ def static_accuracy_png(roles: pd.DataFrame, path: str | Path):
         ax.legend(title="model", frameon=False)
         sns.despine(ax=ax)
     fig.tight_layout()
-    import io
-
-    from IPython.display import Image
-
-    from synergy.runs import atomic_path
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
-    return Image(data=buf.getvalue(), format="png")
+    return buf.getvalue()
+
+
+def png(data: bytes):
+    """A PNG for display in the notebook."""
+    from IPython.display import Image
+
+    return Image(data=data, format="png")
 
 
 # --- the stage ----------------------------------------------------------------------------
 
-def run(cfg: ReportConfig, progress: bool = True) -> dict:
-    """Collect the run's numbers; writes paper_vs_run.csv, checklist.csv, a PNG, manifest."""
-    from synergy.runs import now, read_json, stage_dir, write_manifest, write_text
+@dataclasses.dataclass
+class ReportResult(StageResult):
+    paper: dict                       # paper_results.yaml
+    status: pd.DataFrame              # stage_status
+    levels: pd.DataFrame              # run_levels: every model every stage evaluated
+    roles: pd.DataFrame               # role_levels: base, SFT, RL, combinations, others
+    paper_vs_run: pd.DataFrame
+    checklist: pd.DataFrame
+    curves: pd.DataFrame              # training_curves
+    merge_curves: pd.DataFrame | None  # merging.merge_curves, or None when 06 has not run
+    counts: pd.DataFrame | None       # 07's category counts
+    tokens: pd.DataFrame | None       # 07's KL per token
+    examples: pd.DataFrame            # response_examples
+    accuracy_png: bytes               # static_accuracy_png, also saved beside the report
 
-    started, t0 = now(), time.perf_counter()
-    out = stage_dir(cfg, STAGE)
+
+def gather(run: Run, cfg: ReportConfig) -> dict:
+    """Everything the report shows, read and computed from the run's stages."""
+    from synergy import merging, pivotal
+
     paper = paper_results()
-    status = stage_status(cfg.output_root, cfg.run_name)
-    levels = run_levels(cfg.output_root, cfg.run_name)
-    roles = role_levels(levels, main_models(cfg.output_root, cfg.run_name))
-    counts_path = Path(cfg.output_root) / cfg.run_name / "07_pivotal_tokens" / \
-        "category_counts.csv"
-    counts = pd.read_csv(counts_path) if counts_path.exists() else None
-    compared = paper_vs_run(paper, roles)
-    checks = checklist(paper, roles, counts, cfg.margin, cfg.long_ratio)
-    write_text(out / "paper_vs_run.csv", compared.to_csv(index=False))
-    write_text(out / "checklist.csv", checks.to_csv(index=False))
-    root = Path(cfg.output_root) / cfg.run_name
-    upstream = {s: read_json(root / s / "manifest.json")["artifact_id"]
-                for s in status.query("status == 'ran'")["stage"] if s != STAGE}
-    write_manifest(out, cfg, started=started, upstream=upstream,
-                   extra={"seconds": time.perf_counter() - t0,
-                          "report_html": str(out / f"{STAGE}.html"),
-                          "checklist": dict(zip(checks["finding"], checks["status"]))})
-    return {"paper": paper, "status": status, "levels": levels, "roles": roles,
-            "paper_vs_run": compared, "checklist": checks, "counts": counts}
+    levels = run_levels(run)
+    roles = role_levels(levels, main_models(run))
+    piv = pivotal.load(str(run.output_root), run.name) if run.has_run(stages.PIVOTAL) else None
+    merge_curves = None
+    if run.has_run(stages.MERGING):
+        m = merging.load(str(run.output_root), run.name)
+        merge_curves = merging.merge_curves(m.per_level, m.merges)
+    return {"paper": paper, "status": stage_status(run), "levels": levels, "roles": roles,
+            "paper_vs_run": paper_vs_run(paper, roles),
+            "checklist": checklist(paper, roles, piv.counts if piv else None, cfg.margin,
+                                   cfg.long_ratio),
+            "curves": training_curves(run), "merge_curves": merge_curves,
+            "counts": piv.counts if piv else None, "tokens": piv.tokens if piv else None,
+            "examples": response_examples(run, cfg.n_examples, cfg.seed)}
+
+
+def run(cfg: ReportConfig, progress: bool = True) -> ReportResult:
+    """Collect the run's numbers; writes paper_vs_run.csv, checklist.csv, a PNG, manifest."""
+    from synergy.files import write_text
+    from synergy.runs import stage_run
+
+    with stage_run(cfg, stages.REPORT) as ctx:
+        parts = gather(ctx.run, cfg)
+        write_text(ctx.dir / "paper_vs_run.csv", parts["paper_vs_run"].to_csv(index=False))
+        write_text(ctx.dir / "checklist.csv", parts["checklist"].to_csv(index=False))
+        accuracy = static_accuracy_png(parts["roles"], ctx.dir / "accuracy_by_level.png")
+        ran = parts["status"].query("status == 'ran'")
+        ctx.upstream.update(dict(zip(ran["stage"], ran["artifact_id"])))
+        ctx.record(report_html=f"{stages.REPORT.name}.html",
+                   checklist=dict(zip(parts["checklist"]["finding"],
+                                      parts["checklist"]["status"])))
+    return ReportResult(ctx.manifest, ctx.dir, accuracy_png=accuracy, **parts)
+
+
+def load(output_root: str, run_name: str) -> ReportResult:
+    """The report of a run as it was written (checklist and paper table from its files)."""
+    r = Run(output_root, run_name)
+    manifest, folder = r.manifest(stages.REPORT), r.dir(stages.REPORT)
+    parts = gather(r, ReportConfig.from_mapping(manifest["params"], f"{stages.REPORT.name} manifest"))
+    parts["checklist"] = pd.read_csv(folder / "checklist.csv")
+    parts["paper_vs_run"] = pd.read_csv(folder / "paper_vs_run.csv")
+    return ReportResult(manifest, folder, accuracy_png=(folder / "accuracy_by_level.png")
+                        .read_bytes(), **parts)

@@ -8,102 +8,27 @@ to a temporary name and renamed, so an interrupted run never leaves half a file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
-import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 import random
-import shutil
 import subprocess
-import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from synergy.config import StageConfig
+from synergy.files import ArtifactError, content_hash, read_json, write_json
 
 MANIFEST = "manifest.json"
 PACKAGES = ["synergy", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
             "evaluate", "math-verify", "tokenizers", "papermill", "plotly", "seaborn",
             "mergekit", "vllm", "numpy", "pandas"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class ArtifactError(RuntimeError):
-    """An upstream artifact is missing or unreadable."""
-
-
-def content_hash(obj: Any, length: int = 12) -> str:
-    """Stable hash of a JSON-able object (dict key order does not matter)."""
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
-
-
-def stage_dir(cfg: StageConfig, stage: str) -> Path:
-    path = Path(cfg.output_root) / cfg.run_name / stage
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success rename it over `path` (file or folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
-    try:
-        yield tmp
-        if path.is_dir() and not path.is_symlink():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: corrupt JSON ({exc})") from exc
-
-
-def save_dataset(ds, path: str | Path) -> Path:
-    """Save a `datasets.Dataset` atomically (a folder, readable with `load_from_disk`)."""
-    with atomic_path(path) as tmp:
-        ds.save_to_disk(str(tmp))
-    return Path(path)
-
-
-def load_dataset_dir(path: str | Path):
-    import datasets
-
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: dataset not found (did its stage run?)")
-    try:
-        return datasets.load_from_disk(str(path))
-    except Exception as exc:  # datasets raises several types for damaged folders
-        raise ArtifactError(f"{path}: unreadable dataset ({exc})") from exc
 
 
 def set_seed(seed: int) -> None:
@@ -151,6 +76,162 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with `n` torch CPU threads (None: leave as is; no-op with CUDA), then restore.
+
+    The one place that sets torch's thread count: every stage and test goes through it."""
+    import torch
+
+    if n is None or torch.cuda.is_available():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- a run and its stages -----------------------------------------------------------------
+
+class Run:
+    """One run folder, `<output_root>/<name>/`: its stages' folders, manifests and models.
+
+    Built once from a config (`Run.of(cfg)`) and passed down; nothing else rebuilds stage
+    paths. Paths recorded in manifests are relative to the run folder (`relative`,
+    `resolve`), so a run folder works wherever it is copied.
+    """
+
+    def __init__(self, output_root: str | Path, name: str):
+        self.output_root, self.name = Path(output_root), name
+        self.root = self.output_root / name
+
+    @classmethod
+    def of(cls, cfg: StageConfig) -> "Run":
+        return cls(cfg.output_root, cfg.run_name)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.root)!r})"
+
+    def dir(self, stage) -> Path:
+        from synergy import stages
+
+        return self.root / stages.find(stage).name
+
+    def has_run(self, stage) -> bool:
+        return (self.dir(stage) / MANIFEST).exists()
+
+    def manifest(self, stage) -> dict[str, Any]:
+        """The stage's manifest; an error saying how to run the stage when it has not run."""
+        from synergy import stages
+
+        stage = stages.find(stage)
+        path = self.dir(stage) / MANIFEST
+        if not path.exists():
+            raise ArtifactError(
+                f"stage {stage.name} has not run for run '{self.name}' (no {path}); run it "
+                f"first: python -m synergy run --run-name {self.name} --stages {stage.number}")
+        return read_json(path)
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path recorded in a manifest (relative to the run folder) as a real path."""
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path
+
+    def relative(self, path: str | Path) -> str:
+        """`path` relative to the run folder when inside it, else absolute."""
+        path = Path(path).resolve()
+        try:
+            return str(path.relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path)
+
+    @property
+    def samples_cache(self) -> Path:
+        """One sample cache per run, shared by all stages: a model is sampled once."""
+        return self.root / "cache" / "samples"
+
+    def model(self, spec: str):
+        """A model parameter ("world", "<stage>[:<name>]", a folder, a hub id) -> ModelRef."""
+        from synergy import models
+
+        return models.resolve(self, spec)
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What every stage's `run(cfg)` returns and `load(output_root, run_name)` reads back.
+
+    Stages extend it with their own tables and models."""
+
+    manifest: dict[str, Any]
+    dir: Path
+
+
+class StageRun:
+    """The bookkeeping of one stage execution (see `stage_run`)."""
+
+    def __init__(self, cfg: StageConfig, stage):
+        from synergy import stages
+
+        self.cfg, self.stage, self.run = cfg, stages.find(stage), Run.of(cfg)
+        self.dir = self.run.dir(self.stage)
+        self.started, self.t0 = now(), time.perf_counter()
+        self.upstream: dict[str, str] = {}
+        self.extra: dict[str, Any] = {}
+        self.manifest: dict[str, Any] | None = None
+
+    def model(self, spec: str, key: str | None = None):
+        """Resolve a model parameter and record it as an upstream artifact."""
+        ref = self.run.model(spec)
+        self.upstream[key or spec] = ref.artifact_id
+        return ref
+
+    def needs(self, stage) -> dict[str, Any]:
+        """An upstream stage's manifest, recorded as an upstream artifact."""
+        from synergy import stages
+
+        stage = stages.find(stage)
+        manifest = self.run.manifest(stage)
+        self.upstream[stage.name] = manifest["artifact_id"]
+        return manifest
+
+    def record(self, **extra: Any) -> None:
+        self.extra.update(extra)
+
+    def set_models(self, paths: dict[str, str | Path], main: str) -> None:
+        """The models this stage leaves for later ones: the one manifest schema
+        (`model_paths` relative to the run folder, `main_model`) the registry reads."""
+        if main not in paths:
+            raise ValueError(f"main model '{main}' is not among {sorted(paths)}")
+        self.extra["model_paths"] = {n: self.run.relative(p) for n, p in paths.items()}
+        self.extra["main_model"] = main
+
+    def finish(self, artifact_id: str | None = None) -> dict[str, Any]:
+        self.manifest = write_manifest(
+            self.dir, self.cfg, started=self.started, upstream=self.upstream,
+            artifact_id=artifact_id,
+            extra={"seconds": time.perf_counter() - self.t0, **self.extra})
+        return self.manifest
+
+
+@contextlib.contextmanager
+def stage_run(cfg: StageConfig, stage, artifact_id: str | None = None) -> Iterator[StageRun]:
+    """Start a stage: seed, its folder, no stale manifest; on success write the manifest
+    (params, upstream ids, models, timings) and leave it in `ctx.manifest`.
+
+    A stage that fails leaves no manifest, so later stages see it as not run."""
+    ctx = StageRun(cfg, stage)
+    set_seed(cfg.seed)
+    ctx.dir.mkdir(parents=True, exist_ok=True)
+    (ctx.dir / MANIFEST).unlink(missing_ok=True)
+    yield ctx
+    ctx.finish(artifact_id)
+
+
 def write_manifest(out_dir: str | Path, cfg: StageConfig, *, started: str,
                    upstream: dict[str, str] | None = None, artifact_id: str | None = None,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -170,10 +251,3 @@ def write_manifest(out_dir: str | Path, cfg: StageConfig, *, started: str,
     }
     write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest
-
-
-def read_manifest(stage_path: str | Path) -> dict[str, Any]:
-    path = Path(stage_path) / MANIFEST
-    if not path.exists():
-        raise ArtifactError(f"{path}: no manifest; run the stage '{Path(stage_path).name}' first")
-    return read_json(path)

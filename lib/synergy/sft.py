@@ -13,7 +13,6 @@ as safetensors with its tokenizer and evaluated with the engine, verifier and qu
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -26,8 +25,10 @@ import numpy as np
 import pandas as pd
 
 from synergy.evaluation import EvaluatingConfig
+from synergy.files import atomic_path
+from synergy.runs import StageResult
+from synergy.training import ReportTo
 
-STAGE = "03_sft"
 VISION_PREFIXES = ("visual",)  # Qwen2-VL / Qwen2.5-VL: vision tower and merger (connector)
 
 
@@ -57,6 +58,7 @@ class SftConfig(EvaluatingConfig):
     lora_alpha: int
     easy_share_sweep: list[float]
     scale_sweep: dict[str, list[int]]
+    report_to: ReportTo
     n_examples: int
 
     def validate(self) -> None:
@@ -134,7 +136,7 @@ def select_traces(traces: pd.DataFrame, teacher: str, n: int, easy_share: float,
     Validation rows come first in that order and never overlap training rows.
     """
     if teacher not in set(traces["teacher"]):
-        raise ValueError(f"sft.teachers: no traces from teacher '{teacher}' in 02_distill; "
+        raise ValueError(f"sft.teachers: no traces from teacher '{teacher}' in the distilled traces; "
                          f"have {sorted(set(traces['teacher']))}")
     rows = traces[traces["teacher"] == teacher]
     rows = rows.assign(_order=rows["qid"].map(lambda q: _stable_key(seed, q)))
@@ -157,12 +159,12 @@ def select_traces(traces: pd.DataFrame, teacher: str, n: int, easy_share: float,
 
 
 def _stable_key(seed: int, qid: str) -> str:
-    from synergy.runs import content_hash
+    from synergy.files import content_hash
 
     return content_hash([seed, qid], 16)
 
 
-# --- models -------------------------------------------------------------------------------
+# --- training: TRL's SFTTrainer on chat rows ----------------------------------------------
 
 def freeze_vision(model) -> list[str]:
     """Freeze the vision tower and the connector (Qwen-VL's `visual.*`); returns their names."""
@@ -174,92 +176,71 @@ def freeze_vision(model) -> list[str]:
     return frozen
 
 
-def is_vlm(path: str | Path) -> bool:
-    from transformers import AutoConfig
-
-    return hasattr(AutoConfig.from_pretrained(path), "vision_config")
-
-
-def load_student(path: str | Path):
-    """(model, processing class): a causal LM with its tokenizer, or a VLM with its processor."""
-    from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
-                              AutoTokenizer)
-
-    if is_vlm(path):
-        return (AutoModelForImageTextToText.from_pretrained(path, dtype="auto"),
-                AutoProcessor.from_pretrained(path))
-    return AutoModelForCausalLM.from_pretrained(path, dtype="auto"), \
-        AutoTokenizer.from_pretrained(path)
-
-
-def set_threads() -> None:
-    """Two threads by default (the 2-core reference machine); OMP_NUM_THREADS overrides."""
+def training_args(cfg: SftConfig, n_train: int):
+    """TRL's `SFTConfig` for this stage: the one place where the stage's keys become trainer
+    arguments (every other TRL option keeps TRL's default)."""
     import torch
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
-
-
-def trainer_args(cfg: SftConfig, out_dir: Path, n_train: int):
     from trl import SFTConfig
 
-    per_device = cfg.batch_size // cfg.grad_accum
     steps = cfg.max_steps if cfg.max_steps > 0 else \
         int(np.ceil(cfg.epochs * n_train / cfg.batch_size))
-    save_every = max(1, int(np.ceil(steps / cfg.checkpoints)))
-    import torch
-
     cuda = torch.cuda.is_available()
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated")
     return SFTConfig(
-        output_dir=str(out_dir), learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
+        output_dir="checkpoints",  # `train` puts it inside the run's training folder
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=int(cfg.warmup_ratio * steps), weight_decay=cfg.weight_decay,
-        per_device_train_batch_size=per_device, gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=cfg.batch_size // cfg.grad_accum,
+        gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
-        assistant_only_loss=True, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
-        gradient_checkpointing=False, report_to="none", logging_steps=max(1, steps // 50),
-        save_strategy="steps", save_steps=save_every, save_only_model=True,
+        # The paper's SFT: loss on the assistant turn (the trace) only.
+        assistant_only_loss=True,
+        # bf16 where the GPU has it; on CPU bf16 errors and use_cpu autocasts (~12x slower).
+        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
+        gradient_checkpointing=False, report_to=cfg.report_to,
+        logging_steps=max(1, steps // 50),
+        # `checkpoints` evenly spaced checkpoints, all kept: the best on validation is chosen.
+        save_strategy="steps", save_steps=max(1, int(np.ceil(steps / cfg.checkpoints))),
         save_total_limit=None, seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
         disable_tqdm=False, remove_unused_columns=True, dataloader_pin_memory=False)
 
 
-class JsonlLogger:
-    """A TRL/transformers callback appending every log event to a JSONL file."""
+def peft_config(cfg: SftConfig):
+    """LoRA on every linear layer when `lora_r > 0`, else None (full fine-tuning)."""
+    if cfg.lora_r <= 0:
+        return None
+    from peft import LoraConfig
 
-    def __new__(cls, path: Path):
-        from transformers import TrainerCallback
-
-        class _Logger(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                with open(path, "a") as fh:
-                    fh.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        return _Logger()
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def build_trainer(model_path: str | Path, train: pd.DataFrame, cfg: SftConfig, out_dir: Path,
-                  log_path: Path):
-    """An `SFTTrainer` on chat-format rows (`messages`), loss on assistant tokens only."""
+def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
+          key: str = "", freeze_visual: bool = True, peft=None, callbacks=(),
+          progress: bool = True):
+    """SFT of the model at `model` on chat rows (`messages`, optional `images`) with TRL's
+    `SFTTrainer` and `args` (a TRL `SFTConfig`). Checkpoints go to `out_dir/checkpoints`;
+    a rerun with the same `key` resumes from the last one. Returns (trainer, TrainOutput)."""
     import datasets
     from trl import SFTTrainer
 
-    model, processing = load_student(model_path)
-    frozen = freeze_vision(model) if cfg.freeze_vision else []
-    peft_config = None
-    if cfg.lora_r > 0:
-        from peft import LoraConfig
+    from synergy import models, training
 
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")
-    cols = [c for c in ("messages", "images") if c in train.columns]
-    trainer = SFTTrainer(model=model, args=trainer_args(cfg, out_dir, len(train)),
-                         train_dataset=datasets.Dataset.from_pandas(train[cols],
+    out_dir = Path(out_dir)
+    resume = training.prepare(out_dir, key)
+    args.output_dir = str(out_dir / "checkpoints")
+    args.disable_tqdm = not progress
+    student, processing = models.load(model)
+    frozen = freeze_vision(student) if freeze_visual else []
+    cols = [c for c in ("messages", "images") if c in rows.columns]
+    trainer = SFTTrainer(model=student, args=args,
+                         train_dataset=datasets.Dataset.from_pandas(rows[cols],
                                                                     preserve_index=False),
-                         processing_class=processing, peft_config=peft_config,
-                         callbacks=[JsonlLogger(log_path)])
+                         processing_class=processing, peft_config=peft,
+                         callbacks=[training.log_callback(out_dir / "log.jsonl"),
+                                    training.keep_last_optimizer(), *callbacks])
     trainer.frozen_parameters = frozen
-    return trainer
+    return trainer, trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
 
 def validation_accuracy(model_dir: str | Path, val: pd.DataFrame, max_new_tokens: int,
@@ -276,32 +257,39 @@ def validation_accuracy(model_dir: str | Path, val: pd.DataFrame, max_new_tokens
     return float(np.mean([is_correct(c[0].text, str(a)) for c, a in zip(out, val["answer"])]))
 
 
+def train_key(spec: RunSpec, cfg: SftConfig, model_path: str, traces: pd.DataFrame) -> str:
+    """Content key of one SFT model: everything that shapes its training."""
+    from synergy.files import content_hash
+    from synergy.models import fingerprint
+
+    return content_hash({"spec": dataclasses.asdict(spec), "base": fingerprint(model_path),
+                         "traces": content_hash(traces[["qid", "teacher", "response"]]
+                                                .to_dict("list")),
+                         "cfg": {k: v for k, v in cfg.to_dict().items() if not k.startswith(
+                             ("eval_", "easy_share_sweep", "scale_sweep", "n_examples",
+                              "teachers", "output_root", "backend", "batch_rows",
+                              "report_to"))}})
+
+
 def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: str,
               out: Path, prompt_suffix: str, progress: bool = True) -> dict[str, Any]:
-    """Train, pick the checkpoint by validation, save it to `models/<name>/`. Resumable."""
-    from synergy.runs import atomic_path, content_hash, read_json, write_json
+    """Train (resuming if interrupted), pick the checkpoint by validation, save it to
+    `models/<name>/`; reuse a finished model with the same content key."""
+    from synergy import training
 
-    from synergy.generation import model_fingerprint
-
-    key = content_hash({"spec": dataclasses.asdict(spec), "base": model_fingerprint(model_path),
-                        "traces": content_hash(traces[["qid", "teacher", "response"]]
-                                               .to_dict("list")),
-                        "cfg": {k: v for k, v in cfg.to_dict().items() if not k.startswith(
-                            ("eval_", "easy_share_sweep", "scale_sweep", "n_examples",
-                             "teachers", "output_root", "backend", "batch_rows"))}})
-    final = out / "models" / spec.name
-    if (final / "sft_run.json").exists() and read_json(final / "sft_run.json")["key"] == key:
-        return {**read_json(final / "sft_run.json"), "reused": True}
-    train, val = select_traces(traces, spec.teacher, spec.n_traces, spec.easy_share,
-                               cfg.easy_levels, cfg.hard_levels, cfg.val_traces, cfg.seed)
-    ckpt_root = out / "checkpoints" / spec.name
-    shutil.rmtree(ckpt_root, ignore_errors=True)
-    trainer = build_trainer(model_path, train, cfg, ckpt_root, out / "logs" / f"{spec.name}.jsonl")
-    trainer.args.disable_tqdm = not progress
+    key = train_key(spec, cfg, model_path, traces)
+    run_dir, final = out / "train" / spec.name, out / "models" / spec.name
+    done = training.finished(run_dir, key)
+    if done and (final / "config.json").exists():
+        return {**done, "reused": True}
+    train_rows, val = select_traces(traces, spec.teacher, spec.n_traces, spec.easy_share,
+                                    cfg.easy_levels, cfg.hard_levels, cfg.val_traces, cfg.seed)
     t0 = time.perf_counter()
-    result = trainer.train()
+    trainer, result = train(model_path, train_rows, training_args(cfg, len(train_rows)),
+                            run_dir, key=key, freeze_visual=cfg.freeze_vision,
+                            peft=peft_config(cfg), progress=progress)
     train_seconds = time.perf_counter() - t0
-    ckpts = sorted(ckpt_root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = training.checkpoints(run_dir)
     if cfg.lora_r > 0:  # merge adapters so every later stage loads a plain model
         ckpts = [merge_lora(c, model_path) for c in ckpts]
     scores = []
@@ -311,25 +299,26 @@ def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: s
                                           cfg.seed, cfg.backend, cfg.batch_rows))
     best = int(np.argmax(scores))  # earliest among ties
     record = {"key": key, "name": spec.name, **dataclasses.asdict(spec),
-              "train_rows": len(train), "val_rows": len(val),
+              "train_rows": len(train_rows), "val_rows": len(val),
               "steps": int(result.global_step), "train_loss": float(result.training_loss),
               "train_seconds": train_seconds,
               "checkpoints": {c.name: s for c, s in zip(ckpts, scores)},
               "best_checkpoint": ckpts[best].name, "val_accuracy": scores[best],
               "frozen_parameters": len(trainer.frozen_parameters),
-              "train_tokens_mean": float(train["n_tokens"].mean())}
+              "train_tokens_mean": float(train_rows["n_tokens"].mean())}
     with atomic_path(final) as tmp:
         shutil.copytree(ckpts[best], tmp, ignore=shutil.ignore_patterns(
-            "optimizer.pt", "scheduler.pt", "rng_state*", "training_args.bin"))
-        write_json(tmp / "sft_run.json", record)
-    shutil.rmtree(ckpt_root, ignore_errors=True)
-    return {**record, "reused": False}
+            "optimizer.pt", "scheduler.pt", "rng_state*", "training_args.bin",
+            "trainer_state.json"))
+    return {**training.mark_done(run_dir, record), "reused": False}
 
 
 def merge_lora(checkpoint: Path, base_path: str) -> Path:
     from peft import PeftModel
 
-    model, _ = load_student(base_path)
+    from synergy import models
+
+    model, _ = models.load(base_path)
     merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
     out = checkpoint.with_name(checkpoint.name + "-merged")
     merged.save_pretrained(out, safe_serialization=True)
@@ -338,65 +327,64 @@ def merge_lora(checkpoint: Path, base_path: str) -> Path:
 
 # --- the stage ----------------------------------------------------------------------------
 
-def run(cfg: SftConfig, progress: bool = True) -> dict[str, Any]:
+@dataclasses.dataclass
+class SftResult(StageResult):
+    results: dict[str, pd.DataFrame]  # evaluation per model ("base" and every SFT model)
+    per_level: pd.DataFrame           # evaluation.per_level of `results`
+    runs: pd.DataFrame                # one row per SFT model: data, steps, checkpoint, times
+    base_model_path: str
+
+
+def run(cfg: SftConfig, progress: bool = True) -> SftResult:
     """Train every run of the config, evaluate each and the base per level; save all."""
-    from synergy import data, distill
+    from synergy import distill, stages, stratify
     from synergy.evaluation import evaluate_for, save_results
-    from synergy.runs import (now, read_manifest, set_seed, stage_dir, write_manifest,
-                              write_text)
-    from synergy.stratify import STAGE as STRATIFY, load_levels
+    from synergy.files import write_text
+    from synergy.runs import stage_run, torch_threads
 
-    set_threads()
-    started, t0 = now(), time.perf_counter()
-    set_seed(cfg.seed)
-    out = stage_dir(cfg, STAGE)
-    run_root = data.run_root(cfg.output_root, cfg.run_name)
-    strat = read_manifest(run_root / STRATIFY)
-    prompt_suffix = strat["params"]["prompt_suffix"]
-    model_path, model_id = data.resolve_model(cfg.model, cfg.output_root, cfg.run_name)
-    traces = distill.load_traces(cfg.output_root, cfg.run_name)
-    levels = load_levels(cfg.output_root, cfg.run_name)
+    with torch_threads(int(os.environ.get("OMP_NUM_THREADS", 2))), \
+            stage_run(cfg, stages.SFT) as ctx:
+        prompt_suffix = stratify.config_of(ctx.run).prompt_suffix
+        ctx.needs(stages.STRATIFY)
+        model = ctx.model(cfg.model, "model")
+        traces = distill.load(cfg.output_root, cfg.run_name).traces
+        ctx.needs(stages.DISTILL)
+        questions = stratify.benchmark_questions(
+            stratify.load(cfg.output_root, cfg.run_name).levels)
 
-    def evaluate(path: str) -> pd.DataFrame:
-        return evaluate_for(cfg, path, levels, prompt_suffix, progress)
+        def evaluate(path: str) -> pd.DataFrame:
+            return evaluate_for(cfg, path, questions, prompt_suffix, progress)
 
-    timings = {"base_eval": -time.perf_counter()}
-    results = {"base": evaluate(model_path)}
-    timings["base_eval"] += time.perf_counter()
-    records = []
-    for spec in run_specs(cfg):
-        record = train_one(spec, traces, cfg, model_path, out, prompt_suffix, progress)
-        t = time.perf_counter()
-        results[spec.name] = evaluate(str(out / "models" / spec.name))
-        records.append({**record, "eval_seconds": time.perf_counter() - t,
-                        "model_path": str((out / "models" / spec.name).resolve())})
-    runs = pd.DataFrame(records).drop(columns=["key", "checkpoints"])
-    table = save_results(out, results)
-    write_text(out / "runs.csv", runs.to_csv(index=False))
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    write_manifest(out, cfg, started=started,
-                   upstream={"model": model_id,
-                             "traces": read_manifest(run_root / distill.STAGE)["artifact_id"],
-                             "levels": strat["artifact_id"]},
-                   extra={"seconds": time.perf_counter() - t0, "timings": timings,
-                          "model_paths": {r["name"]: r["model_path"] for r in records},
-                          "base_model_path": model_path,
-                          "runs": runs.to_dict("records")})
-    return {"results": results, "per_level": table, "runs": runs, "out_dir": str(out),
-            "base_model_path": model_path}
+        timings = {"base_eval": -time.perf_counter()}
+        results = {"base": evaluate(model.path)}
+        timings["base_eval"] += time.perf_counter()
+        records = []
+        for spec in run_specs(cfg):
+            record = train_one(spec, traces, cfg, model.path, ctx.dir, prompt_suffix, progress)
+            t = time.perf_counter()
+            results[spec.name] = evaluate(str(ctx.dir / "models" / spec.name))
+            records.append({**record, "eval_seconds": time.perf_counter() - t})
+        runs = pd.DataFrame(records).drop(columns=["key", "checkpoints"])
+        table = save_results(ctx.dir, results)
+        write_text(ctx.dir / "runs.csv", runs.to_csv(index=False))
+        ctx.set_models({r["name"]: ctx.dir / "models" / r["name"] for r in records},
+                       main=cfg.teachers[0])
+        ctx.record(timings=timings, runs=runs.to_dict("records"))
+    return SftResult(ctx.manifest, ctx.dir, results, table, runs, model.path)
 
 
-def load_run(output_root: str, run_name: str) -> dict[str, Any]:
+def load(output_root: str, run_name: str) -> SftResult:
     """What `run` returned, read back from disk (for later stages and re-rendering)."""
+    from synergy import stages
     from synergy.evaluation import load_results, per_level
+    from synergy.runs import Run
 
-    from synergy.runs import read_manifest
-
-    out = Path(output_root) / run_name / STAGE
-    results = load_results(out)
-    return {"results": results, "per_level": per_level(results),
-            "runs": pd.read_csv(out / "runs.csv"), "out_dir": str(out),
-            "base_model_path": read_manifest(out)["base_model_path"]}
+    r = Run(output_root, run_name)
+    folder, manifest = r.dir(stages.SFT), r.manifest(stages.SFT)
+    results = load_results(folder)
+    return SftResult(manifest, folder, results, per_level(results),
+                     pd.read_csv(folder / "runs.csv"),
+                     r.model(manifest["params"]["model"]).path)
 
 
 # --- analysis (pure: each takes what `run` / `load_run` returned) -------------------------
@@ -406,27 +394,28 @@ def plan(cfg: SftConfig) -> pd.DataFrame:
     return pd.DataFrame([{"name": s.name, **dataclasses.asdict(s)} for s in run_specs(cfg)])
 
 
-def main_models(res: dict) -> list[str]:
-    runs = res["runs"]
+def main_models(res: SftResult) -> list[str]:
+    runs = res.runs
     return ["base"] + list(runs.loc[runs["role"] == "main", "name"])
 
 
-def training_table(res: dict) -> pd.DataFrame:
+def training_table(res: SftResult) -> pd.DataFrame:
     cols = ["name", "role", "train_rows", "train_tokens_mean", "steps", "train_loss",
             "train_seconds", "best_checkpoint", "val_accuracy", "eval_seconds", "reused"]
-    return res["runs"][[c for c in cols if c in res["runs"].columns]]
+    return res.runs[[c for c in cols if c in res.runs.columns]]
 
 
-def loss_figure(res: dict):
+def loss_figure(res: SftResult):
     """Training loss of every model, from the trainer's JSONL logs."""
     import plotly.express as px
 
+    from synergy.training import read_jsonl
+
     frames = []
-    for name in res["runs"]["name"]:
-        path = Path(res["out_dir"]) / "logs" / f"{name}.jsonl"
-        if path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines()]
-            frames.append(pd.DataFrame([r for r in rows if "loss" in r]).assign(model=name))
+    for name in res.runs["name"]:
+        rows = [r for r in read_jsonl(res.dir / "train" / name / "log.jsonl") if "loss" in r]
+        if rows:
+            frames.append(pd.DataFrame(rows).assign(model=name))
     if not frames:
         return px.line(title="no training logs (all models reused)")
     df = pd.concat(frames, ignore_index=True)
@@ -434,25 +423,25 @@ def loss_figure(res: dict):
                    title="SFT training loss (assistant tokens only)")
 
 
-def accuracy_figure(res: dict):
+def accuracy_figure(res: SftResult):
     from synergy.evaluation import accuracy_figure as bars
 
-    table = res["per_level"]
+    table = res.per_level
     return bars(table[table["model"].isin(main_models(res))],
                 "Accuracy by difficulty level: base vs SFT on each teacher's traces")
 
 
-def length_figure(res: dict):
+def length_figure(res: SftResult):
     from synergy.evaluation import length_figure as boxes
 
-    return boxes({m: res["results"][m] for m in main_models(res)},
+    return boxes({m: res.results[m] for m in main_models(res)},
                  "Response length (tokens) by level: base vs SFT")
 
 
-def comparison(res: dict) -> pd.DataFrame:
+def comparison(res: SftResult) -> pd.DataFrame:
     """Per level (rows): accuracy, mean length, SFT/base length ratio and format rate."""
     models = main_models(res)
-    part = res["per_level"][res["per_level"]["model"].isin(models)]
+    part = res.per_level[res.per_level["model"].isin(models)]
 
     def pivot(col):
         return part.pivot(index="level", columns="model", values=col)[models]
@@ -487,18 +476,18 @@ def first_correct_tokens(results: pd.DataFrame, tokenizer) -> pd.DataFrame:
     return pd.DataFrame(rows)[cols].groupby("level").mean().reset_index()
 
 
-def overthinking(res: dict) -> pd.DataFrame:
+def overthinking(res: SftResult) -> pd.DataFrame:
     """`first_correct_tokens` for the base and each main SFT model (rows: model, level)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(res["base_model_path"])
-    return pd.concat([first_correct_tokens(res["results"][m], tokenizer).assign(model=m)
+    tokenizer = AutoTokenizer.from_pretrained(res.base_model_path)
+    return pd.concat([first_correct_tokens(res.results[m], tokenizer).assign(model=m)
                       for m in main_models(res)], ignore_index=True)
 
 
-def sweep_table(res: dict, role: str) -> pd.DataFrame:
+def sweep_table(res: SftResult, role: str) -> pd.DataFrame:
     """Per-level accuracy of one sweep's runs, with the main run(s) it extends and the base."""
-    runs, table = res["runs"], res["per_level"]
+    runs, table = res.runs, res.per_level
     mains = runs[runs["role"] == "main"]
     if role == "easy_sweep":
         mains = mains[mains["teacher"] == mains["teacher"].iloc[0]]
@@ -509,7 +498,7 @@ def sweep_table(res: dict, role: str) -> pd.DataFrame:
     return pd.concat([base, merged], ignore_index=True)
 
 
-def easy_share_figure(res: dict):
+def easy_share_figure(res: SftResult):
     import plotly.express as px
 
     df = sweep_table(res, "easy_sweep")
@@ -526,7 +515,7 @@ def easy_share_figure(res: dict):
     return fig
 
 
-def scale_figure(res: dict):
+def scale_figure(res: SftResult):
     import plotly.express as px
 
     df = sweep_table(res, "scale_sweep")
@@ -538,11 +527,11 @@ def scale_figure(res: dict):
                          "traces (equal training steps)")
 
 
-def examples(res: dict, n: int, seed: int = 0) -> pd.DataFrame:
+def examples(res: SftResult, n: int, seed: int = 0) -> pd.DataFrame:
     """The first sample of a few questions per level, from each main model (text raw)."""
     picks = []
     for model in main_models(res):
-        df = res["results"][model]
+        df = res.results[model]
         for level, part in df.groupby("level"):
             for _, row in part.sample(min(n, len(part)), random_state=seed).iterrows():
                 picks.append({"model": model, "level": f"L{level}", "question": row["question"],
@@ -551,9 +540,9 @@ def examples(res: dict, n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(picks)
 
 
-def conclusion(res: dict) -> str:
+def conclusion(res: SftResult) -> str:
     """What the run shows, in a few sentences written from the numbers."""
-    table, runs = res["per_level"], res["runs"]
+    table, runs = res.per_level, res.runs
     acc = table.pivot(index="level", columns="model", values="accuracy")
     length = table.pivot(index="level", columns="model", values="mean_length")
     levels = sorted(lv for lv in acc.index if lv != "all")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -20,11 +19,9 @@ import numpy as np
 import pandas as pd
 
 from synergy.config import StageConfig
-from synergy.evaluation import (build_prompts, cache_for, choices_of, sample_questions,
-                                to_dataset)
+from synergy.evaluation import sample_table, to_dataset
 from synergy.generation import SamplingSpec
-
-STAGE = "01_stratify"
+from synergy.runs import StageResult
 
 
 @dataclasses.dataclass
@@ -160,38 +157,89 @@ def early_stop_saving(df: pd.DataFrame, n_samples: int) -> float:
 
 # --- the stage ----------------------------------------------------------------------------
 
-def run(cfg: StratifyConfig, progress: bool = True) -> pd.DataFrame:
-    """Stratify the benchmark with the base model; saves `levels/` and the manifest."""
-    from synergy import data
-    from synergy.generation import make_engine
-    from synergy.runs import now, save_dataset, set_seed, stage_dir, write_manifest
+@dataclasses.dataclass
+class StratifyResult(StageResult):
+    levels: pd.DataFrame  # one row per question: samples, correctness, pass rate, level
 
-    started, t0 = now(), time.perf_counter()
-    set_seed(cfg.seed)
-    out = stage_dir(cfg, STAGE)
-    model_path, model_id = data.resolve_model(cfg.model, cfg.output_root, cfg.run_name)
-    questions, bench_id = data.load_benchmark(cfg.benchmark, cfg.output_root, cfg.run_name)
-    engine = make_engine(model_path, cfg.backend, cfg.batch_rows)
-    cache = cache_for(out / "cache", model_path, cfg.spec, cfg.seed)
-    prompts, images = build_prompts(engine, questions, cfg.prompt_suffix)
+
+def level_questions(engine, model_path: str, questions: pd.DataFrame, cfg: StratifyConfig,
+                    cache_root: str | Path, progress: bool = True) -> pd.DataFrame:
+    """`samples_frame` of `questions` under `cfg`'s sampling and thresholds: the one
+    leveling of a question table (the benchmark here, 02's training questions too)."""
     stop = (functools.partial(level_decided, n_total=cfg.n_samples,
                               min_correct=cfg.level_min_correct) if cfg.early_stop else None)
-    drawn = sample_questions(engine, prompts, list(questions["answer"]), cfg.spec,
-                             n_samples=cfg.n_samples, round_size=cfg.round_size, seed=cfg.seed,
-                             cache=cache, stop=stop, progress=progress, images=images,
-                             choices=choices_of(questions))
-    df = samples_frame(questions, drawn, cfg.level_min_correct)
-    save_dataset(to_dataset(df), out / "levels")
-    write_manifest(out, cfg, started=started, upstream={"model": model_id, "benchmark": bench_id},
-                   extra={"seconds": time.perf_counter() - t0, "model_path": model_path,
-                          "samples_drawn": int(df["n_drawn"].sum()),
-                          "level_counts": {f"L{k}": int(v) for k, v in
-                                           df["level"].value_counts().sort_index().items()}})
-    return df
+    drawn = sample_table(engine, model_path, questions, cfg.spec, n_samples=cfg.n_samples,
+                         seed=cfg.seed, cache_root=cache_root, prompt_suffix=cfg.prompt_suffix,
+                         stop=stop, round_size=cfg.round_size, progress=progress)
+    return samples_frame(questions, drawn, cfg.level_min_correct)
 
 
-def load_levels(output_root: str, run_name: str) -> pd.DataFrame:
+def run(cfg: StratifyConfig, progress: bool = True) -> StratifyResult:
+    """Stratify the benchmark with the base model; saves `levels/` and the manifest."""
+    from synergy import data, stages
+    from synergy.files import save_dataset
+    from synergy.generation import make_engine
+    from synergy.runs import stage_run
+
+    with stage_run(cfg, stages.STRATIFY) as ctx:
+        model = ctx.model(cfg.model, "model")
+        questions, ctx.upstream["benchmark"] = data.load_benchmark(cfg.benchmark, ctx.run)
+        engine = make_engine(model.path, cfg.backend, cfg.batch_rows)
+        df = level_questions(engine, model.path, questions, cfg, ctx.dir / "cache", progress)
+        save_dataset(to_dataset(df), ctx.dir / "levels")
+        ctx.record(model_path=ctx.run.relative(model.path) if model.is_local else model.path,
+                   samples_drawn=int(df["n_drawn"].sum()),
+                   level_counts={f"L{k}": int(v) for k, v in
+                                 df["level"].value_counts().sort_index().items()})
+    return StratifyResult(ctx.manifest, ctx.dir, df)
+
+
+def load(output_root: str, run_name: str) -> StratifyResult:
     """The stratified benchmark of a run, as later stages read it."""
-    from synergy.runs import load_dataset_dir
+    from synergy import stages
+    from synergy.files import load_dataset_dir
+    from synergy.runs import Run
 
-    return load_dataset_dir(Path(output_root) / run_name / STAGE / "levels").to_pandas()
+    r = Run(output_root, run_name)
+    return StratifyResult(r.manifest(stages.STRATIFY), r.dir(stages.STRATIFY),
+                          load_dataset_dir(r.dir(stages.STRATIFY) / "levels").to_pandas())
+
+
+def config_of(run) -> StratifyConfig:
+    """The stratification settings a run used (later stages level and prompt the same way)."""
+    from synergy import stages
+
+    return StratifyConfig.from_mapping(run.manifest(stages.STRATIFY)["params"],
+                                       f"{stages.STRATIFY.name} manifest")
+
+
+# Columns stratification adds to the benchmark table (the base's samples, not the questions).
+SAMPLE_COLUMNS = ("samples", "correct", "lengths", "n_truncated", "n_drawn", "n_correct",
+                  "pass_rate")
+
+
+def benchmark_questions(levels: pd.DataFrame) -> pd.DataFrame:
+    """The stratified benchmark without the base's samples: questions, answers, level,
+    and whatever else the benchmark carries (images, choices)."""
+    return levels.drop(columns=[c for c in SAMPLE_COLUMNS if c in levels.columns])
+
+
+def statement(df: pd.DataFrame, n_samples: int) -> str:
+    """What this stratification shows, computed from its numbers (markdown)."""
+    table = level_table(df)
+    shares = ", ".join(f"{r.level} {r.questions} ({r.share:.0%})" for r in table.itertuples())
+    thin = [r.level for r in table.itertuples() if r.share < 0.05]
+    rates = ", ".join(f"{r.level} {r.pass_rate:.2f}" for r in table.itertuples()
+                      if r.questions)
+    lines = [f"- {len(df)} questions over the levels: {shares}.",
+             f"- Mean pass rate per level: {rates}."]
+    lines.append(f"- Levels with under 5% of the questions, too thin for per-level claims: "
+                 f"{', '.join(thin)}." if thin else
+                 "- Every level holds at least 5% of the questions.")
+    if "steps" in df.columns:
+        corr = np.corrcoef(df["steps"], df["pass_rate"])[0, 1]
+        lines.append(f"- Correlation of the number of operations with the pass rate: "
+                     f"{corr:+.2f} (levels follow the model, not only the knob).")
+    lines.append(f"- Early stopping drew {early_stop_saving(df, n_samples):.0%} of the "
+                 f"samples that drawing all {n_samples} per question would.")
+    return "\n".join(lines)

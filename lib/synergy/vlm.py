@@ -56,8 +56,11 @@ def load_processor(path: str | Path):
 def build_tiny_vlm(tokenizer_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
     """Save a ~0.1M-parameter Qwen2.5-VL (random weights) with the world's tokenizer."""
     import torch
-    from transformers import (AutoTokenizer, Qwen2_5_VLConfig,
-                              Qwen2_5_VLForConditionalGeneration)
+    from transformers import (
+        AutoTokenizer,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+    )
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
     torch.manual_seed(seed)

@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from synergy.config import StageConfig
+from synergy.files import content_hash
 from synergy.generation import chat_prompt
-from synergy.runs import content_hash
+from synergy.runs import StageResult
 
 THINK_OPEN, THINK_CLOSE, BOXED = "<think>", "</think>", "\\boxed{"
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -328,7 +329,8 @@ def world_dir(cfg: WorldConfig) -> Path:
 
 def ensure_world(cfg: WorldConfig, progress: bool = True) -> tuple[Path, bool]:
     """Train and save the world unless an identical one exists. Returns (dir, reused)."""
-    from synergy.runs import atomic_path, read_json, set_seed, write_json
+    from synergy.files import atomic_path, read_json, write_json
+    from synergy.runs import set_seed
 
     out = world_dir(cfg)
     if (out / "world.json").exists():
@@ -351,9 +353,12 @@ def ensure_world(cfg: WorldConfig, progress: bool = True) -> tuple[Path, bool]:
     return out, False
 
 
-# --- the stage ----------------------------------------------------------------------------
+# --- the stage: the world in this run ----------------------------------------------------
 
-STAGE = "00_world"
+@dataclasses.dataclass
+class WorldResult(StageResult):
+    model_path: Path    # this run's copy of the base model
+    world: dict         # world.json of the trained world (params, train time, size)
 
 
 def greedy_accuracy_by_steps(model_dir: str | Path, cfg: WorldConfig) -> pd.DataFrame:
@@ -372,19 +377,68 @@ def greedy_accuracy_by_steps(model_dir: str | Path, cfg: WorldConfig) -> pd.Data
     return frame.groupby("steps")[["correct", "uses_trace", "tokens"]].mean().reset_index()
 
 
-def run(cfg: WorldConfig, progress: bool = True) -> dict[str, Any]:
-    """Train (or reuse) the world and record it in this run's `00_world/manifest.json`."""
-    from synergy.runs import now, read_json, stage_dir, write_manifest
+def copy_into(src: Path, dst: Path) -> Path:
+    """`src` folder copied to `dst` atomically (hard links where the file system allows),
+    unless `dst` already holds the same files."""
+    import os
+    import shutil
 
-    started = now()
-    path, reused = ensure_world(cfg, progress=progress)
-    meta = read_json(path / "world.json")
-    return write_manifest(stage_dir(cfg, STAGE), cfg, started=started,
-                          artifact_id=cfg.world_id(),
-                          extra={"model_path": str((path / "model").resolve()),
-                                 "world_path": str(path.resolve()), "reused": reused,
-                                 "train_seconds": meta["train_seconds"],
-                                 "n_parameters": meta["n_parameters"]})
+    from synergy.files import atomic_path
+
+    same = dst.is_dir() and sorted(p.name for p in dst.iterdir()) == sorted(
+        p.name for p in src.iterdir()) and all(
+        (dst / p.name).stat().st_size == p.stat().st_size for p in src.iterdir())
+    if same:
+        return dst
+
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    with atomic_path(dst) as tmp:
+        shutil.copytree(src, tmp, copy_function=link)
+    return dst
+
+
+def run(cfg: WorldConfig, progress: bool = True) -> WorldResult:
+    """Train (or reuse) the world; this run keeps its own copy of the base model and its
+    training log in `00_world/`, so the run folder stands on its own."""
+    import shutil
+
+    from synergy import stages
+    from synergy.files import read_json
+    from synergy.runs import stage_run
+
+    with stage_run(cfg, stages.WORLD, artifact_id=cfg.world_id()) as ctx:
+        path, reused = ensure_world(cfg, progress=progress)
+        meta = read_json(path / "world.json")
+        model = copy_into(path / "model", ctx.dir / "model")
+        shutil.copy2(path / "train_log.csv", ctx.dir / "train_log.csv")
+        ctx.set_models({"base": model}, main="base")
+        ctx.record(reused=reused, train_seconds=meta["train_seconds"],
+                   n_parameters=meta["n_parameters"])
+    return WorldResult(ctx.manifest, ctx.dir, model, meta)
+
+
+def load(output_root: str, run_name: str) -> WorldResult:
+    """This run's world, as `run` returned it."""
+    from synergy import stages
+    from synergy.runs import Run
+
+    r = Run(output_root, run_name)
+    manifest = r.manifest(stages.WORLD)
+    return WorldResult(manifest, r.dir(stages.WORLD), r.resolve(manifest["model_paths"]["base"]),
+                       {"params": manifest["params"], "train_seconds": manifest["train_seconds"],
+                        "n_parameters": manifest["n_parameters"]})
+
+
+def config_of(run) -> WorldConfig:
+    """The world config a run used (from its 00_world manifest)."""
+    from synergy import stages
+
+    return WorldConfig.from_mapping(run.manifest(stages.WORLD)["params"], f"{stages.WORLD.name} manifest")
 
 
 def task_examples(cfg: WorldConfig, per_step: int = 1) -> pd.DataFrame:
@@ -397,9 +451,10 @@ def task_examples(cfg: WorldConfig, per_step: int = 1) -> pd.DataFrame:
                          "short trace": [short_trace(q) for q in picks]})
 
 
-def loss_figure(world_path: str | Path):
+def loss_figure(stage_dir: str | Path):
+    """The base's training loss (input: the 00_world folder of a run, or a world folder)."""
     import plotly.express as px
 
-    log = pd.read_csv(Path(world_path) / "train_log.csv")
+    log = pd.read_csv(Path(stage_dir) / "train_log.csv")
     return px.line(log, x="step", y="loss", hover_data=["lr", "seconds"], log_y=True,
                    title="Base model training loss (answer tokens only)")

@@ -6,7 +6,6 @@ Hub metrics cannot be downloaded here, so this lives in the tree and is loaded b
 
 import datasets
 import evaluate
-
 from synergy.verify import extract_answer, format_ok, is_correct
 
 _DESCRIPTION = """

@@ -1,0 +1,178 @@
+"""The model registry: what a model parameter means, and how a model is loaded.
+
+A model parameter is one of
+- `"world"`: the embedded base model of this run (stage 00_world),
+- `"<stage>"` or `"<stage>:<name>"` (e.g. `"03_sft"`, `"04_grpo:rl-beta0.005"`): a model a
+  stage of this run trained or merged; the bare stage means its `main_model`,
+- a local model folder,
+- a hub id (`owner/name`), loaded by transformers (needs hub access or a local HF cache).
+
+Stages record their models in one manifest schema, written by `runs.StageRun.set_models`:
+`model_paths: {name: path relative to the run folder}` and `main_model: name`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from synergy import stages
+from synergy.files import ArtifactError
+
+if TYPE_CHECKING:  # a Run resolves its models here: runs imports this module
+    from synergy.runs import Run
+
+WORLD = "world"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    spec: str          # the parameter as written
+    path: str          # a local folder or a hub id
+    artifact_id: str   # upstream id recorded in manifests
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).is_dir()
+
+
+def _stage_of(spec: str) -> tuple[stages.Stage | None, str]:
+    stage, _, name = spec.partition(":")
+    return stages.by_folder(stage), name
+
+
+def stage_models(run: Run, stage) -> dict[str, str]:
+    """{name: path} of the models a stage recorded (`model_paths`), checked to exist."""
+    stage = stages.find(stage)
+    manifest = run.manifest(stage)
+    out = {}
+    for name, rel in (manifest.get("model_paths") or {}).items():
+        path = run.resolve(rel)
+        if not path.is_dir():
+            raise ArtifactError(f"{stage.name}: model '{name}' is missing at {path}; rerun the "
+                                f"stage: python -m synergy run --run-name {run.name} "
+                                f"--stages {stage.number}")
+        out[name] = str(path)
+    return out
+
+
+def main_model(run: Run, stage) -> str:
+    """The model a bare stage name means: the manifest's `main_model`."""
+    stage = stages.find(stage)
+    manifest = run.manifest(stage)
+    if not manifest.get("model_paths"):
+        raise ArtifactError(f"stage {stage.name} of run '{run.name}' recorded no models")
+    return manifest["main_model"]
+
+
+def resolve(run: Run, spec: str) -> ModelRef:
+    """(path, upstream id) of a model parameter; errors say which stage to run."""
+    spec = spec.strip()
+    if spec == WORLD:
+        spec = stages.WORLD.name
+    stage, name = _stage_of(spec)
+    if stage is not None:
+        if stage not in stages.MODEL_STAGES:
+            raise ArtifactError(f"model '{spec}': stage {stage.name} makes no models; "
+                                f"models come from {[s.name for s in stages.MODEL_STAGES]}")
+        models = stage_models(run, stage)
+        name = name or main_model(run, stage)
+        if name not in models:
+            raise ArtifactError(f"model '{spec}': stage {stage.name} has no model '{name}'; "
+                                f"it has {sorted(models)}")
+        return ModelRef(spec, models[name], f"{run.manifest(stage)['artifact_id']}:{name}")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ArtifactError(f"model '{spec}': {path} is a folder without config.json "
+                                "(not a saved model)")
+        return ModelRef(spec, str(path.resolve()), f"path:{path.resolve()}")
+    if _HUB_ID.match(spec) and not spec.startswith("."):
+        return ModelRef(spec, spec, f"hub:{spec}")
+    raise ArtifactError(f"model '{spec}': no such folder {path.resolve()} (and not 'world', a "
+                        f"stage of this run such as '{stages.SFT.name}[:name]', or a hub id owner/name)")
+
+
+def label(spec: str) -> str:
+    """A short name for a model parameter: "world" -> "base", "04_grpo:x" -> "rl",
+    a folder or hub id -> its last path part."""
+    stage, _ = _stage_of(stages.WORLD.name if spec == WORLD else spec)
+    if stage is not None:
+        return stage.role or stage.section
+    return Path(spec).name or spec
+
+
+def labels(specs: list[str]) -> list[str]:
+    """`label` of each spec; "<label>:<name>" where two specs share a label."""
+    short = [label(s) for s in specs]
+    return [n if short.count(n) == 1 or ":" not in s else f"{n}:{s.partition(':')[2]}"
+            for n, s in zip(short, specs)]
+
+
+# --- loading ------------------------------------------------------------------------------
+
+def is_vision_language(config) -> bool:
+    """A transformers config (or a model folder / hub id) of a vision-language model."""
+    if isinstance(config, (str, Path)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(config)
+    return getattr(config, "vision_config", None) is not None
+
+
+def load(path: str | Path, device: str | None = None):
+    """(model, processing class) of a saved model: a causal LM with its tokenizer, or a
+    vision-language model with its processor (image-only on CPU installs, see `vlm`)."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoTokenizer,
+    )
+
+    if is_vision_language(AutoConfig.from_pretrained(path)):
+        from synergy.vlm import load_processor
+
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto")
+        processing = load_processor(path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+        processing = AutoTokenizer.from_pretrained(path)
+    return (model.to(device) if device else model), processing
+
+
+def load_processing(path: str | Path):
+    """The tokenizer of a saved model, or its processor for a vision-language model (no
+    weights loaded)."""
+    from transformers import AutoTokenizer
+
+    if is_vision_language(path):
+        from synergy.vlm import load_processor
+
+        return load_processor(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def tokenizer_of(processing):
+    """The tokenizer of a processing class (a processor or a tokenizer)."""
+    return getattr(processing, "tokenizer", processing)
+
+
+def fingerprint(path: str | Path) -> str:
+    """Content id of a model folder: its config, tokenizer and weight files, read whole
+    (merged or partly trained models can differ only in the middle of a weight file)."""
+    path = Path(path)
+    if not path.is_dir():
+        return hashlib.sha256(str(path).encode()).hexdigest()[:12]  # a hub id
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".json", ".safetensors", ".bin", ".model") and f.is_file():
+            h.update(f.name.encode() + str(f.stat().st_size).encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(block)
+    return h.hexdigest()[:12]
