@@ -81,7 +81,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import transformers
-
     from synergy import merging
 
     transformers.utils.logging.disable_progress_bar()

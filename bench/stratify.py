@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
 from synergy.evaluation import SampleCache, prompt_key, sample_questions
 from synergy.generation import HFEngine, chat_prompt
 from synergy.stratify import StratifyConfig, assign_levels, level_decided
