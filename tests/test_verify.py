@@ -156,6 +156,18 @@ def test_plain_numbers_never_call_math_verify(monkeypatch):
     assert answers_match("1,000", "1000")
     assert not answers_match("2", "3")
     assert not answers_match("-1/2", "0.5")
+    assert answers_match(r"\frac{7}{4}", "1.75")
+    assert not answers_match("0.5", r"\frac{1}{3}")  # far apart: no rounding can join them
+    assert answers_match("12", "12")  # same text
+
+
+def test_numbers_within_float_rounding_are_left_to_math_verify(monkeypatch):
+    calls = []
+    monkeypatch.setattr(v, "math_verify_match", lambda pred, gold: calls.append((pred, gold)) or True)
+    assert answers_match("0.333333", "1/3")  # math-verify rounds floats to 6 decimals
+    assert answers_match("1.4500004", "1.45")
+    assert answers_match(r"12.5\%", "0.125")  # percentages are math-verify's to read
+    assert len(calls) == 3
 
 
 def test_math_verify_works_off_main_thread():

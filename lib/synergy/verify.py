@@ -6,16 +6,31 @@ never disagree about what counts as correct.
 
 from __future__ import annotations
 
+import inspect
 import re
 import threading
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
+from latex2sympy2_extended.latex2sympy2 import normalize_latex
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
+from math_verify.parser import LatexExtractionConfig
 
 # math_verify's timeout uses signal.alarm (whole seconds, main thread only).
 MATH_VERIFY_TIMEOUT_S = 3
+
+# Where answers_match knowingly scores differently from math-verify's default verify().
+# The agreement table in tests/test_verify_agreement.py may only disagree under these keys.
+DEPARTURES_FROM_MATH_VERIFY: dict[str, str] = {
+    "choice_letter": "A letter gold (A-J) names an option, matched by that letter or the option's text; "
+    "math-verify reads letters as case-blind variables (b == B) and never sees the options.",
+    "trailing_period": "A period closing the answer ('5.', 'Yes.') is punctuation; math-verify cannot parse it.",
+    "degree_sign": "'°' and '\\degree' mean '^\\circ', which math-verify drops (30^\\circ == 30) "
+    "but cannot parse in these spellings.",
+    "thin_space_thousands": "'1\\,000' is LaTeX digit grouping; math-verify reads it as the product 1*0.",
+}
 
 _BOXED_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _LETTER_ONLY = re.compile(r"^\(?([A-J])\)?[.:]?$")
@@ -25,17 +40,7 @@ _ANSWER_IS_CHOICE = re.compile(
     r"(?i:answer)\s*(?:(?i:is)|:)[\s:*$]*(?:\\boxed\{|\\text\{|\\textbf\{)?\s*\(?([A-J])(?![A-Za-z0-9'’])"
 )
 _ANSWER_IS_TEXT = re.compile(r"(?i:the\s+(?:final\s+)?answer\s+is|answer\s*:)[\s:*]*")
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
-_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_INT_FRAC = re.compile(r"([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}")
-_SLASH_FRAC = re.compile(r"[-+]?\d+/\d+")
-_UNIT_AFTER_NUMBER = re.compile(
-    r"^([-+]?[\d.,]+)\s*\\(?:text|mathrm|mbox)\{\s*[A-Za-z ]+\}(?:\^\{?\d\}?)?$"
-)
 _WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\{([^{}]*)\}")
-_LATEX_SPACE = re.compile(r"\\(?:[,;:!> ]|quad|qquad)")
-_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree|\s*degrees?$")
-_LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![A-Za-z])")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -90,32 +95,61 @@ def extract_answer(completion: str) -> str | None:
     return answer or None
 
 
-def normalize_answer(s: str) -> str:
-    """Canonical string form of an answer for cheap exact comparison."""
-    s = s.strip().replace("\\$", "").replace("$", "")
-    s = _LATEX_SPACE.sub(" ", s)
-    s = _LEFT_RIGHT.sub("", s)
-    s = re.sub(r"\\[dt]frac", r"\\frac", s)
-    s = _DEGREES.sub("", s).strip()
-    s = _UNIT_AFTER_NUMBER.sub(r"\1", s)
-    s = _WRAPPER.sub(r"\1", s)
-    s = s.replace("\\%", "").replace("%", "").replace("{,}", ",").strip().rstrip(".")
-    # Thousands separators only without spaces: "1, 234" may well be a list.
-    if _THOUSANDS.fullmatch(s):
-        s = s.replace(",", "")
-    return "".join(s.split())
+# Spellings rewritten before any comparison, one per DEPARTURES_FROM_MATH_VERIFY entry but the letters.
+_TRAILING_PERIOD = re.compile(r"(?<!\.)\.\s*$")  # not an ellipsis
+_DEGREE_SIGN = re.compile(r"\s*(?:°|\\degree(?![A-Za-z]))")
+_THIN_SPACE_GROUP = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")
+
+_INTEGER = re.compile(r"[-+]?\d{1,100}")  # int() refuses digit strings past ~4300
+# The normalisation math-verify gives a `\boxed{}` answer before parsing it (parser.extract_latex).
+_MV_NORMALIZATION = replace(LatexExtractionConfig().normalization_config, boxed="last")
+# Plain numbers as latex2sympy reads that normalised text: integers, comma-grouped thousands
+# (its comma_number_regex less the '0,500' form, which it reads as a decimal comma), decimals,
+# and integer fractions. Anything else, percentages included, is left to math-verify.
+_MV_NUMBER = re.compile(r"(-?)((?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?)")
+_MV_FRACTION = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
+# sympy reads longer decimals at more than double precision; leave those to math-verify.
+_FLOAT_DIGITS = 15
+# verify() compares two numbers exactly unless one is a float; then it rounds both to this
+# many decimals (grader.sympy_numeric_eq), so values further apart than two units in that
+# decimal can never match and nearer ones are for math-verify's rounding to decide.
+_FLOAT_ROUNDING = inspect.signature(verify).parameters["float_rounding"].default
+_FLOAT_FAR = Fraction(2, 10**_FLOAT_ROUNDING)
 
 
-def as_number(s: str) -> Fraction | None:
-    """Exact value of a normalized plain number (int, decimal, a/b, \\frac{a}{b}); else None."""
-    try:
-        if _NUMBER.fullmatch(s) or _SLASH_FRAC.fullmatch(s):
-            return Fraction(s)
-        if m := _INT_FRAC.fullmatch(s):
-            value = Fraction(int(m.group(2)), int(m.group(3)))
-            return -value if m.group(1) == "-" else value
-    except (ValueError, ZeroDivisionError):
-        return None
+def _house_style(answer: str) -> str:
+    """`answer` with the spellings of DEPARTURES_FROM_MATH_VERIFY put as math-verify reads them."""
+    answer = _TRAILING_PERIOD.sub("", answer.strip())
+    answer = _DEGREE_SIGN.sub(r"^\\circ", answer)
+    return _THIN_SPACE_GROUP.sub("", answer).strip()
+
+
+def _mv_normalized(answer: str) -> str:
+    """The text math-verify's parser reads for `answer`, boxed as math_verify_match boxes it."""
+    return normalize_latex(f"\\boxed{{{answer.strip().strip('$')}}}", _MV_NORMALIZATION).strip()
+
+
+def _plain_number(normalized: str) -> tuple[Fraction, bool] | None:
+    """Exact value of a normalised plain number and whether math-verify reads it as a float."""
+    if m := _MV_NUMBER.fullmatch(normalized):
+        digits = m[2].replace(",", "")
+        is_float = "." in digits
+        if is_float and len(digits.replace(".", "").lstrip("0")) > _FLOAT_DIGITS:
+            return None
+        return (-Fraction(digits) if m[1] else Fraction(digits)), is_float
+    if (m := _MV_FRACTION.fullmatch(normalized)) and int(m[3]) != 0:
+        value = Fraction(int(m[2]), int(m[3]))
+        return (-value if m[1] else value), False
+    return None
+
+
+def _numbers_verdict(pred: tuple[Fraction, bool], gold: tuple[Fraction, bool]) -> bool | None:
+    """math-verify's verdict on two plain numbers where it cannot go otherwise; None where it might."""
+    (p, p_float), (g, g_float) = pred, gold
+    if p == g:
+        return True
+    if not (p_float or g_float) or abs(p - g) > _FLOAT_FAR:
+        return False
     return None
 
 
@@ -145,16 +179,15 @@ def _choice_text(choices: list[str] | None, letter: str | None) -> str | None:
 
 
 def answers_match(pred: str, gold: str, choices: list[str] | None = None) -> bool:
-    """True when the extracted prediction `pred` states the same answer as `gold`."""
-    pred, gold = str(pred), str(gold)
-    p, g = normalize_answer(pred), normalize_answer(gold)
-    if not p or not g:
+    """True when the extracted prediction `pred` states the same answer as `gold`.
+
+    Agrees with math-verify's default `verify` except for DEPARTURES_FROM_MATH_VERIFY.
+    """
+    pred, gold = _house_style(str(pred)), _house_style(str(gold))
+    if not pred or not gold:
         return False
-    if p == g:
-        return True
-    p_num, g_num = as_number(p), as_number(g)
-    if p_num is not None and g_num is not None:
-        return p_num == g_num  # plain numbers never need the slow symbolic path
+    if _INTEGER.fullmatch(pred) and _INTEGER.fullmatch(gold):
+        return int(pred) == int(gold)  # math-verify compares integers exactly too
     gold_letter = _LETTER_ONLY.match(_strip_wrappers(gold))
     if gold_letter:
         # Letter gold: the letter itself or the text of that option; never symbolic
@@ -167,6 +200,14 @@ def answers_match(pred: str, gold: str, choices: list[str] | None = None) -> boo
     if pred_letter and choices:
         option = _choice_text(choices, pred_letter.group(1))
         return option is not None and answers_match(option, gold)
+    pred_text, gold_text = _mv_normalized(pred), _mv_normalized(gold)
+    if pred_text == gold_text:
+        return True  # math-verify parses the same text the same way
+    pred_number, gold_number = _plain_number(pred_text), _plain_number(gold_text)
+    if pred_number and gold_number:
+        verdict = _numbers_verdict(pred_number, gold_number)
+        if verdict is not None:
+            return verdict
     return math_verify_match(pred, gold)
 
 
