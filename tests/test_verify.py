@@ -332,3 +332,64 @@ def test_boxed_accuracy_metric_via_evaluate_load():
 
     metric = evaluate.load(BOXED_ACCURACY_PATH)
     assert metric.compute(predictions=[r"\boxed{12.0}"], references=["12"])["accuracy"] == 1.0
+
+
+# --- MathVista's per-question columns ----------------------------------------------------
+
+@pytest.mark.parametrize(
+    "pred, gold, columns, expected",
+    [
+        ("1.449", "1.45", dict(precision=2), True),
+        ("1.46", "1.45", dict(precision=2), False),
+        ("1.449", "1.45", dict(precision=2.0), True),  # datasets store the column as floats
+        ("1.449", "1.45", dict(precision=float("nan")), False),  # empty column: default rules
+        ("1.449", "1.45", {}, False),
+        ("1.24", "1.2", dict(precision=1), True),
+        ("1.26", "1.2", dict(precision=1), False),
+        ("1,000.4", "1000", dict(precision=0), True),
+        ("5 px", "5", dict(unit="px"), True),
+        (r"5\text{px}", "5", dict(unit="px"), True),
+        (r"5 \mathrm{px}", "5 px", dict(unit="px"), True),
+        ("5 px", "5", {}, False),  # math-verify reads "5 px" as 5*p*x
+        ("6 px", "5", dict(unit="px"), False),
+        ("2.0", "2", dict(answer_type="integer"), True),
+        ("2.7", "2", dict(answer_type="integer"), True),  # MathVista truncates: int(float(x))
+        ("3", "2", dict(answer_type="integer"), False),
+        ("2.0000001", "2", dict(answer_type="integer", precision=None), True),
+        ("2.7", "2", {}, False),
+        ("C", r"\frac{3}{2}", dict(precision=1, choices=["1.2", "1.45", "1.5"]), True),
+        ("B", r"\frac{3}{2}", dict(precision=1, choices=["1.2", "1.52", "1.5"]), True),
+        ("A", r"\frac{3}{2}", dict(precision=1, choices=["1.2", "1.52", "1.5"]), False),
+        (r"\frac{1}{3}", "0.33", dict(precision=2), True),
+        ("no idea", "1.45", dict(precision=2), False),
+    ],
+)
+def test_answers_match_question_columns(pred, gold, columns, expected):
+    assert answers_match(pred, gold, **columns) is expected
+
+
+def test_is_correct_question_columns():
+    completion = r"<think>...</think> the length is \boxed{1.449 \text{ px}}"
+    assert is_correct(completion, "1.45", precision=2, unit="px")
+    assert not is_correct(completion, "1.45")
+
+
+def test_accuracy_reward_question_columns():
+    completions = [r"<think>x</think> \boxed{1.449}", r"<think>x</think> \boxed{5 px}", r"<think>x</think> \boxed{2.0}"]
+    answer = ["1.45", "5", "2"]
+    assert accuracy_reward(completions=completions, answer=answer) == [0.0, 0.0, 1.0]
+    rewards = accuracy_reward(
+        completions=completions,
+        answer=answer,
+        precision=[2, None, float("nan")],
+        unit=["", "px", None],
+        answer_type=["float", "integer", "integer"],
+    )
+    assert rewards == [1.0, 1.0, 1.0]
+
+
+def test_empty_question_columns_keep_the_default_rules():
+    import pandas as pd
+
+    for empty in (None, float("nan"), pd.NA, ""):
+        assert not answers_match("1.449", "1.45", precision=empty, unit=empty, answer_type=empty)

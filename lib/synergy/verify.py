@@ -13,6 +13,7 @@ from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
+import pandas as pd
 from latex2sympy2_extended.latex2sympy2 import normalize_latex
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
@@ -124,6 +125,13 @@ def _house_style(answer: str) -> str:
     return _THIN_SPACE_GROUP.sub("", answer).strip()
 
 
+def _without_unit(answer: str, unit: str) -> str:
+    """`answer` less a trailing `unit`, plain or in `\\text{}`/`\\mathrm{}` (MathVista states units apart)."""
+    u = re.escape(unit.strip())
+    trailing_unit = rf"(?<=[\d\s}}$])\s*(?:\\(?:text|mathrm|mbox)\s*\{{\s*{u}\s*\}}|{u})\s*$"
+    return re.sub(trailing_unit, "", answer).strip()
+
+
 def _mv_normalized(answer: str) -> str:
     """The text math-verify's parser reads for `answer`, boxed as math_verify_match boxes it."""
     return normalize_latex(f"\\boxed{{{answer.strip().strip('$')}}}", _MV_NORMALIZATION).strip()
@@ -153,6 +161,17 @@ def _numbers_verdict(pred: tuple[Fraction, bool], gold: tuple[Fraction, bool]) -
     return None
 
 
+def _mathvista_verdict(
+    pred: Fraction, gold: Fraction, precision: int | None, answer_type: str | None
+) -> bool | None:
+    """MathVista's scorer (evaluation/calculate_score.py) on two numbers; None when it has no rule."""
+    if answer_type == "integer":
+        return int(pred) == int(gold)  # its int(float(x)): truncation, not rounding
+    if precision is not None:
+        return round(float(pred), precision) == round(float(gold), precision)
+    return None
+
+
 def _math_verify_timeout() -> int | None:
     # signal.alarm only works in the main thread; elsewhere math_verify would raise and
     # every answer would silently score False, so run without a timeout there instead.
@@ -178,16 +197,39 @@ def _choice_text(choices: list[str] | None, letter: str | None) -> str | None:
     return str(choices[index]) if index < len(choices) else None
 
 
-def answers_match(pred: str, gold: str, choices: list[str] | None = None) -> bool:
+def _given(value: Any) -> Any:
+    """`value`, or None where a dataset column leaves it empty (None, NaN, NA, '')."""
+    if isinstance(value, str):
+        return value or None
+    return None if value is None or pd.isna(value) else value
+
+
+def answers_match(
+    pred: str,
+    gold: str,
+    choices: list[str] | None = None,
+    *,
+    precision: int | None = None,
+    unit: str | None = None,
+    answer_type: str | None = None,
+) -> bool:
     """True when the extracted prediction `pred` states the same answer as `gold`.
 
     Agrees with math-verify's default `verify` except for DEPARTURES_FROM_MATH_VERIFY.
+    MathVista's per-question columns, when given: `precision` rounds both numbers to that
+    many decimals, `unit` is stripped from the end of both, `answer_type` "integer"
+    compares truncated integers, as MathVista's own scorer does.
     """
     pred, gold = _house_style(str(pred)), _house_style(str(gold))
+    precision, unit, answer_type = _given(precision), _given(unit), _given(answer_type)
+    precision = None if precision is None else int(precision)  # datasets store it as a float
+    if unit is not None:
+        pred, gold = _without_unit(pred, str(unit)), _without_unit(gold, str(unit))
     if not pred or not gold:
         return False
     if _INTEGER.fullmatch(pred) and _INTEGER.fullmatch(gold):
         return int(pred) == int(gold)  # math-verify compares integers exactly too
+    columns = dict(precision=precision, unit=unit, answer_type=answer_type)
     gold_letter = _LETTER_ONLY.match(_strip_wrappers(gold))
     if gold_letter:
         # Letter gold: the letter itself or the text of that option; never symbolic
@@ -195,26 +237,38 @@ def answers_match(pred: str, gold: str, choices: list[str] | None = None) -> boo
         if extract_choice(pred) == gold_letter.group(1):
             return True
         option = _choice_text(choices, gold_letter.group(1))
-        return option is not None and answers_match(pred, option)
+        return option is not None and answers_match(pred, option, **columns)
     pred_letter = _LETTER_ONLY.match(_strip_wrappers(pred))
     if pred_letter and choices:
         option = _choice_text(choices, pred_letter.group(1))
-        return option is not None and answers_match(option, gold)
+        return option is not None and answers_match(option, gold, **columns)
     pred_text, gold_text = _mv_normalized(pred), _mv_normalized(gold)
     if pred_text == gold_text:
         return True  # math-verify parses the same text the same way
     pred_number, gold_number = _plain_number(pred_text), _plain_number(gold_text)
     if pred_number and gold_number:
+        verdict = _mathvista_verdict(pred_number[0], gold_number[0], precision, answer_type)
+        if verdict is not None:
+            return verdict
         verdict = _numbers_verdict(pred_number, gold_number)
         if verdict is not None:
             return verdict
     return math_verify_match(pred, gold)
 
 
-def is_correct(completion: str, gold: str, choices: list[str] | None = None) -> bool:
+def is_correct(
+    completion: str,
+    gold: str,
+    choices: list[str] | None = None,
+    *,
+    precision: int | None = None,
+    unit: str | None = None,
+    answer_type: str | None = None,
+) -> bool:
     """Whether the completion's final answer matches gold; unparseable output is wrong."""
     pred = extract_answer(completion)
-    return pred is not None and answers_match(pred, gold, choices)
+    columns = dict(precision=precision, unit=unit, answer_type=answer_type)
+    return pred is not None and answers_match(pred, gold, choices, **columns)
 
 
 def format_ok(completion: str) -> bool:
@@ -243,12 +297,21 @@ def completion_text(c: Any) -> str:
     return "".join(parts)
 
 
+_QUESTION_COLUMNS = ("choices", "precision", "unit", "answer_type")
+
+
 def accuracy_reward(completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float]:
-    """TRL reward: 1.0 for a correct final answer, else 0.0 (optional `choices` column)."""
-    choices = kwargs.get("choices") or [None] * len(completions)
+    """TRL reward: 1.0 for a correct final answer, else 0.0.
+
+    Optional dataset columns `choices`, `precision`, `unit` and `answer_type` reach it as
+    keyword lists aligned with the completions and are passed on to is_correct.
+    """
+    n = len(completions)
+    choices, precision, unit, answer_type = (kwargs.get(name) or [None] * n for name in _QUESTION_COLUMNS)
+    rows = zip(completions, answer, choices, precision, unit, answer_type, strict=True)
     return [
-        1.0 if is_correct(completion_text(c), str(gold), opts) else 0.0
-        for c, gold, opts in zip(completions, answer, choices, strict=True)
+        1.0 if is_correct(completion_text(c), str(gold), opts, precision=p, unit=u, answer_type=t) else 0.0
+        for c, gold, opts, p, u, t in rows
     ]
 
 
