@@ -1,5 +1,6 @@
 """Hard cases for synergy.verify and the local boxed_accuracy evaluate metric."""
 
+import json
 import os
 import threading
 
@@ -386,6 +387,65 @@ def test_accuracy_reward_question_columns():
         answer_type=["float", "integer", "integer"],
     )
     assert rewards == [1.0, 1.0, 1.0]
+
+
+# --- verifier-disagreement audit ---------------------------------------------------------
+
+AUDIT_COMPLETIONS = [
+    r"<think>a</think> \boxed{4}",  # integer rule, math-verify agrees
+    r"<think>a</think> \boxed{b}",  # letters: rules say wrong, math-verify right
+    "no answer here",  # unparsed
+    r"<think>a</think> \boxed{0.5}",  # option text of B: rules right, math-verify wrong
+    r"<think>a</think> \boxed{30°}",  # degree sign
+    r"<think>a</think> \boxed{4}",  # a repeat
+]
+AUDIT_GOLDS = ["4", "B", "7", "B", "30", "4"]
+AUDIT_CHOICES = [None, None, None, CHOICES, None, None]
+
+
+def test_audit_table():
+    table = v.audit(AUDIT_COMPLETIONS, AUDIT_GOLDS, AUDIT_CHOICES)
+    assert list(table.columns) == ["answer", "gold", "rule", "math_verify", "disagree", "path"]
+    assert table["answer"].isna().tolist() == [False, False, True, False, False, False]
+    assert table["answer"].dropna().tolist() == ["4", "b", "0.5", "30°", "4"]
+    assert table["rule"].tolist() == [True, False, False, True, True, True]
+    assert table["math_verify"].tolist() == [True, True, None, False, False, True]
+    assert table["disagree"].tolist() == [False, True, False, True, True, False]
+    assert table["path"].tolist() == ["integer", "choice", "unparsed", "choice", "math_verify", "integer"]
+
+
+def test_audit_calls_math_verify_once_per_extracted_answer(monkeypatch):
+    calls = []
+    monkeypatch.setattr(v, "math_verify_match", lambda pred, gold: calls.append((pred, gold)) or False)
+    v.audit(AUDIT_COMPLETIONS, AUDIT_GOLDS, AUDIT_CHOICES)
+    rule_path_calls = [(r"30^\circ", "30")]  # the degree sign rewritten, then math-verify decides
+    assert sorted(calls) == sorted([("4", "4"), ("b", "B"), ("0.5", "B"), ("30°", "30")] + rule_path_calls)
+
+
+def test_audit_takes_extracted_answers_and_question_columns():
+    table = v.audit(["1.449", "", "1.46"], ["1.45", "1.45", "1.45"], extracted=True, precision=[2, 2, 2])
+    assert table["rule"].tolist() == [True, False, False]
+    assert table["path"].tolist() == ["mathvista", "unparsed", "mathvista"]
+    assert table["math_verify"].tolist() == [False, None, False]
+
+
+def test_audit_summary():
+    summary = v.audit_summary(v.audit(AUDIT_COMPLETIONS, AUDIT_GOLDS, AUDIT_CHOICES), examples=2)
+    assert json.loads(json.dumps(summary)) == summary  # written into run outputs as JSON
+    assert {k: summary[k] for k in summary if k != "examples"} == {
+        "rows": 6,
+        "answered": 5,
+        "rule_correct": 4,
+        "math_verify_correct": 3,
+        "disagreements": 3,
+        "rule_only": 2,
+        "math_verify_only": 1,
+        "disagreements_by_path": {"choice": 2, "math_verify": 1},
+    }
+    assert summary["examples"] == [
+        {"answer": "b", "gold": "B", "rule": False, "math_verify": True, "path": "choice"},
+        {"answer": "0.5", "gold": "B", "rule": True, "math_verify": False, "path": "choice"},
+    ]
 
 
 def test_empty_question_columns_keep_the_default_rules():

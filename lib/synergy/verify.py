@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from fractions import Fraction
 from typing import Any
@@ -204,6 +205,51 @@ def _given(value: Any) -> Any:
     return None if value is None or pd.isna(value) else value
 
 
+def _verdict(
+    pred: str,
+    gold: str,
+    choices: list[str] | None = None,
+    precision: int | None = None,
+    unit: str | None = None,
+    answer_type: str | None = None,
+) -> tuple[bool, str]:
+    """answers_match's verdict and the name of the rule that gave it."""
+    pred, gold = _house_style(str(pred)), _house_style(str(gold))
+    precision, unit, answer_type = _given(precision), _given(unit), _given(answer_type)
+    precision = None if precision is None else int(precision)  # datasets store it as a float
+    if unit is not None:
+        pred, gold = _without_unit(pred, str(unit)), _without_unit(gold, str(unit))
+    if not pred or not gold:
+        return False, "empty"
+    if _INTEGER.fullmatch(pred) and _INTEGER.fullmatch(gold):
+        return int(pred) == int(gold), "integer"  # math-verify compares integers exactly too
+    columns = dict(precision=precision, unit=unit, answer_type=answer_type)
+    gold_letter = _LETTER_ONLY.match(_strip_wrappers(gold))
+    if gold_letter:
+        # Letter gold: the letter itself or the text of that option; never symbolic
+        # matching of letters (math_verify would treat "B" as a variable).
+        if extract_choice(pred) == gold_letter.group(1):
+            return True, "choice"
+        option = _choice_text(choices, gold_letter.group(1))
+        return option is not None and answers_match(pred, option, **columns), "choice"
+    pred_letter = _LETTER_ONLY.match(_strip_wrappers(pred))
+    if pred_letter and choices:
+        option = _choice_text(choices, pred_letter.group(1))
+        return option is not None and answers_match(option, gold, **columns), "choice"
+    pred_text, gold_text = _mv_normalized(pred), _mv_normalized(gold)
+    if pred_text == gold_text:
+        return True, "same_text"  # math-verify parses the same text the same way
+    pred_number, gold_number = _plain_number(pred_text), _plain_number(gold_text)
+    if pred_number and gold_number:
+        verdict = _mathvista_verdict(pred_number[0], gold_number[0], precision, answer_type)
+        if verdict is not None:
+            return verdict, "mathvista"
+        verdict = _numbers_verdict(pred_number, gold_number)
+        if verdict is not None:
+            return verdict, "number"
+    return math_verify_match(pred, gold), "math_verify"
+
+
 def answers_match(
     pred: str,
     gold: str,
@@ -220,40 +266,7 @@ def answers_match(
     many decimals, `unit` is stripped from the end of both, `answer_type` "integer"
     compares truncated integers, as MathVista's own scorer does.
     """
-    pred, gold = _house_style(str(pred)), _house_style(str(gold))
-    precision, unit, answer_type = _given(precision), _given(unit), _given(answer_type)
-    precision = None if precision is None else int(precision)  # datasets store it as a float
-    if unit is not None:
-        pred, gold = _without_unit(pred, str(unit)), _without_unit(gold, str(unit))
-    if not pred or not gold:
-        return False
-    if _INTEGER.fullmatch(pred) and _INTEGER.fullmatch(gold):
-        return int(pred) == int(gold)  # math-verify compares integers exactly too
-    columns = dict(precision=precision, unit=unit, answer_type=answer_type)
-    gold_letter = _LETTER_ONLY.match(_strip_wrappers(gold))
-    if gold_letter:
-        # Letter gold: the letter itself or the text of that option; never symbolic
-        # matching of letters (math_verify would treat "B" as a variable).
-        if extract_choice(pred) == gold_letter.group(1):
-            return True
-        option = _choice_text(choices, gold_letter.group(1))
-        return option is not None and answers_match(pred, option, **columns)
-    pred_letter = _LETTER_ONLY.match(_strip_wrappers(pred))
-    if pred_letter and choices:
-        option = _choice_text(choices, pred_letter.group(1))
-        return option is not None and answers_match(option, gold, **columns)
-    pred_text, gold_text = _mv_normalized(pred), _mv_normalized(gold)
-    if pred_text == gold_text:
-        return True  # math-verify parses the same text the same way
-    pred_number, gold_number = _plain_number(pred_text), _plain_number(gold_text)
-    if pred_number and gold_number:
-        verdict = _mathvista_verdict(pred_number[0], gold_number[0], precision, answer_type)
-        if verdict is not None:
-            return verdict
-        verdict = _numbers_verdict(pred_number, gold_number)
-        if verdict is not None:
-            return verdict
-    return math_verify_match(pred, gold)
+    return _verdict(pred, gold, choices, precision, unit, answer_type)[0]
 
 
 def is_correct(
@@ -318,3 +331,60 @@ def accuracy_reward(completions: list[Any], answer: list[Any], **kwargs: Any) ->
 def format_reward(completions: list[Any], **kwargs: Any) -> list[float]:
     """TRL reward: 1.0 when the completion follows the think-then-boxed format, else 0.0."""
     return [1.0 if format_ok(completion_text(c)) else 0.0 for c in completions]
+
+
+def audit(
+    completions: Sequence[Any],
+    golds: Sequence[Any],
+    choices: Sequence[list[str] | None] | None = None,
+    *,
+    extracted: bool = False,
+    precision: Sequence[Any] | None = None,
+    unit: Sequence[Any] | None = None,
+    answer_type: Sequence[Any] | None = None,
+) -> pd.DataFrame:
+    """Where the rules and math-verify disagree: one row per (completion, gold).
+
+    Columns: answer (extracted; missing when there is none), gold, rule (answers_match's
+    verdict), math_verify (math_verify_match on the same answer; None without one),
+    disagree, and path, the rule that decided: "integer", "choice", "same_text", "number",
+    "mathvista" (a per-question column), "math_verify", "empty", or "unparsed" without an answer.
+    `extracted=True` takes `completions` as already-extracted answers. The optional
+    per-question columns are lists aligned with `completions`, as for accuracy_reward.
+    """
+    n = len(completions)
+    columns = [col if col is not None else [None] * n for col in (choices, precision, unit, answer_type)]
+    math_verify_verdicts: dict[tuple[str, str], bool] = {}  # answers repeat across samples
+    rows = []
+    for c, gold, opts, p, u, t in zip(completions, golds, *columns, strict=True):
+        gold = str(gold)
+        if extracted:
+            answer = None if c is None else str(c).strip() or None
+        else:
+            answer = extract_answer(completion_text(c))
+        if answer is None:
+            rows.append((None, gold, False, None, False, "unparsed"))
+            continue
+        rule, path = _verdict(answer, gold, opts, p, u, t)
+        if (answer, gold) not in math_verify_verdicts:
+            math_verify_verdicts[answer, gold] = math_verify_match(answer, gold)
+        mv = math_verify_verdicts[answer, gold]
+        rows.append((answer, gold, rule, mv, rule != mv, path))
+    return pd.DataFrame(rows, columns=["answer", "gold", "rule", "math_verify", "disagree", "path"])
+
+
+def audit_summary(audit_table: pd.DataFrame, examples: int = 5) -> dict[str, Any]:
+    """Counts from an `audit` table and its first `examples` disagreements, as plain JSON types."""
+    disagree = audit_table[audit_table["disagree"].astype(bool)]
+    rule_only = int(disagree["rule"].astype(bool).sum())
+    return {
+        "rows": len(audit_table),
+        "answered": int((audit_table["path"] != "unparsed").sum()),
+        "rule_correct": int(audit_table["rule"].astype(bool).sum()),
+        "math_verify_correct": int((audit_table["math_verify"] == True).sum()),  # noqa: E712 (None rows)
+        "disagreements": len(disagree),
+        "rule_only": rule_only,
+        "math_verify_only": len(disagree) - rule_only,
+        "disagreements_by_path": {str(k): int(v) for k, v in disagree["path"].value_counts().items()},
+        "examples": disagree.head(examples).drop(columns="disagree").to_dict("records"),
+    }
