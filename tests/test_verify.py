@@ -1,5 +1,6 @@
 """Hard cases for synergy.verify and the local boxed_accuracy evaluate metric."""
 
+import json
 import os
 import threading
 
@@ -154,6 +155,18 @@ def test_plain_numbers_never_call_math_verify(monkeypatch):
     assert answers_match("1,000", "1000")
     assert not answers_match("2", "3")
     assert not answers_match("-1/2", "0.5")
+    assert answers_match(r"\frac{7}{4}", "1.75")
+    assert not answers_match("0.5", r"\frac{1}{3}")  # far apart: no rounding can join them
+    assert answers_match("12", "12")  # same text
+
+
+def test_numbers_within_float_rounding_are_left_to_math_verify(monkeypatch):
+    calls = []
+    monkeypatch.setattr(v, "math_verify_match", lambda pred, gold: calls.append((pred, gold)) or True)
+    assert answers_match("0.333333", "1/3")  # math-verify rounds floats to 6 decimals
+    assert answers_match("1.4500004", "1.45")
+    assert answers_match(r"12.5\%", "0.125")  # percentages are math-verify's to read
+    assert len(calls) == 3
 
 
 def test_math_verify_works_off_main_thread():
@@ -317,3 +330,123 @@ def test_boxed_accuracy_metric_via_evaluate_load():
 
     metric = evaluate.load(BOXED_ACCURACY_PATH)
     assert metric.compute(predictions=[r"\boxed{12.0}"], references=["12"])["accuracy"] == 1.0
+
+
+# --- MathVista's per-question columns ----------------------------------------------------
+
+@pytest.mark.parametrize(
+    "pred, gold, columns, expected",
+    [
+        ("1.449", "1.45", dict(precision=2), True),
+        ("1.46", "1.45", dict(precision=2), False),
+        ("1.449", "1.45", dict(precision=2.0), True),  # datasets store the column as floats
+        ("1.449", "1.45", dict(precision=float("nan")), False),  # empty column: default rules
+        ("1.449", "1.45", {}, False),
+        ("1.24", "1.2", dict(precision=1), True),
+        ("1.26", "1.2", dict(precision=1), False),
+        ("1,000.4", "1000", dict(precision=0), True),
+        ("5 px", "5", dict(unit="px"), True),
+        (r"5\text{px}", "5", dict(unit="px"), True),
+        (r"5 \mathrm{px}", "5 px", dict(unit="px"), True),
+        ("5 px", "5", {}, False),  # math-verify reads "5 px" as 5*p*x
+        ("6 px", "5", dict(unit="px"), False),
+        ("2.0", "2", dict(answer_type="integer"), True),
+        ("2.7", "2", dict(answer_type="integer"), True),  # MathVista truncates: int(float(x))
+        ("3", "2", dict(answer_type="integer"), False),
+        ("2.0000001", "2", dict(answer_type="integer", precision=None), True),
+        ("2.7", "2", {}, False),
+        ("C", r"\frac{3}{2}", dict(precision=1, choices=["1.2", "1.45", "1.5"]), True),
+        ("B", r"\frac{3}{2}", dict(precision=1, choices=["1.2", "1.52", "1.5"]), True),
+        ("A", r"\frac{3}{2}", dict(precision=1, choices=["1.2", "1.52", "1.5"]), False),
+        (r"\frac{1}{3}", "0.33", dict(precision=2), True),
+        ("no idea", "1.45", dict(precision=2), False),
+    ],
+)
+def test_answers_match_question_columns(pred, gold, columns, expected):
+    assert answers_match(pred, gold, **columns) is expected
+
+
+def test_is_correct_question_columns():
+    completion = r"<think>...</think> the length is \boxed{1.449 \text{ px}}"
+    assert is_correct(completion, "1.45", precision=2, unit="px")
+    assert not is_correct(completion, "1.45")
+
+
+def test_accuracy_reward_question_columns():
+    completions = [r"<think>x</think> \boxed{1.449}", r"<think>x</think> \boxed{5 px}", r"<think>x</think> \boxed{2.0}"]
+    answer = ["1.45", "5", "2"]
+    assert accuracy_reward(completions=completions, answer=answer) == [0.0, 0.0, 1.0]
+    rewards = accuracy_reward(
+        completions=completions,
+        answer=answer,
+        precision=[2, None, float("nan")],
+        unit=["", "px", None],
+        answer_type=["float", "integer", "integer"],
+    )
+    assert rewards == [1.0, 1.0, 1.0]
+
+
+# --- verifier-disagreement audit ---------------------------------------------------------
+
+AUDIT_COMPLETIONS = [
+    r"<think>a</think> \boxed{4}",  # integer rule, math-verify agrees
+    r"<think>a</think> \boxed{b}",  # letters: rules say wrong, math-verify right
+    "no answer here",  # unparsed
+    r"<think>a</think> \boxed{0.5}",  # option text of B: rules right, math-verify wrong
+    r"<think>a</think> \boxed{30°}",  # degree sign
+    r"<think>a</think> \boxed{4}",  # a repeat
+]
+AUDIT_GOLDS = ["4", "B", "7", "B", "30", "4"]
+AUDIT_CHOICES = [None, None, None, CHOICES, None, None]
+
+
+def test_audit_table():
+    table = v.audit(AUDIT_COMPLETIONS, AUDIT_GOLDS, AUDIT_CHOICES)
+    assert list(table.columns) == ["answer", "gold", "rule", "math_verify", "disagree", "path"]
+    assert table["answer"].isna().tolist() == [False, False, True, False, False, False]
+    assert table["answer"].dropna().tolist() == ["4", "b", "0.5", "30°", "4"]
+    assert table["rule"].tolist() == [True, False, False, True, True, True]
+    assert table["math_verify"].tolist() == [True, True, None, False, False, True]
+    assert table["disagree"].tolist() == [False, True, False, True, True, False]
+    assert table["path"].tolist() == ["integer", "choice", "unparsed", "choice", "math_verify", "integer"]
+
+
+def test_audit_calls_math_verify_once_per_extracted_answer(monkeypatch):
+    calls = []
+    monkeypatch.setattr(v, "math_verify_match", lambda pred, gold: calls.append((pred, gold)) or False)
+    v.audit(AUDIT_COMPLETIONS, AUDIT_GOLDS, AUDIT_CHOICES)
+    rule_path_calls = [(r"30^\circ", "30")]  # the degree sign rewritten, then math-verify decides
+    assert sorted(calls) == sorted([("4", "4"), ("b", "B"), ("0.5", "B"), ("30°", "30")] + rule_path_calls)
+
+
+def test_audit_takes_extracted_answers_and_question_columns():
+    table = v.audit(["1.449", "", "1.46"], ["1.45", "1.45", "1.45"], extracted=True, precision=[2, 2, 2])
+    assert table["rule"].tolist() == [True, False, False]
+    assert table["path"].tolist() == ["mathvista", "unparsed", "mathvista"]
+    assert table["math_verify"].tolist() == [False, None, False]
+
+
+def test_audit_summary():
+    summary = v.audit_summary(v.audit(AUDIT_COMPLETIONS, AUDIT_GOLDS, AUDIT_CHOICES), examples=2)
+    assert json.loads(json.dumps(summary)) == summary  # written into run outputs as JSON
+    assert {k: summary[k] for k in summary if k != "examples"} == {
+        "rows": 6,
+        "answered": 5,
+        "rule_correct": 4,
+        "math_verify_correct": 3,
+        "disagreements": 3,
+        "rule_only": 2,
+        "math_verify_only": 1,
+        "disagreements_by_path": {"choice": 2, "math_verify": 1},
+    }
+    assert summary["examples"] == [
+        {"answer": "b", "gold": "B", "rule": False, "math_verify": True, "path": "choice"},
+        {"answer": "0.5", "gold": "B", "rule": True, "math_verify": False, "path": "choice"},
+    ]
+
+
+def test_empty_question_columns_keep_the_default_rules():
+    import pandas as pd
+
+    for empty in (None, float("nan"), pd.NA, ""):
+        assert not answers_match("1.449", "1.45", precision=empty, unit=empty, answer_type=empty)

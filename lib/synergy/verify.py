@@ -6,16 +6,33 @@ never disagree about what counts as correct.
 
 from __future__ import annotations
 
+import inspect
 import re
 import threading
+from collections.abc import Sequence
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
+import pandas as pd
+from latex2sympy2_extended.latex2sympy2 import normalize_latex
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
+from math_verify.parser import LatexExtractionConfig
 
 # math_verify's timeout uses signal.alarm (whole seconds, main thread only).
 MATH_VERIFY_TIMEOUT_S = 3
+
+# Where answers_match knowingly scores differently from math-verify's default verify().
+# The agreement table in tests/test_verify_agreement.py may only disagree under these keys.
+DEPARTURES_FROM_MATH_VERIFY: dict[str, str] = {
+    "choice_letter": "A letter gold (A-J) names an option, matched by that letter or the option's text; "
+    "math-verify reads letters as case-blind variables (b == B) and never sees the options.",
+    "trailing_period": "A period closing the answer ('5.', 'Yes.') is punctuation; math-verify cannot parse it.",
+    "degree_sign": "'°' and '\\degree' mean '^\\circ', which math-verify drops (30^\\circ == 30) "
+    "but cannot parse in these spellings.",
+    "thin_space_thousands": "'1\\,000' is LaTeX digit grouping; math-verify reads it as the product 1*0.",
+}
 
 _BOXED_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _LETTER_ONLY = re.compile(r"^\(?([A-J])\)?[.:]?$")
@@ -25,17 +42,7 @@ _ANSWER_IS_CHOICE = re.compile(
     r"(?i:answer)\s*(?:(?i:is)|:)[\s:*$]*(?:\\boxed\{|\\text\{|\\textbf\{)?\s*\(?([A-J])(?![A-Za-z0-9'’])"
 )
 _ANSWER_IS_TEXT = re.compile(r"(?i:the\s+(?:final\s+)?answer\s+is|answer\s*:)[\s:*]*")
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
-_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_INT_FRAC = re.compile(r"([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}")
-_SLASH_FRAC = re.compile(r"[-+]?\d+/\d+")
-_UNIT_AFTER_NUMBER = re.compile(
-    r"^([-+]?[\d.,]+)\s*\\(?:text|mathrm|mbox)\{\s*[A-Za-z ]+\}(?:\^\{?\d\}?)?$"
-)
 _WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\{([^{}]*)\}")
-_LATEX_SPACE = re.compile(r"\\(?:[,;:!> ]|quad|qquad)")
-_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree|\s*degrees?$")
-_LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![A-Za-z])")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -90,32 +97,79 @@ def extract_answer(completion: str) -> str | None:
     return answer or None
 
 
-def normalize_answer(s: str) -> str:
-    """Canonical string form of an answer for cheap exact comparison."""
-    s = s.strip().replace("\\$", "").replace("$", "")
-    s = _LATEX_SPACE.sub(" ", s)
-    s = _LEFT_RIGHT.sub("", s)
-    s = re.sub(r"\\[dt]frac", r"\\frac", s)
-    s = _DEGREES.sub("", s).strip()
-    s = _UNIT_AFTER_NUMBER.sub(r"\1", s)
-    s = _WRAPPER.sub(r"\1", s)
-    s = s.replace("\\%", "").replace("%", "").replace("{,}", ",").strip().rstrip(".")
-    # Thousands separators only without spaces: "1, 234" may well be a list.
-    if _THOUSANDS.fullmatch(s):
-        s = s.replace(",", "")
-    return "".join(s.split())
+# Spellings rewritten before any comparison, one per DEPARTURES_FROM_MATH_VERIFY entry but the letters.
+_TRAILING_PERIOD = re.compile(r"(?<!\.)\.\s*$")  # not an ellipsis
+_DEGREE_SIGN = re.compile(r"\s*(?:°|\\degree(?![A-Za-z]))")
+_THIN_SPACE_GROUP = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")
+
+_INTEGER = re.compile(r"[-+]?\d{1,100}")  # int() refuses digit strings past ~4300
+# The normalisation math-verify gives a `\boxed{}` answer before parsing it (parser.extract_latex).
+_MV_NORMALIZATION = replace(LatexExtractionConfig().normalization_config, boxed="last")
+# Plain numbers as latex2sympy reads that normalised text: integers, comma-grouped thousands
+# (its comma_number_regex less the '0,500' form, which it reads as a decimal comma), decimals,
+# and integer fractions. Anything else, percentages included, is left to math-verify.
+_MV_NUMBER = re.compile(r"(-?)((?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?)")
+_MV_FRACTION = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
+# sympy reads longer decimals at more than double precision; leave those to math-verify.
+_FLOAT_DIGITS = 15
+# verify() compares two numbers exactly unless one is a float; then it rounds both to this
+# many decimals (grader.sympy_numeric_eq), so values further apart than two units in that
+# decimal can never match and nearer ones are for math-verify's rounding to decide.
+_FLOAT_ROUNDING = inspect.signature(verify).parameters["float_rounding"].default
+_FLOAT_FAR = Fraction(2, 10**_FLOAT_ROUNDING)
 
 
-def as_number(s: str) -> Fraction | None:
-    """Exact value of a normalized plain number (int, decimal, a/b, \\frac{a}{b}); else None."""
-    try:
-        if _NUMBER.fullmatch(s) or _SLASH_FRAC.fullmatch(s):
-            return Fraction(s)
-        if m := _INT_FRAC.fullmatch(s):
-            value = Fraction(int(m.group(2)), int(m.group(3)))
-            return -value if m.group(1) == "-" else value
-    except (ValueError, ZeroDivisionError):
-        return None
+def _house_style(answer: str) -> str:
+    """`answer` with the spellings of DEPARTURES_FROM_MATH_VERIFY put as math-verify reads them."""
+    answer = _TRAILING_PERIOD.sub("", answer.strip())
+    answer = _DEGREE_SIGN.sub(r"^\\circ", answer)
+    return _THIN_SPACE_GROUP.sub("", answer).strip()
+
+
+def _without_unit(answer: str, unit: str) -> str:
+    """`answer` less a trailing `unit`, plain or in `\\text{}`/`\\mathrm{}` (MathVista states units apart)."""
+    u = re.escape(unit.strip())
+    trailing_unit = rf"(?<=[\d\s}}$])\s*(?:\\(?:text|mathrm|mbox)\s*\{{\s*{u}\s*\}}|{u})\s*$"
+    return re.sub(trailing_unit, "", answer).strip()
+
+
+def _mv_normalized(answer: str) -> str:
+    """The text math-verify's parser reads for `answer`, boxed as math_verify_match boxes it."""
+    return normalize_latex(f"\\boxed{{{answer.strip().strip('$')}}}", _MV_NORMALIZATION).strip()
+
+
+def _plain_number(normalized: str) -> tuple[Fraction, bool] | None:
+    """Exact value of a normalised plain number and whether math-verify reads it as a float."""
+    if m := _MV_NUMBER.fullmatch(normalized):
+        digits = m[2].replace(",", "")
+        is_float = "." in digits
+        if is_float and len(digits.replace(".", "").lstrip("0")) > _FLOAT_DIGITS:
+            return None
+        return (-Fraction(digits) if m[1] else Fraction(digits)), is_float
+    if (m := _MV_FRACTION.fullmatch(normalized)) and int(m[3]) != 0:
+        value = Fraction(int(m[2]), int(m[3]))
+        return (-value if m[1] else value), False
+    return None
+
+
+def _numbers_verdict(pred: tuple[Fraction, bool], gold: tuple[Fraction, bool]) -> bool | None:
+    """math-verify's verdict on two plain numbers where it cannot go otherwise; None where it might."""
+    (p, p_float), (g, g_float) = pred, gold
+    if p == g:
+        return True
+    if not (p_float or g_float) or abs(p - g) > _FLOAT_FAR:
+        return False
+    return None
+
+
+def _mathvista_verdict(
+    pred: Fraction, gold: Fraction, precision: int | None, answer_type: str | None
+) -> bool | None:
+    """MathVista's scorer (evaluation/calculate_score.py) on two numbers; None when it has no rule."""
+    if answer_type == "integer":
+        return int(pred) == int(gold)  # its int(float(x)): truncation, not rounding
+    if precision is not None:
+        return round(float(pred), precision) == round(float(gold), precision)
     return None
 
 
@@ -144,36 +198,90 @@ def _choice_text(choices: list[str] | None, letter: str | None) -> str | None:
     return str(choices[index]) if index < len(choices) else None
 
 
-def answers_match(pred: str, gold: str, choices: list[str] | None = None) -> bool:
-    """True when the extracted prediction `pred` states the same answer as `gold`."""
-    pred, gold = str(pred), str(gold)
-    p, g = normalize_answer(pred), normalize_answer(gold)
-    if not p or not g:
-        return False
-    if p == g:
-        return True
-    p_num, g_num = as_number(p), as_number(g)
-    if p_num is not None and g_num is not None:
-        return p_num == g_num  # plain numbers never need the slow symbolic path
+def _given(value: Any) -> Any:
+    """`value`, or None where a dataset column leaves it empty (None, NaN, NA, '')."""
+    if isinstance(value, str):
+        return value or None
+    return None if value is None or pd.isna(value) else value
+
+
+def _verdict(
+    pred: str,
+    gold: str,
+    choices: list[str] | None = None,
+    precision: int | None = None,
+    unit: str | None = None,
+    answer_type: str | None = None,
+) -> tuple[bool, str]:
+    """answers_match's verdict and the name of the rule that gave it."""
+    pred, gold = _house_style(str(pred)), _house_style(str(gold))
+    precision, unit, answer_type = _given(precision), _given(unit), _given(answer_type)
+    precision = None if precision is None else int(precision)  # datasets store it as a float
+    if unit is not None:
+        pred, gold = _without_unit(pred, str(unit)), _without_unit(gold, str(unit))
+    if not pred or not gold:
+        return False, "empty"
+    if _INTEGER.fullmatch(pred) and _INTEGER.fullmatch(gold):
+        return int(pred) == int(gold), "integer"  # math-verify compares integers exactly too
+    columns = dict(precision=precision, unit=unit, answer_type=answer_type)
     gold_letter = _LETTER_ONLY.match(_strip_wrappers(gold))
     if gold_letter:
         # Letter gold: the letter itself or the text of that option; never symbolic
         # matching of letters (math_verify would treat "B" as a variable).
         if extract_choice(pred) == gold_letter.group(1):
-            return True
+            return True, "choice"
         option = _choice_text(choices, gold_letter.group(1))
-        return option is not None and answers_match(pred, option)
+        return option is not None and answers_match(pred, option, **columns), "choice"
     pred_letter = _LETTER_ONLY.match(_strip_wrappers(pred))
     if pred_letter and choices:
         option = _choice_text(choices, pred_letter.group(1))
-        return option is not None and answers_match(option, gold)
-    return math_verify_match(pred, gold)
+        return option is not None and answers_match(option, gold, **columns), "choice"
+    pred_text, gold_text = _mv_normalized(pred), _mv_normalized(gold)
+    if pred_text == gold_text:
+        return True, "same_text"  # math-verify parses the same text the same way
+    pred_number, gold_number = _plain_number(pred_text), _plain_number(gold_text)
+    if pred_number and gold_number:
+        verdict = _mathvista_verdict(pred_number[0], gold_number[0], precision, answer_type)
+        if verdict is not None:
+            return verdict, "mathvista"
+        verdict = _numbers_verdict(pred_number, gold_number)
+        if verdict is not None:
+            return verdict, "number"
+    return math_verify_match(pred, gold), "math_verify"
 
 
-def is_correct(completion: str, gold: str, choices: list[str] | None = None) -> bool:
+def answers_match(
+    pred: str,
+    gold: str,
+    choices: list[str] | None = None,
+    *,
+    precision: int | None = None,
+    unit: str | None = None,
+    answer_type: str | None = None,
+) -> bool:
+    """True when the extracted prediction `pred` states the same answer as `gold`.
+
+    Agrees with math-verify's default `verify` except for DEPARTURES_FROM_MATH_VERIFY.
+    MathVista's per-question columns, when given: `precision` rounds both numbers to that
+    many decimals, `unit` is stripped from the end of both, `answer_type` "integer"
+    compares truncated integers, as MathVista's own scorer does.
+    """
+    return _verdict(pred, gold, choices, precision, unit, answer_type)[0]
+
+
+def is_correct(
+    completion: str,
+    gold: str,
+    choices: list[str] | None = None,
+    *,
+    precision: int | None = None,
+    unit: str | None = None,
+    answer_type: str | None = None,
+) -> bool:
     """Whether the completion's final answer matches gold; unparseable output is wrong."""
     pred = extract_answer(completion)
-    return pred is not None and answers_match(pred, gold, choices)
+    columns = dict(precision=precision, unit=unit, answer_type=answer_type)
+    return pred is not None and answers_match(pred, gold, choices, **columns)
 
 
 def format_ok(completion: str) -> bool:
@@ -202,15 +310,81 @@ def completion_text(c: Any) -> str:
     return "".join(parts)
 
 
+_QUESTION_COLUMNS = ("choices", "precision", "unit", "answer_type")
+
+
 def accuracy_reward(completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float]:
-    """TRL reward: 1.0 for a correct final answer, else 0.0 (optional `choices` column)."""
-    choices = kwargs.get("choices") or [None] * len(completions)
+    """TRL reward: 1.0 for a correct final answer, else 0.0.
+
+    Optional dataset columns `choices`, `precision`, `unit` and `answer_type` reach it as
+    keyword lists aligned with the completions and are passed on to is_correct.
+    """
+    n = len(completions)
+    choices, precision, unit, answer_type = (kwargs.get(name) or [None] * n for name in _QUESTION_COLUMNS)
+    rows = zip(completions, answer, choices, precision, unit, answer_type, strict=True)
     return [
-        1.0 if is_correct(completion_text(c), str(gold), opts) else 0.0
-        for c, gold, opts in zip(completions, answer, choices, strict=True)
+        1.0 if is_correct(completion_text(c), str(gold), opts, precision=p, unit=u, answer_type=t) else 0.0
+        for c, gold, opts, p, u, t in rows
     ]
 
 
 def format_reward(completions: list[Any], **kwargs: Any) -> list[float]:
     """TRL reward: 1.0 when the completion follows the think-then-boxed format, else 0.0."""
     return [1.0 if format_ok(completion_text(c)) else 0.0 for c in completions]
+
+
+def audit(
+    completions: Sequence[Any],
+    golds: Sequence[Any],
+    choices: Sequence[list[str] | None] | None = None,
+    *,
+    extracted: bool = False,
+    precision: Sequence[Any] | None = None,
+    unit: Sequence[Any] | None = None,
+    answer_type: Sequence[Any] | None = None,
+) -> pd.DataFrame:
+    """Where the rules and math-verify disagree: one row per (completion, gold).
+
+    Columns: answer (extracted; missing when there is none), gold, rule (answers_match's
+    verdict), math_verify (math_verify_match on the same answer; None without one),
+    disagree, and path, the rule that decided: "integer", "choice", "same_text", "number",
+    "mathvista" (a per-question column), "math_verify", "empty", or "unparsed" without an answer.
+    `extracted=True` takes `completions` as already-extracted answers. The optional
+    per-question columns are lists aligned with `completions`, as for accuracy_reward.
+    """
+    n = len(completions)
+    columns = [col if col is not None else [None] * n for col in (choices, precision, unit, answer_type)]
+    math_verify_verdicts: dict[tuple[str, str], bool] = {}  # answers repeat across samples
+    rows = []
+    for c, gold, opts, p, u, t in zip(completions, golds, *columns, strict=True):
+        gold = str(gold)
+        if extracted:
+            answer = None if c is None else str(c).strip() or None
+        else:
+            answer = extract_answer(completion_text(c))
+        if answer is None:
+            rows.append((None, gold, False, None, False, "unparsed"))
+            continue
+        rule, path = _verdict(answer, gold, opts, p, u, t)
+        if (answer, gold) not in math_verify_verdicts:
+            math_verify_verdicts[answer, gold] = math_verify_match(answer, gold)
+        mv = math_verify_verdicts[answer, gold]
+        rows.append((answer, gold, rule, mv, rule != mv, path))
+    return pd.DataFrame(rows, columns=["answer", "gold", "rule", "math_verify", "disagree", "path"])
+
+
+def audit_summary(audit_table: pd.DataFrame, examples: int = 5) -> dict[str, Any]:
+    """Counts from an `audit` table and its first `examples` disagreements, as plain JSON types."""
+    disagree = audit_table[audit_table["disagree"].astype(bool)]
+    rule_only = int(disagree["rule"].astype(bool).sum())
+    return {
+        "rows": len(audit_table),
+        "answered": int((audit_table["path"] != "unparsed").sum()),
+        "rule_correct": int(audit_table["rule"].astype(bool).sum()),
+        "math_verify_correct": int((audit_table["math_verify"] == True).sum()),  # noqa: E712 (None rows)
+        "disagreements": len(disagree),
+        "rule_only": rule_only,
+        "math_verify_only": len(disagree) - rule_only,
+        "disagreements_by_path": {str(k): int(v) for k, v in disagree["path"].value_counts().items()},
+        "examples": disagree.head(examples).drop(columns="disagree").to_dict("records"),
+    }
