@@ -83,17 +83,8 @@ def load_benchmark(benchmark: str, output_root: str, run_name: str) -> tuple[pd.
 
 
 def load_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: benchmark file not found")
-    readers = {".jsonl": lambda p: pd.read_json(p, lines=True), ".json": pd.read_json,
-               ".parquet": pd.read_parquet}
-    if path.suffix not in readers:
-        raise ArtifactError(f"{path}: unsupported benchmark format (use .jsonl, .json, .parquet)")
-    try:
-        df = readers[path.suffix](path)
-    except Exception as exc:
-        raise ArtifactError(f"{path}: unreadable ({exc})") from exc
+    """A local table already in the common schema (qid, question, answer, ...)."""
+    df = read_table(path)
     _require(df, REQUIRED, str(path))
     df["answer"] = df["answer"].astype(str)
     return df
@@ -102,7 +93,8 @@ def load_table(path: str | Path) -> pd.DataFrame:
 # --- reading a source: local file, local folder, or hub id --------------------------------
 
 def _is_hub_id(s: str) -> bool:
-    return s.count("/") in (1, 2) and not s.startswith((".", "/", "~")) and not Path(s).exists()
+    return (s.count("/") in (1, 2) and not s.startswith((".", "/", "~"))
+            and Path(s).suffix not in TABLE_SUFFIXES and not Path(s).exists())
 
 
 def read_source(source: str | Path,
@@ -115,27 +107,67 @@ def read_source(source: str | Path,
     """
     path = Path(source).expanduser()
     if path.is_file():
-        return _read_file(path), path.parent, f"file:{path.resolve()}"
+        return read_table(path), path.parent, f"file:{path.resolve()}"
     if path.is_dir():
-        return _read_folder(path, split), path, f"file:{path.resolve()}:{split}"
-    if _is_hub_id(str(source)):
-        return _read_hub(str(source), split), None, f"hub:{source}:{split}"
-    raise ArtifactError(f"{source}: no such file or folder (and not a hub id owner/name)")
+        raw, base, source_id = _read_folder(path, split), path, f"file:{path.resolve()}:{split}"
+    elif _is_hub_id(str(source)):
+        raw, base, source_id = _read_hub(str(source), split), None, f"hub:{source}:{split}"
+    else:
+        raise ArtifactError(f"{source}: no such file or folder (and not a hub id owner/name)")
+    if raw.empty:
+        raise ArtifactError(f"{source}: split '{split}' has no rows")
+    return raw, base, source_id
 
 
-def _read_file(path: Path) -> pd.DataFrame:
+TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """The rows of one .parquet, .jsonl or .json file.
+
+    JSON numbers keep their literal text ("3.10", "007", "1e3" stay as written): gold
+    answers are compared as written, and pandas' type inference would turn them into
+    3.1, 7 and 1000.0. A .json file is a list of records or an object of records keyed
+    by id (MathVista's annot_testmini.json). Parquet keeps the types it was written with.
+    """
+    path = Path(path)
+    if path.suffix not in TABLE_SUFFIXES:
+        raise ArtifactError(f"{path}: unsupported format (use {', '.join(TABLE_SUFFIXES)})")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
     try:
         if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        if path.suffix == ".jsonl":
-            return pd.DataFrame([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
-        if path.suffix == ".json":
-            obj = json.loads(path.read_text())
-            # MathVista's annot_testmini.json is a dict keyed by pid.
-            return pd.DataFrame(list(obj.values()) if isinstance(obj, dict) else obj)
-    except Exception as exc:
+            df = pd.read_parquet(path)
+        else:
+            text = path.read_text(encoding="utf-8")
+            df = pd.DataFrame(_json_records(text, path))
+    except (ValueError, OSError) as exc:  # pyarrow's errors derive from these
         raise ArtifactError(f"{path}: unreadable ({exc})") from exc
-    raise ArtifactError(f"{path}: unsupported format (use .parquet, .jsonl, .json)")
+    if df.empty:
+        raise ArtifactError(f"{path}: the table has no rows")
+    return df
+
+
+def _literal_json(text: str) -> Any:
+    return json.loads(text, parse_float=str, parse_int=str)
+
+
+def _json_records(text: str, path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(_literal_json(line))
+                except ValueError as exc:
+                    raise ValueError(f"line {n}: {exc}") from exc
+    else:
+        records = _literal_json(text)
+        if isinstance(records, dict):
+            records = list(records.values())
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError("expected records (JSON objects), one per row")
+    return records
 
 
 def _file_split(path: Path) -> str | None:
@@ -165,7 +197,7 @@ def _read_folder(path: Path, split: str | None) -> pd.DataFrame:
             raise ArtifactError(f"{path}: no parquet files of split '{split}'; "
                                 f"found splits {named}")
         chosen = files
-    return pd.concat([pd.read_parquet(f) for f in chosen], ignore_index=True)
+    return pd.concat([read_table(f) for f in chosen], ignore_index=True)
 
 
 def _read_hub(hub_id: str, split: str | None) -> pd.DataFrame:
@@ -320,8 +352,18 @@ def normalize_mathvista(raw: pd.DataFrame, base: Path | None = None) -> pd.DataF
             choices, answer = None, _answer(r["answer"], qid)
         rows.append(_row(qid, format_choices(str(r["question"]), choices), answer, choices,
                          _first_image(r, base, qid),
-                         **_extras(r, ("question_type", "answer_type", "unit", "precision"))))
+                         **_scoring_fields(r)))
     return _frame(rows, "mathvista")
+
+
+def _scoring_fields(r: pd.Series) -> dict:
+    """MathVista's per-question scoring fields, None when absent: the verifier rounds a
+    float answer to `precision` (a number, though JSON copies carry it as text)."""
+    fields = {c: None if c not in r or _missing(r[c]) else r[c]
+              for c in ("question_type", "answer_type", "unit", "precision")}
+    if fields["precision"] is not None:
+        fields["precision"] = float(fields["precision"])
+    return fields
 
 
 def normalize_mathverse(raw: pd.DataFrame, base: Path | None = None) -> pd.DataFrame:
@@ -507,7 +549,7 @@ def load_mm_eureka(path: str | Path, prompt_suffix: str | None = None) -> pd.Dat
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: MM-Eureka JSONL not found")
-    raw = _read_file(path)
+    raw = read_table(path)
     _require(raw, ("id", "message", "answer"), str(path))
     rows = []
     for _, r in raw.iterrows():

@@ -201,24 +201,11 @@ def sampled_traces(engine, pool: pd.DataFrame, cfg: DistillConfig, cache_root: P
 # --- trace files (s1K style) --------------------------------------------------------------
 
 def load_trace_table(source: str, columns: list[str]) -> pd.DataFrame:
-    """question / thinking / answer from a local file or a hub dataset id (split `train`)."""
+    """question / thinking / answer from a local file or folder, or a hub dataset id (split `train`)."""
+    from synergy import data
     from synergy.runs import ArtifactError
 
-    path = Path(source)
-    if path.exists():
-        readers = {".jsonl": lambda p: pd.read_json(p, lines=True), ".json": pd.read_json,
-                   ".parquet": pd.read_parquet}
-        if path.suffix not in readers:
-            raise ArtifactError(f"{path}: unsupported trace format (use .jsonl, .json, .parquet)")
-        df = readers[path.suffix](path)
-    else:
-        import datasets
-
-        try:
-            df = datasets.load_dataset(source, split="train").to_pandas()
-        except Exception as exc:
-            raise ArtifactError(f"trace_source '{source}': neither a local file nor a loadable "
-                                f"hub dataset ({exc})") from exc
+    df, _, _ = data.read_source(source, "train")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ArtifactError(f"trace_source '{source}': missing column(s) {missing}; "
