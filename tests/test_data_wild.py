@@ -64,3 +64,50 @@ def test_clear_errors_name_the_file(tmp_path):
         data.load_table(tmp_path / "empty.jsonl")
     with pytest.raises(ArtifactError, match=r"gone\.parquet: no such file or folder"):
         data.read_source(f"{tmp_path.name}/gone.parquet")  # a relative path, not a hub id
+
+
+# --- options written inside the question text ------------------------------------------------
+
+OPTION_LAYOUTS = [
+    ("Which is larger?\nChoices: (A) 3 (B) 4 (C) 5", ["3", "4", "5"]),
+    ("How many?\nA. 3\nB. 4", ["3", "4"]),
+    ("Pick one.\n(A) a cat\n(B) a dog\n(C) a bird", ["a cat", "a dog", "a bird"]),
+    ("Color?\nOptions: A: red, B: blue", ["red", "blue"]),
+    ("As shown in the figure, AB is parallel to CD, then the degree of angle BOD is ()\n"
+     "Choices:\nA:35°\nB:40°\nC:45°\nD:50°", ["35°", "40°", "45°", "50°"]),
+    ("Which option describe the object relationship in the image correctly?\nOptions: "
+     "A: The suitcase is on the book., B: The suitcase is beneath the cat., "
+     "C: The suitcase is beneath the bed.",
+     ["The suitcase is on the book.", "The suitcase is beneath the cat.",
+      "The suitcase is beneath the bed."]),
+    ("Which pair?\nOptions: A: 1, 2, B: 3, 4", ["1, 2", "3, 4"]),
+    ("Mr. A. Smith measured a tree.\nA. 3 m\nB. 4 m", ["3 m", "4 m"]),
+    ("Choices:\n(A) 3\n(B) 4\nAnswer with the option's letter.", ["3", "4"]),
+    ("Which one?\nA) yes\nB) no", ["yes", "no"]),
+    ("Options: A. f(A) > 0 B. f(B) < 0", ["f(A) > 0", "f(B) < 0"]),
+    ("选择：\nA：3\nB：4", ["3", "4"]),
+    ("Answer choices: (A) $\\frac{1}{2}$ (B) $\\sqrt{2}$ (C) $\\pi$ (D) 2 (E) 3",
+     ["$\\frac{1}{2}$", "$\\sqrt{2}$", "$\\pi$", "2", "3"]),
+]
+
+NOT_OPTIONS = [
+    "",
+    "A. Smith measured the height of a tree. How tall is it?",
+    "Points A, B and C are collinear. Find AB.",
+    "The ratio A:B is 2:3. Find A.",
+    "Ms. A. Jones met Mr. B. Smith at noon. Who arrived first?",
+    "Consider (A) and (B).",
+    "If f(A) = 2 and f(B) = 3, find f(A) + f(B).",
+    "(A) is the only option",
+    "Choices:\nA. 3\nC. 5",
+]
+
+
+@pytest.mark.parametrize(("text", "options"), OPTION_LAYOUTS)
+def test_options_parsed_from_question_text(text, options):
+    assert data.parse_options(text) == options
+
+
+@pytest.mark.parametrize("text", NOT_OPTIONS)
+def test_text_without_options_is_not_parsed(text):
+    assert data.parse_options(text) is None

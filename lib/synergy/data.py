@@ -37,6 +37,9 @@ NOT_PAPER_LEVEL = {"mathvision": ("level",)}
 _LETTER = re.compile(r"\(?([A-J])\)?\.?")
 _LEVEL = re.compile(r"(?:L|level\s*)?([1-5])(?:\.0)?", re.IGNORECASE)
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
+# An option marker "(A)" or "A." / "A:" / "A)", after whitespace or a separator (not "f(A)").
+_OPTION_MARK = re.compile(r"(?<![^\s,;:\uff1a])(?:\(([A-J])\)|([A-J])[.:)\uff1a])")
+_OPTIONS_HEADER = re.compile(r"(?:options|choices)\s*[:\uff1a]?\s*$", re.IGNORECASE)
 
 
 def run_root(output_root: str, run_name: str) -> Path:
@@ -294,6 +297,55 @@ def _answer(value: Any, qid: str) -> str:
     if _missing(value):
         raise ArtifactError(f"{qid}: no answer")
     return str(value).strip()
+
+
+def parse_options(text: str) -> list[str] | None:
+    """The options written inside a question's text, or None when it lists none.
+
+    Layouts: "(A) 3 (B) 4" anywhere; "A. 3" / "A: 3" / "A) 3" each at the start of a line;
+    or inline after an "Options:" / "Choices:" header ("Options: A: red, B: blue", MMStar).
+    Letters must run A, B, C, ... in one marker style, at least two options; the last such
+    run wins (the options close the question), and the last option ends at its line.
+    Prose such as "A. Smith measured ..." or "Mr. A. Jones and B. Smith" is not options.
+    """
+    marks = list(_OPTION_MARK.finditer(text))
+    for i in reversed(range(len(marks))):
+        if _letter(marks[i]) != "A":
+            continue
+        run = [marks[i]]
+        for mark in marks[i + 1:]:
+            if _style(mark) != _style(run[0]):
+                continue  # e.g. "A." inside the text of option "(B)"
+            if _letter(mark) != LETTERS[len(run)]:
+                break
+            run.append(mark)
+        if len(run) < 2 or not _laid_out_as_options(text, run):
+            continue
+        ends = [m.start() for m in run[1:]] + [len(text)]
+        options = [text[m.end():end] for m, end in zip(run, ends)]
+        options[-1] = options[-1].lstrip(" \t").split("\n")[0]
+        options = [o.strip().rstrip(",;").strip() for o in options]
+        if all(o.strip(" .,;:") for o in options):  # "Consider (A) and (B)." is prose
+            return options
+    return None
+
+
+def _letter(mark: re.Match) -> str:
+    return mark.group(1) or mark.group(2)
+
+
+def _style(mark: re.Match) -> str:
+    return "()" if mark.group(1) else mark.group(0)[-1].replace("\uff1a", ":")
+
+
+def _laid_out_as_options(text: str, run: list[re.Match]) -> bool:
+    """Parenthesized letters, or every marker opening a line, or a run after a header."""
+    if _style(run[0]) == "()":
+        return True
+    if all(text[:m.start()].rstrip(" \t").endswith("\n") or not text[:m.start()].strip()
+           for m in run):
+        return True
+    return bool(_OPTIONS_HEADER.search(text[:run[0].start()]))
 
 
 def format_choices(question: str, choices: list[str] | None) -> str:
