@@ -201,7 +201,7 @@ def sampled_traces(engine, pool: pd.DataFrame, cfg: DistillConfig, cache_root: P
 # --- trace files (s1K style) --------------------------------------------------------------
 
 def load_trace_table(source: str, columns: list[str]) -> pd.DataFrame:
-    """question / thinking / answer from a local file or folder, or a hub dataset id (split `train`)."""
+    """question / thinking / answer from a local file or folder or a hub id (split `train`)."""
     from synergy import data
     from synergy.runs import ArtifactError
 
