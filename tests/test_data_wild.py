@@ -307,7 +307,8 @@ def test_hub_id_offline_says_to_use_a_local_copy(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     for load, hub_id in ((lambda s: data.load_named_benchmark("mathvista", s), "AI4Math/MathVista"),
-                         (data.load_mm_eureka, "FanqingM/MM-Eureka-Dataset")):
+                         (data.load_mm_eureka, "FanqingM/MM-Eureka-Dataset"),
+                         (data.load_eureka_distill, "JierunChen/Eureka-Distill")):
         with pytest.raises(ArtifactError, match=f"{hub_id}: could not load.*Hub access is "
                                                 "needed.*pass a local copy"):
             load(hub_id)
@@ -377,3 +378,51 @@ def test_mm_eureka_any_local_copy_with_bad_rows(tmp_path, layout):
     assert table["messages"][0] == [{"role": "user", "content": "Find the area. Think."}]
     assert table["images"][0] == [str(tmp_path / "imgs" / "a.png")] and table["images"][1] == []
     assert skipped_of(skipped) == MM_EUREKA_SKIPPED
+
+
+def test_eureka_distill_chat_rows(tmp_path):
+    write_png(tmp_path / "imgs" / "a.png")
+    trace = "<think>\nThe area is 3 x 4.\n</think>\n\n\\boxed{12}"
+    rows = [
+        {"id": "e1", "message": eureka_message("Find the area.", ["imgs/a.png"], trace),
+         "answer": "12"},
+        {"id": "e2", "message": eureka_message("Find x.", [], "<think>x is 7</think> \\boxed{007}"),
+         "answer": "007"},
+        {"id": "e3", "message": eureka_message("Find y.", [], "\\boxed{2}"), "answer": "2"},
+        {"id": "e4", "message": eureka_message("Find z."), "answer": "1"},
+        {"id": "e5", "message": json.dumps(json.loads(eureka_message("Find w.", [], trace))
+                                           + [{"role": "assistant", "content": trace}]),
+         "answer": "12"},
+        {"id": "e6", "message": eureka_message("Find v.", [], "<think>  </think> 3"),
+         "answer": "3"},
+    ]
+    path = write_jsonl(tmp_path / "eureka_distill.jsonl", rows)
+    table, upstream, skipped = data.load_eureka_distill(path, prompt_suffix="Think.",
+                                                        max_skipped_share=0.7)
+    assert list(table.columns) == ["qid", "question", "answer", "messages", "images", "source"]
+    assert table["qid"].tolist() == ["e1", "e2"] and table["answer"].tolist() == ["12", "007"]
+    assert table["messages"][0] == [{"role": "user", "content": "Find the area. Think."},
+                                    {"role": "assistant", "content": trace}]
+    assert table["images"][0] == [str(tmp_path / "imgs" / "a.png")]
+    assert set(table["source"]) == {"eureka-distill"} and upstream.startswith("file:")
+    no_trace = "the assistant turn has no <think> ... </think> trace"
+    assert skipped_of(skipped) == [("e3", no_trace), ("e4", "expected one assistant turn, found 0"),
+                                   ("e5", "expected one assistant turn, found 2"),
+                                   ("e6", no_trace)]
+
+
+def test_eureka_distill_messages_column_with_images_column(tmp_path):
+    """A TRL-style copy: a `messages` list with {"type": "image"} placeholders, an `images`
+    column, no `id` (rows are numbered)."""
+    trace = "<think>3 x 4</think> \\boxed{12}"
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Area?"}]}
+    reply = {"role": "assistant", "content": [{"type": "text", "text": trace}]}
+    rows = {"messages": [[user, reply]] * 2,
+            "images": [[IMG], []], "answer": ["12", "12"]}
+    path = to_parquet(rows, tmp_path / "train.parquet")
+    table, _, skipped = data.load_eureka_distill(path, max_skipped_share=0.5)
+    assert table["qid"].tolist() == ["eureka-distill-00000"]
+    assert isinstance(table["images"][0][0], Image.Image)
+    assert table["messages"][0][1] == {"role": "assistant", "content": trace}
+    assert skipped_of(skipped) == [("eureka-distill-00001",
+                                    "1 image placeholder(s) but 0 stored image(s)")]

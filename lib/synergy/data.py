@@ -685,6 +685,9 @@ def _check_skipped(name: str, table: pd.DataFrame, skipped: pd.DataFrame, total:
 # Rows: qid, question, answer, messages (user turn, plus the assistant's trace), images,
 # source. Bad rows are skipped and reported as for benchmarks.
 
+_THINK = re.compile(r"<think>.*?\S.*?</think>", re.DOTALL)  # a non-empty trace
+
+
 def _user_text(question: str, suffix: str | None) -> str:
     return f"{question} {suffix}".strip() if suffix else question  # as generation.chat_prompt
 
@@ -814,3 +817,34 @@ def load_mm_eureka(source: str | Path, prompt_suffix: str | None = None, split: 
     raw = raw.reset_index(drop=True)
     return _trace_set(raw, "mm-eureka", _ids(raw["id"]), row, source_id, source,
                       max_skipped_share)
+
+
+def load_eureka_distill(source: str | Path, prompt_suffix: str | None = None,
+                        split: str = "train", *, max_skipped_share: float = 0.02) -> Loaded:
+    """Eureka-Distill-style SFT traces (`JierunChen/Eureka-Distill`; its schema is not
+    documented): chat rows as MM-Eureka's (`message` JSON string or `messages` list; user
+    text + `file://` images; `answer`), each with exactly one assistant turn holding a
+    `<think> ... </think>` trace. Rows without `id` are numbered `eureka-distill-00000`, ...
+    System turns are not carried (the stages add their own prompt suffix)."""
+    raw, base, source_id = read_source(source, split)
+    _require(raw, ("answer",), str(source))
+    _require_one(raw, ("message", "messages"), str(source))
+
+    def row(r: pd.Series, qid: str) -> dict:
+        turns = _turns(r)
+        question, images = _user_turn(turns, r, base)
+        replies = [_text_of(t.get("content")) for t in turns if t.get("role") == "assistant"]
+        if len(replies) != 1:
+            raise BadRow(f"expected one assistant turn, found {len(replies)}")
+        if not _THINK.search(replies[0]):
+            raise BadRow("the assistant turn has no <think> ... </think> trace")
+        return {"qid": qid, "question": question, "answer": _answer(r["answer"]),
+                "messages": [{"role": "user", "content": _user_text(question, prompt_suffix)},
+                             {"role": "assistant", "content": replies[0]}],
+                "images": images, "source": "eureka-distill"}
+
+    raw = raw.reset_index(drop=True)
+    qids = (_ids(raw["id"]) if "id" in raw.columns
+            else [f"eureka-distill-{i:05d}" for i in range(len(raw))])
+    return _trace_set(raw, "eureka-distill", qids, row, source_id, source, max_skipped_share)
+
