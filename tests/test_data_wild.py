@@ -67,6 +67,12 @@ def test_clear_errors_name_the_file(tmp_path):
         data.load_table(tmp_path / "empty.jsonl")
     with pytest.raises(ArtifactError, match=r"gone\.parquet: no such file or folder"):
         data.read_source(f"{tmp_path.name}/gone.parquet")  # a relative path, not a hub id
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"qid": ["1"]}).save_to_disk(str(saved))
+    for arrow in saved.glob("*.arrow"):
+        arrow.write_bytes(b"not arrow")
+    with pytest.raises(ArtifactError, match=r"saved: unreadable save_to_disk folder"):
+        data.read_source(saved)
 
 
 # --- options written inside the question text ------------------------------------------------

@@ -181,7 +181,10 @@ def _read_folder(path: Path, split: str | None) -> pd.DataFrame:
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         import datasets
 
-        ds = datasets.load_from_disk(str(path))
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except (ValueError, OSError) as exc:  # pyarrow's errors derive from these
+            raise ArtifactError(f"{path}: unreadable save_to_disk folder ({exc})") from exc
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise ArtifactError(f"{path}: no split '{split}'; have {list(ds)}")
