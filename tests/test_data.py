@@ -39,7 +39,7 @@ def mathvision(tmp_path: Path, **extra) -> Path:
 
 
 def test_mathvision_letters_choices_images(tmp_path):
-    df, upstream = data.load_named_benchmark("mathvision", mathvision(tmp_path))
+    df, upstream, _ = data.load_named_benchmark("mathvision", mathvision(tmp_path))
     assert list(df.columns[:6]) == ["qid", "question", "answer", "choices", "images", "benchmark"]
     assert df["answer"].tolist() == ["C", "B", "12"]
     assert df["choices"][1] == ["3", "4", "5"] and df["choices"][2] is None
@@ -50,22 +50,22 @@ def test_mathvision_letters_choices_images(tmp_path):
 
 
 def test_mathvision_own_level_is_not_the_papers(tmp_path):
-    df, _ = data.load_named_benchmark("mathvision", mathvision(tmp_path))
+    df, _, _ = data.load_named_benchmark("mathvision", mathvision(tmp_path))
     assert "level" not in df.columns and df["mathvision_level"].tolist() == [1, 3, 5]
     # A paper copy that only has the dataset's `level` must fail and explain the trap ...
     copy = mathvision(tmp_path / "MathVision_with_difficulty_level")
     with pytest.raises(ArtifactError, match="MathVision's own `level`"):
         data.load_named_benchmark("mathvision", copy)
     # ... unless the caller states that this `level` is the paper's.
-    df, _ = data.load_named_benchmark("mathvision", copy, level_column="level")
+    df, _, _ = data.load_named_benchmark("mathvision", copy, level_column="level")
     assert df["level"].tolist() == [1, 3, 5]
 
 
 def test_level_detected_from_other_column_and_explicit_override(tmp_path):
     path = mathvision(tmp_path, difficulty=["L2", "L4", "L5"], paper=["5", "5", "1"])
-    df, _ = data.load_named_benchmark("mathvision", path)
+    df, _, _ = data.load_named_benchmark("mathvision", path)
     assert df["level"].tolist() == [2, 4, 5]
-    df, _ = data.load_named_benchmark("mathvision", path, level_column="paper")
+    df, _, _ = data.load_named_benchmark("mathvision", path, level_column="paper")
     assert df["level"].tolist() == [5, 5, 1]
     with pytest.raises(ArtifactError, match=r"no level column 'nope'; have \[.*'difficulty'"):
         data.load_named_benchmark("mathvision", path, level_column="nope")
@@ -88,14 +88,17 @@ def test_mathvista_answer_text_to_letter(tmp_path):
     annot["1"]["difficulty_level"] = 1
     path = tmp_path / "annot_testmini.json"
     path.write_text(json.dumps(annot))
-    df, _ = data.load_named_benchmark("mathvista", path)
+    df, _, _ = data.load_named_benchmark("mathvista", path)
     assert df["answer"].tolist() == ["B", "1.5"]
     assert df["choices"][0] == ["cat", "dog", "bird"] and df["choices"][1] is None
     assert df["images"][0] == [str(tmp_path / "images" / "1.jpg")]
     assert df["unit"][1] == "cm" and df["precision"][1] == 1.0 and df["level"].tolist() == [1, 3]
-    annot["1"]["answer"] = "fish"
+    assert df["unit"][0] is None and df["precision"][0] is None
+    assert df["answer_type"].tolist() == ["text", "float"]
+    annot["1"]["answer"] = "fish"  # a bad row: skipped, and 1 of 2 is above the threshold
     path.write_text(json.dumps(annot))
-    with pytest.raises(ArtifactError, match=r"^1: answer 'fish' matches 0 of the choices"):
+    with pytest.raises(ArtifactError, match=r"^mathvista: 1 of 2 rows skipped \(50.0%\).*"
+                                            r"1: answer 'fish' matches 0 of the choices"):
         data.load_named_benchmark("mathvista", path)
 
 
@@ -108,7 +111,7 @@ def test_mathverse_save_to_disk_folder(tmp_path):
             "question_for_eval": ["Find x. A:1 B:2", "Find x. A:1 B:2", "Find y."]}
     folder = tmp_path / "mathverse"
     datasets.DatasetDict({"testmini": datasets.Dataset.from_dict(cols)}).save_to_disk(str(folder))
-    df, _ = data.load_named_benchmark("mathverse", folder)
+    df, _, _ = data.load_named_benchmark("mathverse", folder)
     assert df["answer"].tolist() == ["B", "B", "5"]
     assert df["question"][1] == "Answer the question shown in the image."  # not question_for_eval
     assert [len(i) for i in df["images"]] == [1, 1, 0] and "level" not in df.columns
@@ -138,7 +141,7 @@ def test_mmmu_parquet_folder_split_and_images(tmp_path):
     to_parquet(mmmu_rows(["dev_Math_1"], ["Dev <image 1>"], ["['a', 'b']"], ["A"],
                          ["multiple-choice"], [{1: IMG}]),
                root / "Math" / "dev-00000-of-00001.parquet", MMMU_FEATURES)
-    df, upstream = data.load_benchmark(f"mmmu:{root}", None)
+    df, upstream, _ = data.load_named_benchmark("mmmu", root)
     assert df["qid"].tolist() == ["validation_Math_1", "validation_Math_2"]  # dev left out
     assert df["choices"][0] == ["left", "right", "it's equal"] and df["answer"][0] == "C"
     assert df["question"][0].endswith("\nC. it's equal")
@@ -146,10 +149,10 @@ def test_mmmu_parquet_folder_split_and_images(tmp_path):
     assert [len(i) for i in df["images"]] == [2, 1] and upstream.endswith(":validation")
     with pytest.raises(ArtifactError,
                        match=r"no parquet files of split 'test'; found splits \['dev', 'validation'\]"):
-        data.load_benchmark(f"mmmu:{root}:test", None)
+        data.load_named_benchmark("mmmu", root, "test")
 
 
-def test_mmmu_errors_name_the_question(tmp_path):
+def test_mmmu_bad_rows_name_the_question(tmp_path):
     path = to_parquet(mmmu_rows(["q1"], ["See <image 2>."], ["['a', 'b']"], ["A"],
                                 ["multiple-choice"], [{1: IMG}]), tmp_path / "t.parquet",
                       MMMU_FEATURES)
@@ -170,22 +173,23 @@ def mmstar(path: Path, answers=("A", "D")) -> Path:
                        "category": ["x", "y"], "l2_category": ["x1", "y1"]}, path)
 
 
-def test_mmstar_and_benchmark_spec(tmp_path):
+def test_mmstar_options_from_the_text(tmp_path):
     path = mmstar(tmp_path / "mmstar.parquet")
-    df, upstream = data.load_benchmark(f"mmstar:{path}:val", None)
+    df, upstream, skipped = data.load_named_benchmark("mmstar", path, "val")
     assert df["qid"].tolist() == ["0", "1"] and df["answer"].tolist() == ["A", "D"]
-    assert df["choices"].isna().all() and set(df["benchmark"]) == {"mmstar"}
+    assert df["choices"].tolist() == [["red", "blue"], ["1", "2", "3", "4"]]  # from the text
+    assert set(df["benchmark"]) == {"mmstar"} and skipped.empty
     assert upstream == f"mmstar:file:{path.resolve()}"
     # Stages save tables with datasets: PIL images convert through from_dict (not from_pandas).
     ds = datasets.Dataset.from_dict(df.to_dict("list"))
     assert isinstance(ds[0]["images"][0], Image.Image)
-    with pytest.raises(ArtifactError, match=r"^1: multiple-choice answer 'four'"):
+    with pytest.raises(ArtifactError, match=r"1: multiple-choice answer 'four' is not a letter"):
         data.load_named_benchmark("mmstar", mmstar(tmp_path / "bad.parquet", ("A", "four")))
 
 
 def test_clear_errors_for_bad_sources(tmp_path):
     with pytest.raises(ArtifactError, match="no such file or folder"):
-        data.load_benchmark(f"mmstar:{tmp_path}/missing.parquet", None)
+        data.load_named_benchmark("mmstar", f"{tmp_path}/missing.parquet")
     path = to_parquet({"index": [0], "question": ["q"], "image": [IMG]}, tmp_path / "m.parquet")
     with pytest.raises(ArtifactError, match=r"MMStar: missing column\(s\) \['answer'\]; have "
                                             r"\['index', 'question', 'image'\]"):
@@ -194,7 +198,8 @@ def test_clear_errors_for_bad_sources(tmp_path):
         data.load_named_benchmark("mathvisio", path)
     twice = mmstar(tmp_path / "two" / "a.parquet")
     mmstar(tmp_path / "two" / "b.parquet")
-    with pytest.raises(ArtifactError, match=r"duplicate qid\(s\) \['0', '1'\]"):
+    with pytest.raises(ArtifactError,
+                       match=r"2 of 4 rows skipped.*0: duplicate id.*1: duplicate id"):
         data.load_named_benchmark("mmstar", twice.parent)
     # A hub id offline (HF_DATASETS_OFFLINE=1 in conftest) fails naming the id.
     with pytest.raises(ArtifactError, match="Lin-Chen/MMStar:.*Hub access is needed"):
@@ -202,7 +207,7 @@ def test_clear_errors_for_bad_sources(tmp_path):
 
 
 def test_verify_accepts_normalized_letter_gold(tmp_path):
-    df, _ = data.load_named_benchmark("mathvision", mathvision(tmp_path))
+    df, _, _ = data.load_named_benchmark("mathvision", mathvision(tmp_path))
     gold, choices = df["answer"][1], df["choices"][1]  # "B" of ["3", "4", "5"]
     assert is_correct("<think>count</think> \\boxed{B}", gold, choices)
     assert is_correct("<think>count</think> \\boxed{4}", gold, choices)
@@ -215,18 +220,18 @@ def test_s1_traces(tmp_path):
                        "gemini_attempt": ["\\boxed{2}", "\\boxed{4}"],
                        "deepseek_thinking_trajectory": ["d1", "d2"],
                        "deepseek_attempt": ["\\boxed{2}", "\\boxed{4}"]}, tmp_path / "s11.parquet")
-    df = data.load_s1(path, prompt_suffix=data.PAPER_PROMPT_SUFFIX)
+    df = data.load_s1(path, prompt_suffix=data.PAPER_PROMPT_SUFFIX).table
     assert df["qid"].tolist() == ["s1K-1.1-0000", "s1K-1.1-0001"] and df["answer"][1] == "4"
     user, assistant = df["messages"][0]
     assert user == {"role": "user", "content": f"1+1? {data.PAPER_PROMPT_SUFFIX}"}
     assert assistant == {"role": "assistant", "content": "<think>\nd1\n</think>\n\n\\boxed{2}"}
     assert df["source"][0] == "s1K-1.1/deepseek" and df["images"][0] == []
-    gemini = data.load_s1(path, teacher="gemini")
+    gemini = data.load_s1(path, teacher="gemini").table
     assert gemini["messages"][1][0]["content"] == "2+2?"
     assert gemini["messages"][1][1]["content"].startswith("<think>\ng2\n")
     old = to_parquet({"question": ["1+1?"], "solution": ["2"], "thinking_trajectories": [["t"]],
                       "attempt": ["\\boxed{2}"]}, tmp_path / "s1.parquet")
-    assert data.load_s1(old, teacher="gemini")["messages"][0][1]["content"].startswith(
+    assert data.load_s1(old, teacher="gemini").table["messages"][0][1]["content"].startswith(
         "<think>\nt\n</think>")
     with pytest.raises(ArtifactError, match="Gemini traces only"):
         data.load_s1(old)
@@ -242,11 +247,12 @@ def test_mm_eureka_queries(tmp_path):
     lines = [{"id": 7, "message": json.dumps(message), "answer": "12"}]
     path = tmp_path / "eureka.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    df = data.load_mm_eureka(path, prompt_suffix="Think.")
+    df = data.load_mm_eureka(path, prompt_suffix="Think.").table
     assert df["qid"].tolist() == ["7"] and df["answer"][0] == "12"
     assert df["messages"][0] == [{"role": "user", "content": "Find the area. Think."}]
     assert df["images"][0] == [str(tmp_path / "imgs" / "a.png"), str(absolute)]
     message[0]["content"][0]["image"] = "file://imgs/missing.png"
     path.write_text(json.dumps({"id": 8, "message": json.dumps(message), "answer": "1"}) + "\n")
-    with pytest.raises(ArtifactError, match="^8: image 'file://imgs/missing.png' not found"):
+    with pytest.raises(ArtifactError, match="eureka.jsonl: no good mm-eureka rows .*"
+                                            "8: image 'file://imgs/missing.png' not found"):
         data.load_mm_eureka(path)

@@ -19,7 +19,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import pandas as pd
 
@@ -39,35 +39,29 @@ _LEVEL = re.compile(r"(?:L|level\s*)?([1-5])(?:\.0)?", re.IGNORECASE)
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
 
 
-def load_benchmark(benchmark: str, run) -> tuple[pd.DataFrame, str]:
-    """(questions table, upstream id): `world` (the run's own task), a local table, or
-    `name:source[:split]` with a name from NORMALIZERS."""
+def load_benchmark(benchmark: str, run, max_skipped_share: float = 0.02) -> "Loaded":
+    """The evaluation questions of a stage (table, upstream id, skipped rows): `world` (the
+    run's own task), a local table in the common schema, or `name:source[:split]` with a
+    name from NORMALIZERS (bad rows skipped and counted, see `Loaded`)."""
     if benchmark == WORLD:
         from synergy import world
 
         cfg = world.config_of(run)
-        return world.questions_frame(world.eval_questions(cfg)), cfg.world_id()
+        return Loaded(world.questions_frame(world.eval_questions(cfg)), cfg.world_id(),
+                      no_skips())
     name, sep, rest = benchmark.partition(":")
     if sep and name.lower() in NORMALIZERS:
         source, split = rest, None
         if ":" in rest:
             source, split = rest.rsplit(":", 1)
-        return load_named_benchmark(name.lower(), source, split)
-    return load_table(benchmark), f"file:{Path(benchmark).resolve()}"
+        return load_named_benchmark(name.lower(), source, split,
+                                    max_skipped_share=max_skipped_share)
+    return Loaded(load_table(benchmark), f"file:{Path(benchmark).resolve()}", no_skips())
 
 
 def load_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: benchmark file not found")
-    readers = {".jsonl": lambda p: pd.read_json(p, lines=True), ".json": pd.read_json,
-               ".parquet": pd.read_parquet}
-    if path.suffix not in readers:
-        raise ArtifactError(f"{path}: unsupported benchmark format (use .jsonl, .json, .parquet)")
-    try:
-        df = readers[path.suffix](path)
-    except Exception as exc:
-        raise ArtifactError(f"{path}: unreadable ({exc})") from exc
+    """A local table already in the common schema (qid, question, answer, ...)."""
+    df = read_table(path)
     _require(df, REQUIRED, str(path))
     df["answer"] = df["answer"].astype(str)
     return df
@@ -76,7 +70,8 @@ def load_table(path: str | Path) -> pd.DataFrame:
 # --- reading a source: local file, local folder, or hub id --------------------------------
 
 def _is_hub_id(s: str) -> bool:
-    return s.count("/") in (1, 2) and not s.startswith((".", "/", "~")) and not Path(s).exists()
+    return (s.count("/") in (1, 2) and not s.startswith((".", "/", "~"))
+            and Path(s).suffix not in TABLE_SUFFIXES and not Path(s).exists())
 
 
 def read_source(source: str | Path,
@@ -89,27 +84,67 @@ def read_source(source: str | Path,
     """
     path = Path(source).expanduser()
     if path.is_file():
-        return _read_file(path), path.parent, f"file:{path.resolve()}"
+        return read_table(path), path.parent, f"file:{path.resolve()}"
     if path.is_dir():
-        return _read_folder(path, split), path, f"file:{path.resolve()}:{split}"
-    if _is_hub_id(str(source)):
-        return _read_hub(str(source), split), None, f"hub:{source}:{split}"
-    raise ArtifactError(f"{source}: no such file or folder (and not a hub id owner/name)")
+        raw, base, source_id = _read_folder(path, split), path, f"file:{path.resolve()}:{split}"
+    elif _is_hub_id(str(source)):
+        raw, base, source_id = _read_hub(str(source), split), None, f"hub:{source}:{split}"
+    else:
+        raise ArtifactError(f"{source}: no such file or folder (and not a hub id owner/name)")
+    if raw.empty:
+        raise ArtifactError(f"{source}: split '{split}' has no rows")
+    return raw, base, source_id
 
 
-def _read_file(path: Path) -> pd.DataFrame:
+TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """The rows of one .parquet, .jsonl or .json file.
+
+    JSON numbers keep their literal text ("3.10", "007", "1e3" stay as written): gold
+    answers are compared as written, and pandas' type inference would turn them into
+    3.1, 7 and 1000.0. A .json file is a list of records or an object of records keyed
+    by id (MathVista's annot_testmini.json). Parquet keeps the types it was written with.
+    """
+    path = Path(path)
+    if path.suffix not in TABLE_SUFFIXES:
+        raise ArtifactError(f"{path}: unsupported format (use {', '.join(TABLE_SUFFIXES)})")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
     try:
         if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        if path.suffix == ".jsonl":
-            return pd.DataFrame([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
-        if path.suffix == ".json":
-            obj = json.loads(path.read_text())
-            # MathVista's annot_testmini.json is a dict keyed by pid.
-            return pd.DataFrame(list(obj.values()) if isinstance(obj, dict) else obj)
-    except Exception as exc:
+            df = pd.read_parquet(path)
+        else:
+            text = path.read_text(encoding="utf-8")
+            df = pd.DataFrame(_json_records(text, path))
+    except (ValueError, OSError) as exc:  # pyarrow's errors derive from these
         raise ArtifactError(f"{path}: unreadable ({exc})") from exc
-    raise ArtifactError(f"{path}: unsupported format (use .parquet, .jsonl, .json)")
+    if df.empty:
+        raise ArtifactError(f"{path}: the table has no rows")
+    return df
+
+
+def _literal_json(text: str) -> Any:
+    return json.loads(text, parse_float=str, parse_int=str)
+
+
+def _json_records(text: str, path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(_literal_json(line))
+                except ValueError as exc:
+                    raise ValueError(f"line {n}: {exc}") from exc
+    else:
+        records = _literal_json(text)
+        if isinstance(records, dict):
+            records = list(records.values())
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError("expected records (JSON objects), one per row")
+    return records
 
 
 def _file_split(path: Path) -> str | None:
@@ -123,7 +158,10 @@ def _read_folder(path: Path, split: str | None) -> pd.DataFrame:
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         import datasets
 
-        ds = datasets.load_from_disk(str(path))
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except (ValueError, OSError) as exc:  # pyarrow's errors derive from these
+            raise ArtifactError(f"{path}: unreadable save_to_disk folder ({exc})") from exc
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise ArtifactError(f"{path}: no split '{split}'; have {list(ds)}")
@@ -139,7 +177,7 @@ def _read_folder(path: Path, split: str | None) -> pd.DataFrame:
             raise ArtifactError(f"{path}: no parquet files of split '{split}'; "
                                 f"found splits {named}")
         chosen = files
-    return pd.concat([pd.read_parquet(f) for f in chosen], ignore_index=True)
+    return pd.concat([read_table(f) for f in chosen], ignore_index=True)
 
 
 def _read_hub(hub_id: str, split: str | None) -> pd.DataFrame:
@@ -166,6 +204,57 @@ def _read_hub(hub_id: str, split: str | None) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+# --- bad rows: skipped, reported, and bounded ------------------------------------------------
+
+class BadRow(ValueError):
+    """One row that cannot be used; its loader skips it and reports the message as the reason."""
+
+
+class Loaded(NamedTuple):
+    """What every benchmark and trace-set loader returns.
+
+    table: the good rows; upstream: the source's id for manifests; skipped: the bad rows,
+    one per row, with columns `benchmark` (the benchmark's or trace set's name), `qid`
+    and `reason`. Unpack it (`table, upstream, skipped = ...`) or use the fields.
+    """
+    table: pd.DataFrame
+    upstream: str
+    skipped: pd.DataFrame
+
+
+SKIPPED_COLUMNS = ["benchmark", "qid", "reason"]
+
+
+def no_skips() -> pd.DataFrame:
+    """The skipped-rows table of a source that had no bad rows."""
+    return pd.DataFrame(columns=SKIPPED_COLUMNS)
+
+
+def _good_rows(raw: pd.DataFrame, name: str, qids: list[str | None],
+               make_row: Callable[[pd.Series, str], dict]) -> tuple[list[dict], pd.DataFrame]:
+    """The rows `make_row(row, qid)` builds, and the skipped ones (it raised BadRow).
+
+    A repeated id keeps its first row in file order; the repeats are skipped.
+    """
+    rows, skipped, seen = [], [], set()
+    for i, (qid, (_, r)) in enumerate(zip(qids, raw.iterrows(), strict=True)):
+        try:
+            if qid is None:
+                qid = f"row {i}"
+                raise BadRow("no id")
+            if qid in seen:
+                raise BadRow("duplicate id (its first row is kept)")
+            seen.add(qid)
+            rows.append(make_row(r, qid))
+        except BadRow as exc:
+            skipped.append((name, qid, str(exc)))
+    return rows, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
+
+
+def _ids(values: pd.Series) -> list[str | None]:
+    return [None if _missing(v) else str(v).strip() for v in values]
+
+
 # --- helpers shared by the normalizers ----------------------------------------------------
 
 def _require(df: pd.DataFrame, columns, what: str) -> None:
@@ -174,68 +263,147 @@ def _require(df: pd.DataFrame, columns, what: str) -> None:
         raise ArtifactError(f"{what}: missing column(s) {missing}; have {list(df.columns)}")
 
 
+def _require_one(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+    if not any(c in df.columns for c in columns):
+        raise ArtifactError(f"{what}: needs one of the columns {list(columns)}; "
+                            f"have {list(df.columns)}")
+
+
 def _missing(value: Any) -> bool:
-    if value is None or (isinstance(value, float) and value != value):
-        return True
+    """None, NaN, pd.NA, a blank string or an empty Image entry."""
+    if isinstance(value, str):
+        return not value.strip()
     if isinstance(value, dict):
         return value.get("bytes") is None and not value.get("path")
-    return isinstance(value, str) and not value.strip()
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
-def _image(value: Any, base: Path | None, qid: str):
+def _image(value: Any, base: Path | None):
     """A PIL image (from an Image object or stored bytes) or an existing file's path."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, dict) and value.get("bytes") is not None:
-        return Image.open(io.BytesIO(value["bytes"]))
+        try:
+            return Image.open(io.BytesIO(value["bytes"]))
+        except UnidentifiedImageError as exc:
+            raise BadRow(f"stored image is not an image ({exc})") from exc
     raw = value.get("path") if isinstance(value, dict) else str(value)
     path = Path(raw.removeprefix("file://"))
     if not path.is_absolute() and base is not None:
         path = base / path
     if not path.exists():
-        raise ArtifactError(f"{qid}: image '{raw}' not found (looked at {path}; "
-                            "unzip the benchmark's images next to its table)")
+        raise BadRow(f"image '{raw}' not found (looked at {path}; "
+                     "unzip the images next to the table)")
     return str(path)
 
 
-def _images(row: pd.Series, columns: list[str], base: Path | None, qid: str) -> list:
-    return [_image(row[c], base, qid) for c in columns if c in row and not _missing(row[c])]
+def _images(row: pd.Series, columns: list[str], base: Path | None) -> list:
+    return [_image(row[c], base) for c in columns if c in row and not _missing(row[c])]
 
 
-def _first_image(row: pd.Series, base: Path | None, qid: str) -> list:
+def _first_image(row: pd.Series, base: Path | None) -> list:
     """`decoded_image` (the hub's Image column) when present, else the `image` path."""
-    return _images(row, ["decoded_image"], base, qid) or _images(row, ["image"], base, qid)
+    return _images(row, ["decoded_image"], base) or _images(row, ["image"], base)
 
 
 def _choices(value: Any) -> list[str] | None:
-    if value is None or (isinstance(value, float) and value != value):
+    """The options as strings, None for none; a string holding a Python list (MMMU's
+    layout) is parsed."""
+    if _missing(value):
         return None
-    items = [str(v) for v in value]
-    return items or None
+    parsed = value
+    if isinstance(value, str):
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = None
+    if isinstance(parsed, (str, dict)) or not hasattr(parsed, "__iter__"):
+        raise BadRow(f"options {value!r} is not a list")
+    return [str(v) for v in parsed] or None
 
 
-def _gold_letter(answer: Any, choices: list[str] | None, qid: str, *, by_text: bool = False) -> str:
+def _gold_letter(answer: Any, choices: list[str] | None, *, by_text: bool = False) -> str:
     """The gold letter: the answer's own letter, or (by_text) the letter of the option it equals."""
-    a = str(answer).strip()
+    a = _answer(answer)
     if by_text:
         hits = [i for i, c in enumerate(choices or []) if c.strip() == a]
         if len(hits) == 1:
             return LETTERS[hits[0]]
-        raise ArtifactError(f"{qid}: answer {a!r} matches {len(hits)} of the choices {choices}; "
-                            "need exactly one")
+        raise BadRow(f"answer {a!r} matches {len(hits)} of the choices {choices}; "
+                     "need exactly one")
     m = _LETTER.fullmatch(a)
     if m and (not choices or LETTERS.index(m.group(1)) < len(choices)):
         return m.group(1)
-    raise ArtifactError(f"{qid}: multiple-choice answer {a!r} is not a letter of the "
-                        f"choices {choices}")
+    raise BadRow(f"multiple-choice answer {a!r} is not a letter of the choices {choices}")
 
 
-def _answer(value: Any, qid: str) -> str:
+def _answer(value: Any) -> str:
     if _missing(value):
-        raise ArtifactError(f"{qid}: no answer")
+        raise BadRow("no answer")
     return str(value).strip()
+
+
+def _question(value: Any) -> str:
+    if _missing(value):
+        raise BadRow("no question text")
+    return str(value)
+
+
+# --- options written inside the question text (MathVerse, MMStar) ---------------------------
+
+# A marker "(A)" or "A." / "A:" / "A)", after whitespace or a separator (so not "f(A)").
+_OPTION_MARK = re.compile(r"(?<![^\s,;:\uff1a])(?:\(([A-J])\)|([A-J])[.:)\uff1a])")
+_OPTIONS_HEADER = re.compile(r"(?:options|choices)\s*[:\uff1a]?\s*$", re.IGNORECASE)
+
+def parse_options(text: str) -> list[str] | None:
+    """The options written inside a question's text, or None when it lists none.
+
+    Layouts: "(A) 3 (B) 4" anywhere; "A. 3" / "A: 3" / "A) 3" each at the start of a line;
+    or inline after an "Options:" / "Choices:" header ("Options: A: red, B: blue", MMStar).
+    Letters must run A, B, C, ... in one marker style, at least two options; the last such
+    run wins (the options close the question), and the last option ends at its line.
+    Prose such as "A. Smith measured ..." or "Mr. A. Jones and B. Smith" is not options.
+    """
+    marks = list(_OPTION_MARK.finditer(text))
+    for i in reversed(range(len(marks))):
+        if _letter(marks[i]) != "A":
+            continue
+        run = [marks[i]]
+        for mark in marks[i + 1:]:
+            if _style(mark) != _style(run[0]):
+                continue  # e.g. "A." inside the text of option "(B)"
+            if _letter(mark) != LETTERS[len(run)]:
+                break
+            run.append(mark)
+        if len(run) < 2 or not _laid_out_as_options(text, run):
+            continue
+        ends = [m.start() for m in run[1:]] + [len(text)]
+        options = [text[m.end():end] for m, end in zip(run, ends)]
+        options[-1] = options[-1].lstrip(" \t").split("\n")[0]
+        options = [o.strip().rstrip(",;").strip() for o in options]
+        if all(o.strip(" .,;:") for o in options):  # "Consider (A) and (B)." is prose
+            return options
+    return None
+
+
+def _letter(mark: re.Match) -> str:
+    return mark.group(1) or mark.group(2)
+
+
+def _style(mark: re.Match) -> str:
+    return "()" if mark.group(1) else mark.group(0)[-1].replace("\uff1a", ":")
+
+
+def _laid_out_as_options(text: str, run: list[re.Match]) -> bool:
+    """Parenthesized letters, or every marker opening a line, or a run after a header."""
+    if _style(run[0]) == "()":
+        return True
+    if all(text[:m.start()].rstrip(" \t").endswith("\n") or not text[:m.start()].strip()
+           for m in run):
+        return True
+    return bool(_OPTIONS_HEADER.search(text[:run[0].start()]))
 
 
 def format_choices(question: str, choices: list[str] | None) -> str:
@@ -250,12 +418,9 @@ def format_choices(question: str, choices: list[str] | None) -> str:
 
 def _frame(rows: list[dict], benchmark: str) -> pd.DataFrame:
     if not rows:
-        raise ArtifactError(f"{benchmark}: the source has no rows")
+        return pd.DataFrame(columns=["qid", "question", "answer", "choices", "images", "benchmark"])
     df = pd.DataFrame(rows)
     df.insert(5, "benchmark", benchmark)
-    dupes = df["qid"][df["qid"].duplicated()].unique().tolist()
-    if dupes:
-        raise ArtifactError(f"{benchmark}: duplicate qid(s) {dupes[:5]} (two splits mixed?)")
     return df
 
 
@@ -269,88 +434,137 @@ def _extras(row: pd.Series, columns: tuple[str, ...]) -> dict:
 
 
 # --- one normalizer per benchmark (raw table in the hub's layout -> common schema) ---------
+#
+# Each takes the raw table, the folder relative image paths start from, and the column
+# holding the paper's level (or None), and returns (good rows in the common schema,
+# skipped rows). A row function builds one row or raises BadRow.
 
-def normalize_mathvision(raw: pd.DataFrame, base: Path | None = None) -> pd.DataFrame:
+def _normalize(raw: pd.DataFrame, benchmark: str, id_column: str,
+               make_row: Callable[[pd.Series, str, Path | None], dict], base: Path | None,
+               level_column: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def row(r: pd.Series, qid: str) -> dict:
+        out = make_row(r, qid, base)
+        if level_column is not None:
+            out["level"] = _row_level(r[level_column], level_column)
+        return out
+
+    rows, skipped = _good_rows(raw, benchmark, _ids(raw[id_column]), row)
+    return _frame(rows, benchmark), skipped
+
+
+def _mathvision_row(r: pd.Series, qid: str, base: Path | None) -> dict:
+    choices = _choices(r["options"])
+    answer = _gold_letter(r["answer"], choices) if choices else _answer(r["answer"])
+    return _row(qid, format_choices(_question(r["question"]), choices), answer, choices,
+                _first_image(r, base), subject=r.get("subject"), mathvision_level=r.get("level"))
+
+
+def normalize_mathvision(raw: pd.DataFrame, base: Path | None = None,
+                         level_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     _require(raw, ("id", "question", "options", "answer"), "MathVision")
-    rows = []
-    for _, r in raw.iterrows():
-        qid, choices = str(r["id"]), _choices(r["options"])
-        answer = _gold_letter(r["answer"], choices, qid) if choices else _answer(r["answer"], qid)
-        rows.append(_row(qid, format_choices(str(r["question"]), choices), answer, choices,
-                         _first_image(r, base, qid),
-                         subject=r.get("subject"), mathvision_level=r.get("level")))
-    return _frame(rows, "mathvision")
+    return _normalize(raw, "mathvision", "id", _mathvision_row, base, level_column)
 
 
-def normalize_mathvista(raw: pd.DataFrame, base: Path | None = None) -> pd.DataFrame:
+SCORING_FIELDS = ("question_type", "answer_type", "unit", "precision")
+
+
+def _mathvista_row(r: pd.Series, qid: str, base: Path | None) -> dict:
+    if r["question_type"] == "multi_choice":  # the gold is the option TEXT
+        choices = _choices(r["choices"])
+        if not choices:
+            raise BadRow("multi_choice question without choices")
+        answer = _gold_letter(r["answer"], choices, by_text=True)
+    else:
+        choices, answer = None, _answer(r["answer"])
+    return _row(qid, format_choices(_question(r["question"]), choices), answer, choices,
+                _first_image(r, base), **_scoring_fields(r))
+
+
+def _scoring_fields(r: pd.Series) -> dict:
+    """MathVista's per-question scoring fields, None when absent: the verifier rounds a
+    float answer to `precision` (a number, though JSON copies carry it as text)."""
+    fields = {c: None if c not in r or _missing(r[c]) else r[c] for c in SCORING_FIELDS}
+    if fields["precision"] is not None:
+        try:
+            fields["precision"] = float(fields["precision"])
+        except (TypeError, ValueError) as exc:
+            raise BadRow(f"precision {fields['precision']!r} is not a number") from exc
+    return fields
+
+
+def normalize_mathvista(raw: pd.DataFrame, base: Path | None = None,
+                        level_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     _require(raw, ("pid", "question", "choices", "answer", "question_type"), "MathVista")
-    rows = []
-    for _, r in raw.iterrows():
-        qid = str(r["pid"])
-        if r["question_type"] == "multi_choice":  # the gold is the option TEXT
-            choices = _choices(r["choices"])
-            answer = _gold_letter(r["answer"], choices, qid, by_text=True)
-        else:
-            choices, answer = None, _answer(r["answer"], qid)
-        rows.append(_row(qid, format_choices(str(r["question"]), choices), answer, choices,
-                         _first_image(r, base, qid),
-                         **_extras(r, ("question_type", "answer_type", "unit", "precision"))))
-    return _frame(rows, "mathvista")
+    table, skipped = _normalize(raw, "mathvista", "pid", _mathvista_row, base, level_column)
+    for c in SCORING_FIELDS if len(table) else ():  # None when absent, not pandas' NaN
+        table[c] = table[c].astype(object).where(table[c].notna(), None)
+    return table, skipped
 
 
-def normalize_mathverse(raw: pd.DataFrame, base: Path | None = None) -> pd.DataFrame:
-    """`question` is what the model sees (choices already inside; empty for Vision Only,
+def _mathverse_row(r: pd.Series, qid: str, base: Path | None) -> dict:
+    """`question` is what the model sees (options already inside; empty for Vision Only,
     where the whole problem is in the image). `question_for_eval` is the full text for a
     judge and must not be shown to the model."""
+    text = "" if _missing(r["question"]) else str(r["question"]).strip()
+    choices = None
+    if r["question_type"] == "multi-choice":
+        choices = parse_options(text)
+        if choices is None and text and r.get("problem_version") != "Vision Only":
+            raise BadRow("multiple-choice options not found in the question text")
+        answer = _gold_letter(r["answer"], choices)
+    else:
+        answer = _answer(r["answer"])
+    return _row(qid, text or "Answer the question shown in the image.", answer, choices,
+                _images(r, ["image"], base),
+                **_extras(r, ("problem_index", "problem_version", "question_type",
+                              "question_for_eval")))
+
+
+def normalize_mathverse(raw: pd.DataFrame, base: Path | None = None,
+                        level_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     _require(raw, ("sample_index", "question", "answer", "question_type"), "MathVerse")
-    rows = []
-    for _, r in raw.iterrows():
-        qid = str(r["sample_index"])
-        multi = r["question_type"] == "multi-choice"
-        answer = _gold_letter(r["answer"], None, qid) if multi else _answer(r["answer"], qid)
-        question = str(r["question"]).strip() or "Answer the question shown in the image."
-        rows.append(_row(qid, question, answer, None, _images(r, ["image"], base, qid),
-                         **_extras(r, ("problem_index", "problem_version", "question_type",
-                                       "question_for_eval"))))
-    return _frame(rows, "mathverse")
+    return _normalize(raw, "mathverse", "sample_index", _mathverse_row, base, level_column)
 
 
-def normalize_mmmu(raw: pd.DataFrame, base: Path | None = None) -> pd.DataFrame:
+def _mmmu_row(r: pd.Series, qid: str, base: Path | None) -> dict:
     """Options are a string holding a Python list; images are image_1..image_7 in tag order."""
+    choices = _choices(r["options"])
+    multi = r.get("question_type", "multiple-choice") == "multiple-choice"
+    answer = _gold_letter(r["answer"], choices) if multi else _answer(r["answer"])
+    question = format_choices(_question(r["question"]), choices if multi else None)
+    present = [f"image_{k}" for k in range(1, 8)
+               if f"image_{k}" in r and not _missing(r[f"image_{k}"])]
+    absent = {f"image_{k}" for k in map(int, _IMAGE_TAG.findall(question))} - set(present)
+    if absent:
+        raise BadRow(f"text refers to {sorted(absent)} but they are empty")
+    return _row(qid, question, answer, choices if multi else None, _images(r, present, base),
+                **_extras(r, ("question_type", "subfield", "topic_difficulty")))
+
+
+def normalize_mmmu(raw: pd.DataFrame, base: Path | None = None,
+                   level_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     _require(raw, ("id", "question", "options", "answer"), "MMMU")
-    rows = []
-    for _, r in raw.iterrows():
-        qid = str(r["id"])
-        try:
-            options = r["options"]
-            choices = _choices(ast.literal_eval(options) if isinstance(options, str) else options)
-        except (ValueError, SyntaxError) as exc:
-            raise ArtifactError(f"{qid}: options {r['options']!r} is not a Python list") from exc
-        multi = r.get("question_type", "multiple-choice") == "multiple-choice"
-        answer = _gold_letter(r["answer"], choices, qid) if multi else _answer(r["answer"], qid)
-        question = format_choices(str(r["question"]), choices if multi else None)
-        present = [f"image_{k}" for k in range(1, 8)
-                   if f"image_{k}" in r and not _missing(r[f"image_{k}"])]
-        absent = {f"image_{k}" for k in map(int, _IMAGE_TAG.findall(question))} - set(present)
-        if absent:
-            raise ArtifactError(f"{qid}: text refers to {sorted(absent)} but they are empty")
-        rows.append(_row(qid, question, answer, choices if multi else None,
-                         _images(r, present, base, qid),
-                         **_extras(r, ("question_type", "subfield", "topic_difficulty"))))
-    return _frame(rows, "mmmu")
+    return _normalize(raw, "mmmu", "id", _mmmu_row, base, level_column)
 
 
-def normalize_mmstar(raw: pd.DataFrame, base: Path | None = None) -> pd.DataFrame:
-    """Options are inside the question text, so `choices` stays None."""
+def _mmstar_row(r: pd.Series, qid: str, base: Path | None) -> dict:
+    """The options are inside the question text (shown as is); `choices` parses them out."""
+    question = _question(r["question"])
+    choices = parse_options(question)
+    if choices is None:
+        raise BadRow("options not found in the question text")
+    return _row(qid, question, _gold_letter(r["answer"], choices), choices,
+                _images(r, ["image"], base), **_extras(r, ("category", "l2_category")))
+
+
+def normalize_mmstar(raw: pd.DataFrame, base: Path | None = None,
+                     level_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     _require(raw, ("index", "question", "answer", "image"), "MMStar")
-    rows = [_row(r["index"], str(r["question"]), _gold_letter(r["answer"], None, str(r["index"])),
-                 None, _images(r, ["image"], base, str(r["index"])),
-                 **_extras(r, ("category", "l2_category")))
-            for _, r in raw.iterrows()]
-    return _frame(rows, "mmstar")
+    return _normalize(raw, "mmstar", "index", _mmstar_row, base, level_column)
 
 
-Normalizer = Callable[[pd.DataFrame, "Path | None"], pd.DataFrame]
+Normalizer = Callable[[pd.DataFrame, "Path | None", "str | None"],
+                      tuple[pd.DataFrame, pd.DataFrame]]
 NORMALIZERS: dict[str, tuple[Normalizer, str]] = {  # name -> (normalizer, default split)
     "mathvision": (normalize_mathvision, "test"),
     "mathvista": (normalize_mathvista, "testmini"),
@@ -367,11 +581,25 @@ def _level(value: Any) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _row_level(value: Any, column: str) -> int:
+    if _missing(value):
+        raise BadRow(f"no level in column '{column}'")
+    if _level(value) is None:
+        raise BadRow(f"level {value!r} in column '{column}' is not 1-5 / L1-L5")
+    return _level(value)
+
+
+def _holds_levels(values: pd.Series) -> bool:
+    present = [v for v in values if not _missing(v)]
+    return bool(present) and all(_level(v) is not None for v in present)
+
+
 def detect_level_column(raw: pd.DataFrame, exclude: tuple[str, ...] = ()) -> str | None:
-    """The one column named like a level whose values are 1-5 or L1-L5; None if none is named so."""
+    """The one column named like a level whose values are 1-5 or L1-L5 (a missing value
+    only skips its row); None if no column is named so."""
     named = [c for c in raw.columns if str(c).lower().replace(" ", "_") in LEVEL_NAMES
              and c not in exclude]
-    valid = [c for c in named if raw[c].map(_level).notna().all()]
+    valid = [c for c in named if _holds_levels(raw[c])]
     if len(valid) > 1:
         raise ArtifactError(f"several level columns {valid}: pass level_column= to pick one")
     if named and not valid:
@@ -380,51 +608,70 @@ def detect_level_column(raw: pd.DataFrame, exclude: tuple[str, ...] = ()) -> str
     return valid[0] if valid else None
 
 
-def attach_levels(df: pd.DataFrame, raw: pd.DataFrame, benchmark: str,
-                  level_column: str | None = "auto", required: bool = False) -> pd.DataFrame:
-    """`df` with an int `level` column taken from `raw` (same rows).
+def level_column_for(raw: pd.DataFrame, benchmark: str, level_column: str | None = "auto",
+                     required: bool = False) -> str | None:
+    """The raw column holding the paper's level, or None for no level.
 
     level_column: "auto" detects (skipping MathVision's own `level`), None adds none, a name
     uses that column. With `required`, finding none is an error listing the columns.
     """
     if level_column is None:
-        return df
-    raw = raw.reset_index(drop=True)
+        return None
     exclude = NOT_PAPER_LEVEL.get(benchmark, ())
     column = detect_level_column(raw, exclude) if level_column == "auto" else level_column
-    if column is None or column not in raw.columns:
-        if column is None and not required:
-            return df
-        trap = (" (MathVision's own `level` is the dataset's difficulty, not the paper's; "
-                "pass level_column='level' only if this copy replaced it)") if exclude else ""
-        raise ArtifactError(f"{benchmark}: no level column {column or LEVEL_NAMES!r}; "
-                            f"have {list(raw.columns)}{trap}")
-    levels = raw[column].map(_level)
-    if levels.isna().any():
-        bad = df["qid"][levels.isna().to_numpy()].tolist()[:5]
-        raise ArtifactError(f"{benchmark}: column '{column}' has no level 1-5 for qid(s) {bad}")
-    return df.assign(level=levels.astype(int).to_numpy())
+    if column is not None and column in raw.columns:
+        return column
+    if column is None and not required:
+        return None
+    trap = (" (MathVision's own `level` is the dataset's difficulty, not the paper's; "
+            "pass level_column='level' only if this copy replaced it)") if exclude else ""
+    raise ArtifactError(f"{benchmark}: no level column {column or LEVEL_NAMES!r}; "
+                        f"have {list(raw.columns)}{trap}")
 
 
 def load_named_benchmark(name: str, source: str | Path, split: str | None = None, *,
-                         level_column: str | None = "auto") -> tuple[pd.DataFrame, str]:
-    """(normalized table, upstream id) of benchmark `name` from a local copy or hub id.
+                         level_column: str | None = "auto",
+                         max_skipped_share: float = 0.02) -> Loaded:
+    """Benchmark `name` from a local copy or hub id: (normalized table, upstream id, skipped).
 
-    A source whose name contains `_with_difficulty_level` (the paper's copies) must yield
-    a level column.
+    Bad rows (an answer that is no option or matches two, no answer, a missing image,
+    unparseable options, a repeated id, no level in a level copy) are skipped and listed
+    in `skipped`; more than `max_skipped_share` of the rows skipped is an error. A source
+    whose name contains `_with_difficulty_level` (the paper's copies) must yield a level.
     """
     if name not in NORMALIZERS:
         raise ArtifactError(f"unknown benchmark '{name}'; known: {sorted(NORMALIZERS)}")
     normalize, default_split = NORMALIZERS[name]
-    split = split or default_split
-    raw, base, source_id = read_source(source, split)
-    df = normalize(raw.reset_index(drop=True), base)
-    df = attach_levels(df, raw, name, level_column,
-                       required="_with_difficulty_level" in str(source))
-    return df, f"{name}:{source_id}"
+    raw, base, source_id = read_source(source, split or default_split)
+    raw = raw.reset_index(drop=True)
+    column = level_column_for(raw, name, level_column,
+                              required="_with_difficulty_level" in str(source))
+    table, skipped = normalize(raw, base, column)
+    _check_skipped(name, table, skipped, len(raw), source, max_skipped_share)
+    return Loaded(table, f"{name}:{source_id}", skipped)
+
+
+def _check_skipped(name: str, table: pd.DataFrame, skipped: pd.DataFrame, total: int,
+                   source: str | Path, max_skipped_share: float) -> None:
+    reasons = "; ".join(f"{q}: {r}" for q, r in zip(skipped["qid"][:5], skipped["reason"][:5]))
+    if table.empty:
+        raise ArtifactError(f"{source}: no good {name} rows ({len(skipped)} of {total} "
+                            f"skipped: {reasons})")
+    share = len(skipped) / total
+    if share > max_skipped_share:
+        raise ArtifactError(
+            f"{name}: {len(skipped)} of {total} rows skipped ({share:.1%}), above "
+            f"max_skipped_share={max_skipped_share:.1%}; first reasons: {reasons} "
+            "(pass a larger max_skipped_share to accept them)")
 
 
 # --- SFT trace sets and RL query sets -------------------------------------------------------
+#
+# Rows: qid, question, answer, messages (user turn, plus the assistant's trace), images,
+# source. Bad rows are skipped and reported as for benchmarks.
+
+_THINK = re.compile(r"<think>.*?\S.*?</think>", re.DOTALL)  # a non-empty trace
+
 
 def _user_text(question: str, suffix: str | None) -> str:
     return f"{question} {suffix}".strip() if suffix else question  # as generation.chat_prompt
@@ -434,13 +681,24 @@ def _trace(thinking: str, attempt: str) -> str:
     return f"<think>\n{thinking.strip()}\n</think>\n\n{attempt.strip()}"
 
 
+def _trace_set(raw: pd.DataFrame, name: str, qids: list[str | None],
+               make_row: Callable[[pd.Series, str], dict], source_id: str,
+               source: str | Path, max_skipped_share: float) -> Loaded:
+    rows, skipped = _good_rows(raw, name, qids, make_row)
+    table = pd.DataFrame(rows, columns=["qid", "question", "answer", "messages", "images",
+                                        "source"])
+    _check_skipped(name, table, skipped, len(raw), source, max_skipped_share)
+    return Loaded(table, source_id, skipped)
+
+
 def load_s1(source: str | Path, teacher: str = "deepseek", split: str = "train",
-            prompt_suffix: str | None = None) -> pd.DataFrame:
+            prompt_suffix: str | None = None, *, max_skipped_share: float = 0.02) -> Loaded:
     """s1K-1.1 (teacher "deepseek" or "gemini") or s1K (Gemini only) as chat-format SFT rows.
 
     `answer` is the set's `solution` (a reference solution, not always a short answer).
+    Rows are numbered `<set>-0000`, ... in file order (the sets carry no id).
     """
-    raw, _, _ = read_source(source, split)
+    raw, _, source_id = read_source(source, split)
     if "thinking_trajectories" in raw.columns:
         _require(raw, ("question", "solution", "attempt"), "s1K")
         if teacher != "gemini":
@@ -452,56 +710,126 @@ def load_s1(source: str | Path, teacher: str = "deepseek", split: str = "train",
         thinking_col, attempt_col = f"{teacher}_thinking_trajectory", f"{teacher}_attempt"
         _require(raw, ("question", "solution", thinking_col, attempt_col), "s1K-1.1")
         tag = "s1K-1.1"
-    rows = []
-    for i, r in raw.reset_index(drop=True).iterrows():
-        qid, thinking = f"{tag}-{i:04d}", r[thinking_col]
+
+    def row(r: pd.Series, qid: str) -> dict:
+        thinking = r[thinking_col]
         if thinking_col == "thinking_trajectories":
             if _missing(thinking) or len(thinking) != 1:
-                raise ArtifactError(f"{qid}: expected one thinking trajectory")
+                raise BadRow("expected one thinking trajectory")
             thinking = thinking[0]
         if _missing(thinking) or _missing(r[attempt_col]):
-            raise ArtifactError(f"{qid}: no {teacher} trace")
-        question = str(r["question"])
-        rows.append({"qid": qid, "question": question, "answer": _answer(r["solution"], qid),
-                     "messages": [{"role": "user", "content": _user_text(question, prompt_suffix)},
-                                  {"role": "assistant",
-                                   "content": _trace(str(thinking), str(r[attempt_col]))}],
-                     "images": [], "source": f"{tag}/{teacher}"})
-    return pd.DataFrame(rows)
+            raise BadRow(f"no {teacher} trace")
+        question = _question(r["question"])
+        return {"qid": qid, "question": question, "answer": _answer(r["solution"]),
+                "messages": [{"role": "user", "content": _user_text(question, prompt_suffix)},
+                             {"role": "assistant",
+                              "content": _trace(str(thinking), str(r[attempt_col]))}],
+                "images": [], "source": f"{tag}/{teacher}"}
+
+    raw = raw.reset_index(drop=True)
+    return _trace_set(raw, tag, [f"{tag}-{i:04d}" for i in range(len(raw))], row, source_id,
+                      source, max_skipped_share)
 
 
-def _image_ref(part: dict) -> str:
+def _image_ref(part: dict) -> str | None:
     ref = part.get("image") or part.get("image_url")
     return ref.get("url") if isinstance(ref, dict) else ref
 
 
-def load_mm_eureka(path: str | Path, prompt_suffix: str | None = None) -> pd.DataFrame:
-    """MM-Eureka JSONL queries (no trace: `messages` is the user turn, plus an assistant turn
-    only if the file has one). Image paths `file://...` resolve relative to the file's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: MM-Eureka JSONL not found")
-    raw = _read_file(path)
-    _require(raw, ("id", "message", "answer"), str(path))
-    rows = []
-    for _, r in raw.iterrows():
-        qid = str(r["id"])
+def _turns(r: pd.Series) -> list[dict]:
+    """The chat turns of a row: `message` (a JSON string, MM-Eureka) or `messages` (a list)."""
+    value = r.get("message")
+    if _missing(value):
+        value = r.get("messages")
+    if isinstance(value, str):
         try:
-            turns = json.loads(r["message"]) if isinstance(r["message"], str) else r["message"]
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{qid}: `message` is not JSON ({exc})") from exc
-        users = [t for t in turns if t.get("role") == "user"]
-        if len(users) != 1:
-            raise ArtifactError(f"{qid}: expected one user turn, found {len(users)}")
-        parts = users[0]["content"]
-        parts = [{"type": "text", "text": parts}] if isinstance(parts, str) else parts
-        texts = [p["text"] for p in parts if p.get("type") == "text"]
-        images = [_image(_image_ref(p), path.parent, qid)
-                  for p in parts if p.get("type") in ("image", "image_url")]
-        question = "\n".join(texts).strip()
+            value = json.loads(value)
+        except ValueError as exc:
+            raise BadRow(f"`message` is not JSON ({exc})") from exc
+    if _missing(value) or isinstance(value, dict) or not all(isinstance(t, dict) for t in value):
+        raise BadRow("no chat turns")
+    return list(value)
+
+
+def _parts(content: Any) -> list[dict]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if content is None or isinstance(content, dict):
+        raise BadRow(f"turn content {content!r} is neither text nor a list of parts")
+    return [p for p in content if isinstance(p, dict)]
+
+
+def _user_turn(turns: list[dict], r: pd.Series, base: Path | None) -> tuple[str, list]:
+    """(question text, images) of the one user turn; images `file://...` resolve from `base`."""
+    users = [t for t in turns if t.get("role") == "user"]
+    if len(users) != 1:
+        raise BadRow(f"expected one user turn, found {len(users)}")
+    parts = _parts(users[0].get("content"))
+    question = "\n".join(str(p.get("text", "")) for p in parts if p.get("type") == "text").strip()
+    if not question:
+        raise BadRow("no question text")
+    refs = [_image_ref(p) for p in parts if p.get("type") in ("image", "image_url")]
+    if any(ref is None for ref in refs):
+        # TRL's layout: {"type": "image"} placeholders, the images in an `images` column.
+        stored = [] if _missing(r.get("images")) else list(r["images"])
+        if len(stored) != len(refs):
+            raise BadRow(f"{len(refs)} image placeholder(s) but {len(stored)} stored image(s)")
+        return question, [_image(v, base) for v in stored]
+    return question, [_image(ref, base) for ref in refs]
+
+
+def _text_of(content: Any) -> str:
+    return "".join(str(p.get("text", "")) for p in _parts(content) if p.get("type") == "text")
+
+
+def load_mm_eureka(source: str | Path, prompt_suffix: str | None = None, split: str = "train",
+                   *, max_skipped_share: float = 0.02) -> Loaded:
+    """MM-Eureka queries (no trace: `messages` is the user turn, plus an assistant turn only
+    if the row has one). Image paths `file://...` resolve relative to the file's folder."""
+    raw, base, source_id = read_source(source, split)
+    _require(raw, ("id", "answer"), str(source))
+    _require_one(raw, ("message", "messages"), str(source))
+
+    def row(r: pd.Series, qid: str) -> dict:
+        turns = _turns(r)
+        question, images = _user_turn(turns, r, base)
         messages = [{"role": "user", "content": _user_text(question, prompt_suffix)}]
-        messages += [{"role": "assistant", "content": str(t["content"])}
+        messages += [{"role": "assistant", "content": _text_of(t.get("content"))}
                      for t in turns if t.get("role") == "assistant"]
-        rows.append({"qid": qid, "question": question, "answer": _answer(r["answer"], qid),
-                     "messages": messages, "images": images, "source": "mm-eureka"})
-    return pd.DataFrame(rows)
+        return {"qid": qid, "question": question, "answer": _answer(r["answer"]),
+                "messages": messages, "images": images, "source": "mm-eureka"}
+
+    raw = raw.reset_index(drop=True)
+    return _trace_set(raw, "mm-eureka", _ids(raw["id"]), row, source_id, source,
+                      max_skipped_share)
+
+
+def load_eureka_distill(source: str | Path, prompt_suffix: str | None = None,
+                        split: str = "train", *, max_skipped_share: float = 0.02) -> Loaded:
+    """Eureka-Distill-style SFT traces (`JierunChen/Eureka-Distill`; its schema is not
+    documented): chat rows as MM-Eureka's (`message` JSON string or `messages` list; user
+    text + `file://` images; `answer`), each with exactly one assistant turn holding a
+    `<think> ... </think>` trace. Rows without `id` are numbered `eureka-distill-00000`, ...
+    System turns are not carried (the stages add their own prompt suffix)."""
+    raw, base, source_id = read_source(source, split)
+    _require(raw, ("answer",), str(source))
+    _require_one(raw, ("message", "messages"), str(source))
+
+    def row(r: pd.Series, qid: str) -> dict:
+        turns = _turns(r)
+        question, images = _user_turn(turns, r, base)
+        replies = [_text_of(t.get("content")) for t in turns if t.get("role") == "assistant"]
+        if len(replies) != 1:
+            raise BadRow(f"expected one assistant turn, found {len(replies)}")
+        if not _THINK.search(replies[0]):
+            raise BadRow("the assistant turn has no <think> ... </think> trace")
+        return {"qid": qid, "question": question, "answer": _answer(r["answer"]),
+                "messages": [{"role": "user", "content": _user_text(question, prompt_suffix)},
+                             {"role": "assistant", "content": replies[0]}],
+                "images": images, "source": "eureka-distill"}
+
+    raw = raw.reset_index(drop=True)
+    qids = (_ids(raw["id"]) if "id" in raw.columns
+            else [f"eureka-distill-{i:05d}" for i in range(len(raw))])
+    return _trace_set(raw, "eureka-distill", qids, row, source_id, source, max_skipped_share)
+

@@ -204,7 +204,7 @@ def trace_set(cfg: DistillConfig) -> pd.DataFrame:
     from synergy import data
 
     teacher = cfg.trace_set.split("-", 1)[1]
-    rows = data.load_s1(cfg.trace_source, teacher=teacher)
+    rows = data.load_s1(cfg.trace_source, teacher=teacher).table
     return rows.assign(response=[m[-1]["content"] for m in rows["messages"]]).drop(
         columns="messages")
 

@@ -326,7 +326,7 @@ def training_questions(cfg: GRPOStageConfig, run) -> tuple[pd.DataFrame, str]:
         qs = world.train_questions(world_cfg, cfg.n_train_questions, seed=cfg.seed + 4004)
         return world.questions_frame(qs), f"{world_cfg.world_id()}:train:{cfg.seed + 4004}"
     source = cfg.train_source.partition(":")[2]
-    rows = data.load_mm_eureka(source)
+    rows = data.load_mm_eureka(source).table
     rows = rows.sample(frac=1.0, random_state=cfg.seed).head(cfg.n_train_questions)
     return rows.drop(columns=["messages"]).reset_index(drop=True), f"mm_eureka:{source}"
 

@@ -37,6 +37,7 @@ class StratifyConfig(StageConfig):
     top_k: int
     max_new_tokens: int
     prompt_suffix: str
+    max_skipped_share: float
     backend: Literal["hf", "vllm"]
     batch_rows: int
     early_stop: bool
@@ -54,6 +55,7 @@ class StratifyConfig(StageConfig):
         for key in ("max_new_tokens", "batch_rows", "round_size"):
             self.require(getattr(self, key) >= 1, key, "must be >= 1")
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
+        self.require(0 <= self.max_skipped_share <= 1, "max_skipped_share", "must be in [0, 1]")
 
     @property
     def spec(self) -> SamplingSpec:
@@ -177,17 +179,21 @@ def level_questions(engine, model_path: str, questions: pd.DataFrame, cfg: Strat
 def run(cfg: StratifyConfig, progress: bool = True) -> StratifyResult:
     """Stratify the benchmark with the base model; saves `levels/` and the manifest."""
     from synergy import data, stages
-    from synergy.files import save_dataset
+    from synergy.files import save_dataset, write_text
     from synergy.generation import make_engine
     from synergy.runs import stage_run
 
     with stage_run(cfg, stages.STRATIFY) as ctx:
         model = ctx.model(cfg.model, "model")
-        questions, ctx.upstream["benchmark"] = data.load_benchmark(cfg.benchmark, ctx.run)
+        questions, ctx.upstream["benchmark"], skipped = data.load_benchmark(
+            cfg.benchmark, ctx.run, cfg.max_skipped_share)
+        write_text(ctx.dir / "skipped_rows.csv", skipped.to_csv(index=False))
         engine = make_engine(model.path, cfg.backend, cfg.batch_rows)
         df = level_questions(engine, model.path, questions, cfg, ctx.dir / "cache", progress)
         save_dataset(to_dataset(df), ctx.dir / "levels")
-        ctx.record(model_path=ctx.run.relative(model.path) if model.is_local else model.path,
+        ctx.record(skipped_rows={"count": len(skipped),
+                                 "share": len(skipped) / max(1, len(skipped) + len(questions)),
+                                 "reasons": skipped["reason"].value_counts().to_dict()},
                    samples_drawn=int(df["n_drawn"].sum()),
                    level_counts={f"L{k}": int(v) for k, v in
                                  df["level"].value_counts().sort_index().items()})
