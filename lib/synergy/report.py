@@ -24,13 +24,14 @@ from synergy.config import StageConfig
 from synergy.runs import Run, StageResult
 
 LEVELS = ["L1", "L2", "L3", "L4", "L5"]
-# Where each role's per-level numbers come from, best first: 06 and 07 evaluate base, SFT
-# and RL with one sampling spec, so their numbers compare directly.
-ROLE_SOURCES = [stages.MERGING.name, stages.PIVOTAL.name, stages.GRPO.name, stages.SFT.name,
-                stages.STRATIFY.name]
+# Where each role's per-level numbers come from, best first: 06, 07 and 05 evaluate base,
+# SFT and RL with one sampling spec, so their numbers compare directly.
+ROLE_SOURCES = [stages.MERGING.name, stages.PIVOTAL.name, stages.STRATEGIES.name,
+                stages.GRPO.name, stages.SFT.name, stages.STRATIFY.name]
 _MERGE = re.compile(r"^(linear|slerp|ties|dare_ties)-([0-9.]+)$")
 # Stages whose other models (teachers, sweeps, KL ablations, strategies) the report lists.
-MODEL_STAGE_FOLDERS = [stages.SFT.name, stages.GRPO.name]
+MODEL_STAGE_FOLDERS = [stages.SFT.name, stages.GRPO.name, stages.STRATEGIES.name]
+STRATEGY_PREFIX = f"{stages.STRATEGIES.name}/"  # roles of 05's models: "<stage>/<model>"
 
 
 @dataclasses.dataclass
@@ -134,8 +135,8 @@ def role_levels(levels: pd.DataFrame,
     """
     own_stage = {"sft": stages.SFT.name, "rl": stages.GRPO.name}
     picked = []
-    for role, sources in (("base", ROLE_SOURCES), ("sft", ROLE_SOURCES[:2] + [own_stage["sft"]]),
-                          ("rl", ROLE_SOURCES[:2] + [own_stage["rl"]])):
+    for role, sources in (("base", ROLE_SOURCES), ("sft", ROLE_SOURCES[:3] + [own_stage["sft"]]),
+                          ("rl", ROLE_SOURCES[:3] + [own_stage["rl"]])):
         for stage in sources:
             part = levels[levels["stage"] == stage]
             if role in set(part["model"]):
@@ -151,10 +152,11 @@ def role_levels(levels: pd.DataFrame,
     merges = levels.loc[(levels["stage"] == stages.MERGING.name) & ratio.notna()
                         & ~ratio.isin([0.0, 1.0])]
     picked.append(merges.assign(role=merges["model"]))
-    # The other SFT / RL models (teachers, sweeps, KL ablations) and any other model stage.
+    # The other SFT / RL models (teachers, sweeps, KL ablations), 05's strategies, router,
+    # oracle; not the parents a stage re-evaluated (base, init, sft-*, 05's sft and rl).
     taken = {(p["stage"].iloc[0], p["model"].iloc[0]) for p in picked[:-1] if len(p)}
     others = levels[levels["stage"].isin(MODEL_STAGE_FOLDERS)
-                    & ~levels["model"].astype(str).str.match(r"^(base|init|sft-.*)$")]
+                    & ~levels["model"].astype(str).str.match(r"^(base|init|sft|rl|sft-.*)$")]
     others = others.loc[np.array([(s, m) not in taken for s, m in
                                   zip(others["stage"], others["model"])], dtype=bool)]
     # A model several stages evaluated (04 re-evaluates the SFT models) appears once.
@@ -182,10 +184,16 @@ PAPER_MATCH = {"sft:s1.1-R1": rf"^{stages.SFT.name}/careful$",
                "progressive": r"progress", "data_mixing": r"mix"}
 
 
-def _find_role(role: str, roles: pd.DataFrame) -> str | None:
-    """This run's row for a paper role (see PAPER_MATCH; "sft" may also be "03_sft/careful")."""
+def _find_role(role: str, roles: pd.DataFrame,
+               headlines: dict[str, str] | None = None) -> str | None:
+    """This run's row for a paper role: the role itself, the model 05 names for it
+    (`headlines`: its manifest's `paper_roles`), else the first PAPER_MATCH ("sft" may also
+    be "03_sft/careful")."""
     if role in set(roles["role"]):
         return role
+    named = STRATEGY_PREFIX + (headlines or {}).get(role, "")
+    if role in (headlines or {}) and named in set(roles["role"]):
+        return named
     pattern = PAPER_MATCH.get(role)
     for r, stage, model in roles[["role", "stage", "model"]].drop_duplicates().itertuples(
             index=False):
@@ -195,7 +203,8 @@ def _find_role(role: str, roles: pd.DataFrame) -> str | None:
     return None
 
 
-def paper_vs_run(paper: dict, roles: pd.DataFrame) -> pd.DataFrame:
+def paper_vs_run(paper: dict, roles: pd.DataFrame,
+                 headlines: dict[str, str] | None = None) -> pd.DataFrame:
     """The paper's average and gain over its base beside this run's per-level accuracy.
 
     Absolute numbers do not compare (a 7B VLM on five benchmarks vs a small model on the
@@ -208,7 +217,7 @@ def paper_vs_run(paper: dict, roles: pd.DataFrame) -> pd.DataFrame:
     base_run = acc.loc["base"] if "base" in acc.index else None
     rows = []
     for m in paper["models"]:
-        match = _find_role(m["role"], roles) if len(roles) else None
+        match = _find_role(m["role"], roles, headlines) if len(roles) else None
         row = {"paper model": m["name"], "paper Avg %": m["avg"],
                "paper gain vs base": round(m["avg"] - base_paper, 1),
                "this run": (f"{match} ({where[match]})" if match in ("base", "sft", "rl")
@@ -234,6 +243,7 @@ class Evidence:
     counts: pd.DataFrame | None      # 07's category counts, or None
     margin: float                    # accuracy change (0-1) that counts as real
     long_ratio: float                # "much longer": at least this ratio
+    two_stage: pd.DataFrame | None = None  # 05's `strategies.two_stage_table`, or None
 
     def missing(self, *roles: str) -> list[str]:
         return [r for r in roles if r not in self.acc.index]
@@ -247,8 +257,12 @@ class Evidence:
         return 100 * (self.acc.loc[role, levels] - self.acc.loc["base", levels])
 
     def combinations(self) -> list[str]:
-        """Merges (interior ratios) and 05 strategies: the models that combine SFT and RL."""
-        return [r for r in self.acc.index if _MERGE.match(r)]
+        """Merges (interior ratios) and 05's combination strategies (the paper's four and
+        the SFT-loss baseline; not the router, adaptive model or oracle, which go beyond)."""
+        from synergy.strategies import COMBINATIONS
+
+        return [r for r in self.acc.index if _MERGE.match(r) or r.startswith(STRATEGY_PREFIX)
+                and r[len(STRATEGY_PREFIX):].split("-")[0] in COMBINATIONS]
 
 
 Verdict = tuple[str, str]  # (status, the numbers it rests on)
@@ -325,6 +339,29 @@ def no_synergy(ev: Evidence) -> Verdict:
                                  f"{', '.join(winners) or 'none'}")
 
 
+def below_rl(ev: Evidence) -> Verdict:
+    combos = ev.combinations()
+    if ev.missing("rl") or not combos:
+        return _not_run(ev.missing("rl") + ([] if combos else ["a combination (05 or 06)"]))
+    rl = ev.acc.at["rl", "all"]
+    above = [r for r in combos if ev.acc.at[r, "all"] > rl + ev.margin]
+    best = max(combos, key=lambda r: ev.acc.at[r, "all"])
+    return _verdict(not above, f"best combination {best} {100 * ev.acc.at[best, 'all']:.1f}% "
+                               f"vs RL {100 * rl:.1f}%; above RL: {', '.join(above) or 'none'}")
+
+
+def two_stage_budget(ev: Evidence) -> Verdict:
+    from synergy.strategies import two_stage_needs_budget
+
+    if ev.two_stage is None or len(ev.two_stage) < 2:
+        return _not_run(f"two-stage runs at two or more response budgets "
+                        f"({stages.STRATEGIES.name})")
+    t = ev.two_stage
+    return _verdict(two_stage_needs_budget(t), "; ".join(
+        f"budget {r.budget}: {100 * r.clipped_ratio:.0f}% truncated, accuracy "
+        f"{100 * r.accuracy:.1f}%" for r in t.itertuples()))
+
+
 def interpolation_gaps(ev: Evidence, methods: tuple[str, ...]) -> np.ndarray:
     """Per (merge, level) of `methods`: |merge - linear interpolation of the parents| and
     whether the merge lies between the parents (+- margin). Shape (n, 2)."""
@@ -379,15 +416,18 @@ def meta_tokens(ev: Evidence) -> Verdict:
 
 FINDINGS: dict[str, Callable[[Evidence], Verdict]] = {
     "sft_hard": sft_hard, "sft_easy": sft_easy, "sft_long": sft_long, "rl_all": rl_all,
-    "rl_short": rl_short, "no_synergy": no_synergy, "interpolate": interpolate,
+    "rl_short": rl_short, "no_synergy": no_synergy, "below_rl": below_rl,
+    "two_stage_budget": two_stage_budget, "interpolate": interpolate,
     "ties_erratic": ties_erratic, "meta_tokens": meta_tokens}
 
 
 def checklist(paper: dict, roles: pd.DataFrame, counts: pd.DataFrame | None,
-              margin: float, long_ratio: float) -> pd.DataFrame:
+              margin: float, long_ratio: float,
+              two_stage: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each of the paper's findings (`paper["findings"]`), judged by its function in
     FINDINGS from this run's numbers: reproduced, not reproduced, or not run."""
-    ev = Evidence(wide(roles), wide(roles, "mean_length"), counts, margin, long_ratio)
+    ev = Evidence(wide(roles), wide(roles, "mean_length"), counts, margin, long_ratio,
+                  two_stage)
     missing = set(paper["findings"]) ^ set(FINDINGS)
     if missing:
         raise KeyError(f"findings without a function or without a paper entry: {missing}")
@@ -399,6 +439,42 @@ def checklist(paper: dict, roles: pd.DataFrame, counts: pd.DataFrame | None,
 
 
 # --- other tables -------------------------------------------------------------------------
+
+def strategies_table(paper: dict, roles: pd.DataFrame, headlines: dict[str, str] | None,
+                     margin: float) -> pd.DataFrame:
+    """Every 05 model beside the paper's number for the strategy it stands for: overall
+    accuracy and its difference to SFT and RL (paper: average over five benchmarks; this
+    run: all levels), and where it beats both parents or falls below the better one."""
+    from synergy.merging import synergy_check
+
+    acc = wide(roles)
+    names = [r for r in acc.index if r.startswith(STRATEGY_PREFIX)]
+    if not names:
+        return _not_run_table(stages.STRATEGIES)
+    avg = {m["role"]: m["avg"] for m in paper["models"]}
+    parents = all(p in acc.index for p in ("sft", "rl"))
+    check = pd.DataFrame()
+    if parents:
+        long = acc.reset_index().melt(id_vars="role", var_name="level", value_name="accuracy")
+        check = synergy_check(long.rename(columns={"role": "model"}), names,
+                              margin=margin).set_index("model")
+    stands_for = {STRATEGY_PREFIX + m: r for r, m in (headlines or {}).items()}
+    rows = []
+    for name in names:
+        role = stands_for.get(name)
+        row = {"model": name[len(STRATEGY_PREFIX):], "paper strategy": role or "",
+               "paper Avg %": avg.get(role, np.nan),
+               "paper vs SFT": round(avg[role] - avg["sft"], 1) if role in avg else np.nan,
+               "paper vs RL": round(avg[role] - avg["rl"], 1) if role in avg else np.nan,
+               "run all %": round(100 * acc.at[name, "all"], 1)}
+        if parents:
+            row["run vs SFT"] = round(100 * (acc.at[name, "all"] - acc.at["sft", "all"]), 1)
+            row["run vs RL"] = round(100 * (acc.at[name, "all"] - acc.at["rl", "all"]), 1)
+            row.update({k: check.at[name, k] for k in ("above_both", "below_better_parent",
+                                                       "synergy")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
 
 def training_curves(run: Run) -> pd.DataFrame:
     """Every training log of the run (CSV files with a `step` column), long: stage, source,
@@ -493,14 +569,21 @@ def _placeholder(title: str, note: str):
     return fig.add_annotation(text=note, showarrow=False, font_size=16)
 
 
-def accuracy_figure(roles: pd.DataFrame):
+def accuracy_figure(roles: pd.DataFrame, title: str = "Accuracy by difficulty level, every "
+                                                        "model of the run"):
     """Accuracy per level for base, SFT, RL and every combination, in one figure."""
     from synergy.evaluation import accuracy_figure as bars
 
     if roles.empty:
         return _placeholder("Accuracy by level", "no evaluated models yet")
-    return bars(roles.drop(columns="model").rename(columns={"role": "model"}),
-                "Accuracy by difficulty level, every model of the run")
+    return bars(roles.drop(columns="model").rename(columns={"role": "model"}), title)
+
+
+def strategy_roles(roles: pd.DataFrame) -> pd.DataFrame:
+    """Base, SFT, RL and 05's models (the strategies section's figure)."""
+    keep = roles["role"].isin(["base", "sft", "rl"]) | roles["role"].str.startswith(
+        STRATEGY_PREFIX)
+    return roles[keep]
 
 
 def tradeoff_figure(roles: pd.DataFrame):
@@ -588,6 +671,7 @@ class ReportResult(StageResult):
     checklist: pd.DataFrame
     curves: pd.DataFrame              # training_curves
     merge_curves: pd.DataFrame | None  # merging.merge_curves, or None when 06 has not run
+    strategies: pd.DataFrame          # strategies_table: 05's models beside the paper's
     counts: pd.DataFrame | None       # 07's category counts
     tokens: pd.DataFrame | None       # 07's KL per token
     examples: pd.DataFrame            # response_examples
@@ -601,16 +685,24 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
     paper = paper_results()
     levels = run_levels(run)
     roles = role_levels(levels, main_models(run))
+    headlines, two_stage = {}, None
+    if run.has_run(stages.STRATEGIES):
+        from synergy import strategies
+
+        res = strategies.load(str(run.output_root), run.name)
+        headlines = res.manifest.get("paper_roles", {})
+        two_stage = strategies.two_stage_table(res.table, res.curves, res.runs)
     piv = pivotal.load(str(run.output_root), run.name) if run.has_run(stages.PIVOTAL) else None
     merge_curves = None
     if run.has_run(stages.MERGING):
         m = merging.load(str(run.output_root), run.name)
         merge_curves = merging.merge_curves(m.per_level, m.merges)
     return {"paper": paper, "status": stage_status(run), "levels": levels, "roles": roles,
-            "paper_vs_run": paper_vs_run(paper, roles),
+            "paper_vs_run": paper_vs_run(paper, roles, headlines),
             "checklist": checklist(paper, roles, piv.counts if piv else None, cfg.margin,
-                                   cfg.long_ratio),
+                                   cfg.long_ratio, two_stage),
             "curves": training_curves(run), "merge_curves": merge_curves,
+            "strategies": strategies_table(paper, roles, headlines, cfg.margin),
             "counts": piv.counts if piv else None, "tokens": piv.tokens if piv else None,
             "examples": response_examples(run, cfg.n_examples, cfg.seed)}
 

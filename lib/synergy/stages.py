@@ -49,13 +49,15 @@ STRATIFY = Stage("01_stratify", "stratify", "stratify", "StratifyConfig")
 DISTILL = Stage("02_distill", "distill", "distill", "DistillConfig")
 SFT = Stage("03_sft", "sft", "sft", "SftConfig", role="sft")
 GRPO = Stage("04_grpo", "grpo", "grpo", "GRPOStageConfig", role="rl")
+STRATEGIES = Stage("05_strategies", "strategies", "strategies", "StrategiesConfig",
+                   role="strategy")
 MERGING = Stage("06_merging", "merging", "merging", "MergingConfig", role="merge")
 PIVOTAL = Stage("07_pivotal_tokens", "pivotal", "pivotal", "PivotalConfig")
 REPORT = Stage("08_report", "report", "report", "ReportConfig", hide_code=True)
 
-STAGES = [WORLD, STRATIFY, DISTILL, SFT, GRPO, MERGING, PIVOTAL, REPORT]
+STAGES = [WORLD, STRATIFY, DISTILL, SFT, GRPO, STRATEGIES, MERGING, PIVOTAL, REPORT]
 # Stages whose manifests list models (`model_paths`, `main_model`) for later stages.
-MODEL_STAGES = [WORLD, SFT, GRPO, MERGING]
+MODEL_STAGES = [WORLD, SFT, GRPO, STRATEGIES, MERGING]
 
 
 def find(name: str | Stage) -> Stage:

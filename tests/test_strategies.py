@@ -1,0 +1,422 @@
+"""05_strategies: schedules, the gate and loss routing, prefixes and their loss weights, the
+SFT term's normalisation, blends, the router's threshold, real optimizer steps of the
+strategy trainer, and the notebook on the smoke profile."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from synergy import mixing, strategies
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "params" / "smoke.yaml"
+
+
+class CharTokenizer:
+    """TEST HELPER: one token per character (id = code point), so every expected id and
+    mask can be written down by hand."""
+
+    eos_token_id, pad_token_id = 3, 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+TOK = CharTokenizer()
+
+
+# --- schedules ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, t, expected", [
+    ("linear", 0.0, 1.0), ("linear", 0.3, 0.5), ("linear", 0.6, 0.0), ("linear", 0.9, 0.0),
+    ("cosine", 0.0, 1.0), ("cosine", 0.15, 0.5 * (1 + math.cos(math.pi / 4))),
+    ("cosine", 0.3, 0.5), ("cosine", 0.6, 0.0), ("cosine", 1.0, 0.0),
+    ("step", 0.0, 1.0), ("step", 0.29, 1.0), ("step", 0.31, 0.5), ("step", 0.59, 0.5),
+    ("step", 0.6, 0.0),
+])
+def test_prefix_schedules_fade_from_full_to_none_by_the_horizon(kind, t, expected):
+    assert mixing.schedule(kind, t, start=1.0, end=0.0, horizon=0.6, n_steps=3) \
+        == pytest.approx(expected)
+
+
+def test_aux_weight_fades_from_peak_to_floor_and_bad_kinds_fail():
+    assert mixing.schedule("cosine", 0.0, 0.5, 0.05) == pytest.approx(0.5)
+    assert mixing.schedule("cosine", 0.5, 0.5, 0.05) == pytest.approx(0.275)
+    assert mixing.schedule("cosine", 1.0, 0.5, 0.05) == pytest.approx(0.05)
+    # Two plateaus: the full value over the horizon, then the end value.
+    assert mixing.schedule("step", 0.5, 1.0, 0.0, horizon=0.6, n_steps=2) == 1.0
+    assert mixing.schedule("step", 0.6, 1.0, 0.0, horizon=0.6, n_steps=2) == 0.0
+    with pytest.raises(ValueError, match="unknown schedule"):
+        mixing.schedule("exp", 0.5, 1.0, 0.0)
+
+
+# --- the gate and loss routing --------------------------------------------------------------
+
+def crafted_batch():
+    """Three prompts x 4 rollouts: all correct, one correct, none correct."""
+    accuracy = torch.tensor([1., 1., 1., 1., 1., 0., 0., 0., 0., 0., 0., 0.])
+    mask = torch.ones(12, 5, dtype=torch.long)
+    mask[:, 4] = 0
+    batch = {"prompt_ids": torch.ones(12, 3, dtype=torch.long),
+             "prompt_mask": torch.ones(12, 3, dtype=torch.long),
+             "completion_ids": torch.ones(12, 5, dtype=torch.long), "completion_mask": mask,
+             "advantages": torch.linspace(-1, 1, 12), "num_items_in_batch": mask.sum()}
+    prompts = ["P0:"] * 4 + ["P1:"] * 4 + ["P2:"] * 4
+    experts = ["aa"] * 4 + ["bbb"] * 4 + ["cccc"] * 4
+    return accuracy, batch, prompts, experts
+
+
+def test_gate_counts_correct_rollouts_per_group():
+    accuracy, *_ = crafted_batch()
+    assert mixing.group_correct(accuracy, 4).tolist() == [4, 1, 0]
+    assert mixing.gated_rows(accuracy, 4, gate=0).tolist() == [False] * 8 + [True] * 4
+    assert mixing.gated_rows(accuracy, 4, gate=1).tolist() == [False] * 4 + [True] * 8
+    assert mixing.first_of_group(12, 4).tolist() == [True, False, False, False] * 3
+
+
+def test_same_step_routes_gated_groups_to_the_sft_loss():
+    accuracy, batch, prompts, experts = crafted_batch()
+    out, targets, waiting = strategies.interleave(batch, accuracy, prompts, experts, 4, 0,
+                                                  "same_step", TOK)
+    # The all-wrong group leaves the GRPO loss: no tokens, no advantage ...
+    assert out["completion_mask"][8:].sum() == 0 and torch.all(out["advantages"][8:] == 0)
+    assert torch.equal(out["completion_mask"][:8], batch["completion_mask"][:8])
+    assert out["num_items_in_batch"] == 8 * 4
+    # ... and its expert trace gets the SFT loss once (first row), on the response tokens.
+    assert [i for i, t in enumerate(targets) if t is not None] == [8]
+    ids, mask = targets[8]
+    assert ids == [ord(c) for c in "P2:cccc"] + [TOK.eos_token_id]
+    assert mask == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert waiting == []
+
+
+def test_buffered_defers_gated_questions_to_a_separate_sft_step():
+    accuracy, batch, prompts, experts = crafted_batch()
+    out, targets, waiting = strategies.interleave(batch, accuracy, prompts, experts, 4, 1,
+                                                  "buffered", TOK)
+    assert out["completion_mask"][4:].sum() == 0  # gate 1: the one-correct group too
+    assert all(t is None for t in targets)          # no SFT in this step
+    assert waiting == [("P1:", "bbb"), ("P2:", "cccc")]  # one entry per question
+
+
+def test_pad_targets_right_pads_and_leaves_rows_without_a_target_empty():
+    padded = mixing.pad_targets([None, ([5, 6, 7], [0, 1, 1]), ([8], [1])], pad_id=0)
+    assert padded["sft_ids"].tolist() == [[0, 0, 0], [5, 6, 7], [8, 0, 0]]
+    assert padded["sft_attention"].tolist() == [[0, 0, 0], [1, 1, 1], [1, 0, 0]]
+    assert padded["sft_mask"].tolist() == [[0, 0, 0], [0, 1, 1], [1, 0, 0]]
+    assert mixing.pad_targets([None, None], 0)["sft_ids"].shape == (2, 1)
+
+
+# --- progressive: prefixes and the loss weights of each token ------------------------------
+
+def test_prefix_is_a_share_of_the_trace_tokens():
+    assert mixing.prefix_of(TOK, "abcdefgh", 0.5) == ("abcd", 4)
+    assert mixing.prefix_of(TOK, "abcdefgh", 1.0) == ("abcdefgh", 8)
+    assert mixing.prefix_of(TOK, "abcdefgh", 0.0) == ("", 0)
+    assert mixing.prefix_of(TOK, "abc", 0.5) == ("ab", 2)  # round half to even: 1.5 -> 2
+
+
+def test_prefixed_rollouts_put_sft_on_prefix_tokens_grpo_on_generated_none_on_prompt():
+    accuracy, batch, prompts, experts = crafted_batch()
+    inputs = [{"prompt": p, "expert": e, "prefix": ""} for p, e in zip(prompts, experts)]
+    gated = mixing.gated_rows(accuracy, 4, 0)
+    sub, targets = strategies.prefix_inputs(inputs, gated.numpy(), 0.5, 4, TOK)
+    # The policy continues from half of the trace; rewards see prefix + continuation.
+    assert [x["prompt"] for x in sub] == ["P2:cc"] * 4 and [x["prefix"] for x in sub] == ["cc"] * 4
+    # SFT target of the group: prompt + prefix, loss on the 2 prefix tokens only, no EOS.
+    assert [i for i, t in enumerate(targets) if t is not None] == [8]
+    assert targets[8] == ([ord(c) for c in "P2:cc"], [0, 0, 0, 1, 1])
+    # GRPO: the regenerated rows (prompt "P2:cc", 3 generated tokens) replace the old ones;
+    # the loss mask covers generated tokens only, the prompt and prefix none.
+    sub_batch = {"prompt_ids": torch.full((4, 5), 7), "prompt_mask": torch.ones(4, 5, dtype=torch.long),
+                 "completion_ids": torch.full((4, 3), 9),
+                 "completion_mask": torch.ones(4, 3, dtype=torch.long),
+                 "advantages": torch.tensor([0.5, -0.5, 0.5, -0.5]),
+                 "num_items_in_batch": torch.tensor(12)}
+    merged = mixing.replace_rows(batch, gated, sub_batch, pad_id=0)
+    assert merged["completion_mask"][8:].tolist() == [[1, 1, 1, 0, 0]] * 4
+    assert merged["prompt_ids"][8:].tolist() == [[7] * 5] * 4
+    assert merged["prompt_ids"][:8].tolist() == [[0, 0, 1, 1, 1]] * 8  # left-padded
+    assert merged["prompt_mask"][:8].tolist() == [[0, 0, 1, 1, 1]] * 8
+    assert merged["advantages"][8:].tolist() == [0.5, -0.5, 0.5, -0.5]
+    assert merged["num_items_in_batch"] == 8 * 4 + 4 * 3
+    assert batch["prompt_ids"].shape == (12, 3)  # the input is left alone
+
+
+def test_replace_rows_refuses_fields_it_cannot_merge():
+    _, batch, *_ = crafted_batch()
+    with pytest.raises(ValueError, match="pixel_values"):
+        mixing.replace_rows({**batch, "pixel_values": torch.zeros(1)}, torch.zeros(12),
+                            batch, 0)
+
+
+# --- the SFT term follows TRL's normalisation ----------------------------------------------
+
+def test_sft_term_adds_up_to_a_token_mean_per_optimizer_step():
+    # 4 micro-batches per generation batch (steps_per_generation 4), 2 per optimizer step
+    # (accumulation 2): per-micro-batch NLL sums 5, 10, 15, 20 over 5 tokens each.
+    nll, tokens = [5.0, 10.0, 15.0, 20.0], [5, 5, 5, 5]
+    for loss_type in ("dapo", "bnpo"):
+        terms = [mixing.sft_loss(n, t, sum(tokens), loss_type, 2, 4) for n, t in
+                 zip(nll, tokens)]
+        assert terms[0] + terms[1] == pytest.approx((5 + 10) / 10)  # window 1's token mean
+        assert terms[2] + terms[3] == pytest.approx((15 + 20) / 10)
+    # dapo divides by the generation batch's tokens rescaled to one window (as TRL rescales
+    # num_items_in_batch); bnpo by this micro-batch's tokens and the accumulation steps.
+    assert mixing.sft_loss(10.0, 2, 40, "dapo", 2, 4) == pytest.approx(10 / (40 * 2 / 4))
+    assert mixing.sft_loss(10.0, 2, 40, "bnpo", 2, 4) == pytest.approx(10 / 2 / 2)
+    assert mixing.sft_loss(10.0, 2, 40, "dapo", 2, 4, num_processes=2) \
+        == pytest.approx(10 / (20 * 2 / 4))
+
+
+# --- blends ---------------------------------------------------------------------------------
+
+def drawn_questions():
+    """RL samples of three questions: always right, right once in 4, never right."""
+    return pd.DataFrame({
+        "qid": ["a", "b", "c"], "question": ["qa", "qb", "qc"], "answer": ["1", "2", "3"],
+        "level": [1, 3, 5],
+        "samples": [["a1", "a2", "a3", "a4"], ["b1", "b2", "b3", "b4"], ["c1", "c2", "c3", "c4"]],
+        "correct": [[True] * 4, [False, True, False, False], [False] * 4],
+        "lengths": [[5, 3, 4, 6], [7, 8, 9, 10], [4, 4, 4, 4]],
+        "expert": ["EA", "EB", "EC"], "expert_tokens": [100, 110, 120]})
+
+
+def test_data_mixing_keeps_every_correct_answer_and_experts_for_never_solved():
+    blend = mixing.data_mixing_blend(drawn_questions())
+    assert list(zip(blend["qid"], blend["source"], blend["response"])) == [
+        ("a", "rl", "a1"), ("a", "rl", "a2"), ("a", "rl", "a3"), ("a", "rl", "a4"),
+        ("b", "rl", "b2"), ("c", "expert", "EC")]
+    comp = mixing.blend_composition(blend).set_index("level")
+    assert comp.loc["L1", ["rl_rows", "expert_rows"]].tolist() == [4, 0]
+    assert comp.loc["L5", ["rl_rows", "expert_rows"]].tolist() == [0, 1]
+    assert comp.loc["all", "questions"] == 3 and comp.loc["all", "expert_share"] == 1 / 6
+
+
+def test_adaptive_blend_is_concise_where_rl_is_reliable_and_long_elsewhere():
+    blend = mixing.adaptive_blend(drawn_questions(), pass_threshold=0.5)
+    assert list(zip(blend["qid"], blend["source"], blend["response"], blend["n_tokens"])) == [
+        ("a", "rl", "a2", 3), ("b", "expert", "EB", 110), ("c", "expert", "EC", 120)]
+    low = mixing.adaptive_blend(drawn_questions(), pass_threshold=0.2)
+    assert list(low["source"]) == ["rl", "rl", "expert"]  # b: pass rate 0.25 > 0.2
+
+
+# --- the router -------------------------------------------------------------------------------
+
+def test_majority_and_probe_agreement():
+    assert mixing.majority(["7", "7", None, "3"]) == ("7", 0.5)
+    assert mixing.majority([None, None]) == (None, 0.0)
+    probes = mixing.probe_table([["\\boxed{7}", "\\boxed{7}", "\\boxed{3}", "x"]],
+                                [[True, True, False, False]], [[4, 5, 6, 7]])
+    assert probes.iloc[0].to_dict() == {"agreement": 0.5, "majority_correct": True,
+                                        "probe_tokens": 22.0}
+
+
+def test_router_threshold_is_chosen_on_the_validation_split():
+    # Validation: two questions the probes agree on and get right, two they split on and
+    # get wrong, which the long model solves: route below full agreement.
+    val = pd.DataFrame({"agreement": [1.0, 1.0, 0.5, 0.25],
+                        "majority_correct": [True, True, False, False],
+                        "probe_tokens": [20.0, 20.0, 20.0, 20.0]})
+    long_acc, long_tokens = [0.0, 1.0, 1.0, 1.0], [100.0] * 4
+    candidates = mixing.threshold_candidates(4)
+    assert candidates == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
+    threshold, table = mixing.choose_threshold(val, long_acc, long_tokens, candidates)
+    assert threshold == 0.75  # 0.75 and 1.0 both route q3, q4 (acc 1.0): the lower wins
+    assert table.set_index("threshold").loc[0.75, "accuracy"] == 1.0
+    assert table.set_index("threshold").loc[0.0, "tokens"] == 20.0  # no question routed
+    # The eval split keeps the validation threshold, even where another would do better.
+    test = val.assign(majority_correct=[True, True, True, False])
+    routed = mixing.route(test, [0.0, 1.0, 0.0, 1.0], [100.0] * 4, threshold)
+    assert routed["routed"].tolist() == [False, False, True, True]
+    assert routed["accuracy"].tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert routed["tokens"].tolist() == [20.0, 20.0, 120.0, 120.0]  # probes always count
+
+
+def test_oracle_picks_the_better_model_per_question():
+    best = mixing.oracle([1.0, 0.0, 0.5], [10, 10, 10], [0.5, 1.0, 0.5], [90, 90, 5])
+    assert best["accuracy"].tolist() == [1.0, 1.0, 0.5]
+    assert best["tokens"].tolist() == [10, 90, 5]  # a tie goes to the shorter answer
+
+
+# --- analysis -------------------------------------------------------------------------------
+
+def level_table(rows: dict[str, list[float]], tokens: dict[str, float] | None = None):
+    out = []
+    for model, accs in rows.items():
+        for i, a in enumerate(accs):
+            out.append({"model": model, "level": f"L{i + 1}", "accuracy": a,
+                        "mean_length": (tokens or {}).get(model, 10.0)})
+        out.append({"model": model, "level": "all", "accuracy": float(np.mean(accs)),
+                    "mean_length": (tokens or {}).get(model, 10.0)})
+    return pd.DataFrame(out)
+
+
+def test_synergy_and_goal_checks():
+    table = level_table({"sft": [0.5, 0.6, 0.7], "rl": [0.9, 0.7, 0.4],
+                         "progressive-cosine": [0.9, 0.75, 0.6],
+                         "data_mixing": [0.95, 0.8, 0.71], "router": [0.92, 0.75, 0.7]},
+                        {"sft": 100.0, "rl": 20.0, "router": 40.0})
+    syn = strategies.synergy_table(table, strategies.combinations_run(table), 0.02)
+    syn = syn.set_index("model")
+    assert list(syn.index) == ["progressive-cosine", "data_mixing"]  # not the router
+    assert not syn.at["progressive-cosine", "synergy"]  # L3 0.1 below SFT
+    assert syn.at["progressive-cosine", "worst_gap"] == pytest.approx(-0.1)
+    assert syn.at["data_mixing", "synergy"]
+    goal = strategies.goal_check(table, "router")
+    assert goal["met"] and goal["token_share_of_sft"] == pytest.approx(0.4)
+
+
+# --- configuration --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value", [
+    ("strategies", []), ("strategies", ["router", "router"]), ("strategies", ["magic"]),
+    ("sft_gate", 8), ("prefix_schedules", ["exp"]), ("prefix_start", 1.5),
+    ("aux_mu_floor", 0.9), ("interleaved_modes", []), ("two_stage_lengths", [0]),
+    ("micro_batch", 3), ("sft_batch_size", 0),
+])
+def test_bad_values_name_the_key(key, value):
+    from synergy.config import ConfigError, load_profile, profile_section
+
+    values = profile_section(load_profile(SMOKE), "strategies", SMOKE)
+    with pytest.raises(ConfigError, match=f"strategies.{key}"):
+        strategies.StrategiesConfig.from_mapping({**values, key: value}, "test")
+
+
+def test_paper_profile_has_the_papers_settings():
+    cfg = strategies.StrategiesConfig.from_profile(ROOT / "params" / "paper.yaml")
+    assert cfg.prefix_sft_weight == 0.2 and cfg.mix_samples == 8 and cfg.sft_epochs == 2
+    assert max(cfg.two_stage_lengths) == 16384 and cfg.learning_rate == 1e-6
+    assert strategies.headlines(cfg)["two_stage"] == "two_stage-16384"
+
+
+# --- real optimizer steps -------------------------------------------------------------------
+
+def accuracy_reward(completions, qid, **kwargs):
+    """TEST HELPER: question "a" is always solved, "b" never (so "b" is gated)."""
+    return [1.0 if q == "a" else 0.0 for q in qid]
+
+
+def format_reward(completions, **kwargs):
+    """TEST HELPER: varies inside every group, so GRPO advantages are never all zero."""
+    return [float(i % 2) for i in range(len(completions))]
+
+
+def strategy_trainer(model_dir, out, plan, max_steps=1):
+    import random
+
+    from synergy import distill, world
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rng = random.Random(0)
+    qs = pd.DataFrame({"qid": ["a", "b"], "question": ["3 +4", "9 -2 *2 +3"],
+                       "answer": ["7", "17"]})
+    qs["expert"] = [distill.careful_trace(world.parse_question(q), rng) for q in qs["question"]]
+    args = GRPOConfig(output_dir=str(out), per_device_train_batch_size=8, num_generations=4,
+                      max_completion_length=16, learning_rate=1e-3, max_steps=max_steps,
+                      beta=0.0, reward_weights=[0.9, 0.1], logging_steps=1,
+                      save_strategy="no", report_to="none", bf16=False, fp16=False,
+                      gradient_checkpointing=False, remove_unused_columns=False, seed=0)
+
+    class PartsProbe(strategies.trainer_class()):
+        """TEST HELPER: the trainer's loss (GRPO + SFT term), each part's gradient norm
+        measured on its own before the step."""
+
+        def _compute_loss(self, model, inputs):
+            from trl import GRPOTrainer
+
+            grpo_part = GRPOTrainer._compute_loss(self, model, inputs)
+            sft_part = self._sft_term(model, inputs)
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.grad_norms = {}
+            for name, part in (("grpo", grpo_part), ("sft", sft_part)):
+                if part is None:  # buffered: SFT runs in steps of its own
+                    continue
+                grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
+                self.grad_norms[name] = float(sum(g.pow(2).sum() for g in grads
+                                                  if g is not None)) ** 0.5
+            if sft_part is None:
+                return grpo_part
+            self.sft_weight = float(inputs["sft_weight"])
+            return grpo_part + sft_part
+
+    return PartsProbe(model=str(model_dir), reward_funcs=[accuracy_reward, format_reward],
+                      args=args, train_dataset=strategies.grpo_dataset(qs, tok, ""),
+                      processing_class=tok, plan=plan)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plan", [
+    strategies.Plan(gate=0, on_gate="sft", sft_mode="same_step"),
+    strategies.Plan(gate=0, on_gate="prefix", prefix_schedule="cosine", prefix_start=0.5,
+                    prefix_weight=0.2),
+], ids=["interleaved", "progressive"])
+def test_one_optimizer_step_trains_both_loss_parts(smoke_world, tmp_path, one_thread, plan):
+    _, model_dir = smoke_world
+    init = tmp_path / "init"
+    shutil.copytree(model_dir, init)
+    trainer = strategy_trainer(init, tmp_path / "out", plan)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+    assert trainer.grad_norms["grpo"] > 0 and trainer.grad_norms["sft"] > 0
+    assert trainer.sft_weight == pytest.approx(1.0 if plan.on_gate == "sft" else 0.2)
+    logged = trainer.state.log_history[0]
+    assert logged["strategy/gated_share"] == 0.5  # "b" gated, "a" not
+    if plan.on_gate == "prefix":
+        assert logged["strategy/prefix_share"] == 0.5
+        assert "prefixed/reward" in logged  # the re-rolled group's own metrics
+
+
+@pytest.mark.slow
+def test_buffered_mode_takes_a_separate_sft_step(smoke_world, tmp_path, one_thread):
+    _, model_dir = smoke_world
+    init = tmp_path / "init"
+    shutil.copytree(model_dir, init)
+    plan = strategies.Plan(gate=0, on_gate="sft", sft_mode="buffered", sft_buffer=1)
+    trainer = strategy_trainer(init, tmp_path / "out", plan, max_steps=2)
+    trainer.train()
+    assert trainer.sft_updates >= 1 and trainer.last_loss_parts["buffered_sft"] > 0
+    assert [r["strategy/sft_updates"] for r in trainer.state.log_history
+            if "strategy/sft_updates" in r][0] == 1
+
+
+# --- the notebook ---------------------------------------------------------------------------
+
+def test_notebook_05_on_smoke(smoke_series, tmp_path):
+    from conftest import run_stages
+    from synergy import models, stages
+    from synergy.runs import Run
+
+    run_stages(smoke_series, "05")
+    res = strategies.load(str(smoke_series), "smoke")
+    cfg = strategies.StrategiesConfig.from_profile(SMOKE)
+    names = [s.name for s in strategies.specs(cfg)]
+    assert list(res.manifest["model_paths"]) == names
+    run = Run(smoke_series, "smoke")
+    ref = models.resolve(run, f"{stages.STRATEGIES.name}:progressive-linear")
+    assert Path(ref.path).is_dir() and ref.artifact_id.endswith(":progressive-linear")
+    assert set(res.table["model"]) == {"base", "sft", "rl", *names, "router", "oracle"}
+    assert res.manifest["paper_roles"]["two_stage"] == "two_stage-16"
+    assert res.router["chosen"].sum() == 1
+    assert {"strategy/gated_share", "strategy/prefix_share", "strategy/mu"} \
+        <= set(res.curves.columns)
+    assert set(res.blends["blend"]) == {"data_mixing", "adaptive"}
+    assert (res.dir / f"{stages.STRATEGIES.name}.html").stat().st_size > 0
+    # A second execution reuses every model.
+    shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")
+    values = {**cfg.to_dict(), "output_root": str(tmp_path)}
+    again = strategies.run(strategies.StrategiesConfig.from_mapping(values, "test"),
+                           progress=False)
+    assert again.runs["reused"].all()
