@@ -228,18 +228,29 @@ def test_router_threshold_is_chosen_on_the_validation_split():
                         "majority_correct": [True, True, False, False],
                         "probe_tokens": [20.0, 20.0, 20.0, 20.0]})
     long_acc, long_tokens = [0.0, 1.0, 1.0, 1.0], [100.0] * 4
-    candidates = mixing.threshold_candidates(4)
-    assert candidates == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
+    candidates = mixing.threshold_candidates(val["agreement"])
+    assert candidates == [0.25, 0.5, 1.0, 2.0]  # each observed value, then "route all"
     threshold, table = mixing.choose_threshold(val, long_acc, long_tokens, candidates)
-    assert threshold == 0.75  # 0.75 and 1.0 both route q3, q4 (acc 1.0): the lower wins
-    assert table.set_index("threshold").loc[0.75, "accuracy"] == 1.0
-    assert table.set_index("threshold").loc[0.0, "tokens"] == 20.0  # no question routed
+    assert threshold == 1.0  # routes q3 and q4: accuracy 1.0
+    assert table.set_index("threshold")["accuracy"].tolist() == [0.5, 0.75, 1.0, 0.75]
+    assert table.set_index("threshold").loc[0.25, "tokens"] == 20.0  # no question routed
     # The eval split keeps the validation threshold, even where another would do better.
     test = val.assign(majority_correct=[True, True, True, False])
     routed = mixing.route(test, [0.0, 1.0, 0.0, 1.0], [100.0] * 4, threshold)
     assert routed["routed"].tolist() == [False, False, True, True]
     assert routed["accuracy"].tolist() == [1.0, 1.0, 0.0, 1.0]
     assert routed["tokens"].tolist() == [20.0, 20.0, 120.0, 120.0]  # probes always count
+
+
+def test_router_on_the_models_confidence_routes_the_least_confident():
+    val = pd.DataFrame({"confidence": [-0.1, -0.2, -2.0, -3.0], "agreement": [1.0] * 4,
+                        "majority_correct": [True, True, False, False],
+                        "probe_tokens": [10.0] * 4})
+    threshold, table = mixing.choose_threshold(
+        val, [0.0, 0.0, 1.0, 1.0], [50.0] * 4, mixing.threshold_candidates(val["confidence"]),
+        signal="confidence")
+    assert threshold == -0.2  # the two least confident go to the long model
+    assert table["accuracy"].tolist() == [0.5, 0.75, 1.0, 0.75, 0.5]
 
 
 def test_oracle_picks_the_better_model_per_question():
@@ -420,3 +431,53 @@ def test_notebook_05_on_smoke(smoke_series, tmp_path):
     again = strategies.run(strategies.StrategiesConfig.from_mapping(values, "test"),
                            progress=False)
     assert again.runs["reused"].all()
+
+
+# --- the report's strategies section --------------------------------------------------------
+
+def strategy_roles():
+    """Roles as `report.role_levels` gives them: parents, a merge, and 05's models."""
+    from synergy import stages
+
+    prefix = f"{stages.STRATEGIES.name}/"
+    accs = {"base": [0.9, 0.5, 0.1], "sft": [0.6, 0.6, 0.5], "rl": [0.95, 0.7, 0.3],
+            "linear-0.5": [0.8, 0.65, 0.4], prefix + "two_stage-64": [0.5, 0.5, 0.3],
+            prefix + "two_stage-192": [0.7, 0.6, 0.45], prefix + "progressive-cosine":
+            [0.98, 0.75, 0.55], prefix + "router": [0.99, 0.8, 0.6],
+            prefix + "oracle": [0.99, 0.8, 0.6]}
+    rows = []
+    for role, a in accs.items():
+        for lv, v in [*((f"L{i + 1}", x) for i, x in enumerate(a)), ("all", np.mean(a))]:
+            rows.append({"stage": prefix[:-1] if role.startswith(prefix) else "06_merging",
+                         "model": role.split("/")[-1], "role": role, "level": lv,
+                         "accuracy": v, "mean_length": 10.0, "questions": 10})
+    return pd.DataFrame(rows), prefix
+
+
+def test_report_judges_05_strategies_and_names_their_paper_roles():
+    from synergy import report
+
+    roles, prefix = strategy_roles()
+    paper = report.paper_results()
+    headlines = {"two_stage": "two_stage-192", "progressive": "progressive-cosine"}
+    ev = report.Evidence(report.wide(roles), report.wide(roles, "mean_length"), None, 0.02, 2.0,
+                         pd.DataFrame({"model": ["two_stage-64", "two_stage-192"],
+                                       "budget": [64, 192], "clipped_ratio": [0.9, 0.0],
+                                       "final_reward": [0.1, 0.5], "accuracy": [0.43, 0.58]}))
+    # The paper's strategies count as combinations; router and oracle go beyond the paper.
+    assert set(ev.combinations()) == {"linear-0.5", prefix + "two_stage-64",
+                                      prefix + "two_stage-192", prefix + "progressive-cosine"}
+    status, evidence = report.no_synergy(ev)
+    assert status == "not reproduced" and "progressive-cosine" in evidence
+    assert report.below_rl(ev)[0] == "not reproduced"  # progressive ends above RL
+    assert report.two_stage_budget(ev)[0] == "reproduced"
+    assert report.two_stage_budget(report.Evidence(ev.acc, ev.length, None, 0.02, 2.0))[0] \
+        == "not run"
+    compared = report.paper_vs_run(paper, roles, headlines).set_index("paper model")
+    assert compared.at["two-stage SFT->RL", "this run"] == prefix + "two_stage-192"
+    assert compared.at["progressive", "this run"] == prefix + "progressive-cosine"
+    table = report.strategies_table(paper, roles, headlines, 0.02).set_index("model")
+    assert table.at["two_stage-192", "paper Avg %"] == 51.4
+    assert table.at["progressive-cosine", "paper vs RL"] == -0.2
+    assert bool(table.at["progressive-cosine", "synergy"])
+    assert table.at["router", "paper strategy"] == ""

@@ -262,10 +262,11 @@ def probe_table(texts: Sequence[Sequence[str]], correct: Sequence[Sequence[bool]
     return pd.DataFrame(rows)
 
 
-def route(probes: pd.DataFrame, long_accuracy, long_tokens, threshold: float) -> pd.DataFrame:
-    """Per question: confident (agreement >= threshold) -> the probes' majority answer, else
+def route(probes: pd.DataFrame, long_accuracy, long_tokens, threshold: float,
+          signal: str = "agreement") -> pd.DataFrame:
+    """Per question: confident (`signal` >= threshold) -> the probes' majority answer, else
     the long-CoT model's answer; tokens = the probes' plus, when routed, the long answer's."""
-    routed = probes["agreement"].to_numpy() < threshold
+    routed = probes[signal].to_numpy() < threshold
     accuracy = np.where(routed, np.asarray(long_accuracy, dtype=float),
                         probes["majority_correct"].to_numpy(dtype=float))
     tokens = probes["probe_tokens"].to_numpy() + np.where(routed, np.asarray(
@@ -273,19 +274,21 @@ def route(probes: pd.DataFrame, long_accuracy, long_tokens, threshold: float) ->
     return pd.DataFrame({"routed": routed, "accuracy": accuracy, "tokens": tokens})
 
 
-def threshold_candidates(n_probes: int) -> list[float]:
-    """Every distinct decision: agreement can take the values 0, 1/k, ..., 1; a threshold
-    above 1 routes every question."""
-    return [i / n_probes for i in range(n_probes + 1)] + [1.0 + 1.0 / n_probes]
+def threshold_candidates(values) -> list[float]:
+    """Every distinct decision on these signal values: each value (route what lies below
+    it), and one above the largest (route every question)."""
+    values = sorted({float(v) for v in values})
+    return values + [values[-1] + 1.0 if values else 1.0]
 
 
 def choose_threshold(probes: pd.DataFrame, long_accuracy, long_tokens,
-                     candidates: Sequence[float]) -> tuple[float, pd.DataFrame]:
+                     candidates: Sequence[float], signal: str = "agreement"
+                     ) -> tuple[float, pd.DataFrame]:
     """The threshold with the best accuracy on a validation split (ties: fewer tokens, then
     the lower threshold); returns it and the table of every candidate."""
     rows = []
     for th in candidates:
-        r = route(probes, long_accuracy, long_tokens, th)
+        r = route(probes, long_accuracy, long_tokens, th, signal)
         rows.append({"threshold": th, "accuracy": r["accuracy"].mean(),
                      "tokens": r["tokens"].mean(), "routed_share": r["routed"].mean()})
     table = pd.DataFrame(rows)

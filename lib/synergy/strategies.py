@@ -20,8 +20,9 @@ is evaluated with the shared engine and verifier on the stratified evaluation se
 - adaptive: SFT of the base on one target per question: RL's shortest correct response
   where its pass rate is above `adaptive_pass_threshold`, the expert trace otherwise
   (optionally followed by GRPO).
-- router: no training; k concise RL samples per question decide: agreement at or above a
-  threshold (chosen on a validation split) -> their majority answer, else the SFT model.
+- router: no training; k concise RL samples per question decide: their agreement (or the
+  RL model's confidence, its mean token log-likelihood of them) at or above a threshold
+  chosen on a validation split -> their majority answer, else the SFT model answers.
 
 Every added SFT term is normalised as TRL normalises its GRPO loss (`mixing.sft_loss`).
 The pure pieces live in `synergy.mixing`; the GRPO runs go through `grpo.train`, the SFT
@@ -103,6 +104,7 @@ class StrategiesConfig(EvaluatingConfig):
     mix_max_new_tokens: int
     sft_lr: float
     sft_lr_scheduler: Literal["constant", "linear", "cosine"]
+    sft_warmup_ratio: float
     sft_batch_size: int
     sft_grad_accum: int
     sft_epochs: float
@@ -111,6 +113,7 @@ class StrategiesConfig(EvaluatingConfig):
     adaptive_pass_threshold: float
     adaptive_grpo: bool
     router_samples: int
+    router_signal: Literal["agreement", "confidence"]
     router_max_new_tokens: int
     synergy_margin: float
     save_steps: int
@@ -151,7 +154,8 @@ class StrategiesConfig(EvaluatingConfig):
             values = getattr(self, key)
             self.require(len(values) >= 1 and len(set(values)) == len(values), key,
                          "must be a non-empty list without repeats")
-        for key in ("prefix_start", "prefix_horizon", "aux_horizon", "adaptive_pass_threshold"):
+        for key in ("prefix_start", "prefix_horizon", "aux_horizon", "adaptive_pass_threshold",
+                    "sft_warmup_ratio"):
             self.require(0 <= getattr(self, key) <= 1, key, "must be in [0, 1]")
         self.require(self.prefix_steps >= 2, "prefix_steps", "must be >= 2 (plateaus)")
         self.require(self.prefix_sft_weight >= 0, "prefix_sft_weight", "must be >= 0")
@@ -507,7 +511,9 @@ def sft_args(cfg: StrategiesConfig, n_rows: int):
     from trl import SFTConfig
 
     cuda = torch.cuda.is_available()
-    return SFTConfig(
+    steps = cfg.sft_max_steps if cfg.sft_max_steps > 0 else int(np.ceil(
+        cfg.sft_epochs * n_rows / cfg.sft_batch_size))
+    return SFTConfig(warmup_steps=int(cfg.sft_warmup_ratio * steps),
         output_dir="checkpoints", learning_rate=cfg.sft_lr, lr_scheduler_type=cfg.sft_lr_scheduler,
         per_device_train_batch_size=cfg.sft_batch_size // cfg.sft_grad_accum,
         gradient_accumulation_steps=cfg.sft_grad_accum,
@@ -543,7 +549,7 @@ def _key(cfg: StrategiesConfig, spec: Spec, start_fp: str, data: Any) -> str:
     grpo_keys = ("beta", "loss_type", "learning_rate", "lr_scheduler_type", "epochs",
                  "prompts_per_generation", "prompts_per_step", "micro_batch",
                  "num_generations", "temperature", "max_completion_length", "reward_weights")
-    sft_keys = ("sft_lr", "sft_lr_scheduler", "sft_batch_size", "sft_grad_accum", "sft_epochs",
+    sft_keys = ("sft_lr", "sft_lr_scheduler", "sft_warmup_ratio", "sft_batch_size", "sft_grad_accum", "sft_epochs",
                 "sft_max_steps", "sft_max_length")
     d = cfg.to_dict()
     shaping = {k: d[k] for k in (grpo_keys if spec.trainer == "grpo" else sft_keys)}
@@ -612,6 +618,7 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
     from synergy.files import write_text
     from synergy.runs import stage_run, torch_threads
 
+    cpu0 = time.process_time()  # CPU seconds: the stage's cost on a machine others share
     with torch_threads(cfg.cpu_threads), stage_run(cfg, stages.STRATEGIES) as ctx:
         suffix = stratify.config_of(ctx.run).prompt_suffix
         ctx.needs(stages.STRATIFY)
@@ -677,7 +684,8 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
         write_text(ctx.dir / "runs.csv", runs.to_csv(index=False))
         if trained:
             ctx.set_models(trained, main=next(iter(trained)))
-        ctx.record(paper_roles=headlines(cfg), train_questions=len(train_q),
+        ctx.record(cpu_seconds=time.process_time() - cpu0, paper_roles=headlines(cfg),
+                   train_questions=len(train_q),
                    val_questions=len(val_q),
                    runs=[{k: v for k, v in r.items() if k != "key"} | {
                        "model_path": ctx.run.relative(r["model_path"])} for r in records])
@@ -697,18 +705,43 @@ def route_questions(cfg: StrategiesConfig, rl_path: str, sft_path: str,
 
     def probes(qs):
         d = sampled(cfg, rl_path, qs, cfg.router_samples, spec, cache_root, suffix, progress)
-        return mixing.probe_table(d["samples"], d["correct"], d["lengths"])
+        table = mixing.probe_table(d["samples"], d["correct"], d["lengths"])
+        if cfg.router_signal == "confidence":
+            table["confidence"] = confidence(rl_path, qs, d["samples"], suffix)
+        return table
 
     sft_val = evaluation.evaluate_for(cfg, sft_path, val, suffix, progress)
+    val_probes = probes(val)
     threshold, table = mixing.choose_threshold(
-        probes(val), sft_val["accuracy"], sft_val["mean_length"],
-        mixing.threshold_candidates(cfg.router_samples))
+        val_probes, sft_val["accuracy"], sft_val["mean_length"],
+        mixing.threshold_candidates(val_probes[cfg.router_signal]), cfg.router_signal)
     routed = mixing.route(probes(questions), sft_eval["accuracy"], sft_eval["mean_length"],
-                          threshold)
+                          threshold, cfg.router_signal)
     out = questions.reset_index(drop=True).assign(
         accuracy=routed["accuracy"].to_numpy(), mean_length=routed["tokens"].to_numpy(),
         format_rate=np.nan, routed=routed["routed"].to_numpy())
     return out, table.assign(chosen=table["threshold"] == threshold), threshold
+
+
+def confidence(model_path: str, questions: pd.DataFrame, samples: list[list[str]],
+               suffix: str, batch: int = 32) -> list[float]:
+    """Per question: the model's mean token log-likelihood of its own samples, averaged over
+    them (scored with `scoring.token_kl`, which handles images; an empty sample counts as
+    least confident)."""
+    from types import SimpleNamespace
+
+    from synergy import models, scoring
+    from synergy.evaluation import build_prompts
+
+    model, processing = models.load(model_path)
+    prompts, images = build_prompts(SimpleNamespace(template=processing), questions, suffix)
+    owner = [i for i, s in enumerate(samples) for _ in s]
+    flat = [x for s in samples for x in s]
+    tokens = scoring.token_kl(model.eval(), model, processing, [prompts[i] for i in owner],
+                              flat, [images[i] for i in owner] if images else None, batch)
+    per_sample = tokens.groupby("response")["logp_p"].mean().reindex(
+        range(len(flat))).fillna(-1e9)
+    return list(pd.Series(per_sample.to_numpy()).groupby(owner).mean())
 
 
 def oracle_results(sft_eval: pd.DataFrame, rl_eval: pd.DataFrame) -> pd.DataFrame:
