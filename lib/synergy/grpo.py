@@ -487,7 +487,7 @@ def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
         results = {name: evaluation.evaluate_for(cfg, path, questions, cfg.prompt_suffix,
                                                  progress)
                    for name, path in evaluated.items()}
-        table = evaluation.save_results(ctx.dir, results)
+        table = evaluation.save_results(ctx.dir, results, record=ctx.record)
         drift = policy_drift(results, evaluated, str(init_path), cfg.prompt_suffix)
         write_text(ctx.dir / "drift.csv", drift.to_csv(index=False))
         ctx.set_models(dict(zip(runs["label"], runs["model_path"])),

@@ -365,7 +365,7 @@ def run(cfg: SftConfig, progress: bool = True) -> SftResult:
             results[spec.name] = evaluate(str(ctx.dir / "models" / spec.name))
             records.append({**record, "eval_seconds": time.perf_counter() - t})
         runs = pd.DataFrame(records).drop(columns=["key", "checkpoints"])
-        table = save_results(ctx.dir, results)
+        table = save_results(ctx.dir, results, record=ctx.record)
         write_text(ctx.dir / "runs.csv", runs.to_csv(index=False))
         ctx.set_models({r["name"]: ctx.dir / "models" / r["name"] for r in records},
                        main=cfg.teachers[0])
