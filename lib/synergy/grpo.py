@@ -358,11 +358,14 @@ def training_dataset(questions: pd.DataFrame, tokenizer, prompt_suffix: str):
     its text, as evaluation does) and an `images` column."""
     import datasets
 
+    from synergy.evaluation import choices_of, scoring_of
     from synergy.generation import chat_prompt, user_text
-    from synergy.verify import QUESTION_COLUMNS
 
     columns = {"answer": [str(a) for a in questions["answer"]], "qid": list(questions["qid"])}
-    columns |= {c: list(questions[c]) for c in QUESTION_COLUMNS if c in questions}
+    if (choices := choices_of(questions)) is not None:
+        columns["choices"] = choices
+    if scoring := scoring_of(questions):  # missing values as None, not NaN
+        columns |= {c: [row[c] for row in scoring] for c in scoring[0]}
     images = list(questions["images"]) if "images" in questions else []
     if any(len(x) for x in images):
         # Image features decode each path (or keep each PIL image) only when a row is read.
