@@ -306,13 +306,12 @@ def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: s
               "best_checkpoint": ckpts[best].name, "val_accuracy": scores[best],
               "frozen_parameters": len(trainer.frozen_parameters),
               "train_tokens_mean": float(train_rows["n_tokens"].mean()),
-              "train_images": int(sum(len(x) for x in train_rows.get("images", []))),
-              # None for a model without a vision tower (compared in `final` below)
-              "vision_unchanged": None}
+              "train_images": int(sum(len(x) for x in train_rows.get("images", [])))}
     with atomic_path(final) as tmp:
         shutil.copytree(ckpts[best], tmp, ignore=shutil.ignore_patterns(
             "optimizer.pt", "scheduler.pt", "rng_state*", "training_args.bin",
             "trainer_state.json"))
+    # The frozen tower checked tensor for tensor (None for a model without one).
     record["vision_unchanged"] = vision_weights_equal(model_path, final)
     return {**training.mark_done(run_dir, record), "reused": False}
 

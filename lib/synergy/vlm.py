@@ -9,8 +9,9 @@ Processor quirks met on the way (see `load_processor`):
   tokenizer, silently; a processor is only accepted with an `image_processor`.
 - The image-only processor saves itself as `Qwen2_5_VLProcessor` (its class name), so the
   same folder loads the real processor where torchvision works.
-- Saved processors keep the image processor's settings in `processor_config.json` (no
-  `preprocessor_config.json`); `Qwen2VLImageProcessorPil.from_pretrained` reads either.
+- transformers 5 saves a processor's image settings in `processor_config.json`; the
+  image-only processor also writes `preprocessor_config.json`, as released model folders
+  hold it (`Qwen2VLImageProcessorPil.from_pretrained` reads either).
 - The chat template marks assistant turns with `{% generation %}` whether their content is
   a string or a list of parts: TRL's vision collator turns every turn into parts, and
   assistant-only loss needs the markers (transformers >= 5.18).
@@ -57,6 +58,13 @@ def image_only_processor(image_processor, tokenizer, chat_template: str | None =
             self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
             ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
+        def save_pretrained(self, save_directory, **kwargs):
+            saved = super().save_pretrained(save_directory, **kwargs)
+            # Also preprocessor_config.json, as the released model folders hold it
+            # (mergekit carries it along).
+            self.image_processor.save_pretrained(save_directory)
+            return saved
+
     # Saved as the real class, so AutoProcessor loads the full processor where it can.
     ImageOnlyQwen2_5_VLProcessor.__name__ = Qwen2_5_VLProcessor.__name__
     return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer,
@@ -79,16 +87,31 @@ def load_processor(path: str | Path):
 
 
 def encode_pairs(processor, prompts: list[str], responses: list[str], images: list[list]):
-    """Model inputs of prompt + response + end of turn per row, with `labels` on the
-    responses only (a VLM's `encode_pairs`: the image tokens expand inside the prompt)."""
-    end = processor.tokenizer.eos_token
-    kwargs = dict(images=images, return_tensors="pt", padding=True, padding_side="right")
-    full = processor(text=[p + r + end for p, r in zip(prompts, responses)], **kwargs)
-    prompt_lengths = processor(text=prompts, **kwargs)["attention_mask"].sum(-1)
-    labels = full["input_ids"].masked_fill(full["attention_mask"] == 0, -100)
-    for row, n in enumerate(prompt_lengths.tolist()):
-        labels[row, :n] = -100
-    return {**full, "labels": labels}
+    """Model inputs of prompt + response + end of turn per row, right-padded, with `labels`
+    on the responses only (a VLM's `world.encode_pairs`: the processor expands each prompt's
+    image tokens, the tokenizer appends the response's tokens)."""
+    import torch
+
+    tok = processor.tokenizer
+    enc = processor(text=prompts, images=images, return_tensors="pt", padding=True,
+                    padding_side="right")
+    lengths = enc["attention_mask"].sum(-1).tolist()
+    replies = tok([r + tok.eos_token for r in responses], add_special_tokens=False)["input_ids"]
+    width = max(n + len(r) for n, r in zip(lengths, replies))
+    per_token = {k: v for k, v in enc.items() if torch.is_tensor(v) and v.dim() == 2
+                 and v.shape[0] == len(prompts) and v.shape[1] == enc["input_ids"].shape[1]}
+    out = {k: v for k, v in enc.items() if k not in per_token}
+    for key, value in per_token.items():  # input ids, mask, token types: widened
+        fill = tok.pad_token_id if key == "input_ids" else 0
+        out[key] = torch.full((len(prompts), width), fill, dtype=value.dtype)
+    labels = torch.full((len(prompts), width), -100)
+    for row, (n, reply) in enumerate(zip(lengths, replies)):
+        for key in per_token:
+            out[key][row, :n] = per_token[key][row, :n]
+        out["input_ids"][row, n:n + len(reply)] = torch.tensor(reply)
+        out["attention_mask"][row, n:n + len(reply)] = 1
+        labels[row, n:n + len(reply)] = torch.tensor(reply)
+    return {**out, "labels": labels}
 
 
 def tiny_vlm(tokenizer, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,

@@ -9,7 +9,8 @@ that its pass rates spread over all five difficulty levels.
 
 The image world (`kind: image`) is the same task for a vision-language model: the starting
 value is only in an image, drawn as a count of marks, and the text reads "? *4 -8 *3"; a
-model that ignores the image cannot score. Its base is a tiny Qwen2.5-VL (`synergy.vlm`)
+model that ignores the image can only guess it (`blind_accuracy`: the best such model's
+score). Its base is a tiny Qwen2.5-VL (`synergy.vlm`)
 trained here the same way, and 00_world writes the task in the real data sets' schemas
 (MathVision jsonl + images, MM-Eureka queries, Eureka-Distill traces), which the profile
 names as `"<schema>:world"` sources (see the image-world section below).
@@ -255,8 +256,9 @@ def build_tokenizer(vocab_size: int, corpus: Iterable[str]):
 def tokenizer_corpus(cfg: WorldConfig, n: int = 3000) -> list[str]:
     qs = train_questions(cfg, n, seed=cfg.seed + 1)
     turns = [f"{IM_START}user\n{q.text}{IM_END}\n{IM_START}assistant\n" for q in qs[:200]]
+    images = [image_trace(q) for q in qs[:200]] if cfg.kind == "image" else []
     return turns + [short_trace(q) for q in qs] + [direct_answer(q) for q in qs] \
-        + [REASONING_TEXT] * 200
+        + [REASONING_TEXT] * 200 + images
 
 
 def build_model(cfg: WorldConfig, tokenizer):
