@@ -4,7 +4,9 @@ Every benchmark comes out in one schema: `qid`, `question` (the text the model s
 formatted in for multiple choice), `answer` (the gold LETTER for multiple choice), `choices`
 (list or None), `images` (PIL images or resolved paths), `benchmark`, and `level` when the
 source carries the paper's difficulty level. `load_benchmark` takes `"world"`, a local
-table, or `"<name>:<path-or-hub-id>[:split]"` with a name from `NORMALIZERS`.
+table, or `"<name>:<path-or-hub-id>[:split]"` with a name from `NORMALIZERS`; the source
+`world` there (and in the trace and RL loaders' stage keys) is the image world's file of
+that schema, which 00_world writes (`world_source`).
 
 Difficulty levels (the paper's `JierunChen/<Benchmark>_with_difficulty_level` copies): the
 column holding them is not documented, so it is detected among `LEVEL_NAMES`. Trap:
