@@ -13,8 +13,10 @@ because / let / verify / wait / hmm / maybe / alternatively / check, and self-co
 
 `sampled` draws `teacher_samples` responses per question from a model through the
 generation engine and keeps the shortest correct one (self-distillation when the model is
-the student itself, as in Eureka-Distill); `traces` loads an s1K-style set (question,
-thinking trajectory, answer) from a local file or a hub dataset id.
+the student itself, as in Eureka-Distill); `traces` loads a trace set through
+`synergy.data`: s1K / s1K-1.1 (`trace_set` s1k-deepseek or s1k-gemini) or Eureka-Distill
+with its images (`eureka-distill`), from a local file, a hub dataset id, or "world" (the
+image world's Eureka-Distill-style file).
 
 The training questions (the "pool") are drawn fresh from the world, disjoint from the eval
 split, and each gets a difficulty level from the base model's pass rate with the same
@@ -66,7 +68,7 @@ class DistillConfig(StageConfig):
     backend: Literal["hf", "vllm"]
     batch_rows: int
     trace_source: str
-    trace_set: Literal["s1k-deepseek", "s1k-gemini"]
+    trace_set: Literal["s1k-deepseek", "s1k-gemini", "eureka-distill"]
     n_examples: int
 
     def validate(self) -> None:
@@ -198,13 +200,18 @@ def sampled_traces(engine, pool: pd.DataFrame, cfg: DistillConfig, cache_root: P
     return [shortest_correct(d) for d in drawn]
 
 
-def trace_set(cfg: DistillConfig) -> pd.DataFrame:
-    """The `traces` teacher's rows from an s1K / s1K-1.1 set (`trace_set` picks the
-    teacher: DeepSeek-R1 = the paper's s1.1-R1, Gemini = s1-Gemini2)."""
+def trace_set(cfg: DistillConfig, run=None) -> pd.DataFrame:
+    """The `traces` teacher's rows: an s1K / s1K-1.1 set (`trace_set` picks the teacher:
+    DeepSeek-R1 = the paper's s1.1-R1, Gemini = s1-Gemini2), or Eureka-Distill with its
+    images (`trace_source` "world": the image world's Eureka-Distill-style file of `run`)."""
     from synergy import data
 
-    teacher = cfg.trace_set.split("-", 1)[1]
-    rows = data.load_s1(cfg.trace_source, teacher=teacher).table
+    if cfg.trace_set == "eureka-distill":
+        rows = data.load_eureka_distill(data.world_source(cfg.trace_source, run,
+                                                          "eureka_distill")).table
+    else:
+        rows = data.load_s1(cfg.trace_source, teacher=cfg.trace_set.split("-", 1)[1]).table
+        rows = rows.drop(columns="images")  # text-only sets
     return rows.assign(response=[m[-1]["content"] for m in rows["messages"]]).drop(
         columns="messages")
 
@@ -219,7 +226,7 @@ def question_pool(cfg: DistillConfig, run) -> tuple[pd.DataFrame, str]:
         wcfg = world.config_of(run)
         # Offset seed: the base trained on seed-driven questions; these are a fresh draw.
         qs = world.train_questions(wcfg, cfg.n_questions, seed=cfg.seed + 7919)
-        pool = world.questions_frame(qs).drop_duplicates("qid").reset_index(drop=True)
+        pool = world.questions_frame(qs, wcfg.kind).drop_duplicates("qid").reset_index(drop=True)
         return pool, f"{wcfg.world_id()}:train:{cfg.seed + 7919}:{cfg.n_questions}"
     return data.load_table(cfg.train_questions), f"file:{Path(cfg.train_questions).resolve()}"
 
@@ -271,10 +278,10 @@ class DistillResult(StageResult):
 
 def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
     """Build every teacher's traces; saves `traces/` (a `datasets` dataset) and the manifest."""
-    import datasets
     from transformers import AutoTokenizer
 
     from synergy import data, stages, stratify
+    from synergy.evaluation import to_dataset
     from synergy.files import save_dataset, write_text
     from synergy.generation import make_engine
     from synergy.runs import stage_run
@@ -319,14 +326,15 @@ def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
                                          teacher, f"shortest correct of {cfg.teacher_samples}",
                                          tokenizer))
             else:
-                table = trace_set(cfg).assign(level=0, base_pass_rate=np.nan)
+                table = trace_set(cfg, ctx.run).assign(level=0, base_pass_rate=np.nan)
                 ctx.upstream["traces"] = f"{cfg.trace_set}:{cfg.trace_source}"
                 frames.append(trace_rows(table.drop(columns="response"), list(table["response"]),
                                          teacher, cfg.trace_set, tokenizer))
             timings[teacher] = time.perf_counter() - t
         traces = with_messages(pd.concat(frames, ignore_index=True), suffix)
-        save_dataset(datasets.Dataset.from_pandas(traces, preserve_index=False),
-                     ctx.dir / "traces")
+        if "images" in traces:  # teachers without images (programmatic) have none
+            traces["images"] = [x if isinstance(x, list) else [] for x in traces["images"]]
+        save_dataset(to_dataset(traces), ctx.dir / "traces")
         write_text(ctx.dir / "pool.csv", pool.to_csv(index=False))
         ctx.record(timings=timings,
                    rows={t: int((traces["teacher"] == t).sum()) for t in cfg.teachers},

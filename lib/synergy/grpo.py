@@ -324,9 +324,10 @@ def training_questions(cfg: GRPOStageConfig, run) -> tuple[pd.DataFrame, str]:
         world_cfg = world.config_of(run)
         # A seed of its own, so these are not the questions the base was trained on first.
         qs = world.train_questions(world_cfg, cfg.n_train_questions, seed=cfg.seed + 4004)
-        return world.questions_frame(qs), f"{world_cfg.world_id()}:train:{cfg.seed + 4004}"
-    source = cfg.train_source.partition(":")[2]
-    rows = data.load_mm_eureka(source).table
+        return (world.questions_frame(qs, world_cfg.kind),
+                f"{world_cfg.world_id()}:train:{cfg.seed + 4004}")
+    source = cfg.train_source.partition(":")[2]  # "world": the image world's MM-Eureka file
+    rows = data.load_mm_eureka(data.world_source(source, run, "mm_eureka")).table
     rows = rows.sample(frac=1.0, random_state=cfg.seed).head(cfg.n_train_questions)
     return rows.drop(columns=["messages"]).reset_index(drop=True), f"mm_eureka:{source}"
 
@@ -349,16 +350,33 @@ def static_filter(cfg: GRPOStageConfig, questions: pd.DataFrame, model_path: str
 
 
 def training_dataset(questions: pd.DataFrame, tokenizer, prompt_suffix: str):
-    """The TRL dataset: a plain-text `prompt` (the chat prompt, as evaluation builds it) and
-    the `answer` the accuracy reward checks against."""
+    """The TRL dataset: a plain-text `prompt` (the chat prompt, as evaluation builds it),
+    the `answer` the accuracy reward checks against, and the verifier's per-question columns
+    the questions carry (choices, precision, unit, answer_type; they reach the reward as
+    keyword lists). Questions with images (a VLM's) get what TRL's GRPOTrainer wants for
+    VLMs instead: a conversational `prompt` (the user turn; TRL puts the image slots before
+    its text, as evaluation does) and an `images` column."""
     import datasets
 
-    from synergy.generation import chat_prompt
+    from synergy.evaluation import choices_of, scoring_of
+    from synergy.generation import chat_prompt, user_text
 
+    columns = {"answer": [str(a) for a in questions["answer"]], "qid": list(questions["qid"])}
+    if (choices := choices_of(questions)) is not None:
+        columns["choices"] = choices
+    if scoring := scoring_of(questions):  # missing values as None, not NaN
+        columns |= {c: [row[c] for row in scoring] for c in scoring[0]}
+    images = list(questions["images"]) if "images" in questions else []
+    if any(len(x) for x in images):
+        # Image features decode each path (or keep each PIL image) only when a row is read.
+        return datasets.Dataset.from_dict({
+            "prompt": [[{"role": "user", "content": user_text(q, prompt_suffix)}]
+                       for q in questions["question"]],
+            "images": [list(x) for x in images], **columns}).cast_column(
+            "images", datasets.List(datasets.Image()))
     return datasets.Dataset.from_dict({
         "prompt": [chat_prompt(tokenizer, q, prompt_suffix) for q in questions["question"]],
-        "answer": [str(a) for a in questions["answer"]],
-        "qid": list(questions["qid"])})
+        **columns})
 
 
 def training_set_table(train: pd.DataFrame) -> pd.DataFrame:
@@ -487,7 +505,7 @@ def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
         results = {name: evaluation.evaluate_for(cfg, path, questions, cfg.prompt_suffix,
                                                  progress)
                    for name, path in evaluated.items()}
-        table = evaluation.save_results(ctx.dir, results)
+        table = evaluation.save_results(ctx.dir, results, record=ctx.record)
         drift = policy_drift(results, evaluated, str(init_path), cfg.prompt_suffix)
         write_text(ctx.dir / "drift.csv", drift.to_csv(index=False))
         ctx.set_models(dict(zip(runs["label"], runs["model_path"])),
@@ -496,6 +514,8 @@ def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
                               for n, p in evaluated.items()},
                    train_questions=len(train_set),
                    train_questions_kept=int(train_set["kept"].sum()),
+                   train_images=int(sum(len(x) for x in kept["images"]))
+                   if "images" in kept else 0,
                    runs=[{**r, "model_path": ctx.run.relative(r["model_path"])}
                          for r in records])
     return GRPOResult(ctx.manifest, ctx.dir, train_set, runs, curves, results, table, drift)

@@ -28,8 +28,9 @@ from synergy.evaluation import EvaluatingConfig
 from synergy.files import atomic_path
 from synergy.runs import StageResult
 from synergy.training import ReportTo
+from synergy.vlm import VISION_PARTS, vision_weights_equal
 
-VISION_PREFIXES = ("visual",)  # Qwen2-VL / Qwen2.5-VL: vision tower and merger (connector)
+VISION_PREFIXES = VISION_PARTS  # Qwen2-VL / Qwen2.5-VL: vision tower and merger (connector)
 
 
 @dataclasses.dataclass
@@ -221,10 +222,10 @@ def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
     """SFT of the model at `model` on chat rows (`messages`, optional `images`) with TRL's
     `SFTTrainer` and `args` (a TRL `SFTConfig`). Checkpoints go to `out_dir/checkpoints`;
     a rerun with the same `key` resumes from the last one. Returns (trainer, TrainOutput)."""
-    import datasets
     from trl import SFTTrainer
 
     from synergy import models, training
+    from synergy.evaluation import to_dataset
 
     out_dir = Path(out_dir)
     resume = training.prepare(out_dir, key)
@@ -233,9 +234,7 @@ def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
     student, processing = models.load(model)
     frozen = freeze_vision(student) if freeze_visual else []
     cols = [c for c in ("messages", "images") if c in rows.columns]
-    trainer = SFTTrainer(model=student, args=args,
-                         train_dataset=datasets.Dataset.from_pandas(rows[cols],
-                                                                    preserve_index=False),
+    trainer = SFTTrainer(model=student, args=args, train_dataset=to_dataset(rows[cols]),
                          processing_class=processing, peft_config=peft,
                          callbacks=[training.log_callback(out_dir / "log.jsonl"),
                                     training.keep_last_optimizer(), *callbacks])
@@ -246,14 +245,15 @@ def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
 def validation_accuracy(model_dir: str | Path, val: pd.DataFrame, max_new_tokens: int,
                         prompt_suffix: str, seed: int, backend: str = "hf",
                         batch_rows: int = 512) -> float:
-    """Greedy accuracy of a checkpoint on the validation questions."""
-    from synergy.generation import SamplingSpec, chat_prompt, make_engine
+    """Greedy accuracy of a checkpoint on the validation questions (with their images)."""
+    from synergy.evaluation import build_prompts
+    from synergy.generation import SamplingSpec, make_engine
     from synergy.verify import is_correct
 
     engine = make_engine(model_dir, backend, batch_rows)
-    prompts = [chat_prompt(engine.tokenizer, q, prompt_suffix) for q in val["question"]]
+    prompts, images = build_prompts(engine, val, prompt_suffix)
     out = engine.generate(prompts, list(val["qid"]), 0, 1,
-                          SamplingSpec(0.0, 1.0, 0, max_new_tokens), seed)
+                          SamplingSpec(0.0, 1.0, 0, max_new_tokens), seed, images=images)
     return float(np.mean([is_correct(c[0].text, str(a)) for c, a in zip(out, val["answer"])]))
 
 
@@ -305,11 +305,14 @@ def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: s
               "checkpoints": {c.name: s for c, s in zip(ckpts, scores)},
               "best_checkpoint": ckpts[best].name, "val_accuracy": scores[best],
               "frozen_parameters": len(trainer.frozen_parameters),
-              "train_tokens_mean": float(train_rows["n_tokens"].mean())}
+              "train_tokens_mean": float(train_rows["n_tokens"].mean()),
+              "train_images": int(sum(len(x) for x in train_rows.get("images", [])))}
     with atomic_path(final) as tmp:
         shutil.copytree(ckpts[best], tmp, ignore=shutil.ignore_patterns(
             "optimizer.pt", "scheduler.pt", "rng_state*", "training_args.bin",
             "trainer_state.json"))
+    # The frozen tower checked tensor for tensor (None for a model without one).
+    record["vision_unchanged"] = vision_weights_equal(model_path, final)
     return {**training.mark_done(run_dir, record), "reused": False}
 
 
@@ -365,7 +368,7 @@ def run(cfg: SftConfig, progress: bool = True) -> SftResult:
             results[spec.name] = evaluate(str(ctx.dir / "models" / spec.name))
             records.append({**record, "eval_seconds": time.perf_counter() - t})
         runs = pd.DataFrame(records).drop(columns=["key", "checkpoints"])
-        table = save_results(ctx.dir, results)
+        table = save_results(ctx.dir, results, record=ctx.record)
         write_text(ctx.dir / "runs.csv", runs.to_csv(index=False))
         ctx.set_models({r["name"]: ctx.dir / "models" / r["name"] for r in records},
                        main=cfg.teachers[0])
