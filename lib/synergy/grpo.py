@@ -369,7 +369,22 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
               **training.batch_record(args),
               "generation_batch_size": args.generation_batch_size,
               "replica_weights": replicas.digests}
+    release(trainer)
     return {**training.mark_done(out_dir, record), "reused": False}
+
+
+def release(trainer) -> None:
+    """Free the trainer's GPU memory (a colocated vLLM engine included) before this process
+    evaluates or trains the next policy."""
+    import gc
+
+    import torch
+
+    trainer.vllm_generation = None  # TRL's vLLM engine, when rollouts use one
+    trainer.model = trainer.model_wrapped = trainer.ref_model = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --- data ---------------------------------------------------------------------------------
