@@ -181,10 +181,20 @@ def build_prompts(engine, questions: pd.DataFrame,
 def sample_table(engine, model_path: str, questions: pd.DataFrame, spec: SamplingSpec, *,
                  n_samples: int, seed: int, cache_root: str | Path, prompt_suffix: str = "",
                  stop: StopRule | None = None, round_size: int | None = None,
-                 progress: bool = True) -> list[list[dict]]:
+                 progress: bool = True, processes=None) -> list[list[dict]]:
     """`sample_questions` on a benchmark table (question, answer[, choices, images]) with
     the model's cache under `cache_root`: the one sample loop of stratification, leveling
-    of training questions, the static easy-question filter and evaluation."""
+    of training questions, the static easy-question filter and evaluation.
+
+    `processes` (accelerate's `PartialState` of a launch, or None): data parallel sampling,
+    each process first drawing every n-th question into the shared cache, then every
+    process reading all questions back from it (keyed samples: the same as one process)."""
+    if processes is not None and processes.num_processes > 1:
+        share = questions.iloc[processes.process_index::processes.num_processes]
+        sample_table(engine, model_path, share, spec, n_samples=n_samples, seed=seed,
+                     cache_root=cache_root, prompt_suffix=prompt_suffix, stop=stop,
+                     round_size=round_size, progress=progress)
+        processes.wait_for_everyone()
     prompts, images = build_prompts(engine, questions, prompt_suffix)
     return sample_questions(engine, prompts, [str(a) for a in questions["answer"]], spec,
                             n_samples=n_samples, round_size=round_size or n_samples,
@@ -196,17 +206,19 @@ def sample_table(engine, model_path: str, questions: pd.DataFrame, spec: Samplin
 def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec, *,
                    n_samples: int, seed: int, cache_root: str | Path, prompt_suffix: str = "",
                    backend: str = "hf", batch_rows: int = 512, engine=None,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, processes=None) -> pd.DataFrame:
     """One row per question: samples, correctness, lengths, format, accuracy (mean of samples).
 
-    `questions` carries `question`, `answer` and whatever else (qid, level) the caller keeps.
+    `questions` carries `question`, `answer` and whatever else (qid, level) the caller keeps;
+    `processes`: data parallel sampling under a launch (see `sample_table`).
     """
     from synergy.generation import make_engine
     from synergy.verify import format_ok
 
     engine = engine or make_engine(model_path, backend, batch_rows)
     drawn = sample_table(engine, model_path, questions, spec, n_samples=n_samples, seed=seed,
-                         cache_root=cache_root, prompt_suffix=prompt_suffix, progress=progress)
+                         cache_root=cache_root, prompt_suffix=prompt_suffix, progress=progress,
+                         processes=processes)
     out = questions.copy().reset_index(drop=True)
     out["samples"] = [[s["text"] for s in d] for d in drawn]
     out["correct"] = [[bool(s["correct"]) for s in d] for d in drawn]
@@ -286,6 +298,43 @@ def evaluate_for(cfg: EvaluatingConfig, model_path: str, questions: pd.DataFrame
                           seed=cfg.seed, cache_root=Run.of(cfg).samples_cache,
                           prompt_suffix=prompt_suffix, backend=cfg.backend,
                           batch_rows=cfg.batch_rows, progress=progress)
+
+
+def evaluate_external(cfg: EvaluatingConfig, specs: list[str], questions: pd.DataFrame,
+                      prompt_suffix: str = "", *, upstream: dict[str, str] | None = None,
+                      progress: bool = True, processes=None) -> dict[str, pd.DataFrame]:
+    """Models from anywhere (a hub id, a folder, "<stage>[:<name>]" of this run) evaluated on
+    the run's benchmark `questions` with `cfg`'s eval keys, engine and the run's sample
+    cache, as the stages evaluate their own; written to `<run>/external/` (eval/<label>/,
+    per_level.csv, manifest.json) beside the models of earlier calls, which the report
+    shows beside the run's own. Under a launch (`processes`) every process samples its share
+    and the main process writes. Returns every external model's results by label."""
+    from synergy import models
+    from synergy.files import read_json
+    from synergy.runs import EXTERNAL, MANIFEST, Run, now, write_manifest
+
+    run, started = Run.of(cfg), now()
+    out = run.external
+    refs = dict(zip(models.labels(specs), (run.model(s) for s in specs)))
+    fresh = {label: evaluate_model(ref.path, questions, eval_spec(cfg),
+                                   n_samples=cfg.eval_samples, seed=cfg.seed,
+                                   cache_root=run.samples_cache, prompt_suffix=prompt_suffix,
+                                   backend=cfg.backend, batch_rows=cfg.batch_rows,
+                                   progress=progress, processes=processes)
+             for label, ref in refs.items()}
+    earlier = load_results(out) if (out / "eval").is_dir() else {}
+    results = {**earlier, **fresh}
+    if processes is None or processes.is_main_process:
+        save_results(out, results)
+        before = read_json(out / MANIFEST).get("models", {}) if (out / MANIFEST).exists() else {}
+        write_manifest(out, cfg, started=started, upstream={
+            **(upstream or {}), **{label: ref.artifact_id for label, ref in refs.items()}},
+            extra={"stage": EXTERNAL, "eval_keys_from": cfg.SECTION,
+                   "prompt_suffix": prompt_suffix,
+                   "models": {**before, **{label: {"spec": ref.spec, "path": ref.path,
+                                                   "artifact_id": ref.artifact_id}
+                                           for label, ref in refs.items()}}})
+    return results
 
 
 def save_results(out_dir: str | Path, results: dict[str, pd.DataFrame],
