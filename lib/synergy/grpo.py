@@ -651,8 +651,8 @@ def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
                               for n, p in evaluated.items()},
                    train_questions=len(train_set),
                    train_questions_kept=int(train_set["kept"].sum()),
-                   train_images=int(sum(len(x) for x in kept["images"]))
-                   if "images" in kept else 0,
+                   train_images=int(sum(len(x) for x in train_set.loc[
+                       train_set["kept"], "images"])) if "images" in train_set else 0,
                    runs=[{**r, "model_path": ctx.run.relative(r["model_path"])}
                          for r in records])
     return GRPOResult(ctx.manifest, ctx.dir, train_set, runs, curves, results, table, drift)

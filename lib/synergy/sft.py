@@ -373,7 +373,6 @@ def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: s
               "train_rows": len(train_rows), "val_rows": len(val),
               "checkpoints": {c.name: s for c, s in zip(ckpts, scores)},
               "best_checkpoint": ckpts[best].name, "val_accuracy": scores[best],
-              "frozen_parameters": len(trainer.frozen_parameters),
               "train_tokens_mean": float(train_rows["n_tokens"].mean()),
               "train_images": int(sum(len(x) for x in train_rows.get("images", [])))}
     with atomic_path(final) as tmp:
