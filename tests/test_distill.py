@@ -137,6 +137,25 @@ def test_traces_teacher_reads_s1k_through_the_loaders(tmp_path):
         assert format_ok(response) and is_correct(response, "4")
 
 
+def test_traces_teacher_reads_eureka_distill_with_images(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "imgs" / "a.png")
+    trace = "<think> The image shows 3 marks. 3+4=7.</think> \\boxed{7}"
+    message = [{"role": "user", "content": [{"type": "image", "image": "file://imgs/a.png"},
+                                            {"type": "text", "text": "? +4"}]},
+               {"role": "assistant", "content": trace}]
+    path = tmp_path / "distill.jsonl"
+    path.write_text(json.dumps({"id": "e1", "message": json.dumps(message), "answer": "7"}) + "\n")
+    cfg = distill.DistillConfig.from_mapping(
+        {**_smoke_section(), "teachers": ["traces"], "trace_source": str(path),
+         "trace_set": "eureka-distill"}, "test")
+    table = distill.trace_set(cfg)
+    assert table["response"].tolist() == [trace] and table["question"].tolist() == ["? +4"]
+    assert table["images"].tolist() == [[str(tmp_path / "imgs" / "a.png")]]
+
+
 def test_notebook_02_on_smoke(smoke_series):
     res = distill.load(str(smoke_series), "smoke")
     traces = res.traces

@@ -99,7 +99,7 @@ def test_log_callback_appends_and_forgets_rows_past_a_resumed_checkpoint(tmp_pat
 
     path = tmp_path / "curves.jsonl"
     logger = log_callback(path, "rl-beta0")
-    state = types.SimpleNamespace(global_step=0)
+    state = types.SimpleNamespace(global_step=0, is_world_process_zero=True)
     logger.on_train_begin(None, state, None)
     for step in (1, 2, 3):
         state.global_step = step
@@ -110,7 +110,7 @@ def test_log_callback_appends_and_forgets_rows_past_a_resumed_checkpoint(tmp_pat
     rows = read_jsonl(path)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows[0] == {"run": "rl-beta0", "step": 1, "reward": 0.1, "kl": 0.01}
-    logger.on_train_begin(None, types.SimpleNamespace(global_step=2), None)  # resumed at 2
+    logger.on_train_begin(None, types.SimpleNamespace(global_step=2, is_world_process_zero=True), None)  # resumed at 2
     assert [r["step"] for r in read_jsonl(path)] == [1, 2]
 
 

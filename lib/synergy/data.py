@@ -4,7 +4,9 @@ Every benchmark comes out in one schema: `qid`, `question` (the text the model s
 formatted in for multiple choice), `answer` (the gold LETTER for multiple choice), `choices`
 (list or None), `images` (PIL images or resolved paths), `benchmark`, and `level` when the
 source carries the paper's difficulty level. `load_benchmark` takes `"world"`, a local
-table, or `"<name>:<path-or-hub-id>[:split]"` with a name from `NORMALIZERS`.
+table, or `"<name>:<path-or-hub-id>[:split]"` with a name from `NORMALIZERS`; the source
+`world` there (and in the trace and RL loaders' stage keys) is the image world's file of
+that schema, which 00_world writes (`world_source`).
 
 Difficulty levels (the paper's `JierunChen/<Benchmark>_with_difficulty_level` copies): the
 column holding them is not documented, so it is detected among `LEVEL_NAMES`. Trap:
@@ -42,21 +44,44 @@ _IMAGE_TAG = re.compile(r"<image (\d+)>")
 def load_benchmark(benchmark: str, run, max_skipped_share: float = 0.02) -> "Loaded":
     """The evaluation questions of a stage (table, upstream id, skipped rows): `world` (the
     run's own task), a local table in the common schema, or `name:source[:split]` with a
-    name from NORMALIZERS (bad rows skipped and counted, see `Loaded`)."""
+    name from NORMALIZERS (bad rows skipped and counted, see `Loaded`); source `world` is
+    the image world's file of that schema (`world_source`)."""
     if benchmark == WORLD:
         from synergy import world
 
         cfg = world.config_of(run)
-        return Loaded(world.questions_frame(world.eval_questions(cfg)), cfg.world_id(),
-                      no_skips())
+        return Loaded(world.questions_frame(world.eval_questions(cfg), cfg.kind),
+                      cfg.world_id(), no_skips())
     name, sep, rest = benchmark.partition(":")
     if sep and name.lower() in NORMALIZERS:
         source, split = rest, None
         if ":" in rest:
             source, split = rest.rsplit(":", 1)
-        return load_named_benchmark(name.lower(), source, split,
-                                    max_skipped_share=max_skipped_share)
+        return load_named_benchmark(name.lower(), world_source(source, run, name.lower()),
+                                    split, max_skipped_share=max_skipped_share)
     return Loaded(load_table(benchmark), f"file:{Path(benchmark).resolve()}", no_skips())
+
+
+def world_source(source: str | Path, run, schema: str) -> str | Path:
+    """`source` itself, or for "world" the run's image-world file in `schema`'s layout
+    ("mathvision", "mm_eureka" or "eureka_distill"), which 00_world writes when its
+    `kind` is "image": the loaders then read the world as they read the real sets."""
+    if str(source) != WORLD:
+        return source
+    from synergy import stages, world
+
+    if schema not in world.TASK_FILES:
+        raise ArtifactError(f"source 'world': the image world writes {sorted(world.TASK_FILES)} "
+                            f"files, no {schema!r} file")
+    path = run.dir(stages.WORLD) / world.TASK_FOLDER / world.TASK_FILES[schema]
+    if not path.is_file():
+        kind = world.config_of(run).kind
+        raise ArtifactError(
+            f"source 'world' for {schema}: {path} not found; {stages.WORLD.name} writes it "
+            f"when world.kind is 'image' (this run's world is {kind!r})"
+            + ("" if kind == "text" else f"; rerun: python -m synergy run --run-name "
+               f"{run.name} --stages {stages.WORLD.number}"))
+    return path
 
 
 def load_table(path: str | Path) -> pd.DataFrame:

@@ -13,8 +13,13 @@ because / let / verify / wait / hmm / maybe / alternatively / check, and self-co
 
 `sampled` draws `teacher_samples` responses per question from a model through the
 generation engine and keeps the shortest correct one (self-distillation when the model is
-the student itself, as in Eureka-Distill); `traces` loads an s1K-style set (question,
-thinking trajectory, answer) from a local file or a hub dataset id.
+the student itself, as in Eureka-Distill); `api` does the same with a model behind any
+OpenAI-compatible endpoint (`api_url`, `api_model`, the key in the environment variable
+`api_key_env`: a vLLM server with a reasoning model, or a hosted one, as the paper's s1
+traces came from Gemini and DeepSeek-R1), through the same sample cache; `traces` loads a
+trace set through `synergy.data`: s1K / s1K-1.1 (`trace_set` s1k-deepseek or s1k-gemini) or
+Eureka-Distill with its images (`eureka-distill`), from a local file, a hub dataset id, or
+"world" (the image world's Eureka-Distill-style file).
 
 The training questions (the "pool") are drawn fresh from the world, disjoint from the eval
 split, and each gets a difficulty level from the base model's pass rate with the same
@@ -43,7 +48,9 @@ from synergy.world import (
     parse_question,
 )
 
-TEACHERS = ("careful", "lowquality", "sampled", "traces")
+TEACHERS = ("careful", "lowquality", "sampled", "api", "traces")
+# Teachers that sample a model per question and keep the shortest correct answer.
+SAMPLING_TEACHERS = ("sampled", "api")
 PIVOTAL_WORDS = ("first", "next", "then", "however", "because", "let", "verify", "wait", "hmm",
                  "maybe", "alternatively", "check")
 
@@ -55,7 +62,7 @@ class DistillConfig(StageConfig):
     train_questions: str
     n_questions: int
     level_pool: bool
-    teachers: list[Literal["careful", "lowquality", "sampled", "traces"]]
+    teachers: list[Literal["careful", "lowquality", "sampled", "api", "traces"]]
     lowquality_error_rate: float
     teacher_model: str
     teacher_samples: int
@@ -66,7 +73,10 @@ class DistillConfig(StageConfig):
     backend: Literal["hf", "vllm"]
     batch_rows: int
     trace_source: str
-    trace_set: Literal["s1k-deepseek", "s1k-gemini"]
+    trace_set: Literal["s1k-deepseek", "s1k-gemini", "eureka-distill"]
+    api_url: str
+    api_model: str
+    api_key_env: str
     n_examples: int
 
     def validate(self) -> None:
@@ -81,6 +91,11 @@ class DistillConfig(StageConfig):
         self.require(self.batch_rows >= 1, "batch_rows", "must be >= 1")
         self.require("traces" not in self.teachers or self.trace_source != "", "trace_source",
                      "must name a file or hub dataset when teachers include 'traces'")
+        for key in ("api_url", "api_model"):
+            self.require("api" not in self.teachers or getattr(self, key).strip() != "", key,
+                         "must be set when teachers include 'api'")
+        self.require(self.api_url == "" or self.api_url.startswith(("http://", "https://")),
+                     "api_url", "must be an http(s) URL up to /v1")
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
 
     @property
@@ -198,13 +213,27 @@ def sampled_traces(engine, pool: pd.DataFrame, cfg: DistillConfig, cache_root: P
     return [shortest_correct(d) for d in drawn]
 
 
-def trace_set(cfg: DistillConfig) -> pd.DataFrame:
-    """The `traces` teacher's rows from an s1K / s1K-1.1 set (`trace_set` picks the
-    teacher: DeepSeek-R1 = the paper's s1.1-R1, Gemini = s1-Gemini2)."""
+def api_engine(cfg: DistillConfig):
+    """The `api` teacher: `api_model` at `api_url` behind the sampling-engine interface (the
+    key read from `api_key_env` at request time, never stored)."""
+    from synergy import judge
+
+    endpoint = judge.Endpoint(cfg.api_url, cfg.api_model, cfg.api_key_env)
+    return judge.ChatEngine(judge.Client(endpoint), cfg.batch_rows)
+
+
+def trace_set(cfg: DistillConfig, run=None) -> pd.DataFrame:
+    """The `traces` teacher's rows: an s1K / s1K-1.1 set (`trace_set` picks the teacher:
+    DeepSeek-R1 = the paper's s1.1-R1, Gemini = s1-Gemini2), or Eureka-Distill with its
+    images (`trace_source` "world": the image world's Eureka-Distill-style file of `run`)."""
     from synergy import data
 
-    teacher = cfg.trace_set.split("-", 1)[1]
-    rows = data.load_s1(cfg.trace_source, teacher=teacher).table
+    if cfg.trace_set == "eureka-distill":
+        rows = data.load_eureka_distill(data.world_source(cfg.trace_source, run,
+                                                          "eureka_distill")).table
+    else:
+        rows = data.load_s1(cfg.trace_source, teacher=cfg.trace_set.split("-", 1)[1]).table
+        rows = rows.drop(columns="images")  # text-only sets
     return rows.assign(response=[m[-1]["content"] for m in rows["messages"]]).drop(
         columns="messages")
 
@@ -219,7 +248,7 @@ def question_pool(cfg: DistillConfig, run) -> tuple[pd.DataFrame, str]:
         wcfg = world.config_of(run)
         # Offset seed: the base trained on seed-driven questions; these are a fresh draw.
         qs = world.train_questions(wcfg, cfg.n_questions, seed=cfg.seed + 7919)
-        pool = world.questions_frame(qs).drop_duplicates("qid").reset_index(drop=True)
+        pool = world.questions_frame(qs, wcfg.kind).drop_duplicates("qid").reset_index(drop=True)
         return pool, f"{wcfg.world_id()}:train:{cfg.seed + 7919}:{cfg.n_questions}"
     return data.load_table(cfg.train_questions), f"file:{Path(cfg.train_questions).resolve()}"
 
@@ -271,10 +300,10 @@ class DistillResult(StageResult):
 
 def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
     """Build every teacher's traces; saves `traces/` (a `datasets` dataset) and the manifest."""
-    import datasets
     from transformers import AutoTokenizer
 
     from synergy import data, stages, stratify
+    from synergy.evaluation import to_dataset
     from synergy.files import save_dataset, write_text
     from synergy.generation import make_engine
     from synergy.runs import stage_run
@@ -286,10 +315,10 @@ def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
         suffix = scfg.prompt_suffix
         tokenizer = AutoTokenizer.from_pretrained(base.path)
         timings = {}
-        needs_pool = bool(set(cfg.teachers) & {"careful", "lowquality", "sampled"})
+        needs_pool = bool(set(cfg.teachers) & {"careful", "lowquality", *SAMPLING_TEACHERS})
         if needs_pool and cfg.train_questions == "":
             raise ValueError("distill.train_questions: teachers careful / lowquality / sampled "
-                             "need questions ('world' or a file); it is empty")
+                             "/ api need questions ('world' or a file); it is empty")
         pool, ctx.upstream["questions"] = question_pool(cfg, ctx.run) if needs_pool else (
             pd.DataFrame(columns=["qid", "question", "answer"]), "none")
         if cfg.level_pool and needs_pool:
@@ -318,15 +347,25 @@ def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
                 frames.append(trace_rows(pool, [k["text"] if k else None for k in kept],
                                          teacher, f"shortest correct of {cfg.teacher_samples}",
                                          tokenizer))
+            elif teacher == "api":
+                engine = api_engine(cfg)
+                ctx.upstream["api_teacher"] = engine.id
+                kept = sampled_traces(engine, pool, cfg, ctx.run.samples_cache, engine.id,
+                                      suffix, progress)
+                frames.append(trace_rows(pool, [k["text"] if k else None for k in kept],
+                                         teacher, f"shortest correct of {cfg.teacher_samples} "
+                                         f"from {cfg.api_model}", tokenizer))
+                timings["api_calls"] = engine.client.calls
             else:
-                table = trace_set(cfg).assign(level=0, base_pass_rate=np.nan)
+                table = trace_set(cfg, ctx.run).assign(level=0, base_pass_rate=np.nan)
                 ctx.upstream["traces"] = f"{cfg.trace_set}:{cfg.trace_source}"
                 frames.append(trace_rows(table.drop(columns="response"), list(table["response"]),
                                          teacher, cfg.trace_set, tokenizer))
             timings[teacher] = time.perf_counter() - t
         traces = with_messages(pd.concat(frames, ignore_index=True), suffix)
-        save_dataset(datasets.Dataset.from_pandas(traces, preserve_index=False),
-                     ctx.dir / "traces")
+        if "images" in traces:  # teachers without images (programmatic) have none
+            traces["images"] = [x if isinstance(x, list) else [] for x in traces["images"]]
+        save_dataset(to_dataset(traces), ctx.dir / "traces")
         write_text(ctx.dir / "pool.csv", pool.to_csv(index=False))
         ctx.record(timings=timings,
                    rows={t: int((traces["teacher"] == t).sum()) for t in cfg.teachers},
@@ -365,9 +404,11 @@ def pivotal_count(text: str) -> int:
     return sum(w in PIVOTAL_WORDS for w in words)
 
 
-def sampled_yield(traces: pd.DataFrame, pool: pd.DataFrame) -> pd.DataFrame:
-    """Per level: pool questions, kept by the sampled teacher, and the yield (kept / pool)."""
-    kept = traces[traces["teacher"] == "sampled"].groupby("level").size()
+def sampled_yield(traces: pd.DataFrame, pool: pd.DataFrame,
+                  teacher: str = "sampled") -> pd.DataFrame:
+    """Per level: pool questions, kept by a sampling teacher ("sampled" or "api"), and the
+    yield (kept / pool)."""
+    kept = traces[traces["teacher"] == teacher].groupby("level").size()
     total = pool.groupby("level").size()
     table = pd.DataFrame({"pool": total, "kept": kept.reindex(total.index, fill_value=0)})
     table["yield"] = table["kept"] / table["pool"]
@@ -405,6 +446,10 @@ def statement(traces: pd.DataFrame, pool: pd.DataFrame) -> str:
         lines.append("- Self-distillation keeps a trace for " + ", ".join(
             f"{lv} {v:.0%}" for lv, v in y.items()) + " of the pool questions: the hard "
             "levels, where long CoT should help, are the ones it covers least.")
+    if "api" in set(traces["teacher"]) and pool["level"].gt(0).any():
+        y = sampled_yield(traces, pool, "api").set_index("level")["yield"]
+        lines.append("- The API teacher keeps a trace for " + ", ".join(
+            f"{lv} {v:.0%}" for lv, v in y.items()) + " of the pool questions.")
     if {"careful", "lowquality"} <= set(traces["teacher"]):
         t = table.set_index("teacher")
         lines.append(f"- The low-quality teacher writes {t.at['lowquality', 'mean_tokens'] / max(t.at['careful', 'mean_tokens'], 1e-9):.1f}x "

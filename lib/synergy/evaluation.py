@@ -79,13 +79,16 @@ def sample_questions(engine, prompts: list[str], answers: list[str], spec: Sampl
                      n_samples: int, round_size: int, seed: int, cache: SampleCache,
                      stop: StopRule | None = None, progress: bool = True,
                      images: list[list] | None = None,
-                     choices: list[list[str] | None] | None = None) -> list[list[dict]]:
+                     choices: list[list[str] | None] | None = None,
+                     scoring: list[dict] | None = None) -> list[list[dict]]:
     """Samples per prompt (dicts with text, n_tokens, truncated, correct), drawn in rounds.
 
     A prompt gets up to `n_samples`; with a `stop` rule it leaves once the rule says its
     outcome is settled. Each round draws, per prompt, at most `round_size` samples and never
     more than could matter (`samples_needed`); prompts needing the same sample indices share
     engine calls. Cached samples are reused; each finished engine call is saved at once.
+    `choices` and `scoring` (per prompt: the verifier's keyword columns, `scoring_of`)
+    reach `is_correct`.
     """
     from collections import defaultdict
 
@@ -130,7 +133,8 @@ def sample_questions(engine, prompts: list[str], answers: list[str], spec: Sampl
                 for j in range(first, first + n):
                     row = dict(cache.samples[(keys[i], j)])
                     row["correct"] = is_correct(row["text"], answers[i],
-                                                choices[i] if choices is not None else None)
+                                                choices[i] if choices is not None else None,
+                                                **(scoring[i] if scoring is not None else {}))
                     drawn[i].append(row)
         bar.refresh()
     bar.close()
@@ -142,6 +146,18 @@ def choices_of(questions: pd.DataFrame) -> list | None:
     if "choices" not in questions.columns:
         return None
     return [list(c) if c is not None and len(c) else None for c in questions["choices"]]
+
+
+def scoring_of(questions: pd.DataFrame) -> list[dict] | None:
+    """Per question, the verifier's keyword columns the table carries (MathVista's
+    `precision`, `unit`, `answer_type`), or None when it carries none."""
+    from synergy.verify import QUESTION_COLUMNS
+
+    present = [c for c in QUESTION_COLUMNS if c != "choices" and c in questions.columns]
+    if not present:
+        return None
+    return [{c: None if pd.api.types.is_scalar(v) and pd.isna(v) else v for c, v in row.items()}
+            for row in questions[present].to_dict("records")]
 
 
 def to_dataset(df: pd.DataFrame):
@@ -165,32 +181,44 @@ def build_prompts(engine, questions: pd.DataFrame,
 def sample_table(engine, model_path: str, questions: pd.DataFrame, spec: SamplingSpec, *,
                  n_samples: int, seed: int, cache_root: str | Path, prompt_suffix: str = "",
                  stop: StopRule | None = None, round_size: int | None = None,
-                 progress: bool = True) -> list[list[dict]]:
+                 progress: bool = True, processes=None) -> list[list[dict]]:
     """`sample_questions` on a benchmark table (question, answer[, choices, images]) with
     the model's cache under `cache_root`: the one sample loop of stratification, leveling
-    of training questions, the static easy-question filter and evaluation."""
+    of training questions, the static easy-question filter and evaluation.
+
+    `processes` (accelerate's `PartialState` of a launch, or None): data parallel sampling,
+    each process first drawing every n-th question into the shared cache, then every
+    process reading all questions back from it (keyed samples: the same as one process)."""
+    if processes is not None and processes.num_processes > 1:
+        share = questions.iloc[processes.process_index::processes.num_processes]
+        sample_table(engine, model_path, share, spec, n_samples=n_samples, seed=seed,
+                     cache_root=cache_root, prompt_suffix=prompt_suffix, stop=stop,
+                     round_size=round_size, progress=progress)
+        processes.wait_for_everyone()
     prompts, images = build_prompts(engine, questions, prompt_suffix)
     return sample_questions(engine, prompts, [str(a) for a in questions["answer"]], spec,
                             n_samples=n_samples, round_size=round_size or n_samples,
                             seed=seed, cache=cache_for(cache_root, model_path, spec, seed),
                             stop=stop, progress=progress, images=images,
-                            choices=choices_of(questions))
+                            choices=choices_of(questions), scoring=scoring_of(questions))
 
 
 def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec, *,
                    n_samples: int, seed: int, cache_root: str | Path, prompt_suffix: str = "",
                    backend: str = "hf", batch_rows: int = 512, engine=None,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, processes=None) -> pd.DataFrame:
     """One row per question: samples, correctness, lengths, format, accuracy (mean of samples).
 
-    `questions` carries `question`, `answer` and whatever else (qid, level) the caller keeps.
+    `questions` carries `question`, `answer` and whatever else (qid, level) the caller keeps;
+    `processes`: data parallel sampling under a launch (see `sample_table`).
     """
     from synergy.generation import make_engine
     from synergy.verify import format_ok
 
     engine = engine or make_engine(model_path, backend, batch_rows)
     drawn = sample_table(engine, model_path, questions, spec, n_samples=n_samples, seed=seed,
-                         cache_root=cache_root, prompt_suffix=prompt_suffix, progress=progress)
+                         cache_root=cache_root, prompt_suffix=prompt_suffix, progress=progress,
+                         processes=processes)
     out = questions.copy().reset_index(drop=True)
     out["samples"] = [[s["text"] for s in d] for d in drawn]
     out["correct"] = [[bool(s["correct"]) for s in d] for d in drawn]
@@ -272,8 +300,48 @@ def evaluate_for(cfg: EvaluatingConfig, model_path: str, questions: pd.DataFrame
                           batch_rows=cfg.batch_rows, progress=progress)
 
 
-def save_results(out_dir: str | Path, results: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Write `eval/<model>/` datasets and `per_level.csv`; returns the per-level table."""
+def evaluate_external(cfg: EvaluatingConfig, specs: list[str], questions: pd.DataFrame,
+                      prompt_suffix: str = "", *, upstream: dict[str, str] | None = None,
+                      progress: bool = True, processes=None) -> dict[str, pd.DataFrame]:
+    """Models from anywhere (a hub id, a folder, "<stage>[:<name>]" of this run) evaluated on
+    the run's benchmark `questions` with `cfg`'s eval keys, engine and the run's sample
+    cache, as the stages evaluate their own; written to `<run>/external/` (eval/<label>/,
+    per_level.csv, manifest.json) beside the models of earlier calls, which the report
+    shows beside the run's own. Under a launch (`processes`) every process samples its share
+    and the main process writes. Returns every external model's results by label."""
+    from synergy import models
+    from synergy.files import read_json
+    from synergy.runs import EXTERNAL, MANIFEST, Run, now, write_manifest
+
+    run, started = Run.of(cfg), now()
+    out = run.external
+    refs = dict(zip(models.labels(specs), (run.model(s) for s in specs)))
+    fresh = {label: evaluate_model(ref.path, questions, eval_spec(cfg),
+                                   n_samples=cfg.eval_samples, seed=cfg.seed,
+                                   cache_root=run.samples_cache, prompt_suffix=prompt_suffix,
+                                   backend=cfg.backend, batch_rows=cfg.batch_rows,
+                                   progress=progress, processes=processes)
+             for label, ref in refs.items()}
+    earlier = load_results(out) if (out / "eval").is_dir() else {}
+    results = {**earlier, **fresh}
+    if processes is None or processes.is_main_process:
+        save_results(out, results)
+        before = read_json(out / MANIFEST).get("models", {}) if (out / MANIFEST).exists() else {}
+        write_manifest(out, cfg, started=started, upstream={
+            **(upstream or {}), **{label: ref.artifact_id for label, ref in refs.items()}},
+            extra={"stage": EXTERNAL, "eval_keys_from": cfg.SECTION,
+                   "prompt_suffix": prompt_suffix,
+                   "models": {**before, **{label: {"spec": ref.spec, "path": ref.path,
+                                                   "artifact_id": ref.artifact_id}
+                                           for label, ref in refs.items()}}})
+    return results
+
+
+def save_results(out_dir: str | Path, results: dict[str, pd.DataFrame],
+                 record: Callable[..., None] | None = None) -> pd.DataFrame:
+    """Write `eval/<model>/` datasets, `per_level.csv` and the verifier audit beside it
+    (`save_audit`); returns the per-level table. `record` (a stage's `ctx.record`) puts
+    the audit's counts in the stage's manifest."""
     from synergy.files import save_dataset, write_text
 
     out_dir = Path(out_dir)
@@ -281,7 +349,82 @@ def save_results(out_dir: str | Path, results: dict[str, pd.DataFrame]) -> pd.Da
         save_dataset(to_dataset(df), out_dir / "eval" / name)
     table = per_level(results)
     write_text(out_dir / "per_level.csv", table.to_csv(index=False))
+    save_audit(out_dir, results, record)
     return table
+
+
+# --- where scoring, not the model, moves the numbers --------------------------------------
+
+AUDIT_COLUMNS = ["model", "samples", "answered", "rule_correct", "math_verify_correct",
+                 "disagreements", "rule_only", "math_verify_only", "disagreements_by_path",
+                 "seconds"]
+
+
+def verifier_audit(results: dict[str, pd.DataFrame],
+                   examples: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per evaluated model, where the verifier's rules and math-verify disagree on its
+    sampled answers (`verify.audit`, each question's choices and scoring columns included).
+
+    Returns (one row per model: samples, answered, correct by each, disagreements, of which
+    rule-only and math-verify-only, disagreements per rule path as JSON, seconds taken;
+    the first `examples` disagreements per model: model, qid, answer, gold, rule,
+    math_verify, path). A disagreement means scoring, not the model, decides that answer.
+    """
+    from synergy.verify import audit, audit_summary
+
+    rows, found = [], []
+    for model, df in results.items():
+        t = time.perf_counter()
+        counts = [len(s) for s in df["samples"]]
+
+        def per_sample(values):
+            return [v for v, n in zip(values, counts) for _ in range(n)]
+
+        scoring = scoring_of(df)
+        columns = {c: per_sample([s[c] for s in scoring]) for c in (scoring or [{}])[0]}
+        table = audit([x for s in df["samples"] for x in s], per_sample(list(df["answer"])),
+                      per_sample(choices_of(df) or [None] * len(df)), **columns)
+        table.insert(0, "qid", per_sample(list(df["qid"])) if "qid" in df else None)
+        summary = audit_summary(table, examples=0)
+        rows.append({"model": model, "samples": summary["rows"],
+                     **{k: summary[k] for k in AUDIT_COLUMNS[2:-2]},
+                     "disagreements_by_path": json.dumps(summary["disagreements_by_path"]),
+                     "seconds": time.perf_counter() - t})
+        found.append(table[table["disagree"]].head(examples).drop(columns="disagree")
+                     .assign(model=model))
+    first = ["model", "qid", "answer", "gold", "rule", "math_verify", "path"]
+    found = [f for f in found if len(f)]
+    return (pd.DataFrame(rows, columns=AUDIT_COLUMNS),
+            pd.concat(found, ignore_index=True)[first] if found else pd.DataFrame(columns=first))
+
+
+def save_audit(out_dir: str | Path, results: dict[str, pd.DataFrame],
+               record: Callable[..., None] | None = None) -> pd.DataFrame:
+    """`verifier_audit` written to `verifier_audit.csv` and `verifier_disagreements.csv`
+    (examples) in `out_dir`; with `record`, its totals go to the manifest as
+    `verifier_audit`. Returns the per-model table."""
+    from synergy.files import write_text
+
+    table, found = verifier_audit(results)
+    write_text(Path(out_dir) / "verifier_audit.csv", table.to_csv(index=False))
+    write_text(Path(out_dir) / "verifier_disagreements.csv", found.to_csv(index=False))
+    if record is not None:
+        record(verifier_audit={
+            "samples": int(table["samples"].sum()),
+            "disagreements": int(table["disagreements"].sum()),
+            "by_model": dict(zip(table["model"], table["disagreements"].astype(int))),
+            "seconds": float(table["seconds"].sum())})
+    return table
+
+
+def load_audit(stage_path: str | Path) -> pd.DataFrame:
+    """A stage's `verifier_audit.csv` (one row per evaluated model)."""
+    from synergy.files import ArtifactError
+
+    path = Path(stage_path) / "verifier_audit.csv"
+    if not path.exists():
+        raise ArtifactError(f"{path}: no verifier audit (did the stage evaluate models?)")
+    return pd.read_csv(path)
 
 
 def load_results(stage_path: str | Path) -> dict[str, pd.DataFrame]:

@@ -11,9 +11,11 @@ selected; per-request seeds give the same per-sample reproducibility on its side
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
+import os
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -243,23 +245,68 @@ def _until_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:
     return (tokens[:tokens.index(eos) + 1], True) if eos in tokens else (tokens, False)
 
 
-class VLLMEngine:
-    """Sampling with vLLM (GPU boxes). One request per sample so each has its own seed."""
+VLLM_ARGS_ENV = "SYNERGY_VLLM_ARGS"
+# What a launcher (accelerate, torchrun) sets: hidden from a vLLM engine, which would read
+# them as its own process group.
+_LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                 "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 
-    def __init__(self, path: str | Path, **llm_kwargs):
-        try:
-            import vllm
-        except ImportError as exc:
-            raise ImportError(
-                "backend 'vllm' selected but vllm is not installed; install the GPU extra "
-                "(pip install -e '.[gpu]') on a CUDA machine, or use backend 'hf'") from exc
-        self._vllm = vllm
-        self.llm = vllm.LLM(model=str(path), **llm_kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
-        self.template = self.tokenizer
+
+def require_vllm(what: str = "backend 'vllm'"):
+    """The vllm module, or an ImportError saying which extra brings it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs vllm, which is not installed; install the GPU extra on a CUDA "
+            "machine (pip install -e '.[vllm]', or '.[gpu]' for vllm, unsloth and deepspeed), "
+            "or use backend 'hf'") from exc
+    return vllm
+
+
+def vllm_args() -> dict:
+    """vLLM engine arguments for this machine, from `SYNERGY_VLLM_ARGS` (a JSON object, e.g.
+    '{"tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "max_model_len": 32768}').
+    They set speed and memory, never the sampling parameters or seeds (those come from the
+    profile), which is why they live beside the machine rather than in the profile; every
+    manifest records them with the device."""
+    import json
+
+    text = os.environ.get(VLLM_ARGS_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        args = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{VLLM_ARGS_ENV} is not JSON: {exc}") from exc
+    if not isinstance(args, dict):
+        raise ValueError(f"{VLLM_ARGS_ENV} must be a JSON object of vllm.LLM arguments")
+    return args
+
+
+class VLLMEngine:
+    """Sampling with vLLM (GPU boxes). One request per sample so each has its own seed
+    (`sample_seed`, as the HF engine), so the sample cache and exact early stopping hold.
+
+    vLLM draws with its own sampler: the same seed does not give the HF engine's tokens, so
+    the two engines agree sample by sample only when decoding greedily. Under a launcher
+    (several processes, data parallel sampling) each engine runs on its process's GPU.
+    """
+
+    def __init__(self, path: str | Path, batch_rows: int = 4096, **llm_kwargs):
         from synergy.models import is_vision_language
 
-        if is_vision_language(self.llm.llm_engine.model_config.hf_config):
+        self._vllm = require_vllm()
+        self.batch_rows = batch_rows
+        self.vision = is_vision_language(path)
+        if self.vision:
+            llm_kwargs.setdefault("limit_mm_per_prompt", {"image": 8})
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        with _own_gpu() if launched else contextlib.nullcontext():
+            self.llm = self._vllm.LLM(model=str(path), **llm_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.template = self.tokenizer
+        if self.vision:
             from synergy.vlm import load_processor
 
             self.template = load_processor(path)
@@ -270,16 +317,41 @@ class VLLMEngine:
             top_k=spec.top_k if spec.top_k > 0 else -1, max_tokens=spec.max_new_tokens,
             seed=sample_seed(seed, k, first + j))
             for k in keys for j in range(n)]
-        requests = [p if not images or not images[i] else
-                    {"prompt": p, "multi_modal_data": {"image": list(images[i])}}
-                    for i, p in enumerate(prompts) for _ in range(n)]
-        results = self.llm.generate(requests, params)
+        requests = []
+        for i, p in enumerate(prompts):
+            if images and images[i]:
+                request = {"prompt": p, "multi_modal_data": {"image": list(images[i])}}
+            else:  # the prompt's tokens as the HF engine encodes them (no special tokens added)
+                request = {"prompt_token_ids": self.tokenizer(
+                    p, add_special_tokens=False)["input_ids"]}
+            requests.extend([request] * n)
+        results = self.llm.generate(requests, params, use_tqdm=False)
         flat = [Completion(r.outputs[0].text, len(r.outputs[0].token_ids),
                            r.outputs[0].finish_reason == "length") for r in results]
         return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
+@contextlib.contextmanager
+def _own_gpu():
+    """While a vLLM engine starts under a launcher: only this process's GPU visible and no
+    launcher variables (the engine's worker processes inherit the environment)."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(local + 1)]
+    saved = {k: os.environ.pop(k) for k in _LAUNCHER_ENV if k in os.environ}
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[local]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+        if visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES")
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+
+
 def make_engine(path: str | Path, backend: Backend = "hf", batch_rows: int = 512):
+    """The sampling engine of a `backend` key: vLLM (with `vllm_args`) or HF generate."""
     if backend == "vllm":
-        return VLLMEngine(path)
+        return VLLMEngine(path, batch_rows, **vllm_args())
     return HFEngine.from_path(path, batch_rows)

@@ -36,7 +36,7 @@ import pandas as pd
 
 from synergy.evaluation import EvaluatingConfig
 from synergy.runs import StageResult
-from synergy.training import ReportTo
+from synergy.training import ReportTo, TrainerBackend
 
 REWARD_NAMES = ("accuracy_reward", "format_reward")
 # The curves shown per run (names as TRL 1.x logs them).
@@ -79,6 +79,13 @@ class GRPOStageConfig(EvaluatingConfig):
     logging_steps: int
     cpu_threads: int
     report_to: ReportTo
+    trainer_backend: TrainerBackend
+    num_processes: int
+    lora_r: int
+    lora_alpha: int
+    vllm_mode: Literal["none", "colocate", "server"]
+    vllm_server_url: str
+    vllm_gpu_memory_utilization: float
     n_examples: int
 
     def validate(self) -> None:
@@ -99,8 +106,16 @@ class GRPOStageConfig(EvaluatingConfig):
                      "must be >= 2 (GRPO compares rollouts within a group)")
         self.require(self.prompts_per_generation % self.prompts_per_step == 0,
                      "prompts_per_generation", "must be a multiple of prompts_per_step")
-        self.require((self.prompts_per_step * self.num_generations) % self.micro_batch == 0,
-                     "micro_batch", "must divide prompts_per_step x num_generations")
+        self.require(self.num_processes >= 1, "num_processes", "must be >= 1")
+        self.require((self.prompts_per_step * self.num_generations)
+                     % (self.micro_batch * self.num_processes) == 0, "micro_batch",
+                     "x num_processes must divide prompts_per_step x num_generations")
+        self.require(self.lora_r >= 0, "lora_r", "must be >= 0 (0: full fine-tuning)")
+        self.require(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
+                     "must be in (0, 1]")
+        self.require(self.trainer_backend == "hf" or self.num_processes == 1
+                     and self.vllm_mode == "none", "trainer_backend",
+                     "'unsloth' is the single-GPU path: num_processes 1 and vllm_mode none")
         self.require(self.temperature > 0, "temperature", "must be > 0 (GRPO samples)")
         self.require(len(self.reward_weights) == len(REWARD_NAMES)
                      and all(w >= 0 for w in self.reward_weights), "reward_weights",
@@ -132,8 +147,10 @@ def trl_batching(cfg: GRPOStageConfig, num_processes: int = 1) -> dict[str, int]
             "completions_per_generation": cfg.prompts_per_generation * cfg.num_generations}
 
 
-def batching_table(cfg: GRPOStageConfig, num_processes: int = 1) -> pd.DataFrame:
-    """The batch geometry of this profile, in the paper's terms and in TRL's."""
+def batching_table(cfg: GRPOStageConfig, num_processes: int | None = None) -> pd.DataFrame:
+    """The batch geometry of this profile (on `num_processes`, default the config's), in
+    the paper's terms and in TRL's."""
+    num_processes = num_processes or cfg.num_processes
     b = trl_batching(cfg, num_processes)
     steps = optimizer_steps(cfg.n_train_questions, cfg)
     rows = [("prompts per rollout batch (verl train batch)", cfg.prompts_per_generation),
@@ -143,6 +160,7 @@ def batching_table(cfg: GRPOStageConfig, num_processes: int = 1) -> pd.DataFrame
             ("TRL per_device_train_batch_size", b["per_device_train_batch_size"]),
             ("TRL gradient_accumulation_steps", b["gradient_accumulation_steps"]),
             ("TRL steps_per_generation", b["steps_per_generation"]),
+            ("processes", num_processes),
             ("training questions", cfg.n_train_questions),
             ("epochs", cfg.epochs),
             ("optimizer steps per run (before any static filter)", steps)]
@@ -239,12 +257,26 @@ def trainer_class():
     return SynergyGRPOTrainer
 
 
-def training_args(cfg: GRPOStageConfig, beta: float):
+def training_args(cfg: GRPOStageConfig, beta: float, num_processes: int | None = None):
     """TRL's `GRPOConfig` for this stage: the one place where the stage's keys become trainer
-    arguments (every other TRL option keeps TRL's default)."""
+    arguments (every other TRL option keeps TRL's default). The verl batches are mapped for
+    `num_processes` processes (default: this process group), so the global batch holds."""
+    import warnings
+
+    import torch
     from trl import GRPOConfig
 
-    batching = trl_batching(cfg)
+    from synergy.training import cpu_processes, world_size
+
+    processes = num_processes or world_size()
+    batching = trl_batching(cfg, processes)
+    cuda = torch.cuda.is_available()
+    # Deprecation chatter of transformers' argument names (gradient_checkpointing): not ours.
+    warnings.filterwarnings("ignore", message=".*checkpointing.*deprecated.*")
+    vllm = {} if cfg.vllm_mode == "none" else dict(
+        use_vllm=True, vllm_mode=cfg.vllm_mode,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_server_base_url=cfg.vllm_server_url or None)
     return GRPOConfig(
         output_dir="checkpoints",  # `train` puts it inside the policy's folder
         seed=cfg.seed, data_seed=cfg.seed,
@@ -260,21 +292,36 @@ def training_args(cfg: GRPOStageConfig, beta: float):
         reward_weights=list(cfg.reward_weights), scale_rewards="group",
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=1, report_to=cfg.report_to,
-        # CPU: bf16/fp16 off (bf16 errors, use_cpu autocasts and crawls); no checkpointing.
-        bf16=False, fp16=False, gradient_checkpointing=False,
+        # CPU: bf16/fp16 off (bf16 errors, use_cpu autocasts and crawls) and no activation
+        # checkpointing; on a GPU, bf16 where it exists and checkpointing for long rollouts.
+        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
+        gradient_checkpointing=cuda, use_cpu=cpu_processes(processes),
         # Extra dataset columns (answer, choices, expert traces) must reach the trainer.
-        remove_unused_columns=False, dataloader_num_workers=0)
+        remove_unused_columns=False, dataloader_num_workers=0, **vllm)
+
+
+def peft_config(cfg: GRPOStageConfig):
+    """LoRA on every linear layer when `lora_r > 0` (TRL then scores the reference with the
+    adapters off: no second model in memory), else None."""
+    if cfg.lora_r <= 0:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
 
 
 def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, label: str,
           trainer_cls=None, reward_funcs=None, callbacks=(), progress: bool = True,
-          **trainer_kwargs) -> dict[str, Any]:
+          backend: str = "hf", peft=None, **trainer_kwargs) -> dict[str, Any]:
     """GRPO from the saved model at `init` on `dataset` (`prompt`, `answer`, ...) with
-    `args` (a TRL `GRPOConfig`) and `trainer_cls` (default: `trainer_class()`).
+    `args` (a TRL `GRPOConfig`) and `trainer_cls` (default: `trainer_class()`); `peft` a
+    LoRA config (the saved model has the adapters merged), `backend` "unsloth" loads the
+    model with unsloth.
 
     Trains in `out_dir` (checkpoints, `curves.jsonl`, the final `model/`): a rerun resumes
     from the last checkpoint of the same `key`, and a finished run of that key is reused.
-    Returns the run's record."""
+    Runs in every process of a launch (the main process writes). Returns the run's record."""
     import warnings
 
     from synergy import models, training
@@ -291,12 +338,21 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
     # Deprecation chatter of the CPU settings (gradient_checkpointing, pin_memory): not ours.
     warnings.filterwarnings("ignore", message=".*checkpointing.*deprecated.*")
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    model = str(init)  # a path: with beta != 0 TRL reloads the reference from it
+    if backend == "unsloth":
+        training.require_backend(backend)
+        # Room for the prompt (image tokens included) before the longest completion.
+        model, processing = training.unsloth_model(
+            init, max_length=args.max_completion_length + 4096,
+            lora_r=peft.r if peft else 0, lora_alpha=peft.lora_alpha if peft else 0,
+            seed=args.seed)
+        peft = None  # the adapters are in place
+    replicas = training.replica_digests()
     trainer = (trainer_cls or trainer_class())(
-        model=str(init),  # a path: with beta != 0 TRL reloads the reference from it
-        reward_funcs=reward_funcs or reward_functions(), args=args, train_dataset=dataset,
-        processing_class=processing,
-        callbacks=[training.log_callback(out_dir / "curves.jsonl", label), *callbacks],
-        **trainer_kwargs)
+        model=model, reward_funcs=reward_funcs or reward_functions(), args=args,
+        train_dataset=dataset, processing_class=processing, peft_config=peft,
+        callbacks=[training.log_callback(out_dir / "curves.jsonl", label), replicas,
+                   *callbacks], **trainer_kwargs)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
@@ -309,8 +365,26 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
               "train_seconds_this_session": seconds,
               "train_runtime": float(result.metrics.get("train_runtime", seconds)),
               "seconds_per_step": float(curves["step_time"].mean())
-              if "step_time" in curves else np.nan}
+              if "step_time" in curves else np.nan,
+              **training.batch_record(args),
+              "generation_batch_size": args.generation_batch_size,
+              "replica_weights": replicas.digests}
+    release(trainer)
     return {**training.mark_done(out_dir, record), "reused": False}
+
+
+def release(trainer) -> None:
+    """Free the trainer's GPU memory (a colocated vLLM engine included) before this process
+    evaluates or trains the next policy."""
+    import gc
+
+    import torch
+
+    trainer.vllm_generation = None  # TRL's vLLM engine, when rollouts use one
+    trainer.model = trainer.model_wrapped = trainer.ref_model = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -324,9 +398,10 @@ def training_questions(cfg: GRPOStageConfig, run) -> tuple[pd.DataFrame, str]:
         world_cfg = world.config_of(run)
         # A seed of its own, so these are not the questions the base was trained on first.
         qs = world.train_questions(world_cfg, cfg.n_train_questions, seed=cfg.seed + 4004)
-        return world.questions_frame(qs), f"{world_cfg.world_id()}:train:{cfg.seed + 4004}"
-    source = cfg.train_source.partition(":")[2]
-    rows = data.load_mm_eureka(source).table
+        return (world.questions_frame(qs, world_cfg.kind),
+                f"{world_cfg.world_id()}:train:{cfg.seed + 4004}")
+    source = cfg.train_source.partition(":")[2]  # "world": the image world's MM-Eureka file
+    rows = data.load_mm_eureka(data.world_source(source, run, "mm_eureka")).table
     rows = rows.sample(frac=1.0, random_state=cfg.seed).head(cfg.n_train_questions)
     return rows.drop(columns=["messages"]).reset_index(drop=True), f"mm_eureka:{source}"
 
@@ -335,30 +410,50 @@ def static_filter(cfg: GRPOStageConfig, questions: pd.DataFrame, model_path: str
                   cache_root: Path, progress: bool = True) -> pd.DataFrame:
     """Sample the starting model `num_generations` times per question (the training
     rollout settings) and mark the questions it solves every time (`easiest`)."""
+    from synergy import training
     from synergy.evaluation import sample_table
     from synergy.generation import SamplingSpec, make_engine
 
     engine = make_engine(model_path, cfg.backend, cfg.batch_rows)
     spec = SamplingSpec(cfg.temperature, 1.0, 0, cfg.max_completion_length)
+    # Under a launch every process samples its share into the shared cache (data parallel).
+    processes = training.process_state() if training.world_size() > 1 else None
     drawn = sample_table(engine, model_path, questions, spec, n_samples=cfg.num_generations,
                          seed=cfg.seed, cache_root=cache_root, prompt_suffix=cfg.prompt_suffix,
-                         progress=progress)
+                         progress=progress, processes=processes)
     correct = [[bool(s["correct"]) for s in d] for d in drawn]
     return questions.assign(base_pass_rate=[float(np.mean(c)) for c in correct],
                             easiest=base_all_correct(correct))
 
 
 def training_dataset(questions: pd.DataFrame, tokenizer, prompt_suffix: str):
-    """The TRL dataset: a plain-text `prompt` (the chat prompt, as evaluation builds it) and
-    the `answer` the accuracy reward checks against."""
+    """The TRL dataset: a plain-text `prompt` (the chat prompt, as evaluation builds it),
+    the `answer` the accuracy reward checks against, and the verifier's per-question columns
+    the questions carry (choices, precision, unit, answer_type; they reach the reward as
+    keyword lists). Questions with images (a VLM's) get what TRL's GRPOTrainer wants for
+    VLMs instead: a conversational `prompt` (the user turn; TRL puts the image slots before
+    its text, as evaluation does) and an `images` column."""
     import datasets
 
-    from synergy.generation import chat_prompt
+    from synergy.evaluation import choices_of, scoring_of
+    from synergy.generation import chat_prompt, user_text
 
+    columns = {"answer": [str(a) for a in questions["answer"]], "qid": list(questions["qid"])}
+    if (choices := choices_of(questions)) is not None:
+        columns["choices"] = choices
+    if scoring := scoring_of(questions):  # missing values as None, not NaN
+        columns |= {c: [row[c] for row in scoring] for c in scoring[0]}
+    images = list(questions["images"]) if "images" in questions else []
+    if any(len(x) for x in images):
+        # Image features decode each path (or keep each PIL image) only when a row is read.
+        return datasets.Dataset.from_dict({
+            "prompt": [[{"role": "user", "content": user_text(q, prompt_suffix)}]
+                       for q in questions["question"]],
+            "images": [list(x) for x in images], **columns}).cast_column(
+            "images", datasets.List(datasets.Image()))
     return datasets.Dataset.from_dict({
         "prompt": [chat_prompt(tokenizer, q, prompt_suffix) for q in questions["question"]],
-        "answer": [str(a) for a in questions["answer"]],
-        "qid": list(questions["qid"])})
+        **columns})
 
 
 def training_set_table(train: pd.DataFrame) -> pd.DataFrame:
@@ -385,11 +480,16 @@ def run_key(cfg: GRPOStageConfig, beta: float, init_fingerprint: str, qids: list
     """Content key of one policy: everything that shapes its training."""
     from synergy.files import content_hash
 
+    neutral = {"trainer_backend": "hf", "vllm_mode": "none", "lora_r": 0}
     shaping = {k: v for k, v in cfg.to_dict().items()
                if k not in ("run_name", "output_root", "betas", "n_examples", "backend",
                             "batch_rows", "logging_steps", "save_steps", "cpu_threads",
-                            "report_to")
-               and not k.startswith("eval_")}
+                            "report_to", "num_processes", "vllm_server_url",
+                            "vllm_gpu_memory_utilization")
+               and not k.startswith("eval_")
+               # keys at their neutral values: the keys runs trained before them had
+               and not (k in neutral and neutral[k] == v)
+               and not (k == "lora_alpha" and cfg.lora_r == 0)}
     return content_hash({**shaping, "beta": beta, "init": init_fingerprint,
                          "questions": content_hash(qids)})
 
@@ -443,38 +543,93 @@ def evaluated_models(ctx, base_path: str, source_path: str,
     return {**out, **policies}
 
 
+@dataclasses.dataclass
+class TrainingPlan:
+    """What every policy of the stage trains from and on (the same in every process)."""
+
+    init_path: Path           # the starting copy in this stage (TRL reloads references from it)
+    train_set: pd.DataFrame   # training questions, `kept` marking those trained on
+    questions_id: str         # their upstream id
+    dataset: Any              # the TRL dataset of the kept questions
+
+
+def training_plan(cfg: GRPOStageConfig, run, progress: bool = True) -> TrainingPlan:
+    """The starting copy (made by the main process), the training questions and the static
+    filter (under a launch each process samples its share of it)."""
+    from synergy import models, stages, training
+
+    source = run.model(cfg.init_model)
+    init_path = Path(training.on_main(starting_copy, source.path, run.dir(stages.GRPO)))
+    train_set, questions_id = training_questions(cfg, run)
+    if cfg.exclude_easiest == "static":
+        train_set = static_filter(cfg, train_set, str(init_path), run.samples_cache, progress)
+        train_set["kept"] = ~train_set["easiest"]
+    else:
+        train_set["kept"] = True
+    kept = train_set[train_set["kept"]].reset_index(drop=True)
+    return TrainingPlan(init_path, train_set, questions_id, training_dataset(
+        kept, models.load_processing(init_path), cfg.prompt_suffix))
+
+
+def train_policies(cfg: GRPOStageConfig, plan: TrainingPlan, run,
+                   progress: bool = True) -> list[dict[str, Any]]:
+    """One policy per beta (`train`: resumed or reused by content key)."""
+    from synergy import models, stages
+
+    init_fp = models.fingerprint(plan.init_path)
+    qids = list(plan.train_set.loc[plan.train_set["kept"], "qid"])
+    records = []
+    for beta in cfg.betas:
+        label = run_label(beta, cfg.exclude_easiest)
+        records.append(train(str(plan.init_path), plan.dataset, training_args(cfg, beta),
+                             run.dir(stages.GRPO) / "runs" / label,
+                             key=run_key(cfg, beta, init_fp, qids), label=label,
+                             progress=progress, backend=cfg.trainer_backend,
+                             peft=peft_config(cfg),
+                             exclude_easiest_dynamic=cfg.exclude_easiest == "dynamic"))
+    return records
+
+
+def require_engines(cfg: GRPOStageConfig) -> None:
+    """Fail before any work when the trainer or rollout engine cannot run here."""
+    from synergy import generation, training
+
+    training.require_backend(cfg.trainer_backend, cfg.num_processes)
+    if cfg.vllm_mode != "none":
+        generation.require_vllm(f"grpo.vllm_mode '{cfg.vllm_mode}'")
+
+
+def train_models(cfg: GRPOStageConfig, progress: bool = True) -> list[dict[str, Any]]:
+    """Train every policy of the stage, nothing else (no evaluation): what `python -m
+    synergy train grpo` runs in each process (`accelerate launch`), and what `run` launches
+    on `num_processes` processes. Returns the training records."""
+    from synergy.runs import Run, torch_threads
+
+    require_engines(cfg)
+    run = Run.of(cfg)
+    with torch_threads(cfg.cpu_threads):
+        return train_policies(cfg, training_plan(cfg, run, progress), run, progress)
+
+
 def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
     """Train one GRPO policy per beta, evaluate them with base (and SFT) per level."""
-    from synergy import evaluation, models, stages, stratify
+    from synergy import evaluation, stages, stratify, training
     from synergy.files import write_text
     from synergy.runs import stage_run, torch_threads
 
+    require_engines(cfg)
+    if cfg.num_processes > 1:  # before any model touches a device here (the launcher forks)
+        training.launch(train_models, (cfg, progress), cfg.num_processes)
     with torch_threads(cfg.cpu_threads), stage_run(cfg, stages.GRPO) as ctx:
         scfg = stratify.config_of(ctx.run)
         ctx.needs(stages.STRATIFY)
         base = ctx.model(scfg.model, "base")
         source = ctx.model(cfg.init_model, "init_model")
-        init_path = starting_copy(source.path, ctx.dir)
-        init_fp = models.fingerprint(init_path)
-
-        train_set, ctx.upstream["train_questions"] = training_questions(cfg, ctx.run)
-        if cfg.exclude_easiest == "static":
-            train_set = static_filter(cfg, train_set, str(init_path), ctx.run.samples_cache, progress)
-            train_set["kept"] = ~train_set["easiest"]
-        else:
-            train_set["kept"] = True
-        kept = train_set[train_set["kept"]].reset_index(drop=True)
-        dataset = training_dataset(kept, models.load_processing(init_path), cfg.prompt_suffix)
+        plan = training_plan(cfg, ctx.run, progress)
+        train_set, init_path = plan.train_set, plan.init_path
+        ctx.upstream["train_questions"] = plan.questions_id
         write_text(ctx.dir / "train_questions.csv", train_set.to_csv(index=False))
-
-        records = []
-        for beta in cfg.betas:
-            label = run_label(beta, cfg.exclude_easiest)
-            records.append(train(str(init_path), dataset, training_args(cfg, beta),
-                                 ctx.dir / "runs" / label,
-                                 key=run_key(cfg, beta, init_fp, list(kept["qid"])),
-                                 label=label, progress=progress,
-                                 exclude_easiest_dynamic=cfg.exclude_easiest == "dynamic"))
+        records = train_policies(cfg, plan, ctx.run, progress)
         runs = pd.DataFrame(records)
         curves = load_curves(ctx.dir, list(runs["label"]))
         write_text(ctx.dir / "curves.csv", curves.to_csv(index=False))
@@ -487,7 +642,7 @@ def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
         results = {name: evaluation.evaluate_for(cfg, path, questions, cfg.prompt_suffix,
                                                  progress)
                    for name, path in evaluated.items()}
-        table = evaluation.save_results(ctx.dir, results)
+        table = evaluation.save_results(ctx.dir, results, record=ctx.record)
         drift = policy_drift(results, evaluated, str(init_path), cfg.prompt_suffix)
         write_text(ctx.dir / "drift.csv", drift.to_csv(index=False))
         ctx.set_models(dict(zip(runs["label"], runs["model_path"])),
@@ -496,6 +651,8 @@ def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
                               for n, p in evaluated.items()},
                    train_questions=len(train_set),
                    train_questions_kept=int(train_set["kept"].sum()),
+                   train_images=int(sum(len(x) for x in train_set.loc[
+                       train_set["kept"], "images"])) if "images" in train_set else 0,
                    runs=[{**r, "model_path": ctx.run.relative(r["model_path"])}
                          for r in records])
     return GRPOResult(ctx.manifest, ctx.dir, train_set, runs, curves, results, table, drift)

@@ -262,7 +262,7 @@ def run(cfg: MergingConfig, progress: bool = True) -> MergingResult:
             if progress:
                 print(f"evaluating {name}", flush=True)
             results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress)
-        table = evaluation.save_results(ctx.dir, results)
+        table = evaluation.save_results(ctx.dir, results, record=ctx.record)
         check = synergy_check(table, list(merges["model"]), margin=cfg.synergy_margin)
         write_text(ctx.dir / "synergy_check.csv", check.to_csv(index=False))
         ctx.set_models({m: ctx.run.resolve(p) for m, p in zip(merges["model"], merges["path"])},

@@ -192,7 +192,7 @@ def run(cfg: PivotalConfig, progress: bool = True) -> PivotalResult:
         suffix = stratify.config_of(ctx.run).prompt_suffix
         results = {name: evaluation.evaluate_for(cfg, path, questions, suffix, progress)
                    for name, path in paths.items()}
-        table = evaluation.save_results(ctx.dir, results)
+        table = evaluation.save_results(ctx.dir, results, record=ctx.record)
         responses = responses_frame(results)
         counts = category_counts(responses, cfg.categories)
         use = use_vs_correctness(responses, cfg.categories)

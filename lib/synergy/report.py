@@ -21,7 +21,7 @@ import pandas as pd
 
 from synergy import stages
 from synergy.config import StageConfig
-from synergy.runs import Run, StageResult
+from synergy.runs import EXTERNAL, Run, StageResult
 
 LEVELS = ["L1", "L2", "L3", "L4", "L5"]
 # Where each role's per-level numbers come from, best first: 06, 07 and 05 evaluate base,
@@ -29,8 +29,10 @@ LEVELS = ["L1", "L2", "L3", "L4", "L5"]
 ROLE_SOURCES = [stages.MERGING.name, stages.PIVOTAL.name, stages.STRATEGIES.name,
                 stages.GRPO.name, stages.SFT.name, stages.STRATIFY.name]
 _MERGE = re.compile(r"^(linear|slerp|ties|dare_ties)-([0-9.]+)$")
-# Stages whose other models (teachers, sweeps, KL ablations, strategies) the report lists.
-MODEL_STAGE_FOLDERS = [stages.SFT.name, stages.GRPO.name, stages.STRATEGIES.name]
+# Stages whose other models (teachers, sweeps, KL ablations, strategies) the report lists,
+# and the models from outside the run that `synergy eval` evaluated on its benchmark.
+MODEL_STAGE_FOLDERS = [stages.SFT.name, stages.GRPO.name, stages.STRATEGIES.name,
+                       EXTERNAL]
 STRATEGY_PREFIX = f"{stages.STRATEGIES.name}/"  # roles of 05's models: "<stage>/<model>"
 
 
@@ -86,10 +88,12 @@ def run_levels(run: Run) -> pd.DataFrame:
     """Per-level accuracy and length of every model every stage evaluated (long table).
 
     Columns: stage, model, level, accuracy, mean_length, format_rate, questions. The base's
-    stratification pass rates appear as stage 01_stratify, model "base".
+    stratification pass rates appear as stage 01_stratify, model "base"; models `synergy
+    eval` evaluated appear as stage "external".
     """
-    parts = [pd.read_csv(p).assign(stage=p.parent.name)
-             for p in sorted(run.root.glob("[0-9][0-9]_*/per_level.csv"))]
+    files = sorted(run.root.glob("[0-9][0-9]_*/per_level.csv")) + sorted(
+        run.external.glob("per_level.csv"))
+    parts = [pd.read_csv(p).assign(stage=p.parent.name) for p in files]
     if run.has_run(stages.STRATIFY):
         from synergy import stratify
 

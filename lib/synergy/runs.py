@@ -25,6 +25,7 @@ from synergy.config import StageConfig
 from synergy.files import ArtifactError, content_hash, read_json, write_json
 
 MANIFEST = "manifest.json"
+EXTERNAL = "external"  # the folder of `Run.external`, and its models' stage in reports
 PACKAGES = ["synergy", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
             "evaluate", "math-verify", "tokenizers", "papermill", "plotly", "seaborn",
             "mergekit", "vllm", "numpy", "pandas"]
@@ -65,8 +66,12 @@ def package_versions() -> dict[str, str | None]:
 def device_info() -> dict[str, Any]:
     import torch
 
+    from synergy.generation import VLLM_ARGS_ENV
+
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
+    if os.environ.get(VLLM_ARGS_ENV):  # vLLM engine arguments of this machine
+        info["vllm_args"] = os.environ[VLLM_ARGS_ENV]
     if info["cuda"]:
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
@@ -148,6 +153,12 @@ class Run:
             return str(path.relative_to(self.root.resolve()))
         except ValueError:
             return str(path)
+
+    @property
+    def external(self) -> Path:
+        """Models from outside the run's stages evaluated on its benchmark (`synergy eval`):
+        eval/<label>/, per_level.csv, manifest.json, beside the stages' folders."""
+        return self.root / EXTERNAL
 
     @property
     def samples_cache(self) -> Path:

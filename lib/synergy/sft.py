@@ -27,9 +27,10 @@ import pandas as pd
 from synergy.evaluation import EvaluatingConfig
 from synergy.files import atomic_path
 from synergy.runs import StageResult
-from synergy.training import ReportTo
+from synergy.training import ReportTo, TrainerBackend
+from synergy.vlm import VISION_PARTS, vision_weights_equal
 
-VISION_PREFIXES = ("visual",)  # Qwen2-VL / Qwen2.5-VL: vision tower and merger (connector)
+VISION_PREFIXES = VISION_PARTS  # Qwen2-VL / Qwen2.5-VL: vision tower and merger (connector)
 
 
 @dataclasses.dataclass
@@ -59,6 +60,8 @@ class SftConfig(EvaluatingConfig):
     easy_share_sweep: list[float]
     scale_sweep: dict[str, list[int]]
     report_to: ReportTo
+    trainer_backend: TrainerBackend
+    num_processes: int
     n_examples: int
 
     def validate(self) -> None:
@@ -78,9 +81,13 @@ class SftConfig(EvaluatingConfig):
         self.require(self.val_traces >= 1, "val_traces", "must be >= 1")
         self.require(self.lr > 0, "lr", "must be > 0")
         self.require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
-        self.require(self.batch_size >= 1 and self.batch_size % self.grad_accum == 0,
-                     "batch_size", "must be >= 1 and divisible by grad_accum")
         self.require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        self.require(self.num_processes >= 1, "num_processes", "must be >= 1")
+        self.require(self.batch_size >= 1
+                     and self.batch_size % (self.grad_accum * self.num_processes) == 0,
+                     "batch_size", "must be >= 1 and divisible by grad_accum x num_processes")
+        self.require(self.trainer_backend == "hf" or self.num_processes == 1, "trainer_backend",
+                     "'unsloth' is the single-GPU path: num_processes must be 1")
         self.require(self.epochs > 0, "epochs", "must be > 0")
         self.require(self.max_steps == -1 or self.max_steps >= 1, "max_steps",
                      "must be -1 (train for `epochs`) or >= 1")
@@ -176,12 +183,19 @@ def freeze_vision(model) -> list[str]:
     return frozen
 
 
-def training_args(cfg: SftConfig, n_train: int):
+def training_args(cfg: SftConfig, n_train: int, num_processes: int | None = None):
     """TRL's `SFTConfig` for this stage: the one place where the stage's keys become trainer
-    arguments (every other TRL option keeps TRL's default)."""
+    arguments (every other TRL option keeps TRL's default). `batch_size` is the global
+    batch: split over the processes training together (default: this process group)."""
     import torch
     from trl import SFTConfig
 
+    from synergy.training import cpu_processes, world_size
+
+    processes = num_processes or world_size()
+    if cfg.batch_size % (cfg.grad_accum * processes):
+        raise ValueError(f"sft.batch_size {cfg.batch_size} does not split into grad_accum "
+                         f"{cfg.grad_accum} x {processes} processes")
     steps = cfg.max_steps if cfg.max_steps > 0 else \
         int(np.ceil(cfg.epochs * n_train / cfg.batch_size))
     cuda = torch.cuda.is_available()
@@ -190,14 +204,15 @@ def training_args(cfg: SftConfig, n_train: int):
         output_dir="checkpoints",  # `train` puts it inside the run's training folder
         learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=int(cfg.warmup_ratio * steps), weight_decay=cfg.weight_decay,
-        per_device_train_batch_size=cfg.batch_size // cfg.grad_accum,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=cfg.batch_size // (cfg.grad_accum * processes),
+        gradient_accumulation_steps=cfg.grad_accum, use_cpu=cpu_processes(processes),
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
         # The paper's SFT: loss on the assistant turn (the trace) only.
         assistant_only_loss=True,
         # bf16 where the GPU has it; on CPU bf16 errors and use_cpu autocasts (~12x slower).
         bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
-        gradient_checkpointing=False, report_to=cfg.report_to,
+        # Long traces on a GPU need activation checkpointing; on CPU it only slows down.
+        gradient_checkpointing=cuda, report_to=cfg.report_to,
         logging_steps=max(1, steps // 50),
         # `checkpoints` evenly spaced checkpoints, all kept: the best on validation is chosen.
         save_strategy="steps", save_steps=max(1, int(np.ceil(steps / cfg.checkpoints))),
@@ -217,43 +232,55 @@ def peft_config(cfg: SftConfig):
 
 def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
           key: str = "", freeze_visual: bool = True, peft=None, callbacks=(),
-          progress: bool = True):
+          progress: bool = True, backend: str = "hf"):
     """SFT of the model at `model` on chat rows (`messages`, optional `images`) with TRL's
     `SFTTrainer` and `args` (a TRL `SFTConfig`). Checkpoints go to `out_dir/checkpoints`;
-    a rerun with the same `key` resumes from the last one. Returns (trainer, TrainOutput)."""
-    import datasets
+    a rerun with the same `key` resumes from the last one. `backend` "unsloth" loads the
+    model (and its LoRA adapters, from `peft`) with unsloth. Runs in every process of a
+    launch. Returns (trainer, TrainOutput)."""
     from trl import SFTTrainer
 
     from synergy import models, training
+    from synergy.evaluation import to_dataset
 
     out_dir = Path(out_dir)
     resume = training.prepare(out_dir, key)
     args.output_dir = str(out_dir / "checkpoints")
     args.disable_tqdm = not progress
-    student, processing = models.load(model)
+    if backend == "unsloth":
+        training.require_backend(backend)
+        student, processing = training.unsloth_model(
+            model, max_length=args.max_length, lora_r=peft.r if peft else 0,
+            lora_alpha=peft.lora_alpha if peft else 0, finetune_vision=not freeze_visual,
+            seed=args.seed)
+        peft = None  # the adapters are in place
+    else:
+        student, processing = models.load(model)
     frozen = freeze_vision(student) if freeze_visual else []
     cols = [c for c in ("messages", "images") if c in rows.columns]
-    trainer = SFTTrainer(model=student, args=args,
-                         train_dataset=datasets.Dataset.from_pandas(rows[cols],
-                                                                    preserve_index=False),
+    replicas = training.replica_digests()
+    trainer = SFTTrainer(model=student, args=args, train_dataset=to_dataset(rows[cols]),
                          processing_class=processing, peft_config=peft,
                          callbacks=[training.log_callback(out_dir / "log.jsonl"),
-                                    training.keep_last_optimizer(), *callbacks])
+                                    training.keep_last_optimizer(), replicas, *callbacks])
     trainer.frozen_parameters = frozen
-    return trainer, trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer.replica_digests = replicas.digests
+    return trainer, result
 
 
 def validation_accuracy(model_dir: str | Path, val: pd.DataFrame, max_new_tokens: int,
                         prompt_suffix: str, seed: int, backend: str = "hf",
                         batch_rows: int = 512) -> float:
-    """Greedy accuracy of a checkpoint on the validation questions."""
-    from synergy.generation import SamplingSpec, chat_prompt, make_engine
+    """Greedy accuracy of a checkpoint on the validation questions (with their images)."""
+    from synergy.evaluation import build_prompts
+    from synergy.generation import SamplingSpec, make_engine
     from synergy.verify import is_correct
 
     engine = make_engine(model_dir, backend, batch_rows)
-    prompts = [chat_prompt(engine.tokenizer, q, prompt_suffix) for q in val["question"]]
+    prompts, images = build_prompts(engine, val, prompt_suffix)
     out = engine.generate(prompts, list(val["qid"]), 0, 1,
-                          SamplingSpec(0.0, 1.0, 0, max_new_tokens), seed)
+                          SamplingSpec(0.0, 1.0, 0, max_new_tokens), seed, images=images)
     return float(np.mean([is_correct(c[0].text, str(a)) for c, a in zip(out, val["answer"])]))
 
 
@@ -268,13 +295,64 @@ def train_key(spec: RunSpec, cfg: SftConfig, model_path: str, traces: pd.DataFra
                          "cfg": {k: v for k, v in cfg.to_dict().items() if not k.startswith(
                              ("eval_", "easy_share_sweep", "scale_sweep", "n_examples",
                               "teachers", "output_root", "backend", "batch_rows",
-                              "report_to"))}})
+                              "report_to", "num_processes"))
+                             # hf: the key models trained before the switch existed had
+                             and (k, v) != ("trainer_backend", "hf")}})
+
+
+def fit(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: str, out: Path,
+        progress: bool = True) -> dict[str, Any]:
+    """Train one model (resuming if interrupted), keeping its checkpoints for `train_one` to
+    choose from; a training already done with the same content key is not repeated. Runs in
+    every process of a launch; `train/<name>/trained.json` records it (main process)."""
+    from synergy import training
+
+    key = train_key(spec, cfg, model_path, traces)
+    run_dir = out / "train" / spec.name
+    done = training.finished(run_dir, key)
+    if done and (out / "models" / spec.name / "config.json").exists():
+        return done
+    trained = training.finished(run_dir, key, training.TRAINED_FILE)
+    if trained and training.checkpoints(run_dir):
+        return trained
+    train_rows, _ = select_traces(traces, spec.teacher, spec.n_traces, spec.easy_share,
+                                  cfg.easy_levels, cfg.hard_levels, cfg.val_traces, cfg.seed)
+    args = training_args(cfg, len(train_rows))
+    t0 = time.perf_counter()
+    trainer, result = train(model_path, train_rows, args, run_dir, key=key,
+                            freeze_visual=cfg.freeze_vision, peft=peft_config(cfg),
+                            progress=progress, backend=cfg.trainer_backend)
+    if training.is_main_process():  # the tokenizer beside every checkpoint, for selection
+        for c in training.checkpoints(run_dir):
+            trainer.processing_class.save_pretrained(c)
+    return training.mark_trained(run_dir, {
+        "key": key, "steps": int(result.global_step),
+        "train_loss": float(result.training_loss),
+        "train_seconds": time.perf_counter() - t0, **training.batch_record(args),
+        "frozen_parameters": len(trainer.frozen_parameters),
+        "replica_weights": trainer.replica_digests})
+
+
+def train_models(cfg: SftConfig, progress: bool = True) -> list[dict[str, Any]]:
+    """Train every model of the stage, nothing else (no selection, no evaluation): what
+    `python -m synergy train sft` runs in each process (`accelerate launch`), and what
+    `run` launches on `num_processes` processes. Returns the training records."""
+    from synergy import distill, stages, training
+    from synergy.runs import Run, torch_threads
+
+    training.require_backend(cfg.trainer_backend, cfg.num_processes)
+    run = Run.of(cfg)
+    with torch_threads(int(os.environ.get("OMP_NUM_THREADS", 2))):
+        model = run.model(cfg.model).path
+        traces = distill.load(cfg.output_root, cfg.run_name).traces
+        return [fit(spec, traces, cfg, model, run.dir(stages.SFT), progress)
+                for spec in run_specs(cfg)]
 
 
 def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: str,
               out: Path, prompt_suffix: str, progress: bool = True) -> dict[str, Any]:
-    """Train (resuming if interrupted), pick the checkpoint by validation, save it to
-    `models/<name>/`; reuse a finished model with the same content key."""
+    """Train (`fit`; nothing to do when already trained), pick the checkpoint by validation,
+    save it to `models/<name>/`; reuse a finished model with the same content key."""
     from synergy import training
 
     key = train_key(spec, cfg, model_path, traces)
@@ -282,34 +360,27 @@ def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: s
     done = training.finished(run_dir, key)
     if done and (final / "config.json").exists():
         return {**done, "reused": True}
+    trained = fit(spec, traces, cfg, model_path, out, progress)
     train_rows, val = select_traces(traces, spec.teacher, spec.n_traces, spec.easy_share,
                                     cfg.easy_levels, cfg.hard_levels, cfg.val_traces, cfg.seed)
-    t0 = time.perf_counter()
-    trainer, result = train(model_path, train_rows, training_args(cfg, len(train_rows)),
-                            run_dir, key=key, freeze_visual=cfg.freeze_vision,
-                            peft=peft_config(cfg), progress=progress)
-    train_seconds = time.perf_counter() - t0
     ckpts = training.checkpoints(run_dir)
     if cfg.lora_r > 0:  # merge adapters so every later stage loads a plain model
         ckpts = [merge_lora(c, model_path) for c in ckpts]
-    scores = []
-    for c in ckpts:
-        trainer.processing_class.save_pretrained(c)
-        scores.append(validation_accuracy(c, val, cfg.eval_max_new_tokens, prompt_suffix,
-                                          cfg.seed, cfg.backend, cfg.batch_rows))
+    scores = [validation_accuracy(c, val, cfg.eval_max_new_tokens, prompt_suffix, cfg.seed,
+                                  cfg.backend, cfg.batch_rows) for c in ckpts]
     best = int(np.argmax(scores))  # earliest among ties
-    record = {"key": key, "name": spec.name, **dataclasses.asdict(spec),
+    record = {**trained, "name": spec.name, **dataclasses.asdict(spec),
               "train_rows": len(train_rows), "val_rows": len(val),
-              "steps": int(result.global_step), "train_loss": float(result.training_loss),
-              "train_seconds": train_seconds,
               "checkpoints": {c.name: s for c, s in zip(ckpts, scores)},
               "best_checkpoint": ckpts[best].name, "val_accuracy": scores[best],
-              "frozen_parameters": len(trainer.frozen_parameters),
-              "train_tokens_mean": float(train_rows["n_tokens"].mean())}
+              "train_tokens_mean": float(train_rows["n_tokens"].mean()),
+              "train_images": int(sum(len(x) for x in train_rows.get("images", [])))}
     with atomic_path(final) as tmp:
         shutil.copytree(ckpts[best], tmp, ignore=shutil.ignore_patterns(
             "optimizer.pt", "scheduler.pt", "rng_state*", "training_args.bin",
             "trainer_state.json"))
+    # The frozen tower checked tensor for tensor (None for a model without one).
+    record["vision_unchanged"] = vision_weights_equal(model_path, final)
     return {**training.mark_done(run_dir, record), "reused": False}
 
 
@@ -318,10 +389,11 @@ def merge_lora(checkpoint: Path, base_path: str) -> Path:
 
     from synergy import models
 
-    model, _ = models.load(base_path)
+    model, processing = models.load(base_path)
     merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
     out = checkpoint.with_name(checkpoint.name + "-merged")
     merged.save_pretrained(out, safe_serialization=True)
+    processing.save_pretrained(out)
     return out
 
 
@@ -337,11 +409,14 @@ class SftResult(StageResult):
 
 def run(cfg: SftConfig, progress: bool = True) -> SftResult:
     """Train every run of the config, evaluate each and the base per level; save all."""
-    from synergy import distill, stages, stratify
+    from synergy import distill, stages, stratify, training
     from synergy.evaluation import evaluate_for, save_results
     from synergy.files import write_text
     from synergy.runs import stage_run, torch_threads
 
+    training.require_backend(cfg.trainer_backend, cfg.num_processes)
+    if cfg.num_processes > 1:  # before any model touches a device here (the launcher forks)
+        training.launch(train_models, (cfg, progress), cfg.num_processes)
     with torch_threads(int(os.environ.get("OMP_NUM_THREADS", 2))), \
             stage_run(cfg, stages.SFT) as ctx:
         prompt_suffix = stratify.config_of(ctx.run).prompt_suffix
@@ -365,7 +440,7 @@ def run(cfg: SftConfig, progress: bool = True) -> SftResult:
             results[spec.name] = evaluate(str(ctx.dir / "models" / spec.name))
             records.append({**record, "eval_seconds": time.perf_counter() - t})
         runs = pd.DataFrame(records).drop(columns=["key", "checkpoints"])
-        table = save_results(ctx.dir, results)
+        table = save_results(ctx.dir, results, record=ctx.record)
         write_text(ctx.dir / "runs.csv", runs.to_csv(index=False))
         ctx.set_models({r["name"]: ctx.dir / "models" / r["name"] for r in records},
                        main=cfg.teachers[0])

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from synergy.config import StageConfig
-from synergy.evaluation import sample_table, to_dataset
+from synergy.evaluation import sample_table, save_audit, to_dataset
 from synergy.generation import SamplingSpec
 from synergy.runs import StageResult
 
@@ -191,6 +191,7 @@ def run(cfg: StratifyConfig, progress: bool = True) -> StratifyResult:
         engine = make_engine(model.path, cfg.backend, cfg.batch_rows)
         df = level_questions(engine, model.path, questions, cfg, ctx.dir / "cache", progress)
         save_dataset(to_dataset(df), ctx.dir / "levels")
+        save_audit(ctx.dir, {"base": df}, ctx.record)
         ctx.record(skipped_rows={"count": len(skipped),
                                  "share": len(skipped) / max(1, len(skipped) + len(questions)),
                                  "reasons": skipped["reason"].value_counts().to_dict()},

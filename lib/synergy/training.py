@@ -1,25 +1,193 @@
 """Mechanics every trainer shares: a training folder keyed by content, resume from the last
-checkpoint, the JSONL training log, and saving the final model atomically.
+checkpoint, the JSONL training log, saving the final model atomically, and running on one
+process or many.
 
 SFT (`sft.train`), GRPO (`grpo.train`) and the combination strategies all train through
 these, so a run interrupted anywhere resumes the same way and logs the same way.
+
+Several processes (`accelerate launch -m synergy train <stage>`, or `launch` from a
+notebook, which uses accelerate's `notebook_launcher`): every process runs the same
+training function; folders, logs, records and the final model are written by the main
+process only, the others wait for it where they need what it wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from synergy.files import atomic_path, read_json, write_json, write_text
 
 # Experiment trackers TRL reports to (its `report_to`), beside the run's own JSONL logs.
 ReportTo = Literal["none", "tensorboard", "wandb", "mlflow", "trackio"]
+# Who builds and steps the model: TRL on transformers, or unsloth's patched kernels (CUDA).
+TrainerBackend = Literal["hf", "unsloth"]
 KEY_FILE = "key.json"
 # What a checkpoint holds beyond the model: needed to resume, only in the newest one.
 RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt")
 DONE_FILE = "done.json"
+# A training that finished but whose model is still to be chosen among its checkpoints (SFT).
+TRAINED_FILE = "trained.json"
+
+
+# --- one process or many ------------------------------------------------------------------
+
+def world_size() -> int:
+    """How many processes train together: WORLD_SIZE as `accelerate launch`, torchrun and
+    `notebook_launcher` set it; 1 in a plain process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def process_state():
+    """accelerate's `PartialState` of this process; under a launcher it joins the process
+    group (gloo on a machine without CUDA)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    return world_size() == 1 or process_state().is_main_process
+
+
+def launch(fn: Callable, args: tuple, num_processes: int):
+    """`fn(*args)` on `num_processes` processes through accelerate's `notebook_launcher`
+    (returns None: the processes leave their results on disk), or here when one process is
+    asked for or this process already is one of several (`accelerate launch`).
+
+    `notebook_launcher` forks: nothing may have used CUDA in this process before (the
+    stages launch their training before they load any model)."""
+    if num_processes <= 1 or world_size() > 1:
+        return fn(*args)
+    import torch
+    from accelerate import notebook_launcher
+    from accelerate.utils import patch_environment
+    from accelerate.utils.other import get_free_port
+
+    cpu = {} if torch.cuda.is_available() else {"accelerate_use_cpu": "true"}
+    with patch_environment(**cpu):
+        notebook_launcher(fn, args, num_processes=num_processes, use_port=str(get_free_port()))
+    return None
+
+
+def on_main(fn: Callable, *args):
+    """`fn(*args)` computed by the main process alone; every process gets its result."""
+    state = process_state()
+    if state.num_processes == 1:
+        return fn(*args)
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([fn(*args) if state.is_main_process else None])[0]
+
+
+def cpu_processes(n: int | None = None) -> bool:
+    """Several processes on a machine without CUDA: TrainingArguments needs `use_cpu` to
+    join them with gloo (else each process would train alone)."""
+    import torch
+
+    return (world_size() if n is None else n) > 1 and not torch.cuda.is_available()
+
+
+def batch_record(args) -> dict[str, int]:
+    """The batch geometry a trainer's arguments give in this process group."""
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    return {"num_processes": args.world_size,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "global_batch": per_step * args.world_size}
+
+
+def weights_digest(model) -> str:
+    """Content hash of a model's parameters as this process holds them."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def replica_digests():
+    """A TrainerCallback that collects every process's `weights_digest` on the main process
+    at the start and the end of a data-parallel training (`.digests`: {"start": [...],
+    "end": [...]} in rank order): each rank moved when its start and end differ, and the
+    replicas ended identical when the ends are one value. None for one process or sharded
+    weights (ZeRO-3, FSDP: each process holds a slice)."""
+    from transformers import TrainerCallback
+
+    class ReplicaDigests(TrainerCallback):
+        digests: dict[str, list[str]] | None = None
+
+        def _gather(self, args, model, when):
+            if args.world_size <= 1 or args.deepspeed or args.fsdp or model is None:
+                return
+            from accelerate.utils import gather_object
+
+            self.digests = {**(self.digests or {}), when: gather_object([weights_digest(model)])}
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self._gather(args, model, "start")
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self._gather(args, model, "end")
+
+    return ReplicaDigests()
+
+
+# --- trainer backends ---------------------------------------------------------------------
+
+def require_backend(backend: str, num_processes: int = 1) -> None:
+    """Fail before any work when `trainer_backend` cannot run on this machine."""
+    if backend != "unsloth":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "trainer_backend 'unsloth' needs a CUDA GPU: unsloth's kernels are Triton GPU "
+            "kernels and this machine has no CUDA device. Use trainer_backend: hf here.")
+    if max(num_processes, world_size()) > 1:
+        raise RuntimeError("trainer_backend 'unsloth' is the single-GPU path: run it with "
+                           "num_processes 1 (use trainer_backend: hf with accelerate for "
+                           "several GPUs)")
+    try:
+        import unsloth  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("trainer_backend 'unsloth' selected but unsloth is not installed; "
+                          "install the extra on a CUDA machine (pip install -e '.[unsloth]'), "
+                          "or use trainer_backend: hf") from exc
+
+
+def unsloth_model(path: str | Path, *, max_length: int, lora_r: int, lora_alpha: int,
+                  finetune_vision: bool = False, seed: int = 0):
+    """(model, processing) loaded by unsloth: `FastVisionModel` for a vision-language model,
+    `FastLanguageModel` otherwise; LoRA adapters on every linear layer when `lora_r > 0`,
+    else every weight trainable. Call `require_backend("unsloth")` first."""
+    import unsloth
+
+    from synergy.models import is_vision_language
+
+    vision = is_vision_language(path)
+    fast = unsloth.FastVisionModel if vision else unsloth.FastLanguageModel
+    model, processing = fast.from_pretrained(model_name=str(path), max_seq_length=max_length,
+                                             dtype=None, load_in_4bit=False,
+                                             full_finetuning=lora_r == 0)
+    if lora_r > 0:
+        layers = (dict(finetune_vision_layers=finetune_vision, finetune_language_layers=True,
+                       finetune_attention_modules=True, finetune_mlp_modules=True) if vision
+                  else dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                            "gate_proj", "up_proj", "down_proj"]))
+        model = fast.get_peft_model(model, r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0,
+                                    bias="none", use_gradient_checkpointing="unsloth",
+                                    random_state=seed, **layers)
+    return model, processing
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -45,13 +213,16 @@ def log_callback(path: str | Path, run: str | None = None):
     path = Path(path)
 
     class JsonlLog(TrainerCallback):
+        # Every process gets the events; the main process alone writes the log.
         def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
             rows = [r for r in read_jsonl(path) if r.get("step", 0) <= state.global_step]
             write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             # Every training log, not the end-of-training summary (train_runtime ...).
-            if not logs or "train_runtime" in logs:
+            if not logs or "train_runtime" in logs or not state.is_world_process_zero:
                 return
             row = {**({"run": run} if run else {}), "step": state.global_step,
                    **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
@@ -69,6 +240,8 @@ def keep_last_optimizer():
 
     class KeepLastOptimizer(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
             for old in checkpoints(Path(args.output_dir).parent)[:-1]:
                 for pattern in RESUME_STATE:
                     for f in old.glob(pattern):
@@ -77,9 +250,10 @@ def keep_last_optimizer():
     return KeepLastOptimizer()
 
 
-def finished(run_dir: str | Path, key: str) -> dict[str, Any] | None:
-    """The record of a finished training in `run_dir` with this content key, else None."""
-    done = Path(run_dir) / DONE_FILE
+def finished(run_dir: str | Path, key: str, record: str = DONE_FILE) -> dict[str, Any] | None:
+    """The record (`done.json`, or `trained.json`) of a training in `run_dir` with this
+    content key, else None."""
+    done = Path(run_dir) / record
     if done.exists() and read_json(done).get("key") == key:
         return read_json(done)
     return None
@@ -87,19 +261,23 @@ def finished(run_dir: str | Path, key: str) -> dict[str, Any] | None:
 
 def prepare(run_dir: str | Path, key: str) -> Path | None:
     """Make `run_dir` ready to train under content `key`; return the checkpoint to resume
-    from (None: start at step 1). Checkpoints of another key are deleted, never resumed."""
+    from (None: start at step 1). Checkpoints of another key are deleted, never resumed.
+    With several processes the main process prepares the folder while the others wait."""
     from transformers.trainer_utils import get_last_checkpoint
 
     run_dir = Path(run_dir)
-    key_file = run_dir / KEY_FILE
-    if key_file.exists() and read_json(key_file).get("key") != key:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(key_file, {"key": key})
-    (run_dir / DONE_FILE).unlink(missing_ok=True)
-    checkpoints = run_dir / "checkpoints"
-    checkpoints.mkdir(exist_ok=True)
-    last = get_last_checkpoint(str(checkpoints))
+    if is_main_process():
+        key_file = run_dir / KEY_FILE
+        if key_file.exists() and read_json(key_file).get("key") != key:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(key_file, {"key": key})
+        for record in (DONE_FILE, TRAINED_FILE):
+            (run_dir / record).unlink(missing_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if world_size() > 1:
+        process_state().wait_for_everyone()
+    last = get_last_checkpoint(str(run_dir / "checkpoints"))
     return Path(last) if last else None
 
 
@@ -110,15 +288,40 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def save_model(trainer, processing, out: str | Path) -> Path:
-    """The trained model and its tokenizer/processor, written atomically to `out`."""
-    with atomic_path(out) as tmp:
-        trainer.save_model(str(tmp))
-        processing.save_pretrained(str(tmp))
+    """The trained model and its tokenizer/processor, written atomically to `out` by the main
+    process (every process takes part: ZeRO-3 gathers the weights from all). LoRA adapters
+    are merged, so later stages load a plain model."""
+    from accelerate.utils import broadcast_object_list
+
+    acc = trainer.accelerator
+    writing = atomic_path(out) if acc.is_main_process else contextlib.nullcontext()
+    with writing as tmp:
+        folder = broadcast_object_list([str(tmp) if tmp else None])[0] \
+            if acc.num_processes > 1 else str(tmp)
+        model = acc.unwrap_model(trainer.model)
+        if hasattr(model, "merge_and_unload"):  # a PEFT model
+            if acc.is_main_process:
+                model.merge_and_unload().save_pretrained(folder, safe_serialization=True)
+        else:
+            trainer.save_model(folder)
+        if acc.is_main_process:
+            processing.save_pretrained(folder)
+        acc.wait_for_everyone()
     return Path(out)
 
 
+def mark_trained(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Record a finished training whose checkpoints are kept (a model is yet to be chosen
+    among them); the main process writes it."""
+    if is_main_process():
+        write_json(Path(run_dir) / TRAINED_FILE, record)
+    return record
+
+
 def mark_done(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Record a finished training (its key included) and drop its checkpoints."""
-    write_json(Path(run_dir) / DONE_FILE, record)
-    shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
+    """Record a finished training (its key included) and drop its checkpoints (main process)."""
+    if is_main_process():
+        write_json(Path(run_dir) / DONE_FILE, record)
+        (Path(run_dir) / TRAINED_FILE).unlink(missing_ok=True)
+        shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
     return record

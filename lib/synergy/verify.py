@@ -310,7 +310,8 @@ def completion_text(c: Any) -> str:
     return "".join(parts)
 
 
-_QUESTION_COLUMNS = ("choices", "precision", "unit", "answer_type")
+# Per-question dataset columns the verifier uses (MathVista's scoring fields, and options).
+QUESTION_COLUMNS = ("choices", "precision", "unit", "answer_type")
 
 
 def accuracy_reward(completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float]:
@@ -320,7 +321,7 @@ def accuracy_reward(completions: list[Any], answer: list[Any], **kwargs: Any) ->
     keyword lists aligned with the completions and are passed on to is_correct.
     """
     n = len(completions)
-    choices, precision, unit, answer_type = (kwargs.get(name) or [None] * n for name in _QUESTION_COLUMNS)
+    choices, precision, unit, answer_type = (kwargs.get(name) or [None] * n for name in QUESTION_COLUMNS)
     rows = zip(completions, answer, choices, precision, unit, answer_type, strict=True)
     return [
         1.0 if is_correct(completion_text(c), str(gold), opts, precision=p, unit=u, answer_type=t) else 0.0
@@ -351,6 +352,8 @@ def audit(
     "mathvista" (a per-question column), "math_verify", "empty", or "unparsed" without an answer.
     `extracted=True` takes `completions` as already-extracted answers. The optional
     per-question columns are lists aligned with `completions`, as for accuracy_reward.
+    An answer and gold that are both plain integers as written take math-verify's verdict
+    without parsing (exact integer equality), so auditing integer answers costs little.
     """
     n = len(completions)
     columns = [col if col is not None else [None] * n for col in (choices, precision, unit, answer_type)]
@@ -366,9 +369,12 @@ def audit(
             rows.append((None, gold, False, None, False, "unparsed"))
             continue
         rule, path = _verdict(answer, gold, opts, p, u, t)
-        if (answer, gold) not in math_verify_verdicts:
-            math_verify_verdicts[answer, gold] = math_verify_match(answer, gold)
-        mv = math_verify_verdicts[answer, gold]
+        if _INTEGER.fullmatch(answer) and _INTEGER.fullmatch(gold.strip()):
+            mv = int(answer) == int(gold)  # math-verify compares integers exactly (tested)
+        else:
+            if (answer, gold) not in math_verify_verdicts:
+                math_verify_verdicts[answer, gold] = math_verify_match(answer, gold)
+            mv = math_verify_verdicts[answer, gold]
         rows.append((answer, gold, rule, mv, rule != mv, path))
     return pd.DataFrame(rows, columns=["answer", "gold", "rule", "math_verify", "disagree", "path"])
 

@@ -6,6 +6,14 @@ The base "instruct" model (a real Qwen2 architecture, ~1M parameters) is trained
 scratch to answer in the paper's format, mostly directly (`\\boxed{12}`) and sometimes with
 a short trace (`<think> 3*4=12. 12-8=4. 4*3=12.</think> \\boxed{12}`), stopped early enough
 that its pass rates spread over all five difficulty levels.
+
+The image world (`kind: image`) is the same task for a vision-language model: the starting
+value is only in an image, drawn as a count of marks, and the text reads "? *4 -8 *3"; a
+model that ignores the image can only guess it (`blind_accuracy`: the best such model's
+score). Its base is a tiny Qwen2.5-VL (`synergy.vlm`)
+trained here the same way, and 00_world writes the task in the real data sets' schemas
+(MathVision jsonl + images, MM-Eureka queries, Eureka-Distill traces), which the profile
+names as `"<schema>:world"` sources (see the image-world section below).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import pandas as pd
 
@@ -74,6 +82,7 @@ class WorldConfig(StageConfig):
     warmup_steps: int
     trace_fraction: float
     log_every: int
+    kind: Literal["text", "image"]
 
     def validate(self) -> None:
         self.require(1 <= self.min_steps <= self.max_steps, "min_steps",
@@ -90,12 +99,17 @@ class WorldConfig(StageConfig):
         self.require(0 <= self.warmup_steps <= self.train_steps, "warmup_steps",
                      "must be in 0..train_steps")
         self.require(0.0 <= self.trace_fraction <= 1.0, "trace_fraction", "must be in [0, 1]")
+        self.require(self.kind == "text" or (self.hidden_size // self.num_heads) % 16 == 0,
+                     "hidden_size", "must give heads of a multiple of 16 dimensions in the "
+                     "image world (Qwen2.5-VL's multimodal rotary sections)")
 
     def world_id(self) -> str:
-        """Content id of everything that shapes the trained world (not where it is stored)."""
+        """Content id of everything that shapes the trained world (not where it is stored).
+        `kind: text` is left out, so text worlds keep the ids they had before kinds."""
         shared = {f.name for f in dataclasses.fields(StageConfig)}
         return "world-" + content_hash({k: v for k, v in self.to_dict().items()
-                                        if k not in shared or k == "seed"})
+                                        if (k not in shared or k == "seed")
+                                        and (k, v) != ("kind", "text")})
 
 
 # --- the task -----------------------------------------------------------------------------
@@ -181,17 +195,26 @@ def train_questions(cfg: WorldConfig, n: int, seed: int,
     return out
 
 
-def questions_frame(questions: list[Question]) -> pd.DataFrame:
-    """The benchmark table every stage reads: qid, question, answer, steps."""
-    return pd.DataFrame({"qid": [q.qid for q in questions],
-                         "question": [q.text for q in questions],
-                         "answer": [str(q.answer) for q in questions],
-                         "steps": [q.steps for q in questions]})
+def questions_frame(questions: list[Question], kind: str = "text") -> pd.DataFrame:
+    """The benchmark table every stage reads: qid, question, answer, steps; in the image
+    world the question hides its start, which `images` shows (`image_text`, `start_image`)."""
+    frame = pd.DataFrame({"qid": [q.qid for q in questions],
+                          "question": [q.text for q in questions],
+                          "answer": [str(q.answer) for q in questions],
+                          "steps": [q.steps for q in questions]})
+    if kind == "image":
+        frame["question"] = [image_text(q) for q in questions]
+        frame["images"] = [[start_image(q.start)] for q in questions]
+    return frame
 
 
 def parse_question(text: str) -> Question:
     """Inverse of `Question.text` (teachers and analyses work from the stored text)."""
     head, *rest = text.split()
+    if head == HIDDEN_START:
+        raise ValueError(f"question {text!r} hides its start in an image (the image world): "
+                         "its text alone is no world question; the programmatic teachers "
+                         "write text-world traces only (use trace_set 'eureka-distill')")
     return Question(int(head), tuple((tok[0], int(tok[1:])) for tok in rest))
 
 
@@ -233,8 +256,9 @@ def build_tokenizer(vocab_size: int, corpus: Iterable[str]):
 def tokenizer_corpus(cfg: WorldConfig, n: int = 3000) -> list[str]:
     qs = train_questions(cfg, n, seed=cfg.seed + 1)
     turns = [f"{IM_START}user\n{q.text}{IM_END}\n{IM_START}assistant\n" for q in qs[:200]]
+    images = [image_trace(q) for q in qs[:200]] if cfg.kind == "image" else []
     return turns + [short_trace(q) for q in qs] + [direct_answer(q) for q in qs] \
-        + [REASONING_TEXT] * 200
+        + [REASONING_TEXT] * 200 + images
 
 
 def build_model(cfg: WorldConfig, tokenizer):
@@ -282,7 +306,8 @@ def cosine_lr(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
 def train_base(cfg: WorldConfig, model, tokenizer,
                on_log: Callable[[dict[str, Any]], None] | None = None,
                progress: bool = True) -> pd.DataFrame:
-    """Train the base from scratch on fresh random questions; returns the loss log."""
+    """Train the base from scratch on fresh random questions; returns the loss log.
+    `tokenizer` is the image world's processor when `cfg.kind` is "image"."""
     import torch
     from tqdm.auto import tqdm
 
@@ -303,9 +328,7 @@ def train_base(cfg: WorldConfig, model, tokenizer,
                 qs.append(q)
         responses = [short_trace(q) if rng.random() < cfg.trace_fraction else direct_answer(q)
                      for q in qs]
-        ids, mask, labels = encode_pairs(tokenizer, [chat_prompt(tokenizer, q.text) for q in qs],
-                                         responses)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = model(**training_batch(cfg, tokenizer, qs, responses)).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -320,6 +343,20 @@ def train_base(cfg: WorldConfig, model, tokenizer,
                 on_log(row)
     model.eval()
     return pd.DataFrame(rows)
+
+
+def training_batch(cfg: WorldConfig, processing, qs: list[Question],
+                   responses: list[str]) -> dict:
+    """Model inputs and response-only labels of one batch, as the world's kind shows it."""
+    if cfg.kind == "image":
+        from synergy import vlm
+
+        return vlm.encode_pairs(processing, [chat_prompt(processing, image_text(q), "", 1)
+                                             for q in qs], responses,
+                                [[start_image(q.start)] for q in qs])
+    ids, mask, labels = encode_pairs(processing, [chat_prompt(processing, q.text) for q in qs],
+                                     responses)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def world_dir(cfg: WorldConfig) -> Path:
@@ -339,7 +376,10 @@ def ensure_world(cfg: WorldConfig, progress: bool = True) -> tuple[Path, bool]:
             return out, True
     set_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg.vocab_size, tokenizer_corpus(cfg))
-    model = build_model(cfg, tokenizer)
+    if cfg.kind == "image":
+        model, tokenizer = build_image_model(cfg, tokenizer)  # the processor from here on
+    else:
+        model = build_model(cfg, tokenizer)
     t0 = time.perf_counter()
     log = train_base(cfg, model, tokenizer, progress=progress)
     seconds = time.perf_counter() - t0
@@ -368,9 +408,12 @@ def greedy_accuracy_by_steps(model_dir: str | Path, cfg: WorldConfig) -> pd.Data
 
     engine = HFEngine.from_path(model_dir)
     qs = eval_questions(cfg)
-    out = engine.generate([chat_prompt(engine.template, q.text) for q in qs],
-                          [q.qid for q in qs], 0, 1, SamplingSpec(0.0, 1.0, 0, 64), cfg.seed)
-    frame = questions_frame(qs).assign(
+    frame = questions_frame(qs, cfg.kind)
+    images = list(frame["images"]) if cfg.kind == "image" else None
+    out = engine.generate([chat_prompt(engine.template, q, "", len(images[0]) if images else 0)
+                           for q in frame["question"]], [q.qid for q in qs], 0, 1,
+                          SamplingSpec(0.0, 1.0, 0, 64), cfg.seed, images=images)
+    frame = frame.assign(
         correct=[is_correct(c[0].text, str(q.answer)) for q, c in zip(qs, out)],
         uses_trace=[THINK_OPEN in c[0].text for c in out],
         tokens=[c[0].n_tokens for c in out])
@@ -417,8 +460,12 @@ def run(cfg: WorldConfig, progress: bool = True) -> WorldResult:
         model = copy_into(path / "model", ctx.dir / "model")
         shutil.copy2(path / "train_log.csv", ctx.dir / "train_log.csv")
         ctx.set_models({"base": model}, main="base")
+        if cfg.kind == "image":
+            files = write_task_files(cfg, ctx.dir / TASK_FOLDER)
+            ctx.record(task_files={k: ctx.run.relative(v) for k, v in files.items()},
+                       blind_accuracy=blind_accuracy(eval_questions(cfg), cfg.max_value))
         ctx.record(reused=reused, train_seconds=meta["train_seconds"],
-                   n_parameters=meta["n_parameters"])
+                   n_parameters=meta["n_parameters"], kind=cfg.kind)
     return WorldResult(ctx.manifest, ctx.dir, model, meta)
 
 
@@ -438,7 +485,8 @@ def config_of(run) -> WorldConfig:
     """The world config a run used (from its 00_world manifest)."""
     from synergy import stages
 
-    return WorldConfig.from_mapping(run.manifest(stages.WORLD)["params"], f"{stages.WORLD.name} manifest")
+    params = {"kind": "text", **run.manifest(stages.WORLD)["params"]}  # runs before kinds
+    return WorldConfig.from_mapping(params, f"{stages.WORLD.name} manifest")
 
 
 def task_examples(cfg: WorldConfig, per_step: int = 1) -> pd.DataFrame:
@@ -458,3 +506,141 @@ def loss_figure(stage_dir: str | Path):
     log = pd.read_csv(Path(stage_dir) / "train_log.csv")
     return px.line(log, x="step", y="loss", hover_data=["lr", "seconds"], log_y=True,
                    title="Base model training loss (answer tokens only)")
+
+
+# --- the image world: the starting value only in the image --------------------------------
+#
+# The same questions and answers; the text shows "?" for the start and one 56 x 56 image
+# shows it as a count of filled squares on a 3 x 3 grid (0..9). Counts, not drawn digits:
+# the two-block vision tower learns to count squares in a few dozen steps and did not learn
+# to read drawn digits in a few hundred. The base is `synergy.vlm.tiny_vlm` with this
+# section's sizes, trained like the text base. 00_world writes the task in the real sets'
+# schemas into `00_world/task/` (TASK_FILES); `data.world_source` finds them for a profile
+# that names a source "world" (e.g. `benchmark: "mathvision:world"`).
+
+HIDDEN_START = "?"
+IMAGE_SIDE, CELL, MARK = 56, 17, 13  # pixels: the image, a grid cell, a filled square
+TASK_FOLDER = "task"
+TASK_FILES = {"mathvision": "mathvision_test.jsonl", "mm_eureka": "mm_eureka_train.jsonl",
+              "eureka_distill": "eureka_distill_train.jsonl"}
+TRAIN_FILE_FACTOR = 4  # the RL and trace files hold this many times n_eval_questions rows
+
+
+def image_text(q: Question) -> str:
+    """The question as the image world writes it: everything but the start."""
+    return " ".join([HIDDEN_START] + [f"{op}{n}" for op, n in q.ops])
+
+
+def start_image(value: int):
+    """`value` (0..9) filled squares on a 3 x 3 grid, row by row, on white."""
+    from PIL import Image, ImageDraw
+
+    if not 0 <= value <= 9:
+        raise ValueError(f"a start image shows 0..9 marks, not {value}")
+    image = Image.new("RGB", (IMAGE_SIDE, IMAGE_SIDE), "white")
+    draw = ImageDraw.Draw(image)
+    for k in range(value):
+        row, col = divmod(k, 3)
+        x, y = 4 + col * CELL, 4 + row * CELL
+        draw.rectangle([x, y, x + MARK - 1, y + MARK - 1], fill="black")
+    return image
+
+
+def image_trace(q: Question) -> str:
+    """A long-CoT trace that reads the image first (the Eureka-Distill-style set's
+    assistant turn): count, the steps, a check of the last one, the answer."""
+    steps, value = [], q.start
+    for op, n in q.ops:
+        new = apply_op(value, op, n)
+        steps.append(f"{value}{op}{n}={new}.")
+        value = new
+    op, n = q.ops[-1]
+    prev = q.values()[-2] if q.steps > 1 else q.start
+    return (f"{THINK_OPEN} The image shows {q.start} marks, so we start with {q.start}. "
+            f"First, {' '.join(steps)} So the answer is {value}. Let me check the last step: "
+            f"{prev}{op}{n}={value}. Yes.{THINK_CLOSE} {BOXED}{value}}}")
+
+
+def op_probability(value: int, op: str, n: int, max_value: int) -> float:
+    """The chance that `random_question` applies (op, n) to the running value `value`."""
+    by_op: dict[str, list[int]] = {}
+    for o in OPS:
+        for k in range(1 if o != "*" else 2, 10):
+            if 0 <= apply_op(value, o, k) <= max_value:
+                by_op.setdefault(o, []).append(k)
+    return 1 / (len(by_op) * len(by_op[op])) if n in by_op.get(op, ()) else 0.0
+
+
+def blind_accuracy(questions: list[Question], max_value: int) -> float:
+    """The expected accuracy of the best model that sees the image world's text but not its
+    image: per question, the most likely answer over the starts the generator could have
+    drawn for these operations (Bayes' rule on `random_question`), averaged."""
+    total = 0.0
+    for q in questions:
+        answers: dict[int, float] = {}
+        for start in range(10):
+            chance, value = 0.1, start
+            for op, n in q.ops:
+                chance *= op_probability(value, op, n, max_value)
+                value = apply_op(value, op, n)
+            if chance:
+                answers[value] = answers.get(value, 0.0) + chance
+        total += max(answers.values()) / sum(answers.values())
+    return total / len(questions)
+
+
+def build_image_model(cfg: WorldConfig, tokenizer):
+    """(tiny Qwen2.5-VL with this config's language-model sizes, its processor)."""
+    from synergy.vlm import tiny_vlm
+
+    return tiny_vlm(tokenizer, cfg.seed, hidden_size=cfg.hidden_size,
+                    num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                    intermediate_size=cfg.intermediate_size, max_positions=cfg.max_positions)
+
+
+def _chat(text: str, image: str, reply: str | None = None) -> str:
+    """A `message` field as MM-Eureka writes it: JSON chat turns, images as file:// paths."""
+    import json
+
+    turns = [{"role": "user", "content": [{"type": "image", "image": f"file://{image}"},
+                                          {"type": "text", "text": text}]}]
+    if reply is not None:
+        turns.append({"role": "assistant", "content": reply})
+    return json.dumps(turns)
+
+
+def write_task_files(cfg: WorldConfig, folder: str | Path) -> dict[str, Path]:
+    """The image world in the real sets' schemas, in `folder` (written atomically):
+    MathVision jsonl (the eval split: id, question, options, image, answer, solution,
+    level = steps capped at 5, subject), MM-Eureka queries and Eureka-Distill-style traces
+    (fresh questions, disjoint from the eval split), the images in `images/`. Returns the
+    path of each file by schema (TASK_FILES)."""
+    import json
+
+    from synergy.files import atomic_path
+
+    evals = eval_questions(cfg)
+    train = train_questions(cfg, TRAIN_FILE_FACTOR * cfg.n_eval_questions, seed=cfg.seed + 31)
+    train = list({q.qid: q for q in train}.values())  # one row per id, as the loaders want
+
+    def jsonl(rows: list[dict]) -> str:
+        return "".join(json.dumps(r) + "\n" for r in rows)
+
+    def image(q: Question) -> str:
+        return f"images/start-{q.start}.png"
+
+    with atomic_path(Path(folder)) as tmp:
+        (tmp / "images").mkdir(parents=True)
+        for value in range(10):
+            start_image(value).save(tmp / f"images/start-{value}.png")
+        (tmp / TASK_FILES["mathvision"]).write_text(jsonl([
+            {"id": q.qid, "question": image_text(q), "options": [], "image": image(q),
+             "answer": str(q.answer), "solution": image_trace(q), "level": min(q.steps, 5),
+             "subject": "arithmetic"} for q in evals]))
+        (tmp / TASK_FILES["mm_eureka"]).write_text(jsonl([
+            {"id": q.qid, "message": _chat(image_text(q), image(q)), "answer": str(q.answer)}
+            for q in train]))
+        (tmp / TASK_FILES["eureka_distill"]).write_text(jsonl([
+            {"id": q.qid, "message": _chat(image_text(q), image(q), image_trace(q)),
+             "answer": str(q.answer)} for q in train]))
+    return {schema: Path(folder) / name for schema, name in TASK_FILES.items()}

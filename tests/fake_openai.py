@@ -1,0 +1,59 @@
+"""TEST HELPER: a small OpenAI-compatible chat-completions server on 127.0.0.1.
+
+`reply(body) -> dict` decides each answer ({"content", "reasoning_content"?, "tokens"?,
+"finish_reason"?} or {"status": code}); every request is kept in `requests` with the
+Authorization header it carried.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeOpenAI:
+    def __init__(self, reply):
+        self.reply, self.requests = reply, []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.requests.append({"path": self.path, "body": body,
+                                       "authorization": self.headers.get("Authorization")})
+                answer = owner.reply(body)
+                status = answer.get("status", 200)
+                payload = {"error": {"message": "refused"}} if status != 200 else {
+                    "id": "x", "object": "chat.completion", "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": answer.get("finish_reason", "stop"),
+                                 "message": {"role": "assistant", "content": answer["content"],
+                                             **({"reasoning_content": answer["reasoning_content"]}
+                                                if "reasoning_content" in answer else {})}}],
+                    "usage": {"completion_tokens": answer.get("tokens", 7)}}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def judge_reply(body) -> dict:
+    """A judge that says yes when the reference answer appears in the response's last line."""
+    text = body["messages"][-1]["content"]
+    gold = text.split("Reference answer: ", 1)[1].split("\n", 1)[0].strip()
+    response = text.split("final answer):\n", 1)[1].rsplit("\n\nDoes the response", 1)[0]
+    last = response.strip().splitlines()[-1] if response.strip() else ""
+    return {"content": "yes" if gold and gold in last else "no", "tokens": 1}
