@@ -290,7 +290,7 @@ def test_synergy_and_goal_checks():
 # --- configuration --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key, value", [
-    ("strategies", []), ("strategies", ["router", "router"]), ("strategies", ["magic"]),
+    ("families", []), ("families", ["router", "router"]), ("families", ["magic"]),
     ("sft_gate", 8), ("prefix_schedules", ["exp"]), ("prefix_start", 1.5),
     ("aux_mu_floor", 0.9), ("interleaved_modes", []), ("two_stage_lengths", [0]),
     ("micro_batch", 3), ("sft_batch_size", 0),

@@ -70,8 +70,8 @@ class StrategiesConfig(EvaluatingConfig):
     sft_model: str
     rl_model: str
     teacher: str
-    strategies: list[Literal["two_stage", "interleaved", "progressive", "aux_sft",
-                             "data_mixing", "adaptive", "router"]]
+    families: list[Literal["two_stage", "interleaved", "progressive", "aux_sft",
+                           "data_mixing", "adaptive", "router"]]
     n_train_questions: int
     n_val_questions: int
     beta: float
@@ -126,8 +126,8 @@ class StrategiesConfig(EvaluatingConfig):
         super().validate()
         for key in ("base_model", "sft_model", "rl_model", "teacher"):
             self.require(getattr(self, key).strip() != "", key, "must not be empty")
-        self.require(len(self.strategies) >= 1 and len(set(self.strategies))
-                     == len(self.strategies), "strategies", "must name strategies, each once")
+        self.require(len(self.families) >= 1 and len(set(self.families))
+                     == len(self.families), "families", "must name strategies, each once")
         for key in ("n_train_questions", "n_val_questions", "epochs", "prompts_per_generation",
                     "prompts_per_step", "micro_batch", "max_completion_length", "sft_buffer",
                     "mix_samples", "mix_max_new_tokens", "sft_batch_size", "sft_max_length",
@@ -204,9 +204,9 @@ class Spec:
 
 
 def specs(cfg: StrategiesConfig) -> list[Spec]:
-    """The models of `cfg.strategies`, in the order they train (adaptive before its GRPO)."""
+    """The models of `cfg.families`, in the order they train (adaptive before its GRPO)."""
     out = []
-    for family in cfg.strategies:
+    for family in cfg.families:
         if family == "two_stage":
             out += [Spec(f"two_stage-{n}", family, "sft", "grpo", Plan(), n)
                     for n in cfg.two_stage_lengths]
@@ -635,14 +635,14 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
         dataset = grpo_dataset(train_q, models.load_processing(starts["base"]), suffix)
 
         blends, records, trained = [], [], {}
-        if {"data_mixing", "adaptive"} & set(cfg.strategies):
+        if {"data_mixing", "adaptive"} & set(cfg.families):
             spec = SamplingSpec(cfg.mix_temperature, 1.0, 0, cfg.mix_max_new_tokens)
             drawn = sampled(cfg, refs["rl"].path, train_q, cfg.mix_samples, spec,
                             ctx.run.samples_cache, suffix, progress)
             for family, blend in (("data_mixing", mixing.data_mixing_blend(drawn)),
                                   ("adaptive", mixing.adaptive_blend(
                                       drawn, cfg.adaptive_pass_threshold))):
-                if family in cfg.strategies:
+                if family in cfg.families:
                     blends.append(blend.assign(blend=family))
         blend_of = {b["blend"].iloc[0]: b for b in blends}
         for spec in plan:
@@ -673,7 +673,7 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
                 print(f"evaluating {name}", flush=True)
             results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress)
         router = pd.DataFrame()
-        if "router" in cfg.strategies:
+        if "router" in cfg.families:
             results["router"], router, threshold = route_questions(
                 cfg, refs["rl"].path, refs["sft"].path, questions, val_q, results["sft"],
                 ctx.run.samples_cache, suffix, progress)
