@@ -72,7 +72,12 @@ def crafted_batch():
              "advantages": torch.linspace(-1, 1, 12), "num_items_in_batch": mask.sum()}
     prompts = ["P0:"] * 4 + ["P1:"] * 4 + ["P2:"] * 4
     experts = ["aa"] * 4 + ["bbb"] * 4 + ["cccc"] * 4
-    return accuracy, batch, prompts, experts
+    return accuracy, batch, [{"prompt": p, "expert": e, "prefix": ""}
+                             for p, e in zip(prompts, experts)]
+
+
+def target(prompt, response, n_tokens=None):
+    return {"prompt": prompt, "response": response, "n_tokens": n_tokens, "images": None}
 
 
 def test_gate_counts_correct_rollouts_per_group():
@@ -84,28 +89,27 @@ def test_gate_counts_correct_rollouts_per_group():
 
 
 def test_same_step_routes_gated_groups_to_the_sft_loss():
-    accuracy, batch, prompts, experts = crafted_batch()
-    out, targets, waiting = strategies.interleave(batch, accuracy, prompts, experts, 4, 0,
-                                                  "same_step", TOK)
+    accuracy, batch, inputs = crafted_batch()
+    out, targets, waiting = strategies.interleave(batch, accuracy, inputs, 4, 0, "same_step")
     # The all-wrong group leaves the GRPO loss: no tokens, no advantage ...
     assert out["completion_mask"][8:].sum() == 0 and torch.all(out["advantages"][8:] == 0)
     assert torch.equal(out["completion_mask"][:8], batch["completion_mask"][:8])
     assert out["num_items_in_batch"] == 8 * 4
     # ... and its expert trace gets the SFT loss once (first row), on the response tokens.
     assert [i for i, t in enumerate(targets) if t is not None] == [8]
-    ids, mask = targets[8]
+    assert targets[8] == target("P2:", "cccc")
+    ids, mask = mixing.sft_target(TOK, "P2:", "cccc")
     assert ids == [ord(c) for c in "P2:cccc"] + [TOK.eos_token_id]
     assert mask == [0, 0, 0, 1, 1, 1, 1, 1]
     assert waiting == []
 
 
 def test_buffered_defers_gated_questions_to_a_separate_sft_step():
-    accuracy, batch, prompts, experts = crafted_batch()
-    out, targets, waiting = strategies.interleave(batch, accuracy, prompts, experts, 4, 1,
-                                                  "buffered", TOK)
+    accuracy, batch, inputs = crafted_batch()
+    out, targets, waiting = strategies.interleave(batch, accuracy, inputs, 4, 1, "buffered")
     assert out["completion_mask"][4:].sum() == 0  # gate 1: the one-correct group too
     assert all(t is None for t in targets)          # no SFT in this step
-    assert waiting == [("P1:", "bbb"), ("P2:", "cccc")]  # one entry per question
+    assert waiting == [target("P1:", "bbb"), target("P2:", "cccc")]  # one per question
 
 
 def test_pad_targets_right_pads_and_leaves_rows_without_a_target_empty():
@@ -126,15 +130,16 @@ def test_prefix_is_a_share_of_the_trace_tokens():
 
 
 def test_prefixed_rollouts_put_sft_on_prefix_tokens_grpo_on_generated_none_on_prompt():
-    accuracy, batch, prompts, experts = crafted_batch()
-    inputs = [{"prompt": p, "expert": e, "prefix": ""} for p, e in zip(prompts, experts)]
+    accuracy, batch, inputs = crafted_batch()
     gated = mixing.gated_rows(accuracy, 4, 0)
     sub, targets = strategies.prefix_inputs(inputs, gated.numpy(), 0.5, 4, TOK)
     # The policy continues from half of the trace; rewards see prefix + continuation.
     assert [x["prompt"] for x in sub] == ["P2:cc"] * 4 and [x["prefix"] for x in sub] == ["cc"] * 4
     # SFT target of the group: prompt + prefix, loss on the 2 prefix tokens only, no EOS.
     assert [i for i, t in enumerate(targets) if t is not None] == [8]
-    assert targets[8] == ([ord(c) for c in "P2:cc"], [0, 0, 0, 1, 1])
+    assert targets[8] == target("P2:", "cccc", n_tokens=2)
+    assert mixing.sft_target(TOK, "P2:", "cccc", n_tokens=2) \
+        == ([ord(c) for c in "P2:cc"], [0, 0, 0, 1, 1])
     # GRPO: the regenerated rows (prompt "P2:cc", 3 generated tokens) replace the old ones;
     # the loss mask covers generated tokens only, the prompt and prefix none.
     sub_batch = {"prompt_ids": torch.full((4, 5), 7), "prompt_mask": torch.ones(4, 5, dtype=torch.long),
@@ -153,7 +158,7 @@ def test_prefixed_rollouts_put_sft_on_prefix_tokens_grpo_on_generated_none_on_pr
 
 
 def test_replace_rows_refuses_fields_it_cannot_merge():
-    _, batch, *_ = crafted_batch()
+    _, batch, _ = crafted_batch()
     with pytest.raises(ValueError, match="pixel_values"):
         mixing.replace_rows({**batch, "pixel_values": torch.zeros(1)}, torch.zeros(12),
                             batch, 0)
@@ -322,18 +327,21 @@ def format_reward(completions, **kwargs):
     return [float(i % 2) for i in range(len(completions))]
 
 
-def strategy_trainer(model_dir, out, plan, max_steps=1):
+def strategy_trainer(model_dir, out, plan, max_steps=1, images=None):
+    """TEST HELPER: the strategy trainer on two questions ("a" solved, "b" gated), with an
+    image each when `images` is given (a VLM)."""
     import random
 
-    from synergy import distill, world
-    from transformers import AutoTokenizer
+    from synergy import distill, models, world
     from trl import GRPOConfig
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    processing = models.load_processing(model_dir)
     rng = random.Random(0)
     qs = pd.DataFrame({"qid": ["a", "b"], "question": ["3 +4", "9 -2 *2 +3"],
                        "answer": ["7", "17"]})
     qs["expert"] = [distill.careful_trace(world.parse_question(q), rng) for q in qs["question"]]
+    if images is not None:
+        qs["images"] = [images, images]
     args = GRPOConfig(output_dir=str(out), per_device_train_batch_size=8, num_generations=4,
                       max_completion_length=16, learning_rate=1e-3, max_steps=max_steps,
                       beta=0.0, reward_weights=[0.9, 0.1], logging_steps=1,
@@ -363,8 +371,8 @@ def strategy_trainer(model_dir, out, plan, max_steps=1):
             return grpo_part + sft_part
 
     return PartsProbe(model=str(model_dir), reward_funcs=[accuracy_reward, format_reward],
-                      args=args, train_dataset=strategies.grpo_dataset(qs, tok, ""),
-                      processing_class=tok, plan=plan)
+                      args=args, train_dataset=strategies.grpo_dataset(qs, processing, ""),
+                      processing_class=processing, plan=plan)
 
 
 @pytest.mark.slow
@@ -401,6 +409,42 @@ def test_buffered_mode_takes_a_separate_sft_step(smoke_world, tmp_path, one_thre
     assert trainer.sft_updates >= 1 and trainer.last_loss_parts["buffered_sft"] > 0
     assert [r["strategy/sft_updates"] for r in trainer.state.log_history
             if "strategy/sft_updates" in r][0] == 1
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(smoke_world, tmp_path_factory):
+    from synergy.vlm import build_tiny_vlm
+
+    return build_tiny_vlm(smoke_world[1], tmp_path_factory.mktemp("vlm"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plan", [
+    strategies.Plan(gate=0, on_gate="sft", sft_mode="same_step"),
+    strategies.Plan(aux_schedule="cosine", aux_peak=0.5, aux_floor=0.1),
+], ids=["interleaved", "aux_sft"])
+def test_image_questions_train_their_expert_trace_with_their_images(vlm_dir, tmp_path,
+                                                                   one_thread, plan):
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (56, 56), "white").save(path)
+    trainer = strategy_trainer(vlm_dir, tmp_path / "out", plan, images=[str(path)])
+    assert trainer._is_vlm
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+    assert trainer.grad_norms["grpo"] > 0 and trainer.grad_norms["sft"] > 0
+    target = trainer.sft_targets[0]
+    assert isinstance(target["prompt"], list) and len(target["images"]) == 1
+    enc, mask = trainer._encode_chat([target])
+    assert enc["pixel_values"].shape[0] > 0 and enc["num_images"] == [1]
+    # The loss covers the response and the end of turn, nothing of the prompt or image.
+    from synergy.models import tokenizer_of
+
+    tok = tokenizer_of(trainer.processing_class)
+    n = len(tok(target["response"] + tok.eos_token, add_special_tokens=False)["input_ids"])
+    assert int(mask.sum()) == n and mask[0, -n:].sum() == n
 
 
 # --- the notebook ---------------------------------------------------------------------------
@@ -481,3 +525,10 @@ def test_report_judges_05_strategies_and_names_their_paper_roles():
     assert table.at["progressive-cosine", "paper vs RL"] == -0.2
     assert bool(table.at["progressive-cosine", "synergy"])
     assert table.at["router", "paper strategy"] == ""
+
+
+def test_progressive_refuses_chat_prompts_of_questions_with_images():
+    accuracy, _, inputs = crafted_batch()
+    chat = [{**x, "prompt": [{"role": "user", "content": "q"}]} for x in inputs]
+    with pytest.raises(NotImplementedError, match="images"):
+        strategies.prefix_inputs(chat, mixing.gated_rows(accuracy, 4, 0).numpy(), 0.5, 4, TOK)

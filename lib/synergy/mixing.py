@@ -186,6 +186,14 @@ def replace_rows(batch: dict[str, Any], rows, sub: dict[str, Any], pad_id: int
 BLEND_COLUMNS = ["qid", "question", "answer", "level", "source", "response", "n_tokens"]
 
 
+def _with_images(blend: pd.DataFrame, drawn: pd.DataFrame) -> pd.DataFrame:
+    """Each row's question images (VLM questions), for the SFT trainer."""
+    if "images" not in drawn.columns:
+        return blend
+    images = dict(zip(drawn["qid"], drawn["images"]))
+    return blend.assign(images=[images[q] for q in blend["qid"]])
+
+
 def data_mixing_blend(drawn: pd.DataFrame) -> pd.DataFrame:
     """The paper's data mixing: every correct response of the RL model's samples, and the
     expert trace of each question it never solves.
@@ -200,7 +208,7 @@ def data_mixing_blend(drawn: pd.DataFrame) -> pd.DataFrame:
         if not kept:
             rows.append((q.qid, q.question, q.answer, q.level, "expert", q.expert,
                          q.expert_tokens))
-    return pd.DataFrame(rows, columns=BLEND_COLUMNS)
+    return _with_images(pd.DataFrame(rows, columns=BLEND_COLUMNS), drawn)
 
 
 def adaptive_blend(drawn: pd.DataFrame, pass_threshold: float) -> pd.DataFrame:
@@ -217,7 +225,7 @@ def adaptive_blend(drawn: pd.DataFrame, pass_threshold: float) -> pd.DataFrame:
         else:
             rows.append((q.qid, q.question, q.answer, q.level, "expert", q.expert,
                          q.expert_tokens))
-    return pd.DataFrame(rows, columns=BLEND_COLUMNS)
+    return _with_images(pd.DataFrame(rows, columns=BLEND_COLUMNS), drawn)
 
 
 def blend_composition(blend: pd.DataFrame) -> pd.DataFrame:

@@ -248,22 +248,29 @@ def headlines(cfg: StrategiesConfig) -> dict[str, str]:
 
 # --- the trainer --------------------------------------------------------------------------
 
-def interleave(batch: dict[str, Any], accuracy, prompts: list[str], experts: list[str],
-               num_generations: int, gate: int, mode: str, tokenizer):
+def sft_target_of(row: dict, n_tokens: int | None = None) -> dict:
+    """What the SFT loss of one question trains on: its prompt (text, or chat messages for a
+    question with images), the expert response (or its first `n_tokens` tokens) and images."""
+    return {"prompt": row["prompt"], "response": row["expert"], "n_tokens": n_tokens,
+            "images": row.get("images") or None}
+
+
+def interleave(batch: dict[str, Any], accuracy, inputs: list[dict], num_generations: int,
+               gate: int, mode: str):
     """Route one scored rollout batch: gated groups leave the GRPO loss (mask and advantage
     zeroed); each one's expert trace becomes an SFT target on its first row (`same_step`)
-    or joins the buffer (`buffered`). Returns (batch, targets per row, buffered pairs)."""
+    or joins the buffer (`buffered`). Returns (batch, targets per row, buffered targets)."""
     from synergy import grpo, mixing
 
     gated = mixing.gated_rows(accuracy, num_generations, gate)
     batch = grpo.drop_completions(batch, gated)
-    firsts = [i for i in np.flatnonzero(gated & mixing.first_of_group(len(prompts),
-                                                                      num_generations))]
-    targets: list = [None] * len(prompts)
+    firsts = np.flatnonzero((gated & mixing.first_of_group(len(inputs), num_generations))
+                            .numpy())
+    targets: list = [None] * len(inputs)
     if mode == "buffered":
-        return batch, targets, [(prompts[i], experts[i]) for i in firsts]
+        return batch, targets, [sft_target_of(inputs[i]) for i in firsts]
     for i in firsts:
-        targets[i] = mixing.sft_target(tokenizer, prompts[i], experts[i])
+        targets[i] = sft_target_of(inputs[i])
     return batch, targets, []
 
 
@@ -271,17 +278,21 @@ def prefix_inputs(inputs: list[dict], gated, share: float, num_generations: int,
                   ) -> tuple[list[dict], list]:
     """Progressive: the gated rows' inputs again, each prompt followed by `share` of its
     expert trace (`prefix` holds that text, so rewards score prefix + continuation), and per
-    row of the batch an SFT target: on each gated group's first row, prompt + prefix with
-    the loss on the prefix tokens only (the prompt carries none)."""
+    row of the batch an SFT target: on each gated group's first row, the prefix tokens (the
+    prompt carries no loss). Text prompts only: TRL renders chat prompts (those of questions
+    with images) with a fresh generation prompt, so a rollout cannot continue a prefix."""
     from synergy import mixing
 
     sub, targets = [], [None] * len(inputs)
     for i in np.flatnonzero(np.asarray(gated)):
+        if not isinstance(inputs[i]["prompt"], str):
+            raise NotImplementedError(
+                "progressive: questions with images (chat prompts) cannot be rolled out from "
+                "an expert prefix; run it on text questions, or drop it from 'families'")
         text, n = mixing.prefix_of(tokenizer, inputs[i]["expert"], share)
         sub.append({**inputs[i], "prompt": inputs[i]["prompt"] + text, "prefix": text})
         if i % num_generations == 0:
-            targets[i] = mixing.sft_target(tokenizer, inputs[i]["prompt"], inputs[i]["expert"],
-                                           n_tokens=n)
+            targets[i] = sft_target_of(inputs[i], n_tokens=n)
     return sub, targets
 
 
@@ -302,17 +313,27 @@ def prefixed_rewards() -> list:
     return [wrap(f) for f in grpo.reward_functions()]
 
 
+# Model inputs a processor may return beside the token ids (passed on to TRL's log-probs).
+_VISION_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "token_type_ids",
+                  "image_sizes", "pixel_attention_mask")
+
+
 @functools.cache
 def trainer_class():
     """`grpo.trainer_class()` (TRL's GRPOTrainer) routing groups by a `Plan`."""
     import torch
 
     from synergy import grpo, mixing
+    from synergy.models import tokenizer_of
 
     class StrategyGRPOTrainer(grpo.trainer_class()):
         """GRPO whose gated groups get SFT (same step or buffered), a faded expert prefix,
         and/or an auxiliary SFT loss, by `plan`. The dataset carries `expert` (the expert
-        response) and `prefix` ("") beside TRL's `prompt`; text prompts only."""
+        response) and `prefix` ("") beside TRL's `prompt` (and `images`).
+
+        SFT targets stay on the trainer (`sft_targets`, one list per rollout batch); the
+        batch carries each row's index into it (`sft_index`, -1: none), so TRL shuffles and
+        splits the batch as usual and images never enter it."""
 
         def __init__(self, *args, plan: Plan, **kwargs):
             super().__init__(*args, **kwargs)
@@ -320,7 +341,8 @@ def trainer_class():
                 # Re-rolling only the gated groups would give processes unequal batches.
                 raise NotImplementedError("progressive training runs on one process")
             self.plan = plan
-            self.sft_waiting: list[tuple[str, str]] = []   # buffered (prompt, expert) pairs
+            self.sft_targets: list[dict] = []   # this rollout batch's targets
+            self.sft_waiting: list[dict] = []   # buffered targets
             self.sft_updates = 0
             self.last_loss_parts: dict[str, float] = {}
 
@@ -334,19 +356,17 @@ def trainer_class():
             batch = super()._generate_and_score_completions(inputs)
             if not self.model.training:
                 return batch
-            plan, g, tok = self.plan, self.num_generations, self.processing_class
+            plan, g = self.plan, self.num_generations
             here = self.accelerator.process_index * len(inputs)  # rewards span all processes
             accuracy = self._last_rewards_per_func[
                 here:here + len(inputs), self.reward_func_names.index("accuracy_reward")].cpu()
-            prompts = [x["prompt"] for x in inputs]
-            experts = [x["expert"] for x in inputs]
             targets, weight = [None] * len(inputs), 0.0
             if plan.gate is not None:
                 gated = mixing.gated_rows(accuracy, g, plan.gate)
                 self._log("gated_share", gated.float().mean())
                 if plan.on_gate == "sft":
-                    batch, targets, waiting = interleave(batch, accuracy, prompts, experts, g,
-                                                         plan.gate, plan.sft_mode, tok)
+                    batch, targets, waiting = interleave(batch, accuracy, inputs, g,
+                                                         plan.gate, plan.sft_mode)
                     self.sft_waiting += waiting
                     weight = 1.0
                 elif plan.on_gate == "prefix":
@@ -364,22 +384,24 @@ def trainer_class():
                 weight = mixing.schedule(plan.aux_schedule, self.progress(), plan.aux_peak,
                                          plan.aux_floor, plan.aux_horizon)
                 self._log("mu", weight)
-                firsts = mixing.first_of_group(len(inputs), g)
-                targets = [mixing.sft_target(tok, p, e) if f else None
-                           for p, e, f in zip(prompts, experts, firsts.tolist())]
-            if any(t is not None for t in targets) and weight > 0:
-                device = batch["completion_ids"].device
-                extra = {k: v.to(device) for k, v in
-                         mixing.pad_targets(targets, tok.pad_token_id).items()}
-                batch.update(extra, sft_weight=torch.tensor(weight, device=device),
-                             sft_num_items=extra["sft_mask"].sum())
+                firsts = mixing.first_of_group(len(inputs), g).tolist()
+                targets = [sft_target_of(x) if f else None for x, f in zip(inputs, firsts)]
+            self.sft_targets = [t for t in targets if t is not None]
+            device = batch["completion_ids"].device
+            index = np.cumsum([t is not None for t in targets]) - 1
+            batch["sft_index"] = torch.tensor(
+                [int(j) if t is not None else -1 for j, t in zip(index, targets)],
+                device=device)
+            batch["sft_weight"] = torch.tensor(float(weight), device=device)
+            batch["sft_num_items"] = torch.tensor(
+                float(self._target_tokens(self.sft_targets)), device=device)
             return batch
 
         def _with_prefixes(self, inputs, batch, gated, share: float):
             """Roll the gated groups out again from `share` of their expert trace; their
             new rows replace the old ones, and each group's first row gets the prefix as
             its SFT target. The second rollout's metrics are logged as `prefixed/...`."""
-            tok = self.processing_class
+            tok = tokenizer_of(self.processing_class)
             sub_inputs, targets = prefix_inputs(inputs, gated.numpy(), share,
                                                 self.num_generations, tok)
             metrics = self._metrics["train"]
@@ -395,24 +417,70 @@ def trainer_class():
                     del metrics[k]
             return mixing.replace_rows(batch, gated, sub, tok.pad_token_id), targets
 
-        def _sft_nll(self, model, ids, attention, mask):
-            """Summed NLL of the masked tokens and their count (TRL's chunked log-probs)."""
-            keep = mask.sum(dim=1) > 0
-            ids, attention, mask = ids[keep], attention[keep], mask[keep]
-            width = int(attention.sum(dim=1).max())
-            ids, attention, mask = ids[:, :width], attention[:, :width], mask[:, :width]
-            logps, _, _ = self._get_per_token_logps_and_entropies(
-                model, ids, attention, width - 1,
-                batch_size=self.args.per_device_train_batch_size)
-            return -(logps * mask[:, 1:]).sum(), mask[:, 1:].sum()
+        def _target_tokens(self, targets: list[dict]) -> int:
+            """Response tokens the SFT loss of `targets` averages over."""
+            tok = tokenizer_of(self.processing_class)
+            return sum(sum(mixing.sft_target(tok, "", t["response"], t["n_tokens"])[1])
+                       for t in targets)
+
+        def _sft_nll(self, model, targets: list[dict]):
+            """Summed NLL of the targets' response tokens and their count, from TRL's
+            log-probs: text targets through the tokenizer, targets with chat prompts (the
+            questions with images) through the processor, images included, as rollouts."""
+            tok = tokenizer_of(self.processing_class)
+            device = self.accelerator.device
+            nll, count = torch.zeros((), device=device), torch.zeros((), device=device)
+            text = [t for t in targets if isinstance(t["prompt"], str)]
+            chat = [t for t in targets if not isinstance(t["prompt"], str)]
+            parts = []
+            if text:
+                padded = mixing.pad_targets([mixing.sft_target(
+                    tok, t["prompt"], t["response"], t["n_tokens"]) for t in text],
+                    tok.pad_token_id)
+                parts.append(({"input_ids": padded["sft_ids"],
+                               "attention_mask": padded["sft_attention"]}, padded["sft_mask"]))
+            if chat:
+                parts.append(self._encode_chat(chat))
+            for enc, mask in parts:
+                extra = {k: v.to(device) for k, v in enc.items() if k in _VISION_INPUTS}
+                ids, attention = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+                mask = mask.to(device)
+                logps, _, _ = self._get_per_token_logps_and_entropies(
+                    model, ids, attention, ids.shape[1] - 1,
+                    batch_size=self.args.per_device_train_batch_size,
+                    num_images=enc.get("num_images"), **extra)
+                nll = nll - (logps * mask[:, 1:]).sum()
+                count = count + mask[:, 1:].sum()
+            return nll, count
+
+        def _encode_chat(self, targets: list[dict]):
+            """(model inputs, loss mask) of chat prompts with their images + responses:
+            the prompt rendered as TRL renders the rollouts', `vlm.encode_pairs` for the
+            rest (image tokens expanded, loss on the response and end of turn)."""
+            from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+            from synergy.vlm import encode_pairs
+
+            images = [list(t["images"] or []) for t in targets]
+            prompts = [apply_chat_template(
+                {"prompt": prepare_multimodal_messages(t["prompt"], images=im or None)},
+                self.processing_class, **self.chat_template_kwargs)["prompt"]
+                for t, im in zip(targets, images)]
+            enc = encode_pairs(self.processing_class, prompts,
+                               [t["response"] for t in targets], images)
+            mask = (enc.pop("labels") != -100).float()
+            enc = {k: v for k, v in enc.items() if torch.is_tensor(v)}
+            return {**enc, "num_images": [len(im) for im in images]}, mask
 
         def _sft_term(self, model, inputs):
             """The weighted SFT loss of this micro-batch's targets (None without any),
             normalised like the GRPO loss (`mixing.sft_loss`)."""
-            if "sft_ids" not in inputs or not bool((inputs["sft_mask"] > 0).any()):
+            if "sft_index" not in inputs:
                 return None
-            nll, tokens = self._sft_nll(model, inputs["sft_ids"], inputs["sft_attention"],
-                                        inputs["sft_mask"])
+            rows = [int(i) for i in inputs["sft_index"].tolist() if i >= 0]
+            if not rows or float(inputs["sft_weight"]) == 0:
+                return None
+            nll, tokens = self._sft_nll(model, [self.sft_targets[i] for i in rows])
             self._log("sft_loss", nll.detach() / tokens.clamp(min=1))
             return inputs["sft_weight"] * mixing.sft_loss(
                 nll, tokens, inputs["sft_num_items"], self.loss_type,
@@ -438,18 +506,14 @@ def trainer_class():
         def _buffered_sft_step(self, model) -> None:
             """ReLIFT: one separate optimizer step of SFT (token mean) on `sft_buffer`
             waiting questions, taken between two GRPO steps (gradients are zero there)."""
-            n, tok = self.plan.sft_buffer, self.processing_class
+            n = self.plan.sft_buffer
             items, self.sft_waiting = self.sft_waiting[:n], self.sft_waiting[n:]
-            targets = [mixing.sft_target(tok, p, e) for p, e in items]
-            total = sum(sum(m[1:]) for _, m in targets)
+            total = max(self._target_tokens(items), 1)
             model.train()
             size, nll_total = self.args.per_device_train_batch_size, 0.0
-            for start in range(0, len(targets), size):
-                part = mixing.pad_targets(targets[start:start + size], tok.pad_token_id)
-                part = {k: v.to(self.accelerator.device) for k, v in part.items()}
-                nll, _ = self._sft_nll(model, part["sft_ids"], part["sft_attention"],
-                                       part["sft_mask"])
-                self.accelerator.backward(nll / max(total, 1))
+            for start in range(0, len(items), size):
+                nll, _ = self._sft_nll(model, items[start:start + size])
+                self.accelerator.backward(nll / total)
                 nll_total += float(nll.detach())
             state = self.accelerator.gradient_state
             sync = state.sync_gradients
@@ -462,9 +526,9 @@ def trainer_class():
                 state._set_sync_gradients(sync)
             self.optimizer.zero_grad()
             self.sft_updates += 1
-            self.last_loss_parts["buffered_sft"] = nll_total / max(total, 1)
+            self.last_loss_parts["buffered_sft"] = nll_total / total
             self._log("sft_updates", self.sft_updates)
-            self._log("sft_loss", nll_total / max(total, 1))
+            self._log("sft_loss", nll_total / total)
 
     return StrategyGRPOTrainer
 
@@ -489,8 +553,8 @@ def training_split(traces: pd.DataFrame, teacher: str, n_train: int, n_val: int,
     rows = rows.assign(_order=rows["qid"].map(lambda q: content_hash([seed, "05", q], 16)))
     rows = rows.sort_values("_order").drop_duplicates("qid")
     rows = rows.rename(columns={"response": "expert", "n_tokens": "expert_tokens"})
-    keep = [c for c in ("qid", "question", "answer", "level", "steps", "expert",
-                        "expert_tokens") if c in rows.columns]
+    keep = [c for c in ("qid", "question", "answer", "level", "steps", "images", "choices",
+                        "expert", "expert_tokens") if c in rows.columns]
     return rows[keep].iloc[:n_train].reset_index(drop=True), \
         rows[keep].iloc[n_train:n_train + n_val].reset_index(drop=True)
 
@@ -541,9 +605,10 @@ def sampled(cfg: StrategiesConfig, model_path: str, questions: pd.DataFrame, n: 
 
 # --- training -----------------------------------------------------------------------------
 
-def _key(cfg: StrategiesConfig, spec: Spec, start_fp: str, data: Any) -> str:
+def _key(cfg: StrategiesConfig, spec: Spec, start_fp: str, data: Any,
+         infra: dict | None = None) -> str:
     """Content key of one model: its spec, the keys that shape its kind of training, the
-    starting model and the data."""
+    starting model, the data and the parent stage's infrastructure (LoRA, backend)."""
     from synergy.files import content_hash
 
     grpo_keys = ("beta", "loss_type", "learning_rate", "lr_scheduler_type", "epochs",
@@ -554,34 +619,79 @@ def _key(cfg: StrategiesConfig, spec: Spec, start_fp: str, data: Any) -> str:
     d = cfg.to_dict()
     shaping = {k: d[k] for k in (grpo_keys if spec.trainer == "grpo" else sft_keys)}
     return content_hash({"spec": dataclasses.asdict(spec), "cfg": shaping, "seed": cfg.seed,
-                         "start": start_fp, "data": content_hash(data)})
+                         "start": start_fp, "data": content_hash(data), "infra": infra or {}})
 
 
-def train_grpo(spec: Spec, cfg: StrategiesConfig, start: str, dataset, out: Path,
+# This stage's GRPO keys (04's names and meanings); everything else about how GRPO runs (the
+# trainer backend, LoRA, vLLM rollouts) is the RL parent's, from 04's manifest.
+GRPO_KEYS = ("loss_type", "learning_rate", "lr_scheduler_type", "epochs",
+             "prompts_per_generation", "prompts_per_step", "micro_batch", "num_generations",
+             "temperature", "max_completion_length", "reward_weights", "save_steps",
+             "logging_steps", "cpu_threads", "report_to", "eval_samples", "eval_temperature",
+             "eval_top_p", "eval_top_k", "eval_max_new_tokens", "backend", "batch_rows")
+GRPO_INFRA = {"trainer_backend": "hf", "lora_r": 0, "lora_alpha": 16, "vllm_mode": "none",
+              "vllm_server_url": "", "vllm_gpu_memory_utilization": 0.3}
+
+
+def grpo_settings(cfg: StrategiesConfig, run):
+    """A `grpo.GRPOStageConfig` for the RL-based strategies: this stage's GRPO keys, the RL
+    parent's infrastructure (04's trainer backend, LoRA and vLLM settings; defaults when 04
+    has not run). One process: the stage trains in the notebook's process."""
+    from synergy import grpo, stages
+
+    infra = dict(GRPO_INFRA)
+    if run.has_run(stages.GRPO):
+        params = run.manifest(stages.GRPO)["params"]
+        infra.update({k: params[k] for k in GRPO_INFRA if k in params})
+    values = {**infra, **{k: getattr(cfg, k) for k in GRPO_KEYS},
+              "run_name": cfg.run_name, "output_root": cfg.output_root, "seed": cfg.seed,
+              "init_model": cfg.base_model, "train_source": "world", "prompt_suffix": "",
+              "n_train_questions": cfg.n_train_questions, "betas": [cfg.beta],
+              "exclude_easiest": "none", "num_processes": 1, "n_examples": 0}
+    return grpo.GRPOStageConfig.from_mapping(
+        values, f"{stages.STRATEGIES.name}: GRPO settings (with {stages.GRPO.name}'s backend)")
+
+
+def train_grpo(spec: Spec, cfg: StrategiesConfig, gcfg, start: str, dataset, out: Path,
                progress: bool) -> dict[str, Any]:
     from synergy import grpo, models
 
-    args = grpo.training_args(cfg, cfg.beta)
+    args = grpo.training_args(gcfg, cfg.beta, num_processes=1)
     if spec.max_completion_length:
         args.max_completion_length = spec.max_completion_length
     key = _key(cfg, spec, models.fingerprint(start),
-               [dataset["qid"], dataset["expert"], dataset["prompt"]])
+               [dataset["qid"], dataset["expert"], dataset["prompt"]],
+               {k: getattr(gcfg, k) for k in ("trainer_backend", "lora_r", "lora_alpha")})
     plain = spec.plan is None or spec.plan == Plan()
     extra = {} if plain else {"plan": spec.plan}
     record = grpo.train(start, dataset, args, out / "runs" / spec.name, key=key,
                         label=spec.name, trainer_cls=None if plain else trainer_class(),
-                        reward_funcs=prefixed_rewards(), progress=progress, **extra)
+                        reward_funcs=prefixed_rewards(), progress=progress,
+                        backend=gcfg.trainer_backend, peft=grpo.peft_config(gcfg), **extra)
     return {**record, "family": spec.family, "trainer": "grpo"}
 
 
+def sft_settings(run) -> dict[str, Any]:
+    """How 03 trained the SFT parent, for the SFT-on-a-blend strategies: LoRA rank and
+    alpha, trainer backend, frozen vision tower (defaults when 03 has not run)."""
+    from synergy import stages
+
+    params = run.manifest(stages.SFT)["params"] if run.has_run(stages.SFT) else {}
+    return {"lora_r": params.get("lora_r", 0), "lora_alpha": params.get("lora_alpha", 16),
+            "trainer_backend": params.get("trainer_backend", "hf"),
+            "freeze_vision": params.get("freeze_vision", True)}
+
+
 def train_sft(spec: Spec, cfg: StrategiesConfig, start: str, blend: pd.DataFrame,
-              out: Path, suffix: str, progress: bool) -> dict[str, Any]:
+              out: Path, suffix: str, progress: bool, infra: dict[str, Any]) -> dict[str, Any]:
+    from types import SimpleNamespace
+
     from synergy import models, sft, training
     from synergy.generation import user_text
 
     run_dir = out / "runs" / spec.name
     key = _key(cfg, spec, models.fingerprint(start),
-               blend[["qid", "source", "response"]].to_dict("list"))
+               blend[["qid", "source", "response"]].to_dict("list"), infra)
     done = training.finished(run_dir, key)
     if done and (run_dir / "model" / "config.json").exists():
         return {**done, "reused": True}
@@ -590,7 +700,9 @@ def train_sft(spec: Spec, cfg: StrategiesConfig, start: str, blend: pd.DataFrame
                                   for q, r in zip(blend["question"], blend["response"])])
     t0 = time.perf_counter()
     trainer, result = sft.train(start, rows, sft_args(cfg, len(rows)), run_dir, key=key,
-                                progress=progress)
+                                progress=progress, backend=infra["trainer_backend"],
+                                freeze_visual=infra["freeze_vision"],
+                                peft=sft.peft_config(SimpleNamespace(**infra)))
     training.save_model(trainer, trainer.processing_class, run_dir / "model")
     record = {"key": key, "label": spec.name, "family": spec.family, "trainer": "sft",
               "model_path": str((run_dir / "model").resolve()), "rows": len(rows),
@@ -614,6 +726,7 @@ class StrategiesResult(StageResult):
 def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
     """Train every strategy (or reuse it), evaluate all models, the router and the oracle."""
     from synergy import distill, evaluation, grpo, mixing, models, stages, stratify
+    from synergy.config import ConfigError
     from synergy.evaluation import SamplingSpec
     from synergy.files import write_text
     from synergy.runs import stage_run, torch_threads
@@ -628,7 +741,13 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
         train_q, val_q = training_split(distill.load(cfg.output_root, cfg.run_name).traces,
                                         cfg.teacher, cfg.n_train_questions,
                                         cfg.n_val_questions, cfg.seed)
-        write_text(ctx.dir / "train_questions.csv", train_q.to_csv(index=False))
+        if "progressive" in cfg.families and "images" in train_q and any(
+                x is not None and len(x) for x in train_q["images"]):
+            raise ConfigError(f"{cfg._key('families')}: progressive rolls out from expert "
+                              "prefixes, which needs text questions; these have images "
+                              "(drop progressive from families)")
+        write_text(ctx.dir / "train_questions.csv",
+                   train_q.drop(columns=["images"], errors="ignore").to_csv(index=False))
         plan = specs(cfg)
         starts = {r: str(grpo.starting_copy(refs[r].path, ctx.dir / "starts" / r))
                   for r in {"base"} | {s.start for s in plan if s.start == "sft"}}
@@ -651,10 +770,11 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
             if progress:
                 print(f"training {spec.name}", flush=True)
             if spec.trainer == "grpo":
-                record = train_grpo(spec, cfg, start, dataset, ctx.dir, progress)
+                record = train_grpo(spec, cfg, grpo_settings(cfg, ctx.run), start, dataset,
+                                    ctx.dir, progress)
             else:
                 record = train_sft(spec, cfg, start, blend_of[spec.family], ctx.dir, suffix,
-                                   progress)
+                                   progress, sft_settings(ctx.run))
             trained[spec.name] = record["model_path"]
             records.append(record)
         runs = pd.DataFrame(records)
@@ -662,7 +782,8 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
         write_text(ctx.dir / "curves.csv", curves.to_csv(index=False))
         blend_table = pd.concat(blends, ignore_index=True) if blends else pd.DataFrame(
             columns=mixing.BLEND_COLUMNS + ["blend"])
-        write_text(ctx.dir / "blends.csv", blend_table.to_csv(index=False))
+        write_text(ctx.dir / "blends.csv",
+                   blend_table.drop(columns=["images"], errors="ignore").to_csv(index=False))
 
         questions = stratify.benchmark_questions(
             stratify.load(cfg.output_root, cfg.run_name).levels)
@@ -680,7 +801,7 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
             write_text(ctx.dir / "router.csv", router.to_csv(index=False))
             ctx.record(router_threshold=threshold)
         results["oracle"] = oracle_results(results["sft"], results["rl"])
-        table = evaluation.save_results(ctx.dir, results)
+        table = evaluation.save_results(ctx.dir, results, record=ctx.record)
         write_text(ctx.dir / "runs.csv", runs.to_csv(index=False))
         if trained:
             ctx.set_models(trained, main=next(iter(trained)))
@@ -708,18 +829,22 @@ def route_questions(cfg: StrategiesConfig, rl_path: str, sft_path: str,
         table = mixing.probe_table(d["samples"], d["correct"], d["lengths"])
         if cfg.router_signal == "confidence":
             table["confidence"] = confidence(rl_path, qs, d["samples"], suffix)
-        return table
+        return table.assign(samples=list(d["samples"]))
 
     sft_val = evaluation.evaluate_for(cfg, sft_path, val, suffix, progress)
     val_probes = probes(val)
     threshold, table = mixing.choose_threshold(
         val_probes, sft_val["accuracy"], sft_val["mean_length"],
         mixing.threshold_candidates(val_probes[cfg.router_signal]), cfg.router_signal)
-    routed = mixing.route(probes(questions), sft_eval["accuracy"], sft_eval["mean_length"],
+    eval_probes = probes(questions)
+    routed = mixing.route(eval_probes, sft_eval["accuracy"], sft_eval["mean_length"],
                           threshold, cfg.router_signal)
     out = questions.reset_index(drop=True).assign(
         accuracy=routed["accuracy"].to_numpy(), mean_length=routed["tokens"].to_numpy(),
-        format_rate=np.nan, routed=routed["routed"].to_numpy())
+        format_rate=np.nan, routed=routed["routed"].to_numpy(),
+        # The answers given: the probes', or the SFT model's where the question was routed.
+        samples=[list(s) if r else list(p) for p, s, r in zip(
+            eval_probes["samples"], sft_eval["samples"], routed["routed"])])
     return out, table.assign(chosen=table["threshold"] == threshold), threshold
 
 
@@ -753,9 +878,12 @@ def oracle_results(sft_eval: pd.DataFrame, rl_eval: pd.DataFrame) -> pd.DataFram
     keep = [c for c in rl_eval.columns if c not in (
         "samples", "correct", "lengths", "formatted", "n_truncated", "accuracy",
         "mean_length", "format_rate")]
+    pick = best["pick_b"].to_numpy()
     return rl_eval[keep].reset_index(drop=True).assign(
         accuracy=best["accuracy"].to_numpy(), mean_length=best["tokens"].to_numpy(),
-        format_rate=np.nan, picked_sft=best["pick_b"].to_numpy())
+        format_rate=np.nan, picked_sft=pick,
+        samples=[list(s) if p else list(r) for r, s, p in zip(
+            rl_eval["samples"], sft_eval["samples"], pick)])
 
 
 def load(output_root: str, run_name: str) -> StrategiesResult:
