@@ -994,6 +994,12 @@ def statement(res: StrategiesResult, margin: float) -> str:
                      f"than {margin:.2f} on another: {', '.join(winners) or 'none'} — the "
                      f"paper's finding (none) {'does not hold' if winners else 'holds'} "
                      f"on this run.")
+    if "oracle" in res.results:
+        picked = res.results["oracle"]["picked_sft"].astype(bool)
+        lines.append(f"- Room for choosing the mode per question: the SFT model answers "
+                     f"{picked.sum()} of {len(picked)} evaluation questions better than RL; "
+                     f"picking the better model per question (the oracle) gives "
+                     f"{acc.at['oracle', 'all']:.2f} against RL's {acc.at['rl', 'all']:.2f}.")
     for model in ("router", "adaptive", "adaptive-grpo", "oracle"):
         if model not in acc.index:
             continue
