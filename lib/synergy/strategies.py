@@ -793,11 +793,15 @@ def load_curves(stage_path: str | Path, labels: list[str]) -> pd.DataFrame:
 
 
 def comparison(table: pd.DataFrame) -> pd.DataFrame:
-    """Models as rows; accuracy and mean generated tokens per level and overall."""
+    """Models as rows; accuracy and mean generated tokens per answer per level and overall,
+    and the tokens generated for one answer to every question (the router's probes count)."""
     order = list(dict.fromkeys(table["model"]))
     acc = table.pivot(index="model", columns="level", values="accuracy").loc[order]
     tokens = table.pivot(index="model", columns="level", values="mean_length").loc[order]
-    return pd.concat([acc.add_prefix("acc "), tokens.add_prefix("tokens ")], axis=1)
+    every = table[table["level"] == "all"].set_index("model").loc[order]
+    return pd.concat([acc.add_prefix("acc "), tokens.add_prefix("tokens "),
+                      (every["mean_length"] * every["questions"]).rename("tokens total")],
+                     axis=1)
 
 
 def comparison_figure(table: pd.DataFrame):
