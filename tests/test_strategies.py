@@ -414,7 +414,7 @@ def test_notebook_05_on_smoke(smoke_series, tmp_path):
     res = strategies.load(str(smoke_series), "smoke")
     cfg = strategies.StrategiesConfig.from_profile(SMOKE)
     names = [s.name for s in strategies.specs(cfg)]
-    assert list(res.manifest["model_paths"]) == names
+    assert set(res.manifest["model_paths"]) == set(names)
     run = Run(smoke_series, "smoke")
     ref = models.resolve(run, f"{stages.STRATEGIES.name}:progressive-linear")
     assert Path(ref.path).is_dir() and ref.artifact_id.endswith(":progressive-linear")
