@@ -27,7 +27,7 @@ import pandas as pd
 from synergy.evaluation import EvaluatingConfig
 from synergy.files import atomic_path
 from synergy.runs import StageResult
-from synergy.training import ReportTo
+from synergy.training import LrScheduler, ReportTo
 
 VISION_PREFIXES = ("visual",)  # Qwen2-VL / Qwen2.5-VL: vision tower and merger (connector)
 
@@ -44,7 +44,7 @@ class SftConfig(EvaluatingConfig):
     hard_levels: list[int]
     val_traces: int
     lr: float
-    lr_scheduler: str
+    lr_scheduler: LrScheduler
     warmup_ratio: float
     weight_decay: float
     batch_size: int
@@ -75,18 +75,24 @@ class SftConfig(EvaluatingConfig):
                      len(self.easy_levels) >= 1, "easy_levels",
                      "must name levels when easy_share or easy_share_sweep is non-zero")
         self.require(len(self.hard_levels) >= 1, "hard_levels", "must name at least one level")
+        for key in ("easy_levels", "hard_levels"):
+            self.require(all(lv >= 0 for lv in getattr(self, key)), key,
+                         "must hold levels >= 0 (L1 is the easiest; 0: rows without a level)")
         self.require(self.val_traces >= 1, "val_traces", "must be >= 1")
         self.require(self.lr > 0, "lr", "must be > 0")
         self.require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
-        self.require(self.batch_size >= 1 and self.batch_size % self.grad_accum == 0,
-                     "batch_size", "must be >= 1 and divisible by grad_accum")
         self.require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        self.require(self.batch_size >= 1 and self.batch_size % self.grad_accum == 0,
+                     "batch_size", f"must be >= 1 and divisible by grad_accum ({self.grad_accum})")
         self.require(self.epochs > 0, "epochs", "must be > 0")
         self.require(self.max_steps == -1 or self.max_steps >= 1, "max_steps",
                      "must be -1 (train for `epochs`) or >= 1")
         self.require(self.max_length >= 16, "max_length", "must be >= 16")
         self.require(self.checkpoints >= 1, "checkpoints", "must be >= 1")
         self.require(self.lora_r >= 0, "lora_r", "must be >= 0 (0: full fine-tuning)")
+        self.require(self.lora_r == 0 or self.lora_alpha >= 1, "lora_alpha",
+                     "must be >= 1 with LoRA (the adapters' scale is lora_alpha / lora_r)")
+        self.require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         self.require(all(n >= 1 for ns in self.scale_sweep.values() for n in ns), "scale_sweep",
                      "must map teacher names to trace counts >= 1")
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
@@ -257,33 +263,65 @@ def validation_accuracy(model_dir: str | Path, val: pd.DataFrame, max_new_tokens
     return float(np.mean([is_correct(c[0].text, str(a)) for c, a in zip(out, val["answer"])]))
 
 
-def train_key(spec: RunSpec, cfg: SftConfig, model_path: str, traces: pd.DataFrame) -> str:
-    """Content key of one SFT model: everything that shapes its training."""
-    from synergy.files import content_hash
-    from synergy.models import fingerprint
-
-    return content_hash({"spec": dataclasses.asdict(spec), "base": fingerprint(model_path),
-                         "traces": content_hash(traces[["qid", "teacher", "response"]]
-                                                .to_dict("list")),
-                         "cfg": {k: v for k, v in cfg.to_dict().items() if not k.startswith(
-                             ("eval_", "easy_share_sweep", "scale_sweep", "n_examples",
-                              "teachers", "output_root", "backend", "batch_rows",
-                              "report_to"))}})
+# Params that do not decide an SFT model, with why: they reach its key another way, or
+# choose only what is evaluated or shown, or how fast. Every other param is in the key.
+NOT_IN_KEY = (
+    "model",                                     # the base, by its fingerprint
+    "teachers", "n_traces", "easy_share",        # each model's own RunSpec and rows
+    "easy_share_sweep", "scale_sweep",
+    "eval_samples", "eval_temperature", "eval_top_p", "eval_top_k",  # evaluation only
+    "batch_rows", "report_to", "n_examples")     # speed, tracking, display
+# Packages whose version changes a trained model.
+TRAIN_CODE = ("torch", "transformers", "trl", "peft")
 
 
-def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: str,
-              out: Path, prompt_suffix: str, progress: bool = True) -> dict[str, Any]:
-    """Train (resuming if interrupted), pick the checkpoint by validation, save it to
-    `models/<name>/`; reuse a finished model with the same content key."""
+def train_key(spec: RunSpec, cfg: SftConfig, model_path: str, train_rows: pd.DataFrame,
+              val: pd.DataFrame, prompt_suffix: str) -> str:
+    """Reuse key of one SFT model: the params that decide it, its run spec, every column of
+    the rows it trains and validates on (their levels chose them), the prompt suffix of its
+    validation prompts, the base's fingerprint and the training code's versions."""
+    from synergy import reuse
+
+    return reuse.key({**reuse.own_params(cfg, NOT_IN_KEY), "spec": dataclasses.asdict(spec)},
+                     reads={"train": train_rows, "val": val, "prompt_suffix": prompt_suffix},
+                     models={"base": model_path}, code=TRAIN_CODE)
+
+
+@dataclasses.dataclass
+class Planned:
+    """One SFT model to make: its spec, its training and validation rows, its reuse key."""
+
+    spec: RunSpec
+    train: pd.DataFrame
+    val: pd.DataFrame
+    key: str
+
+
+def plan_models(cfg: SftConfig, traces: pd.DataFrame, model_path: str,
+                prompt_suffix: str) -> list[Planned]:
+    """Every model of the config with its rows and key, before any work: a teacher without
+    (enough) traces fails here, naming it."""
+    out = []
+    for spec in run_specs(cfg):
+        train_rows, val = select_traces(traces, spec.teacher, spec.n_traces, spec.easy_share,
+                                        cfg.easy_levels, cfg.hard_levels, cfg.val_traces,
+                                        cfg.seed)
+        out.append(Planned(spec, train_rows, val,
+                           train_key(spec, cfg, model_path, train_rows, val, prompt_suffix)))
+    return out
+
+
+def train_one(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
+              prompt_suffix: str, progress: bool = True) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint if interrupted), pick the checkpoint by
+    validation, save it to `models/<name>/`; reuse a finished, whole model of the same key."""
     from synergy import training
 
-    key = train_key(spec, cfg, model_path, traces)
+    spec, train_rows, val, key = planned.spec, planned.train, planned.val, planned.key
     run_dir, final = out / "train" / spec.name, out / "models" / spec.name
-    done = training.finished(run_dir, key)
-    if done and (final / "config.json").exists():
+    done = training.finished(run_dir, key, final)
+    if done:
         return {**done, "reused": True}
-    train_rows, val = select_traces(traces, spec.teacher, spec.n_traces, spec.easy_share,
-                                    cfg.easy_levels, cfg.hard_levels, cfg.val_traces, cfg.seed)
     t0 = time.perf_counter()
     trainer, result = train(model_path, train_rows, training_args(cfg, len(train_rows)),
                             run_dir, key=key, freeze_visual=cfg.freeze_vision,
@@ -298,9 +336,13 @@ def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: s
         scores.append(validation_accuracy(c, val, cfg.eval_max_new_tokens, prompt_suffix,
                                           cfg.seed, cfg.backend, cfg.batch_rows))
     best = int(np.argmax(scores))  # earliest among ties
+    # The loss from the logs of every step (a resumed trainer's own average sees only the
+    # steps after the checkpoint).
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     record = {"key": key, "name": spec.name, **dataclasses.asdict(spec),
               "train_rows": len(train_rows), "val_rows": len(val),
-              "steps": int(result.global_step), "train_loss": float(result.training_loss),
+              "steps": int(result.global_step),
+              "train_loss": float(np.mean(losses)) if losses else float(result.training_loss),
               "train_seconds": train_seconds,
               "checkpoints": {c.name: s for c, s in zip(ckpts, scores)},
               "best_checkpoint": ckpts[best].name, "val_accuracy": scores[best],
@@ -310,7 +352,7 @@ def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: s
         shutil.copytree(ckpts[best], tmp, ignore=shutil.ignore_patterns(
             "optimizer.pt", "scheduler.pt", "rng_state*", "training_args.bin",
             "trainer_state.json"))
-    return {**training.mark_done(run_dir, record), "reused": False}
+    return {**training.mark_done(run_dir, record, final), "reused": False}
 
 
 def merge_lora(checkpoint: Path, base_path: str) -> Path:
@@ -346,7 +388,8 @@ def run(cfg: SftConfig, progress: bool = True) -> SftResult:
             stage_run(cfg, stages.SFT) as ctx:
         prompt_suffix = stratify.config_of(ctx.run).prompt_suffix
         ctx.needs(stages.STRATIFY)
-        model = ctx.model(cfg.model, "model")
+        model = ctx.model(cfg.model, "model", lengths={"max_length": cfg.max_length,
+                                                       "eval_max_new_tokens": cfg.eval_max_new_tokens})
         traces = distill.load(cfg.output_root, cfg.run_name).traces
         ctx.needs(stages.DISTILL)
         questions = stratify.benchmark_questions(
@@ -355,16 +398,17 @@ def run(cfg: SftConfig, progress: bool = True) -> SftResult:
         def evaluate(path: str) -> pd.DataFrame:
             return evaluate_for(cfg, path, questions, prompt_suffix, progress)
 
+        planned = plan_models(cfg, traces, model.path, prompt_suffix)
         timings = {"base_eval": -time.perf_counter()}
         results = {"base": evaluate(model.path)}
         timings["base_eval"] += time.perf_counter()
         records = []
-        for spec in run_specs(cfg):
-            record = train_one(spec, traces, cfg, model.path, ctx.dir, prompt_suffix, progress)
+        for unit in planned:
+            record = train_one(unit, cfg, model.path, ctx.dir, prompt_suffix, progress)
             t = time.perf_counter()
-            results[spec.name] = evaluate(str(ctx.dir / "models" / spec.name))
+            results[unit.spec.name] = evaluate(str(ctx.dir / "models" / unit.spec.name))
             records.append({**record, "eval_seconds": time.perf_counter() - t})
-        runs = pd.DataFrame(records).drop(columns=["key", "checkpoints"])
+        runs = pd.DataFrame(records).drop(columns=["key", "fingerprint", "checkpoints"])
         table = save_results(ctx.dir, results)
         write_text(ctx.dir / "runs.csv", runs.to_csv(index=False))
         ctx.set_models({r["name"]: ctx.dir / "models" / r["name"] for r in records},
