@@ -1,5 +1,9 @@
 """Command line: `python -m synergy run --profile params/tiny.yaml [--stages 00 01]`,
-`python -m synergy report --run tiny` (re-render one run's report)."""
+`python -m synergy report --run tiny` (re-render one run's report).
+
+Exit codes: 0 done; 2 a bad parameter, profile or missing upstream, found before any stage
+ran; 1 a stage failed (one line `synergy: <stage>: <cause>`, then the executed notebook's
+path); 130 interrupted."""
 
 from __future__ import annotations
 
@@ -33,9 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = pipeline.run_series(args.profile, args.stages, overrides,
                                     log_output=not args.quiet)
-    except (ConfigError, ArtifactError) as exc:
+    except pipeline.StageFailed as exc:  # one line, then where to look
         print(f"synergy: {exc}", file=sys.stderr)
+        if exc.notebook:
+            print(f"synergy: executed notebook: {exc.notebook}", file=sys.stderr)
+        return 1
+    except (ConfigError, ArtifactError) as exc:  # before any stage ran
+        print(f"synergy: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("synergy: interrupted; the same command resumes where it stopped",
+              file=sys.stderr)
+        return 130
     print(f"[synergy] done: {len(paths)} notebook(s); last report: "
           f"{paths[-1].with_suffix('.html')}")
     reports = [p for p in paths if p.stem == stages.REPORT.name]
