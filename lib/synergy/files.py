@@ -3,8 +3,9 @@
 Every artifact is written to a temporary sibling and renamed, so an interrupted run never
 leaves half a file; a missing or damaged file is an `ArtifactError` naming its path. A
 temporary folder left by a killed process (`.<name>.tmp-<pid>-...`) is removed by the next
-run (`clean_interrupted`); a finished artifact found damaged is set aside under a name that
-says so (`set_aside`), never deleted and never used.
+run (`clean_interrupted`); a finished artifact found damaged (`check_files`: JSON that does
+not parse, a safetensors file cut short) is set aside under a name that says so
+(`set_aside`), never deleted and never used.
 """
 
 from __future__ import annotations
@@ -138,4 +139,34 @@ def load_dataset_dir(path: str | Path):
     try:
         return datasets.load_from_disk(str(path))
     except Exception as exc:  # datasets raises several types for damaged folders
-        raise ArtifactError(f"{path}: unreadable dataset ({exc})") from exc
+        raise ArtifactError(f"{path}: unreadable dataset ({' '.join(str(exc).split())}); "
+                            "rerun the stage that wrote it") from exc
+
+
+# --- whole files ----------------------------------------------------------------------------
+
+def check_safetensors(path: Path) -> str | None:
+    """None for a whole safetensors file; else what is wrong (truncated, bad header)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt"):
+            return None
+    except (SafetensorError, OSError) as exc:
+        return f"{path.name} is damaged ({exc})"
+
+
+def check_files(path: str | Path) -> str | None:
+    """None when every JSON file of the folder parses and every safetensors file is whole
+    (a training checkpoint, a LoRA adapter); else the problem."""
+    path = Path(path)
+    for f in sorted(path.glob("*.json")):
+        try:
+            json.loads(f.read_text())
+        except (ValueError, OSError) as exc:
+            return f"{f.name} is not valid JSON ({exc})"
+    for f in sorted(path.glob("*.safetensors")):
+        problem = check_safetensors(f)
+        if problem:
+            return problem
+    return None

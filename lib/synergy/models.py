@@ -53,12 +53,22 @@ def stage_models(run: Run, stage) -> dict[str, str]:
     out = {}
     for name, rel in (manifest.get("model_paths") or {}).items():
         path = run.resolve(rel)
-        if not path.is_dir():
-            raise ArtifactError(f"{stage.name}: model '{name}' is missing at {path}; rerun the "
-                                f"stage: python -m synergy run --run-name {run.name} "
-                                f"--stages {stage.number}")
+        problem = "missing" if not path.is_dir() else check_model(path)
+        if problem:
+            raise ArtifactError(f"{stage.name}: model '{name}' is {problem} at {path}; rerun the "
+                                f"stage (it remakes what is damaged): python -m synergy run "
+                                f"--run-name {run.name} --stages {stage.number}")
         out[name] = str(path)
     return out
+
+
+def check_model(path: Path) -> str | None:
+    """None for a model folder whose files are whole (config.json present, every JSON file
+    parses, every safetensors file complete: `files.check_files`), else what is wrong."""
+    from synergy.files import check_files
+
+    problem = "no config.json" if not (path / "config.json").is_file() else check_files(path)
+    return f"damaged ({problem})" if problem else None
 
 
 def main_model(run: Run, stage) -> str:
@@ -115,10 +125,27 @@ def resolve(run: Run, spec: str) -> ModelRef:
     if path.exists():
         raise ArtifactError(f"model '{spec}': {path} is a file, not a model folder")
     if _HUB_ID.match(spec) and not looks_like_path(spec):
-        return ModelRef(spec, spec, f"hub:{spec}")
+        if not hub_offline() or in_hub_cache(spec):
+            return ModelRef(spec, spec, f"hub:{spec}")
+        raise ArtifactError(f"model '{spec}': no such folder {path.resolve()}, and the hub is "
+                            "offline (HF_HUB_OFFLINE) with no model of that id in its local "
+                            "cache")
     raise ArtifactError(f"model '{spec}': no such folder {path.resolve()} (a missing local "
                         f"path; not 'world', a stage of this run such as "
                         f"'{stages.SFT.name}[:name]', or a hub id owner/name)")
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def in_hub_cache(hub_id: str) -> bool:
+    """A hub model whose config is in the local Hugging Face cache (usable offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
 
 
 def max_positions(path: str | Path) -> int | None:
@@ -198,17 +225,22 @@ def tokenizer_of(processing):
 
 
 _FINGERPRINTS: dict[tuple, str] = {}
+# What a trainer saves beside a model that is not the model (its arguments hold the paths
+# it ran in, its state the times): never part of a model's identity.
+TRAINER_FILES = ("training_args.bin", "trainer_state.json")
 
 
 def fingerprint(path: str | Path) -> str:
     """Content id of a model folder: its config, tokenizer and weight files, read whole
-    (merged or partly trained models can differ only in the middle of a weight file).
+    (merged or partly trained models can differ only in the middle of a weight file), not
+    the trainer's files saved beside them (`TRAINER_FILES`).
     Remembered for the process while no file of the folder changes (size, mtime, inode)."""
     path = Path(path)
     if not path.is_dir():
         return hashlib.sha256(str(path).encode()).hexdigest()[:12]  # a hub id
-    files = [f for f in sorted(path.iterdir())
-             if f.suffix in (".json", ".safetensors", ".bin", ".model") and f.is_file()]
+    files = [f for f in sorted(path.iterdir()) if f.suffix in (".json", ".safetensors", ".bin",
+                                                               ".model")
+             and f.name not in TRAINER_FILES and f.is_file()]
     stats = tuple((f.name, st.st_size, st.st_mtime_ns, st.st_ino)
                   for f in files for st in [f.stat()])
     memo = (str(path.resolve()), stats)

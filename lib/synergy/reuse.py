@@ -19,14 +19,15 @@ fingerprint, sampling spec, seed, prompt and images, sample index).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from synergy.files import ArtifactError, content_hash, read_json, set_aside, write_json
+from synergy.files import (ArtifactError, CorruptArtifact, check_files, content_hash,
+                           read_json, set_aside, write_json)
 
 # Params that say where a run lives, not what it computes.
 WHERE = ("run_name", "output_root")
@@ -120,33 +121,6 @@ def key(params: Mapping[str, Any], *, reads: Mapping[str, Any] | None = None,
 
 # --- checking a finished artifact ---------------------------------------------------------
 
-def check_safetensors(path: Path) -> str | None:
-    """None for a whole safetensors file; else what is wrong (truncated, bad header)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), "pt"):
-            return None
-    except (SafetensorError, OSError) as exc:
-        return f"{path.name} is damaged ({exc})"
-
-
-def check_files(path: str | Path) -> str | None:
-    """None when every JSON file of the folder parses and every safetensors file is whole
-    (a training checkpoint, a LoRA adapter); else the problem."""
-    path = Path(path)
-    for f in sorted(path.glob("*.json")):
-        try:
-            json.loads(f.read_text())
-        except (ValueError, OSError) as exc:
-            return f"{f.name} is not valid JSON ({exc})"
-    for f in sorted(path.glob("*.safetensors")):
-        problem = check_safetensors(f)
-        if problem:
-            return problem
-    return None
-
-
 def check_model(path: str | Path) -> str | None:
     """None when `path` is a complete, loadable model folder: config.json and every other
     JSON file parse, every safetensors file is whole (its header covers the file), the
@@ -179,10 +153,6 @@ def check_dataset(path: str | Path) -> str | None:
     except Exception as exc:  # datasets and pyarrow raise many types for damaged folders
         return f"unreadable dataset ({' '.join(str(exc).split())[:300]})"
     return None
-
-
-def check_file(path: str | Path) -> str | None:
-    return None if Path(path).is_file() else "not a file"
 
 
 def fingerprint_of(artifact: Path, check: Callable) -> str:
@@ -225,36 +195,16 @@ def reusable(record: str | Path, key_: str, artifact: str | Path,
         problem = "missing"
     else:
         problem = check(artifact)
-        if problem is None and data.get("fingerprint") != fingerprint_of(artifact, check):
-            problem = (f"content differs from what was written (fingerprint "
-                       f"{fingerprint_of(artifact, check)}, recorded {data.get('fingerprint')})")
+        found = fingerprint_of(artifact, check) if problem is None else None
+        if found is not None and found != data.get("fingerprint"):
+            problem = (f"content differs from what was written (fingerprint {found}, "
+                       f"recorded {data.get('fingerprint')})")
     if problem is None:
         return data
     if artifact.exists():
         set_aside(artifact, problem)
     else:
-        import warnings
-
-        from synergy.files import CorruptArtifact
-
         warnings.warn(f"{artifact}: {problem} although {record.name} records it; recomputing",
                       CorruptArtifact, stacklevel=2)
     record.unlink(missing_ok=True)
     return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Unit:
-    """One reusable artifact a stage plans to make: its name, reuse key and record."""
-
-    name: str
-    key: str
-    record: Path
-    artifact: Path
-
-    def recorded_key(self) -> str | None:
-        """The key its record holds now (None: not made yet)."""
-        try:
-            return read_json(self.record).get("key") if self.record.exists() else None
-        except ArtifactError:
-            return None

@@ -109,14 +109,13 @@ def resume_point(run_dir: str | Path) -> Path | None:
     model); newer ones that cannot are cleared out of the way."""
     import warnings
 
-    from synergy import reuse
-    from synergy.files import CorruptArtifact, set_aside
+    from synergy.files import CorruptArtifact, check_files, set_aside
 
     for ckpt in reversed(checkpoints(run_dir)):
         if not (ckpt / "trainer_state.json").exists():  # written last: the save was cut
             shutil.rmtree(ckpt)
             continue
-        problem = reuse.check_files(ckpt)
+        problem = check_files(ckpt)
         if problem:
             set_aside(ckpt, problem)
             continue
