@@ -349,6 +349,28 @@ def static_filter(cfg: GRPOStageConfig, questions: pd.DataFrame, model_path: str
                             easiest=base_all_correct(correct))
 
 
+def training_set(cfg: GRPOStageConfig, run, init_path: str | Path,
+                 progress: bool = True) -> tuple[pd.DataFrame, Any, str]:
+    """(training questions with `kept`, the TRL dataset of the kept ones, upstream id): the
+    questions, the static filter when enabled, and the prompts the trainer sees."""
+    from synergy import models
+    from synergy.config import ConfigError
+
+    train_set, upstream = training_questions(cfg, run)
+    if cfg.exclude_easiest == "static":
+        train_set = static_filter(cfg, train_set, str(init_path), run.samples_cache, progress)
+        train_set["kept"] = ~train_set["easiest"]
+    else:
+        train_set["kept"] = True
+    kept = train_set[train_set["kept"]].reset_index(drop=True)
+    if kept.empty:
+        raise ConfigError(f"grpo.exclude_easiest: the static filter dropped all "
+                          f"{len(train_set)} training questions (the starting model solves "
+                          "each in every rollout); use more or harder questions")
+    return train_set, training_dataset(kept, models.load_processing(init_path),
+                                       cfg.prompt_suffix), upstream
+
+
 def training_dataset(questions: pd.DataFrame, tokenizer, prompt_suffix: str):
     """The TRL dataset: a plain-text `prompt` (the chat prompt, as evaluation builds it) and
     the `answer` the accuracy reward checks against."""
@@ -457,8 +479,7 @@ def evaluated_models(ctx, base_path: str, source_path: str,
 
 def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
     """Train one GRPO policy per beta, evaluate them with base (and SFT) per level."""
-    from synergy import evaluation, models, stages, stratify
-    from synergy.config import ConfigError
+    from synergy import evaluation, stages, stratify
     from synergy.files import write_text
     from synergy.runs import stage_run, torch_threads
 
@@ -471,18 +492,8 @@ def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
                                     "eval_max_new_tokens": cfg.eval_max_new_tokens})
         init_path = starting_copy(source.path, ctx.dir)
 
-        train_set, ctx.upstream["train_questions"] = training_questions(cfg, ctx.run)
-        if cfg.exclude_easiest == "static":
-            train_set = static_filter(cfg, train_set, str(init_path), ctx.run.samples_cache, progress)
-            train_set["kept"] = ~train_set["easiest"]
-        else:
-            train_set["kept"] = True
-        kept = train_set[train_set["kept"]].reset_index(drop=True)
-        if kept.empty:
-            raise ConfigError(f"grpo.exclude_easiest: the static filter dropped all "
-                              f"{len(train_set)} training questions (the starting model solves "
-                              "each in every rollout); use more or harder questions")
-        dataset = training_dataset(kept, models.load_processing(init_path), cfg.prompt_suffix)
+        train_set, dataset, ctx.upstream["train_questions"] = training_set(
+            cfg, ctx.run, init_path, progress)
         write_text(ctx.dir / "train_questions.csv", train_set.to_csv(index=False))
 
         records = []

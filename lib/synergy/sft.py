@@ -245,7 +245,7 @@ def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
                          processing_class=processing, peft_config=peft,
                          callbacks=[training.log_callback(out_dir / "log.jsonl"),
                                     training.keep_last_optimizer(), *callbacks])
-    trainer.frozen_parameters = frozen
+    trainer.frozen_parameters, trainer.resumed_from = frozen, resume
     return trainer, trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
 
@@ -342,6 +342,7 @@ def train_one(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
     record = {"key": key, "name": spec.name, **dataclasses.asdict(spec),
               "train_rows": len(train_rows), "val_rows": len(val),
               "steps": int(result.global_step),
+              "resumed_from": trainer.resumed_from.name if trainer.resumed_from else None,
               "train_loss": float(np.mean(losses)) if losses else float(result.training_loss),
               "train_seconds": train_seconds,
               "checkpoints": {c.name: s for c, s in zip(ckpts, scores)},
