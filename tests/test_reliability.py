@@ -299,3 +299,114 @@ def test_warnings_are_one_line(tiny_model, tmp_path):
         warnings.simplefilter("always")
         reuse.reusable(tmp_path / "m.json", "k", model)
     assert len(caught) == 1 and "\n" not in str(caught[0].message)
+
+
+# --- model paths ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["outputs/gone", "./gone", "models/a/b", "~/gone", "gone/",
+                                  "C:\\models\\gone", "org/model"])
+def test_a_missing_local_path_is_never_sent_to_the_hub(spec, tmp_path, monkeypatch):
+    from synergy import models
+    from synergy.runs import Run
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "outputs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    run = Run(tmp_path, "r")
+    # "org/model" is a hub id in form; offline and not in the hub cache it is missing too.
+    monkeypatch.setattr(models, "hub_offline", lambda: True)
+    with pytest.raises(files.ArtifactError, match="no such folder"):
+        models.resolve(run, spec)
+    monkeypatch.setattr(models, "hub_offline", lambda: False)
+    if spec == "org/model":
+        assert models.resolve(run, spec).artifact_id == "hub:org/model"
+    else:
+        with pytest.raises(files.ArtifactError, match="no such folder"):
+            models.resolve(run, spec)
+
+
+def test_relative_model_paths_start_at_the_project_root(tiny_model, monkeypatch):
+    from synergy import models
+    from synergy.config import project_root
+    from synergy.runs import Run
+
+    inside = project_root() / "outputs" / ".test-relative-model"
+    copy_model(tiny_model, inside)
+    try:
+        monkeypatch.chdir(project_root() / "notebooks")  # where papermill runs the kernel
+        ref = models.resolve(Run(project_root() / "outputs", "r"),
+                             "outputs/.test-relative-model")
+        assert ref.path == str(inside.resolve())
+    finally:
+        import shutil
+
+        shutil.rmtree(inside)
+
+
+def test_a_damaged_stage_model_is_an_error_naming_it_and_the_stage_to_rerun(tiny_model,
+                                                                            tmp_path):
+    from synergy import models
+    from synergy.runs import Run
+
+    run = Run(tmp_path, "r")
+    folder = copy_model(tiny_model, run.root / "03_sft" / "models" / "careful")
+    (run.root / "03_sft" / "manifest.json").write_text(json.dumps({
+        "artifact_id": "sft-1", "main_model": "careful",
+        "model_paths": {"careful": "03_sft/models/careful"}}))
+    assert models.resolve(run, "03_sft").path == str(folder)
+    truncate(folder / "model.safetensors")
+    with pytest.raises(files.ArtifactError,
+                       match=r"'careful' is damaged \(model.safetensors.*--stages 03"):
+        models.resolve(run, "03_sft:careful")
+
+
+def test_a_models_identity_leaves_out_the_trainers_files(tiny_model, tmp_path):
+    """training_args.bin holds the paths a trainer ran in: the same weights trained
+    elsewhere are the same model."""
+    from synergy import models
+
+    a, b = copy_model(tiny_model, tmp_path / "a"), copy_model(tiny_model, tmp_path / "b")
+    (a / "training_args.bin").write_bytes(b"/runs/a")
+    (b / "training_args.bin").write_bytes(b"/elsewhere/b")
+    assert models.fingerprint(a) == models.fingerprint(b) == models.fingerprint(tiny_model)
+
+
+# --- local tables: bad rows by the rule of every loader -------------------------------------
+
+def test_a_local_table_skips_bad_rows_and_names_them(tmp_path):
+    from synergy import data
+
+    rows = ['{"qid": "a", "question": "2 +1", "answer": 3.10}',
+            '{"qid": "b", "question": "q", "answer": "007"}',
+            '{"qid": "c", "question": "q", "answer": 1e3}',
+            '{"qid": "d", "question": "q", "answer": null}',
+            '{"qid": "e", "question": "q", "answer": "  "}',
+            '{"qid": "a", "question": "again", "answer": "4"}',
+            '{"qid": null, "question": "q", "answer": "1"}',
+            '{"qid": "f", "question": "", "answer": "1"}']
+    path = tmp_path / "bench.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(files.ArtifactError, match=r"5 of 8 rows skipped.*max_skipped_share"):
+        data.load_common(path)
+    table, upstream, skipped = data.load_common(path, max_skipped_share=0.7)
+    assert table["qid"].tolist() == ["a", "b", "c"]
+    assert table["answer"].tolist() == ["3.10", "007", "1e3"]  # as written
+    assert dict(zip(skipped["qid"], skipped["reason"])) == {
+        "d": "no answer", "e": "no answer", "a": "duplicate id (its first row is kept)",
+        "row 6": "no id", "f": "no question text"}
+    assert upstream == f"file:{path.resolve()}"
+    only_bad = tmp_path / "bad.jsonl"
+    only_bad.write_text('{"qid": "x", "question": "q", "answer": null}\n')
+    with pytest.raises(files.ArtifactError, match=r"bad\.jsonl: no good bad\.jsonl rows"):
+        data.load_common(only_bad, max_skipped_share=1.0)
+
+
+def test_a_local_benchmark_reports_its_skipped_rows(tmp_path):
+    from synergy import data
+
+    path = tmp_path / "bench.jsonl"
+    path.write_text("".join(json.dumps({"qid": f"q{i}", "question": "q", "answer": str(i)})
+                            + "\n" for i in range(60))
+                    + '{"qid": "q1", "question": "dup", "answer": "1"}\n')
+    loaded = data.load_benchmark(str(path), run=None, max_skipped_share=0.02)
+    assert len(loaded.table) == 60 and loaded.skipped["qid"].tolist() == ["q1"]
