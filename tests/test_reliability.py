@@ -26,6 +26,7 @@ def tiny_model(tmp_path_factory) -> Path:
     from synergy import world
 
     cfg = world.WorldConfig(run_name="t", output_root=str(tmp_path_factory.mktemp("o")),
+                            kind="text",
                             seed=0, min_steps=1, max_steps=2, max_value=19,
                             n_eval_questions=4, eval_seed=1, vocab_size=300, hidden_size=8,
                             num_layers=1, num_heads=2, intermediate_size=8, max_positions=64,
