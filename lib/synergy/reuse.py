@@ -20,7 +20,6 @@ fingerprint, sampling spec, seed, prompt and images, sample index).
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import warnings
 from pathlib import Path
@@ -91,16 +90,6 @@ def own_params(cfg, ignore: Iterable[str] = ()) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_dict().items() if k not in skip}
 
 
-def versions(packages: Iterable[str]) -> dict[str, str | None]:
-    out = {}
-    for name in packages:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def key(params: Mapping[str, Any], *, reads: Mapping[str, Any] | None = None,
         models: Mapping[str, str | Path] | None = None, code: Iterable[str] = ()) -> str:
     """The reuse key of one artifact.
@@ -112,11 +101,12 @@ def key(params: Mapping[str, Any], *, reads: Mapping[str, Any] | None = None,
     code: the packages whose version changes the result (e.g. "trl", "mergekit").
     """
     from synergy.models import fingerprint
+    from synergy.runs import package_versions
 
     return content_hash({"params": dict(params),
                          "reads": {k: digest(v) for k, v in (reads or {}).items()},
                          "models": {k: fingerprint(p) for k, p in (models or {}).items()},
-                         "code": versions(code)}, 16)
+                         "code": package_versions(code)}, 16)
 
 
 # --- checking a finished artifact ---------------------------------------------------------

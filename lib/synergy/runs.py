@@ -17,7 +17,7 @@ import random
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -53,9 +53,10 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty}
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of `names` (None for a package that is not installed)."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
