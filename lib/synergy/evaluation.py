@@ -262,14 +262,18 @@ def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec,
 
 
 def per_level(results: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Long table: model, level, accuracy, mean length, format rate, questions (+ 'all')."""
+    """Long table: model, level, questions, accuracy with its 95% bootstrap interval over
+    questions (`accuracy_low`, `accuracy_high`), mean length, format rate (+ level 'all')."""
+    from synergy.stats import bootstrap_interval
+
     rows = []
     for model, df in results.items():
         groups = [(f"L{lv}", part) for lv, part in df.groupby("level")] + [("all", df)]
         for level, part in groups:
+            low, high = bootstrap_interval(part["accuracy"])
             rows.append({"model": model, "level": level, "questions": len(part),
-                         "accuracy": part["accuracy"].mean(),
-                         "mean_length": part["mean_length"].mean(),
+                         "accuracy": part["accuracy"].mean(), "accuracy_low": low,
+                         "accuracy_high": high, "mean_length": part["mean_length"].mean(),
                          "format_rate": part["format_rate"].mean()})
     return pd.DataFrame(rows)
 

@@ -254,3 +254,41 @@ def fingerprint(path: str | Path) -> str:
                 h.update(block)
     _FINGERPRINTS[memo] = h.hexdigest()[:12]
     return _FINGERPRINTS[memo]
+
+
+def load_weights(path: str | Path) -> dict:
+    """Every tensor of a saved model folder (its safetensors files, shards included)."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for f in sorted(Path(path).glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    if not tensors:
+        raise ArtifactError(f"{path}: no safetensors weights to compare")
+    return tensors
+
+
+def weight_distance(path: str | Path, base: str | Path) -> dict[str, float]:
+    """How far a trained model moved from `base`: per tensor ||theta - theta_base|| /
+    ||theta_base|| (median and max over tensors) and over all weights together. A 7B model
+    fine-tuned at lr 1e-5 moves by a small fraction; a model that retrains the base does
+    not, and merges between two such models no longer interpolate."""
+    import torch
+
+    mine, theirs = load_weights(path), load_weights(base)
+    shared = sorted(set(mine) & set(theirs))
+    if not shared:
+        raise ArtifactError(f"{path} and {base} share no tensor names")
+    rel, num, den = [], 0.0, 0.0
+    for name in shared:
+        a, b = mine[name].float(), theirs[name].float()
+        if a.shape != b.shape:
+            raise ArtifactError(f"{path}: tensor {name} is {tuple(a.shape)}, "
+                                f"{tuple(b.shape)} in {base}")
+        d, n = torch.linalg.vector_norm(a - b).item(), torch.linalg.vector_norm(b).item()
+        rel.append(d / max(n, 1e-12))
+        num, den = num + d * d, den + n * n
+    rel_t = torch.tensor(rel)
+    return {"relative_distance": (num / max(den, 1e-24)) ** 0.5,
+            "median_tensor_distance": rel_t.median().item(),
+            "max_tensor_distance": rel_t.max().item(), "tensors": len(shared)}
