@@ -34,7 +34,8 @@ def run(tmp_path) -> Run:
     return run
 
 
-def test_every_spec_form(run, tmp_path):
+def test_every_spec_form(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "hub_offline", lambda: False)  # hub ids resolve when online
     world = models.resolve(run, "world")
     assert world.path == str(run.root / "00_world/models/base") and world.artifact_id == "world-1:base"
     assert models.resolve(run, "00_world").path == world.path
@@ -121,3 +122,17 @@ def test_model_fingerprint_sees_a_change_in_the_middle_of_a_large_file(tmp_path)
 def test_model_fingerprint_of_a_hub_id():
     assert models.fingerprint("Qwen/Qwen2.5-7B") == models.fingerprint("Qwen/Qwen2.5-7B")
     assert models.fingerprint("Qwen/Qwen2.5-7B") != models.fingerprint("Qwen/Qwen2.5-3B")
+
+
+def test_weight_distance(smoke_world, tmp_path):
+    from conftest import perturbed_copy
+
+    _, base = smoke_world
+    same = models.weight_distance(base, base)
+    assert same["relative_distance"] == 0 and same["max_tensor_distance"] == 0
+    near = models.weight_distance(perturbed_copy(base, tmp_path / "near", 1, scale=0.01), base)
+    far = models.weight_distance(perturbed_copy(base, tmp_path / "far", 1, scale=0.1), base)
+    assert 0 < near["relative_distance"] < far["relative_distance"] < 0.2
+    assert far["relative_distance"] == pytest.approx(10 * near["relative_distance"], rel=0.05)
+    with pytest.raises(ArtifactError, match="no safetensors"):
+        models.weight_distance(tmp_path, base)

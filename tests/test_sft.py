@@ -3,6 +3,7 @@ overthinking counts, and the 03_sft notebook on the smoke profile."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -209,8 +210,9 @@ def test_lora_run_is_merged_into_a_plain_model(smoke_world, smoke_traces, tmp_pa
 
     cfg = smoke_cfg(tmp_path, lora_r=4, lora_alpha=8, max_steps=1, checkpoints=1, lr=1e-2,
                     n_traces=8, val_traces=2)
-    spec = sft.RunSpec("careful", 8, 0.0, "main")
-    record = sft.train_one(spec, smoke_traces, cfg, str(smoke_world[1]), tmp_path, "", False)
+    cfg = dataclasses.replace(cfg, teachers=["careful"], scale_sweep={})
+    unit, = sft.plan_models(cfg, smoke_traces, str(smoke_world[1]), "")
+    record = sft.train_one(unit, cfg, str(smoke_world[1]), tmp_path, "", False)
     folder = tmp_path / "models" / "careful"
     assert (folder / "model.safetensors").exists() and not (folder / "adapter_config.json").exists()
     assert (folder / "tokenizer.json").exists() and record["steps"] == 1
@@ -219,5 +221,5 @@ def test_lora_run_is_merged_into_a_plain_model(smoke_world, smoke_traces, tmp_pa
     diffs = [not torch.equal(a, b) for a, b in zip(merged.state_dict().values(),
                                                    base.state_dict().values())]
     assert any(diffs)
-    again = sft.train_one(spec, smoke_traces, cfg, str(smoke_world[1]), tmp_path, "", False)
+    again = sft.train_one(unit, cfg, str(smoke_world[1]), tmp_path, "", False)
     assert again["reused"]  # resumable: identical settings reuse the saved model

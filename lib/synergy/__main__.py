@@ -10,6 +10,10 @@
 in every process when started by `accelerate launch`; the stage's notebook (`run`) then
 reuses what was trained and evaluates it. `eval` evaluates any models on the run's
 stratified benchmark and adds them to its report.
+
+Exit codes: 0 done; 2 a bad parameter, profile or missing upstream, found before any stage
+ran; 1 a stage failed (one line `synergy: <stage>: <cause>`, then the executed notebook's
+path); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -159,9 +163,18 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"run_name": args.run_name} if args.run_name else None
         paths = pipeline.run_series(args.profile, args.stages, overrides,
                                     log_output=not args.quiet)
-    except (ConfigError, ArtifactError) as exc:
+    except pipeline.StageFailed as exc:  # one line, then where to look
         print(f"synergy: {exc}", file=sys.stderr)
+        if exc.notebook:
+            print(f"synergy: executed notebook: {exc.notebook}", file=sys.stderr)
+        return 1
+    except (ConfigError, ArtifactError) as exc:  # before any stage ran
+        print(f"synergy: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("synergy: interrupted; the same command resumes where it stopped",
+              file=sys.stderr)
+        return 130
     print(f"[synergy] done: {len(paths)} notebook(s); last report: "
           f"{paths[-1].with_suffix('.html')}")
     reports = [p for p in paths if p.stem == stages.REPORT.name]

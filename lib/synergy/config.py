@@ -3,12 +3,17 @@
 A profile has a `run` section shared by every stage (run name, output root, seed) and one
 section per stage. A stage config is a dataclass holding the shared keys plus its section's
 keys; the notebook's `parameters` cell holds exactly the same names. Unknown keys, missing
-keys, wrong types and impossible values fail at once, naming the key and where it came from.
+keys, wrong types, non-finite numbers and impossible values fail at once, naming the key and
+where it came from; so do a profile that is not UTF-8 or repeats a key, a run name that is
+not a plain folder name, and a parameter injected into a notebook (`papermill -p`) that its
+parameters cell does not declare.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,6 +22,10 @@ from typing import Any, Literal, Mapping
 import yaml
 
 RUN_SECTION = "run"
+# Folders of an output root that are not runs: a run may not be called so.
+RESERVED_RUN_NAMES = ("cache",)
+# The comment papermill writes at the top of the cell it injects (`papermill -p`, the runner).
+INJECTED_HEADER = "# Parameters"
 
 
 class ConfigError(ValueError):
@@ -69,6 +78,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):  # YAML .inf / .nan, papermill -p x inf
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -93,8 +104,8 @@ class StageConfig:
         for f in dataclasses.fields(self):
             where = self._key(f.name)
             setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], where))
-        self.require(self.run_name.strip() != "" and "/" not in self.run_name, "run_name",
-                     "must be a non-empty name without '/'")
+        problem = run_name_problem(self.run_name)
+        self.require(problem is None, "run_name", problem or "")
         # Relative to the project, not the kernel's folder (JupyterLab runs in notebooks/).
         self.output_root = str(project_root() / self.output_root)
         self.validate()
@@ -136,7 +147,16 @@ class StageConfig:
 
     @classmethod
     def from_params(cls, namespace: Mapping[str, Any], source: str = "notebook parameters"):
-        """Pick this config's keys from a notebook namespace (its parameters cell)."""
+        """Pick this config's keys from a notebook namespace (its parameters cell).
+
+        A parameter papermill injected that the config does not know (`papermill -p typo 3`,
+        which papermill only warns about) is an error naming it: otherwise the notebook would
+        run on its defaults and overwrite the stage's results."""
+        unknown = sorted(set(injected_parameters(namespace)) - set(cls.keys()))
+        if unknown:
+            raise ConfigError(f"{source}: parameter(s) {unknown} are not declared by the "
+                              f"notebook's parameters cell (stage '{cls.SECTION}'); "
+                              f"it declares {cls.keys()}")
         missing = [k for k in cls.keys() if k not in namespace]
         if missing:
             raise ConfigError(f"{source}: missing parameter(s) {missing}")
@@ -149,6 +169,38 @@ class StageConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def injected_parameters(namespace: Mapping[str, Any]) -> list[str]:
+    """Names assigned by the cell papermill injected into this kernel, read from IPython's
+    input history (`In`); [] outside papermill (JupyterLab, plain Python)."""
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return []
+    cells = [c for c in history if isinstance(c, str) and c.lstrip().startswith(INJECTED_HEADER)]
+    if not cells:
+        return []
+    try:
+        tree = ast.parse(cells[-1])
+    except SyntaxError:
+        return []
+    return [t.id for node in tree.body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)]
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a run folder (None: it can): it must be one plain folder name."""
+    if name.strip() == "":
+        return "must be a non-empty folder name"
+    if name != name.strip():
+        return "must not start or end with whitespace"
+    if name in (".", "..") or name.startswith("."):
+        return "must be a plain folder name, not starting with '.'"
+    if any(sep in name for sep in ("/", "\\", "\0")):
+        return "must be a plain folder name without a path separator"
+    if name in RESERVED_RUN_NAMES:
+        return f"is reserved for the output root's {name}/ folder"
+    return None
 
 
 def _build(cls, source: str, values: dict[str, Any]):
@@ -167,14 +219,43 @@ def project_root(start: Path | None = None) -> Path:
     return here
 
 
-def load_profile(path: str | Path) -> dict[str, Any]:
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key written twice in one mapping is an error
+    (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"line {line}: duplicate key '{key}' (first on line "
+                                  f"{seen[key]})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file as data: UTF-8 only, no key twice in a mapping; errors name the file."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError(f"{path}: profile not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: "
+                          f"{exc.object[exc.start:exc.start + 1]!r})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def load_profile(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    data = read_yaml(path)
     if not isinstance(data, dict) or RUN_SECTION not in data:
         raise ConfigError(f"{path}: a profile is a mapping with a '{RUN_SECTION}' section")
     return data

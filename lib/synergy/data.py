@@ -59,7 +59,7 @@ def load_benchmark(benchmark: str, run, max_skipped_share: float = 0.02) -> "Loa
             source, split = rest.rsplit(":", 1)
         return load_named_benchmark(name.lower(), world_source(source, run, name.lower()),
                                     split, max_skipped_share=max_skipped_share)
-    return Loaded(load_table(benchmark), f"file:{Path(benchmark).resolve()}", no_skips())
+    return load_common(benchmark, max_skipped_share)
 
 
 def world_source(source: str | Path, run, schema: str) -> str | Path:
@@ -84,12 +84,26 @@ def world_source(source: str | Path, run, schema: str) -> str | Path:
     return path
 
 
-def load_table(path: str | Path) -> pd.DataFrame:
-    """A local table already in the common schema (qid, question, answer, ...)."""
-    df = read_table(path)
-    _require(df, REQUIRED, str(path))
-    df["answer"] = df["answer"].astype(str)
-    return df
+def load_common(path: str | Path, max_skipped_share: float = 0.02) -> "Loaded":
+    """A local table already in the common schema (qid, question, answer, ...), by the
+    rule of every loader: answers as written, and a row without id, question or answer, or
+    with a repeated id, skipped and reported (too many, or none left, is an error)."""
+    raw = read_table(path).reset_index(drop=True)
+    _require(raw, REQUIRED, str(path))
+
+    def row(r: pd.Series, qid: str) -> dict:
+        return {**r.to_dict(), "qid": qid, "question": _question(r["question"]),
+                "answer": _answer(r["answer"])}
+
+    rows, skipped = _good_rows(raw, Path(path).name, _ids(raw["qid"]), row)
+    table = pd.DataFrame(rows, columns=list(raw.columns))
+    _check_skipped(Path(path).name, table, skipped, len(raw), path, max_skipped_share)
+    return Loaded(table, f"file:{Path(path).resolve()}", skipped)
+
+
+def load_table(path: str | Path, max_skipped_share: float = 0.02) -> pd.DataFrame:
+    """The good rows of `load_common` (bad rows skipped by the same rule)."""
+    return load_common(path, max_skipped_share).table
 
 
 # --- reading a source: local file, local folder, or hub id --------------------------------

@@ -96,6 +96,13 @@ class DistillConfig(StageConfig):
                          "must be set when teachers include 'api'")
         self.require(self.api_url == "" or self.api_url.startswith(("http://", "https://")),
                      "api_url", "must be an http(s) URL up to /v1")
+        pooled = sorted(set(self.teachers) & {"careful", "lowquality", *SAMPLING_TEACHERS})
+        self.require(not pooled or self.train_questions != "", "train_questions",
+                     f"must be 'world' or a file: teachers {pooled} write traces for it")
+        world_only = sorted(set(self.teachers) & {"careful", "lowquality"})
+        self.require(not world_only or self.train_questions == "world", "train_questions",
+                     f"must be 'world': teachers {world_only} write traces for the embedded "
+                     "world only")
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
 
     @property
@@ -302,7 +309,7 @@ def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
     """Build every teacher's traces; saves `traces/` (a `datasets` dataset) and the manifest."""
     from transformers import AutoTokenizer
 
-    from synergy import data, stages, stratify
+    from synergy import stages, stratify
     from synergy.evaluation import to_dataset
     from synergy.files import save_dataset, write_text
     from synergy.generation import make_engine
@@ -316,9 +323,9 @@ def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
         tokenizer = AutoTokenizer.from_pretrained(base.path)
         timings = {}
         needs_pool = bool(set(cfg.teachers) & {"careful", "lowquality", *SAMPLING_TEACHERS})
-        if needs_pool and cfg.train_questions == "":
-            raise ValueError("distill.train_questions: teachers careful / lowquality / sampled "
-                             "/ api need questions ('world' or a file); it is empty")
+        sampler = (ctx.model(cfg.teacher_model, "teacher_model",
+                             lengths={"teacher_max_new_tokens": cfg.teacher_max_new_tokens})
+                   if "sampled" in cfg.teachers else None)
         pool, ctx.upstream["questions"] = question_pool(cfg, ctx.run) if needs_pool else (
             pd.DataFrame(columns=["qid", "question", "answer"]), "none")
         if cfg.level_pool and needs_pool:
@@ -327,22 +334,16 @@ def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
             timings["level_pool"] = time.perf_counter() - t
         else:
             pool = pool.assign(base_pass_rate=np.nan, level=0)
-        is_world = cfg.train_questions == data.WORLD
         frames = []
         for teacher in cfg.teachers:
             t = time.perf_counter()
             if teacher in ("careful", "lowquality"):
-                if not is_world:
-                    raise ValueError(f"distill.teachers: '{teacher}' writes traces for the "
-                                     f"embedded world only; train_questions is "
-                                     f"'{cfg.train_questions}'")
                 responses = programmatic_traces(pool, teacher, cfg.seed,
                                                 cfg.lowquality_error_rate)
                 frames.append(trace_rows(pool, responses, teacher, "programmatic", tokenizer))
             elif teacher == "sampled":
-                model = ctx.model(cfg.teacher_model, "teacher_model")
-                engine = make_engine(model.path, cfg.backend, cfg.batch_rows)
-                kept = sampled_traces(engine, pool, cfg, ctx.run.samples_cache, model.path,
+                engine = make_engine(sampler.path, cfg.backend, cfg.batch_rows)
+                kept = sampled_traces(engine, pool, cfg, ctx.run.samples_cache, sampler.path,
                                       suffix, progress)
                 frames.append(trace_rows(pool, [k["text"] if k else None for k in kept],
                                          teacher, f"shortest correct of {cfg.teacher_samples}",

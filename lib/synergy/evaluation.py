@@ -18,22 +18,38 @@ import numpy as np
 import pandas as pd
 
 from synergy.config import StageConfig
-from synergy.files import atomic_path, content_hash
+from synergy.files import atomic_path, clean_interrupted, content_hash, set_aside
 from synergy.generation import SamplingSpec, chat_prompt
 
 StopRule = Callable[[int, int], bool]  # (n_correct, n_drawn) -> no more samples needed
 
 
 class SampleCache:
-    """Append-only shards of finished samples, each written atomically."""
+    """Append-only shards of finished samples, each written atomically.
+
+    A shard that does not read back whole (a torn or damaged file, a row missing a field) is
+    set aside (`files.set_aside`, a warning names it) and its samples are drawn again: every
+    sample is keyed, so they come out the same."""
+
+    FIELDS = ("key", "index", "text", "n_tokens", "truncated")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        clean_interrupted(self.root, recursive=False)
         self.samples: dict[tuple[str, int], dict] = {}
         for shard in sorted(self.root.glob("part-*.jsonl")):
-            for line in shard.read_text().splitlines():
-                row = json.loads(line)
+            try:
+                rows = [json.loads(line) for line in shard.read_text().splitlines()]
+                bad = next((r for r in rows if not isinstance(r, dict)
+                            or any(f not in r for f in self.FIELDS)), None)
+                if bad is not None or not rows:
+                    raise ValueError(f"a row without {list(self.FIELDS)}: {str(bad)[:80]}"
+                                     if rows else "empty")
+            except (ValueError, UnicodeDecodeError) as exc:
+                set_aside(shard, f"damaged sample shard ({exc})")
+                continue
+            for row in rows:
                 self.samples[(row["key"], row["index"])] = row
 
     def has(self, key: str, index: int) -> bool:
@@ -49,8 +65,21 @@ class SampleCache:
             self.samples[(r["key"], r["index"])] = r
 
 
-def prompt_key(prompt: str) -> str:
-    return content_hash(prompt, 16)
+def prompt_key(prompt: str, images: list | None = None) -> str:
+    """The cache and sampling key of a prompt: its text and, when it has any, its images
+    by content (two questions with the same words and different figures are different)."""
+    if not images:
+        return content_hash(prompt, 16)
+    return content_hash([prompt, [_image_digest(i) for i in images]], 16)
+
+
+def _image_digest(image) -> str:
+    """An image (a PIL image or a file path) by content."""
+    from synergy.reuse import digest, tree_digest
+
+    if isinstance(image, (str, Path)):
+        return tree_digest(Path(image)) if Path(image).is_file() else str(image)
+    return digest([image])
 
 
 def cache_for(root: str | Path, model_path: str, spec: SamplingSpec, seed: int) -> SampleCache:
@@ -96,7 +125,8 @@ def sample_questions(engine, prompts: list[str], answers: list[str], spec: Sampl
 
     from synergy.verify import is_correct
 
-    keys = [prompt_key(p) for p in prompts]
+    keys = [prompt_key(p, images[i] if images is not None else None)
+            for i, p in enumerate(prompts)]
     bar = tqdm(total=len(prompts) * n_samples, desc="sampling", unit="sample",
                disable=not progress, mininterval=1.0)
     drawn: list[list[dict]] = [[] for _ in prompts]
@@ -232,14 +262,18 @@ def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec,
 
 
 def per_level(results: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Long table: model, level, accuracy, mean length, format rate, questions (+ 'all')."""
+    """Long table: model, level, questions, accuracy with its 95% bootstrap interval over
+    questions (`accuracy_low`, `accuracy_high`), mean length, format rate (+ level 'all')."""
+    from synergy.stats import bootstrap_interval
+
     rows = []
     for model, df in results.items():
         groups = [(f"L{lv}", part) for lv, part in df.groupby("level")] + [("all", df)]
         for level, part in groups:
+            low, high = bootstrap_interval(part["accuracy"])
             rows.append({"model": model, "level": level, "questions": len(part),
-                         "accuracy": part["accuracy"].mean(),
-                         "mean_length": part["mean_length"].mean(),
+                         "accuracy": part["accuracy"].mean(), "accuracy_low": low,
+                         "accuracy_high": high, "mean_length": part["mean_length"].mean(),
                          "format_rate": part["format_rate"].mean()})
     return pd.DataFrame(rows)
 

@@ -328,9 +328,10 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
     from synergy.runs import set_seed
 
     out_dir = Path(out_dir)
-    done = training.finished(out_dir, key)
-    if done and (out_dir / "model" / "config.json").exists():
-        return {**done, "reused": True}
+    model_path = str((out_dir / "model").resolve())  # where it is now, not where it was made
+    done = training.finished(out_dir, key, out_dir / "model")
+    if done:
+        return {**done, "model_path": model_path, "reused": True}
     resume = training.prepare(out_dir, key)
     args.output_dir, args.disable_tqdm = str(out_dir / "checkpoints"), not progress
     set_seed(args.seed)
@@ -359,9 +360,8 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
     training.save_model(trainer, processing, out_dir / "model")
     curves = pd.DataFrame(training.read_jsonl(out_dir / "curves.jsonl"))
     record = {"key": key, "beta": args.beta, "label": label,
-              "model_path": str((out_dir / "model").resolve()),
               "steps": int(trainer.state.global_step),
-              "resumed_from": str(resume) if resume else None,
+              "resumed_from": resume.name if resume else None,
               "train_seconds_this_session": seconds,
               "train_runtime": float(result.metrics.get("train_runtime", seconds)),
               "seconds_per_step": float(curves["step_time"].mean())
@@ -370,7 +370,8 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
               "generation_batch_size": args.generation_batch_size,
               "replica_weights": replicas.digests}
     release(trainer)
-    return {**training.mark_done(out_dir, record), "reused": False}
+    return {**training.mark_done(out_dir, record, out_dir / "model"), "model_path": model_path,
+            "reused": False}
 
 
 def release(trainer) -> None:
@@ -426,6 +427,28 @@ def static_filter(cfg: GRPOStageConfig, questions: pd.DataFrame, model_path: str
                             easiest=base_all_correct(correct))
 
 
+def training_set(cfg: GRPOStageConfig, run, init_path: str | Path,
+                 progress: bool = True) -> tuple[pd.DataFrame, Any, str]:
+    """(training questions with `kept`, the TRL dataset of the kept ones, upstream id): the
+    questions, the static filter when enabled, and the prompts the trainer sees."""
+    from synergy import models
+    from synergy.config import ConfigError
+
+    train_set, upstream = training_questions(cfg, run)
+    if cfg.exclude_easiest == "static":
+        train_set = static_filter(cfg, train_set, str(init_path), run.samples_cache, progress)
+        train_set["kept"] = ~train_set["easiest"]
+    else:
+        train_set["kept"] = True
+    kept = train_set[train_set["kept"]].reset_index(drop=True)
+    if kept.empty:
+        raise ConfigError(f"grpo.exclude_easiest: the static filter dropped all "
+                          f"{len(train_set)} training questions (the starting model solves "
+                          "each in every rollout); use more or harder questions")
+    return train_set, training_dataset(kept, models.load_processing(init_path),
+                                       cfg.prompt_suffix), upstream
+
+
 def training_dataset(questions: pd.DataFrame, tokenizer, prompt_suffix: str):
     """The TRL dataset: a plain-text `prompt` (the chat prompt, as evaluation builds it),
     the `answer` the accuracy reward checks against, and the verifier's per-question columns
@@ -476,34 +499,41 @@ def run_label(beta: float, exclude_easiest: str) -> str:
     return label if exclude_easiest == "none" else f"{label}-{exclude_easiest}"
 
 
-def run_key(cfg: GRPOStageConfig, beta: float, init_fingerprint: str, qids: list[str]) -> str:
-    """Content key of one policy: everything that shapes its training."""
-    from synergy.files import content_hash
+# Params that do not decide a policy, with why: they reach its key another way, or choose
+# only what is evaluated or shown, or how fast. Every other param is in the key.
+NOT_IN_KEY = (
+    "init_model",                                         # the starting copy's fingerprint
+    "train_source", "n_train_questions", "prompt_suffix",  # the training set, by content
+    "betas",                                              # each policy keyed by its own beta
+    "save_steps", "logging_steps", "cpu_threads", "report_to",
+    "backend", "batch_rows",                              # sampling speed (static filter)
+    "num_processes", "vllm_server_url", "vllm_gpu_memory_utilization",  # where rollouts run
+    "eval_samples", "eval_temperature", "eval_top_p", "eval_top_k", "eval_max_new_tokens",
+    "n_examples")
+TRAIN_CODE = ("torch", "transformers", "trl")
 
-    neutral = {"trainer_backend": "hf", "vllm_mode": "none", "lora_r": 0}
-    shaping = {k: v for k, v in cfg.to_dict().items()
-               if k not in ("run_name", "output_root", "betas", "n_examples", "backend",
-                            "batch_rows", "logging_steps", "save_steps", "cpu_threads",
-                            "report_to", "num_processes", "vllm_server_url",
-                            "vllm_gpu_memory_utilization")
-               and not k.startswith("eval_")
-               # keys at their neutral values: the keys runs trained before them had
-               and not (k in neutral and neutral[k] == v)
-               and not (k == "lora_alpha" and cfg.lora_r == 0)}
-    return content_hash({**shaping, "beta": beta, "init": init_fingerprint,
-                         "questions": content_hash(qids)})
+
+def run_key(cfg: GRPOStageConfig, beta: float, init_path: str | Path, dataset) -> str:
+    """Reuse key of one policy: the params that decide it, its beta, the training set as
+    the trainer sees it (prompts, answers, ids: after the static filter), the starting
+    model's fingerprint and the training code's versions."""
+    from synergy import reuse
+
+    return reuse.key({**reuse.own_params(cfg, NOT_IN_KEY), "beta": beta},
+                     reads={"dataset": dataset}, models={"init": init_path}, code=TRAIN_CODE)
 
 
 def starting_copy(source: str, out: Path) -> Path:
     """The policy starts from a saved copy in this stage (TRL reloads the reference model
-    from it when beta != 0); remade only when the source model's content changed."""
-    from synergy.files import atomic_path, read_json, write_json
+    from it when beta != 0); remade when the source model's content changed or the copy is
+    not whole."""
+    from synergy import reuse
+    from synergy.files import atomic_path
     from synergy.models import fingerprint
 
-    init_path, recorded = out / "init_model", out / "init_model.json"
+    init_path, record = out / "init_model", out / "init_model.json"
     source_fp = fingerprint(source)
-    if (init_path / "config.json").exists() and recorded.exists() \
-            and read_json(recorded).get("source") == source_fp:
+    if reuse.reusable(record, source_fp, init_path):
         return init_path
     with atomic_path(init_path) as tmp:
         if Path(source).is_dir():
@@ -512,7 +542,7 @@ def starting_copy(source: str, out: Path) -> Path:
             from huggingface_hub import snapshot_download
 
             snapshot_download(source, local_dir=str(tmp))
-    write_json(recorded, {"source": source_fp, "spec": source})
+    reuse.seal(record, source_fp, init_path, spec=source)
     return init_path
 
 
@@ -556,34 +586,25 @@ class TrainingPlan:
 def training_plan(cfg: GRPOStageConfig, run, progress: bool = True) -> TrainingPlan:
     """The starting copy (made by the main process), the training questions and the static
     filter (under a launch each process samples its share of it)."""
-    from synergy import models, stages, training
+    from synergy import stages, training
 
     source = run.model(cfg.init_model)
     init_path = Path(training.on_main(starting_copy, source.path, run.dir(stages.GRPO)))
-    train_set, questions_id = training_questions(cfg, run)
-    if cfg.exclude_easiest == "static":
-        train_set = static_filter(cfg, train_set, str(init_path), run.samples_cache, progress)
-        train_set["kept"] = ~train_set["easiest"]
-    else:
-        train_set["kept"] = True
-    kept = train_set[train_set["kept"]].reset_index(drop=True)
-    return TrainingPlan(init_path, train_set, questions_id, training_dataset(
-        kept, models.load_processing(init_path), cfg.prompt_suffix))
+    train_set, dataset, questions_id = training_set(cfg, run, init_path, progress)
+    return TrainingPlan(init_path, train_set, questions_id, dataset)
 
 
 def train_policies(cfg: GRPOStageConfig, plan: TrainingPlan, run,
                    progress: bool = True) -> list[dict[str, Any]]:
     """One policy per beta (`train`: resumed or reused by content key)."""
-    from synergy import models, stages
+    from synergy import stages
 
-    init_fp = models.fingerprint(plan.init_path)
-    qids = list(plan.train_set.loc[plan.train_set["kept"], "qid"])
     records = []
     for beta in cfg.betas:
         label = run_label(beta, cfg.exclude_easiest)
         records.append(train(str(plan.init_path), plan.dataset, training_args(cfg, beta),
                              run.dir(stages.GRPO) / "runs" / label,
-                             key=run_key(cfg, beta, init_fp, qids), label=label,
+                             key=run_key(cfg, beta, plan.init_path, plan.dataset), label=label,
                              progress=progress, backend=cfg.trainer_backend,
                              peft=peft_config(cfg),
                              exclude_easiest_dynamic=cfg.exclude_easiest == "dynamic"))
@@ -624,7 +645,9 @@ def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
         scfg = stratify.config_of(ctx.run)
         ctx.needs(stages.STRATIFY)
         base = ctx.model(scfg.model, "base")
-        source = ctx.model(cfg.init_model, "init_model")
+        source = ctx.model(cfg.init_model, "init_model",
+                           lengths={"max_completion_length": cfg.max_completion_length,
+                                    "eval_max_new_tokens": cfg.eval_max_new_tokens})
         plan = training_plan(cfg, ctx.run, progress)
         train_set, init_path = plan.train_set, plan.init_path
         ctx.upstream["train_questions"] = plan.questions_id

@@ -14,7 +14,6 @@ the base model) with weights r and 1 - r.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import shutil
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from synergy.evaluation import EvaluatingConfig
-from synergy.files import content_hash
 from synergy.runs import StageResult
 
 Method = Literal["linear", "slerp", "ties", "dare_ties"]
@@ -81,8 +79,14 @@ def mergekit_config(method: str, ratio: float, sft: str, rl: str, base: str, *,
     raise ValueError(f"unknown merge method {method!r}")
 
 
+# Packages whose version changes a merge.
+MERGE_CODE = ("mergekit", "torch")
+
+
 def merge_key(config: dict, seed: int) -> str:
-    """Content id of a merge: its config with each model path replaced by its fingerprint."""
+    """Reuse key of a merge: its mergekit config with each model path replaced by the
+    model's fingerprint, the seed (DARE samples), and the merging code's versions."""
+    from synergy import reuse
     from synergy.models import fingerprint
 
     def swap(obj):
@@ -93,8 +97,7 @@ def merge_key(config: dict, seed: int) -> str:
             return [swap(v) for v in obj]
         return obj
 
-    return content_hash({"config": swap(config), "seed": seed,
-                         "mergekit": importlib.metadata.version("mergekit")})
+    return reuse.key({"config": swap(config), "seed": seed}, code=MERGE_CODE)
 
 
 def merge_options(shard_params: int, seed: int):
@@ -124,18 +127,20 @@ def run_mergekit(config: dict, out_path: str | Path, shard_params: int, seed: in
 
 def ensure_merge(config: dict, folder: str | Path, *, shard_params: int,
                  seed: int) -> tuple[Path, bool, float]:
-    """Merge into `folder/model` unless the same merge is there. Returns (model, reused, s)."""
-    from synergy.files import atomic_path, read_json, write_json
+    """Merge into `folder/model` unless the same merge is there, whole (`reuse.reusable`: a
+    damaged one is set aside and merged again). Returns (model, reused, seconds)."""
+    from synergy import reuse
+    from synergy.files import atomic_path
 
     folder, key = Path(folder), merge_key(config, seed)
-    meta = folder / "merge.json"
-    if meta.exists() and (folder / "model").is_dir() and read_json(meta).get("key") == key:
-        return folder / "model", True, float(read_json(meta).get("seconds", 0.0))
+    done = reuse.reusable(folder / "merge.json", key, folder / "model")
+    if done:
+        return folder / "model", True, float(done.get("seconds", 0.0))
     t0 = time.perf_counter()
     with atomic_path(folder) as tmp:
         run_mergekit(config, tmp / "model", shard_params, seed)
         seconds = time.perf_counter() - t0
-        write_json(tmp / "merge.json", {"key": key, "config": config, "seconds": seconds})
+        reuse.seal(tmp / "merge.json", key, tmp / "model", config=config, seconds=seconds)
     return folder / "model", False, seconds
 
 
@@ -228,7 +233,8 @@ def run(cfg: MergingConfig, progress: bool = True) -> MergingResult:
     from synergy.runs import stage_run
 
     with stage_run(cfg, stages.MERGING) as ctx:
-        paths = {role: ctx.model(spec, role).path
+        lengths = {"eval_max_new_tokens": cfg.eval_max_new_tokens}
+        paths = {role: ctx.model(spec, role, lengths).path
                  for role, spec in (("sft", cfg.sft_model), ("rl", cfg.rl_model),
                                     ("base", cfg.base_model))}
         rows = []

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from synergy import stages
+from synergy.config import project_root
 from synergy.files import ArtifactError
 
 if TYPE_CHECKING:  # a Run resolves its models here: runs imports this module
@@ -52,12 +53,22 @@ def stage_models(run: Run, stage) -> dict[str, str]:
     out = {}
     for name, rel in (manifest.get("model_paths") or {}).items():
         path = run.resolve(rel)
-        if not path.is_dir():
-            raise ArtifactError(f"{stage.name}: model '{name}' is missing at {path}; rerun the "
-                                f"stage: python -m synergy run --run-name {run.name} "
-                                f"--stages {stage.number}")
+        problem = "missing" if not path.is_dir() else check_model(path)
+        if problem:
+            raise ArtifactError(f"{stage.name}: model '{name}' is {problem} at {path}; rerun the "
+                                f"stage (it remakes what is damaged): python -m synergy run "
+                                f"--run-name {run.name} --stages {stage.number}")
         out[name] = str(path)
     return out
+
+
+def check_model(path: Path) -> str | None:
+    """None for a model folder whose files are whole (config.json present, every JSON file
+    parses, every safetensors file complete: `files.check_files`), else what is wrong."""
+    from synergy.files import check_files
+
+    problem = "no config.json" if not (path / "config.json").is_file() else check_files(path)
+    return f"damaged ({problem})" if problem else None
 
 
 def main_model(run: Run, stage) -> str:
@@ -67,6 +78,26 @@ def main_model(run: Run, stage) -> str:
     if not manifest.get("model_paths"):
         raise ArtifactError(f"stage {stage.name} of run '{run.name}' recorded no models")
     return manifest["main_model"]
+
+
+def looks_like_path(spec: str) -> bool:
+    """A spec written as a local path (never sent to the hub): absolute, starting with '.'
+    or '~', ending with a separator, more than one '/' or any '\\', or with a first part
+    that is a local folder (`outputs/...`)."""
+    first = spec.split("/", 1)[0]
+    return (spec.startswith(("/", ".", "~")) or spec.endswith("/") or spec.count("/") > 1
+            or "\\" in spec or (first != spec and (Path(first).is_dir()
+                                                   or (project_root() / first).is_dir())))
+
+
+def local_path(spec: str) -> Path:
+    """A local model path as written: relative paths from the project root (where
+    `output_root` starts too), else from the working directory."""
+    path = Path(spec).expanduser()
+    if path.is_absolute():
+        return path
+    from_root = project_root() / path
+    return from_root if from_root.exists() or not path.exists() else path
 
 
 def resolve(run: Run, spec: str) -> ModelRef:
@@ -85,16 +116,47 @@ def resolve(run: Run, spec: str) -> ModelRef:
             raise ArtifactError(f"model '{spec}': stage {stage.name} has no model '{name}'; "
                                 f"it has {sorted(models)}")
         return ModelRef(spec, models[name], f"{run.manifest(stage)['artifact_id']}:{name}")
-    path = Path(spec).expanduser()
+    path = local_path(spec)
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ArtifactError(f"model '{spec}': {path} is a folder without config.json "
                                 "(not a saved model)")
         return ModelRef(spec, str(path.resolve()), f"path:{path.resolve()}")
-    if _HUB_ID.match(spec) and not spec.startswith("."):
-        return ModelRef(spec, spec, f"hub:{spec}")
-    raise ArtifactError(f"model '{spec}': no such folder {path.resolve()} (and not 'world', a "
-                        f"stage of this run such as '{stages.SFT.name}[:name]', or a hub id owner/name)")
+    if path.exists():
+        raise ArtifactError(f"model '{spec}': {path} is a file, not a model folder")
+    if _HUB_ID.match(spec) and not looks_like_path(spec):
+        if not hub_offline() or in_hub_cache(spec):
+            return ModelRef(spec, spec, f"hub:{spec}")
+        raise ArtifactError(f"model '{spec}': no such folder {path.resolve()}, and the hub is "
+                            "offline (HF_HUB_OFFLINE) with no model of that id in its local "
+                            "cache")
+    raise ArtifactError(f"model '{spec}': no such folder {path.resolve()} (a missing local "
+                        f"path; not 'world', a stage of this run such as "
+                        f"'{stages.SFT.name}[:name]', or a hub id owner/name)")
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def in_hub_cache(hub_id: str) -> bool:
+    """A hub model whose config is in the local Hugging Face cache (usable offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+
+
+def max_positions(path: str | Path) -> int | None:
+    """The longest sequence a model's config allows (`max_position_embeddings`, of the text
+    model for a vision-language model); None when the config does not say."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "max_position_embeddings", None) or getattr(
+        config, "max_position_embeddings", None)
 
 
 def label(spec: str) -> str:
@@ -162,17 +224,71 @@ def tokenizer_of(processing):
     return getattr(processing, "tokenizer", processing)
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+# What a trainer saves beside a model that is not the model (its arguments hold the paths
+# it ran in, its state the times): never part of a model's identity.
+TRAINER_FILES = ("training_args.bin", "trainer_state.json")
+
+
 def fingerprint(path: str | Path) -> str:
     """Content id of a model folder: its config, tokenizer and weight files, read whole
-    (merged or partly trained models can differ only in the middle of a weight file)."""
+    (merged or partly trained models can differ only in the middle of a weight file), not
+    the trainer's files saved beside them (`TRAINER_FILES`).
+    Remembered for the process while no file of the folder changes (size, mtime, inode)."""
     path = Path(path)
     if not path.is_dir():
         return hashlib.sha256(str(path).encode()).hexdigest()[:12]  # a hub id
+    files = [f for f in sorted(path.iterdir()) if f.suffix in (".json", ".safetensors", ".bin",
+                                                               ".model")
+             and f.name not in TRAINER_FILES and f.is_file()]
+    stats = tuple((f.name, st.st_size, st.st_mtime_ns, st.st_ino)
+                  for f in files for st in [f.stat()])
+    memo = (str(path.resolve()), stats)
+    if memo in _FINGERPRINTS:
+        return _FINGERPRINTS[memo]
     h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.suffix in (".json", ".safetensors", ".bin", ".model") and f.is_file():
-            h.update(f.name.encode() + str(f.stat().st_size).encode())
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 24), b""):
-                    h.update(block)
-    return h.hexdigest()[:12]
+    for f in files:
+        h.update(f.name.encode() + str(f.stat().st_size).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+    _FINGERPRINTS[memo] = h.hexdigest()[:12]
+    return _FINGERPRINTS[memo]
+
+
+def load_weights(path: str | Path) -> dict:
+    """Every tensor of a saved model folder (its safetensors files, shards included)."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for f in sorted(Path(path).glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    if not tensors:
+        raise ArtifactError(f"{path}: no safetensors weights to compare")
+    return tensors
+
+
+def weight_distance(path: str | Path, base: str | Path) -> dict[str, float]:
+    """How far a trained model moved from `base`: per tensor ||theta - theta_base|| /
+    ||theta_base|| (median and max over tensors) and over all weights together. A 7B model
+    fine-tuned at lr 1e-5 moves by a small fraction; a model that retrains the base does
+    not, and merges between two such models no longer interpolate."""
+    import torch
+
+    mine, theirs = load_weights(path), load_weights(base)
+    shared = sorted(set(mine) & set(theirs))
+    if not shared:
+        raise ArtifactError(f"{path} and {base} share no tensor names")
+    rel, num, den = [], 0.0, 0.0
+    for name in shared:
+        a, b = mine[name].float(), theirs[name].float()
+        if a.shape != b.shape:
+            raise ArtifactError(f"{path}: tensor {name} is {tuple(a.shape)}, "
+                                f"{tuple(b.shape)} in {base}")
+        d, n = torch.linalg.vector_norm(a - b).item(), torch.linalg.vector_norm(b).item()
+        rel.append(d / max(n, 1e-12))
+        num, den = num + d * d, den + n * n
+    rel_t = torch.tensor(rel)
+    return {"relative_distance": (num / max(den, 1e-24)) ** 0.5,
+            "median_tensor_distance": rel_t.median().item(),
+            "max_tensor_distance": rel_t.max().item(), "tensors": len(shared)}

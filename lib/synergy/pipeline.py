@@ -1,11 +1,14 @@
 """Run the notebook series with papermill and render each executed notebook to HTML.
 
 Every stage's parameters are validated against its config *and* the notebook's parameters
-cell before anything runs (papermill would only warn about an unknown parameter).
+cell before anything runs (papermill would only warn about an unknown parameter). An error
+inside a notebook becomes a `StageFailed`: one line naming the stage and the cause, and the
+executed notebook kept as `<stage>.failed.ipynb` beside the stage's outputs.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,25 @@ from synergy.stages import Stage
 
 STAGES = stages.STAGES
 find_stage = stages.find
+
+
+class StageFailed(RuntimeError):
+    """A stage's notebook raised: the stage, the cause in one line, the executed notebook."""
+
+    def __init__(self, stage: Stage, cause: str, notebook: Path | None):
+        self.stage, self.cause, self.notebook = stage, cause, notebook
+        super().__init__(f"{stage.name}: {cause}")
+
+
+# Our own errors already name the key or file; the class name would only add noise.
+_PLAIN_ERRORS = ("ConfigError", "ArtifactError")
+
+
+def one_line(ename: str, evalue: str, limit: int = 600) -> str:
+    """An exception as one line: its message (with its class unless it is ours)."""
+    text = " ".join(str(evalue).split())
+    text = text if ename in _PLAIN_ERRORS else (f"{ename}: {text}" if text else ename)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
@@ -61,10 +83,21 @@ def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / f"{stage.name}.ipynb"
     t0 = time.perf_counter()
+    failed = out_dir / f"{stage.name}.failed.ipynb"
     with atomic_path(executed) as tmp:
-        papermill.execute_notebook(str(stage.notebook), str(tmp), parameters=cfg.to_dict(),
-                                   cwd=str(stage.notebook.parent), kernel_name="python3",
-                                   log_output=log_output, progress_bar=False)
+        try:
+            papermill.execute_notebook(str(stage.notebook), str(tmp), parameters=cfg.to_dict(),
+                                       cwd=str(stage.notebook.parent), kernel_name="python3",
+                                       log_output=log_output, progress_bar=False)
+        except Exception as exc:  # PapermillExecutionError, DeadKernelError, ...
+            kept = None
+            if tmp.exists():  # papermill saved the notebook with the error before raising
+                os.replace(tmp, failed)
+                kept = failed
+            cause = one_line(getattr(exc, "ename", type(exc).__name__),
+                             getattr(exc, "evalue", str(exc)))
+            raise StageFailed(stage, cause, kept) from None
+    failed.unlink(missing_ok=True)
     render_html(executed, out_dir / f"{stage.name}.html",
                 exclude_input=exclude_input or stage.hide_code)
     print(f"[synergy] {stage.name}: {time.perf_counter() - t0:.1f}s -> "

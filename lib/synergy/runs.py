@@ -17,12 +17,12 @@ import random
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from synergy.config import StageConfig
-from synergy.files import ArtifactError, content_hash, read_json, write_json
+from synergy.config import ConfigError, StageConfig, run_name_problem
+from synergy.files import ArtifactError, clean_interrupted, content_hash, read_json, write_json
 
 MANIFEST = "manifest.json"
 EXTERNAL = "external"  # the folder of `Run.external`, and its models' stage in reports
@@ -53,9 +53,10 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty}
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of `names` (None for a package that is not installed)."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -111,6 +112,9 @@ class Run:
     """
 
     def __init__(self, output_root: str | Path, name: str):
+        problem = run_name_problem(name)
+        if problem:
+            raise ConfigError(f"run name {name!r}: {problem}")
         self.output_root, self.name = Path(output_root), name
         self.root = self.output_root / name
 
@@ -195,10 +199,24 @@ class StageRun:
         self.extra: dict[str, Any] = {}
         self.manifest: dict[str, Any] | None = None
 
-    def model(self, spec: str, key: str | None = None):
-        """Resolve a model parameter and record it as an upstream artifact."""
+    def model(self, spec: str, key: str | None = None, lengths: dict[str, int] | None = None):
+        """Resolve a model parameter and record it as an upstream artifact.
+
+        `lengths` ({param: tokens}) are lengths this stage will ask of the model (new tokens,
+        training sequences): more than its positions is a ConfigError naming the param,
+        raised here, before any work."""
         ref = self.run.model(spec)
         self.upstream[key or spec] = ref.artifact_id
+        if lengths and ref.is_local:
+            from synergy.models import max_positions
+
+            limit = max_positions(ref.path)
+            for param, tokens in lengths.items():
+                if limit is not None and tokens > limit:
+                    raise ConfigError(
+                        f"{self.cfg._key(param)}: {tokens} tokens is more than the "
+                        f"{limit} positions of model '{spec}' (max_position_embeddings of "
+                        f"{ref.path})")
         return ref
 
     def needs(self, stage) -> dict[str, Any]:
@@ -231,14 +249,16 @@ class StageRun:
 
 @contextlib.contextmanager
 def stage_run(cfg: StageConfig, stage, artifact_id: str | None = None) -> Iterator[StageRun]:
-    """Start a stage: seed, its folder, no stale manifest; on success write the manifest
-    (params, upstream ids, models, timings) and leave it in `ctx.manifest`.
+    """Start a stage: seed, its folder, no stale manifest, no temporary folder of a killed
+    write left in the run; on success write the manifest (params, upstream ids, models,
+    timings) and leave it in `ctx.manifest`.
 
     A stage that fails leaves no manifest, so later stages see it as not run."""
     ctx = StageRun(cfg, stage)
     set_seed(cfg.seed)
     ctx.dir.mkdir(parents=True, exist_ok=True)
     (ctx.dir / MANIFEST).unlink(missing_ok=True)
+    clean_interrupted(ctx.run.root)  # temporary folders of writes a kill interrupted
     yield ctx
     ctx.finish(artifact_id)
 

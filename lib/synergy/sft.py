@@ -27,7 +27,7 @@ import pandas as pd
 from synergy.evaluation import EvaluatingConfig
 from synergy.files import atomic_path
 from synergy.runs import StageResult
-from synergy.training import ReportTo, TrainerBackend
+from synergy.training import LrScheduler, ReportTo, TrainerBackend
 from synergy.vlm import VISION_PARTS, vision_weights_equal
 
 VISION_PREFIXES = VISION_PARTS  # Qwen2-VL / Qwen2.5-VL: vision tower and merger (connector)
@@ -45,7 +45,7 @@ class SftConfig(EvaluatingConfig):
     hard_levels: list[int]
     val_traces: int
     lr: float
-    lr_scheduler: str
+    lr_scheduler: LrScheduler
     warmup_ratio: float
     weight_decay: float
     batch_size: int
@@ -82,10 +82,14 @@ class SftConfig(EvaluatingConfig):
         self.require(self.lr > 0, "lr", "must be > 0")
         self.require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
         self.require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        for key in ("easy_levels", "hard_levels"):
+            self.require(all(lv >= 0 for lv in getattr(self, key)), key,
+                         "must hold levels >= 0 (L1 is the easiest; 0: rows without a level)")
         self.require(self.num_processes >= 1, "num_processes", "must be >= 1")
         self.require(self.batch_size >= 1
                      and self.batch_size % (self.grad_accum * self.num_processes) == 0,
-                     "batch_size", "must be >= 1 and divisible by grad_accum x num_processes")
+                     "batch_size", f"must be >= 1 and divisible by grad_accum x num_processes "
+                     f"({self.grad_accum} x {self.num_processes})")
         self.require(self.trainer_backend == "hf" or self.num_processes == 1, "trainer_backend",
                      "'unsloth' is the single-GPU path: num_processes must be 1")
         self.require(self.epochs > 0, "epochs", "must be > 0")
@@ -94,6 +98,9 @@ class SftConfig(EvaluatingConfig):
         self.require(self.max_length >= 16, "max_length", "must be >= 16")
         self.require(self.checkpoints >= 1, "checkpoints", "must be >= 1")
         self.require(self.lora_r >= 0, "lora_r", "must be >= 0 (0: full fine-tuning)")
+        self.require(self.lora_r == 0 or self.lora_alpha >= 1, "lora_alpha",
+                     "must be >= 1 with LoRA (the adapters' scale is lora_alpha / lora_r)")
+        self.require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         self.require(all(n >= 1 for ns in self.scale_sweep.values() for n in ns), "scale_sweep",
                      "must map teacher names to trace counts >= 1")
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
@@ -263,7 +270,7 @@ def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
                          processing_class=processing, peft_config=peft,
                          callbacks=[training.log_callback(out_dir / "log.jsonl"),
                                     training.keep_last_optimizer(), replicas, *callbacks])
-    trainer.frozen_parameters = frozen
+    trainer.frozen_parameters, trainer.resumed_from = frozen, resume
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.replica_digests = replicas.digests
     return trainer, result
@@ -284,50 +291,87 @@ def validation_accuracy(model_dir: str | Path, val: pd.DataFrame, max_new_tokens
     return float(np.mean([is_correct(c[0].text, str(a)) for c, a in zip(out, val["answer"])]))
 
 
-def train_key(spec: RunSpec, cfg: SftConfig, model_path: str, traces: pd.DataFrame) -> str:
-    """Content key of one SFT model: everything that shapes its training."""
-    from synergy.files import content_hash
-    from synergy.models import fingerprint
-
-    return content_hash({"spec": dataclasses.asdict(spec), "base": fingerprint(model_path),
-                         "traces": content_hash(traces[["qid", "teacher", "response"]]
-                                                .to_dict("list")),
-                         "cfg": {k: v for k, v in cfg.to_dict().items() if not k.startswith(
-                             ("eval_", "easy_share_sweep", "scale_sweep", "n_examples",
-                              "teachers", "output_root", "backend", "batch_rows",
-                              "report_to", "num_processes"))
-                             # hf: the key models trained before the switch existed had
-                             and (k, v) != ("trainer_backend", "hf")}})
+# Params that do not decide an SFT model, with why: they reach its key another way, or
+# choose only what is evaluated or shown, or how fast, or where. Every other param is in
+# the key (trainer_backend is: unsloth's kernels give other numbers).
+NOT_IN_KEY = (
+    "model",                                     # the base, by its fingerprint
+    "teachers", "n_traces", "easy_share",        # each model's own RunSpec and rows
+    "easy_share_sweep", "scale_sweep",
+    "eval_samples", "eval_temperature", "eval_top_p", "eval_top_k",  # evaluation only
+    "batch_rows", "report_to", "n_examples",     # speed, tracking, display
+    "num_processes")                             # the global batch is the same on any count
+# Packages whose version changes a trained model.
+TRAIN_CODE = ("torch", "transformers", "trl", "peft")
 
 
-def fit(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: str, out: Path,
+def train_key(spec: RunSpec, cfg: SftConfig, model_path: str, train_rows: pd.DataFrame,
+              val: pd.DataFrame, prompt_suffix: str) -> str:
+    """Reuse key of one SFT model: the params that decide it, its run spec, every column of
+    the rows it trains and validates on (their levels chose them), the prompt suffix of its
+    validation prompts, the base's fingerprint and the training code's versions."""
+    from synergy import reuse
+
+    return reuse.key({**reuse.own_params(cfg, NOT_IN_KEY), "spec": dataclasses.asdict(spec)},
+                     reads={"train": train_rows, "val": val, "prompt_suffix": prompt_suffix},
+                     models={"base": model_path}, code=TRAIN_CODE)
+
+
+@dataclasses.dataclass
+class Planned:
+    """One SFT model to make: its spec, its training and validation rows, its reuse key."""
+
+    spec: RunSpec
+    train: pd.DataFrame
+    val: pd.DataFrame
+    key: str
+
+
+def plan_models(cfg: SftConfig, traces: pd.DataFrame, model_path: str,
+                prompt_suffix: str) -> list[Planned]:
+    """Every model of the config with its rows and key, before any work: a teacher without
+    (enough) traces fails here, naming it."""
+    out = []
+    for spec in run_specs(cfg):
+        train_rows, val = select_traces(traces, spec.teacher, spec.n_traces, spec.easy_share,
+                                        cfg.easy_levels, cfg.hard_levels, cfg.val_traces,
+                                        cfg.seed)
+        out.append(Planned(spec, train_rows, val,
+                           train_key(spec, cfg, model_path, train_rows, val, prompt_suffix)))
+    return out
+
+
+def fit(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
         progress: bool = True) -> dict[str, Any]:
-    """Train one model (resuming if interrupted), keeping its checkpoints for `train_one` to
-    choose from; a training already done with the same content key is not repeated. Runs in
-    every process of a launch; `train/<name>/trained.json` records it (main process)."""
+    """Train one model (resuming from the last checkpoint if interrupted), keeping its
+    checkpoints for `train_one` to choose from; a training already done with the same key is
+    not repeated. Runs in every process of a launch; `train/<name>/trained.json` records it
+    (main process)."""
     from synergy import training
 
-    key = train_key(spec, cfg, model_path, traces)
-    run_dir = out / "train" / spec.name
-    done = training.finished(run_dir, key)
-    if done and (out / "models" / spec.name / "config.json").exists():
+    spec, key = planned.spec, planned.key
+    run_dir, final = out / "train" / spec.name, out / "models" / spec.name
+    done = training.finished(run_dir, key, final)
+    if done:
         return done
-    trained = training.finished(run_dir, key, training.TRAINED_FILE)
-    if trained and training.checkpoints(run_dir):
+    trained = training.trained(run_dir, key)
+    if trained:
         return trained
-    train_rows, _ = select_traces(traces, spec.teacher, spec.n_traces, spec.easy_share,
-                                  cfg.easy_levels, cfg.hard_levels, cfg.val_traces, cfg.seed)
-    args = training_args(cfg, len(train_rows))
+    args = training_args(cfg, len(planned.train))
     t0 = time.perf_counter()
-    trainer, result = train(model_path, train_rows, args, run_dir, key=key,
+    trainer, result = train(model_path, planned.train, args, run_dir, key=key,
                             freeze_visual=cfg.freeze_vision, peft=peft_config(cfg),
                             progress=progress, backend=cfg.trainer_backend)
     if training.is_main_process():  # the tokenizer beside every checkpoint, for selection
         for c in training.checkpoints(run_dir):
             trainer.processing_class.save_pretrained(c)
+    # The loss from the logs of every step (a resumed trainer's own average sees only the
+    # steps after the checkpoint).
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return training.mark_trained(run_dir, {
         "key": key, "steps": int(result.global_step),
-        "train_loss": float(result.training_loss),
+        "resumed_from": trainer.resumed_from.name if trainer.resumed_from else None,
+        "train_loss": float(np.mean(losses)) if losses else float(result.training_loss),
         "train_seconds": time.perf_counter() - t0, **training.batch_record(args),
         "frozen_parameters": len(trainer.frozen_parameters),
         "replica_weights": trainer.replica_digests})
@@ -337,7 +381,7 @@ def train_models(cfg: SftConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Train every model of the stage, nothing else (no selection, no evaluation): what
     `python -m synergy train sft` runs in each process (`accelerate launch`), and what
     `run` launches on `num_processes` processes. Returns the training records."""
-    from synergy import distill, stages, training
+    from synergy import distill, stages, stratify, training
     from synergy.runs import Run, torch_threads
 
     training.require_backend(cfg.trainer_backend, cfg.num_processes)
@@ -345,24 +389,22 @@ def train_models(cfg: SftConfig, progress: bool = True) -> list[dict[str, Any]]:
     with torch_threads(int(os.environ.get("OMP_NUM_THREADS", 2))):
         model = run.model(cfg.model).path
         traces = distill.load(cfg.output_root, cfg.run_name).traces
-        return [fit(spec, traces, cfg, model, run.dir(stages.SFT), progress)
-                for spec in run_specs(cfg)]
+        planned = plan_models(cfg, traces, model, stratify.config_of(run).prompt_suffix)
+        return [fit(p, cfg, model, run.dir(stages.SFT), progress) for p in planned]
 
 
-def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: str,
-              out: Path, prompt_suffix: str, progress: bool = True) -> dict[str, Any]:
+def train_one(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
+              prompt_suffix: str, progress: bool = True) -> dict[str, Any]:
     """Train (`fit`; nothing to do when already trained), pick the checkpoint by validation,
-    save it to `models/<name>/`; reuse a finished model with the same content key."""
+    save it to `models/<name>/`; reuse a finished, whole model of the same key."""
     from synergy import training
 
-    key = train_key(spec, cfg, model_path, traces)
+    spec, train_rows, val, key = planned.spec, planned.train, planned.val, planned.key
     run_dir, final = out / "train" / spec.name, out / "models" / spec.name
-    done = training.finished(run_dir, key)
-    if done and (final / "config.json").exists():
+    done = training.finished(run_dir, key, final)
+    if done:
         return {**done, "reused": True}
-    trained = fit(spec, traces, cfg, model_path, out, progress)
-    train_rows, val = select_traces(traces, spec.teacher, spec.n_traces, spec.easy_share,
-                                    cfg.easy_levels, cfg.hard_levels, cfg.val_traces, cfg.seed)
+    trained = fit(planned, cfg, model_path, out, progress)
     ckpts = training.checkpoints(run_dir)
     if cfg.lora_r > 0:  # merge adapters so every later stage loads a plain model
         ckpts = [merge_lora(c, model_path) for c in ckpts]
@@ -381,7 +423,7 @@ def train_one(spec: RunSpec, traces: pd.DataFrame, cfg: SftConfig, model_path: s
             "trainer_state.json"))
     # The frozen tower checked tensor for tensor (None for a model without one).
     record["vision_unchanged"] = vision_weights_equal(model_path, final)
-    return {**training.mark_done(run_dir, record), "reused": False}
+    return {**training.mark_done(run_dir, record, final), "reused": False}
 
 
 def merge_lora(checkpoint: Path, base_path: str) -> Path:
@@ -421,9 +463,11 @@ def run(cfg: SftConfig, progress: bool = True) -> SftResult:
             stage_run(cfg, stages.SFT) as ctx:
         prompt_suffix = stratify.config_of(ctx.run).prompt_suffix
         ctx.needs(stages.STRATIFY)
-        model = ctx.model(cfg.model, "model")
+        model = ctx.model(cfg.model, "model", lengths={"max_length": cfg.max_length,
+                                                       "eval_max_new_tokens": cfg.eval_max_new_tokens})
         traces = distill.load(cfg.output_root, cfg.run_name).traces
         ctx.needs(stages.DISTILL)
+        planned = plan_models(cfg, traces, model.path, prompt_suffix)
         questions = stratify.benchmark_questions(
             stratify.load(cfg.output_root, cfg.run_name).levels)
 
@@ -434,12 +478,13 @@ def run(cfg: SftConfig, progress: bool = True) -> SftResult:
         results = {"base": evaluate(model.path)}
         timings["base_eval"] += time.perf_counter()
         records = []
-        for spec in run_specs(cfg):
-            record = train_one(spec, traces, cfg, model.path, ctx.dir, prompt_suffix, progress)
+        for unit in planned:
+            record = train_one(unit, cfg, model.path, ctx.dir, prompt_suffix, progress)
             t = time.perf_counter()
-            results[spec.name] = evaluate(str(ctx.dir / "models" / spec.name))
+            results[unit.spec.name] = evaluate(str(ctx.dir / "models" / unit.spec.name))
             records.append({**record, "eval_seconds": time.perf_counter() - t})
-        runs = pd.DataFrame(records).drop(columns=["key", "checkpoints"])
+        runs = pd.DataFrame(records).drop(columns=["key", "fingerprint", "checkpoints"],
+                                          errors="ignore")
         table = save_results(ctx.dir, results, record=ctx.record)
         write_text(ctx.dir / "runs.csv", runs.to_csv(index=False))
         ctx.set_models({r["name"]: ctx.dir / "models" / r["name"] for r in records},

@@ -184,7 +184,7 @@ def run(cfg: StratifyConfig, progress: bool = True) -> StratifyResult:
     from synergy.runs import stage_run
 
     with stage_run(cfg, stages.STRATIFY) as ctx:
-        model = ctx.model(cfg.model, "model")
+        model = ctx.model(cfg.model, "model", lengths={"max_new_tokens": cfg.max_new_tokens})
         questions, ctx.upstream["benchmark"], skipped = data.load_benchmark(
             cfg.benchmark, ctx.run, cfg.max_skipped_share)
         write_text(ctx.dir / "skipped_rows.csv", skipped.to_csv(index=False))

@@ -27,6 +27,9 @@ from synergy.files import atomic_path, read_json, write_json, write_text
 ReportTo = Literal["none", "tensorboard", "wandb", "mlflow", "trackio"]
 # Who builds and steps the model: TRL on transformers, or unsloth's patched kernels (CUDA).
 TrainerBackend = Literal["hf", "unsloth"]
+# transformers' learning-rate schedules that need no extra arguments (`lr_scheduler_type`).
+LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                      "constant_with_warmup", "inverse_sqrt"]
 KEY_FILE = "key.json"
 # What a checkpoint holds beyond the model: needed to resume, only in the newest one.
 RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt")
@@ -250,21 +253,29 @@ def keep_last_optimizer():
     return KeepLastOptimizer()
 
 
-def finished(run_dir: str | Path, key: str, record: str = DONE_FILE) -> dict[str, Any] | None:
-    """The record (`done.json`, or `trained.json`) of a training in `run_dir` with this
-    content key, else None."""
-    done = Path(run_dir) / record
-    if done.exists() and read_json(done).get("key") == key:
-        return read_json(done)
+def finished(run_dir: str | Path, key: str, model: str | Path) -> dict[str, Any] | None:
+    """The record of a finished training in `run_dir` with this content key whose final
+    `model` is whole and unchanged (`reuse.reusable`: a damaged one is set aside), else None."""
+    from synergy import reuse
+
+    return reuse.reusable(Path(run_dir) / DONE_FILE, key, model)
+
+
+def trained(run_dir: str | Path, key: str) -> dict[str, Any] | None:
+    """The record (`trained.json`) of a training in `run_dir` with this content key whose
+    checkpoints are kept for a model to be chosen among them, else None."""
+    path = Path(run_dir) / TRAINED_FILE
+    if path.exists() and read_json(path).get("key") == key and checkpoints(run_dir):
+        return read_json(path)
     return None
 
 
 def prepare(run_dir: str | Path, key: str) -> Path | None:
     """Make `run_dir` ready to train under content `key`; return the checkpoint to resume
-    from (None: start at step 1). Checkpoints of another key are deleted, never resumed.
-    With several processes the main process prepares the folder while the others wait."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    from (None: start at step 1). Checkpoints of another key are deleted, never resumed; a
+    checkpoint a kill left half-written is removed, a damaged one set aside, and training
+    resumes from the newest whole one. With several processes the main process prepares the
+    folder while the others wait."""
     run_dir = Path(run_dir)
     if is_main_process():
         key_file = run_dir / KEY_FILE
@@ -275,16 +286,45 @@ def prepare(run_dir: str | Path, key: str) -> Path | None:
         for record in (DONE_FILE, TRAINED_FILE):
             (run_dir / record).unlink(missing_ok=True)
         (run_dir / "checkpoints").mkdir(exist_ok=True)
+        resume_point(run_dir)  # clears what cannot be resumed, before the others look
     if world_size() > 1:
         process_state().wait_for_everyone()
-    last = get_last_checkpoint(str(run_dir / "checkpoints"))
-    return Path(last) if last else None
+    last = checkpoints(run_dir)
+    return last[-1] if last else None
+
+
+def resume_point(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint training can resume from (trainer state, optimizer and a whole
+    model); newer ones that cannot are cleared out of the way."""
+    import warnings
+
+    from synergy.files import CorruptArtifact, check_files, set_aside
+
+    for ckpt in reversed(checkpoints(run_dir)):
+        if not (ckpt / "trainer_state.json").exists():  # written last: the save was cut
+            shutil.rmtree(ckpt)
+            continue
+        problem = check_files(ckpt)
+        if problem:
+            set_aside(ckpt, problem)
+            continue
+        if not (ckpt / "optimizer.pt").exists():
+            # Only the newest keeps its optimizer (`keep_last_optimizer`): the newer ones
+            # are gone, so no checkpoint can resume; the steps are retrained as they were.
+            warnings.warn(f"{ckpt.parent}: no checkpoint with optimizer state to resume "
+                          "from; training again from step 1", CorruptArtifact, stacklevel=2)
+            shutil.rmtree(ckpt.parent)
+            ckpt.parent.mkdir()
+            return None
+        return ckpt
+    return None
 
 
 def checkpoints(run_dir: str | Path) -> list[Path]:
-    """The run's checkpoints in step order."""
-    return sorted((Path(run_dir) / "checkpoints").glob("checkpoint-*"),
-                  key=lambda p: int(p.name.split("-")[1]))
+    """The run's checkpoints in step order (`checkpoints/checkpoint-<step>`)."""
+    found = [p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def save_model(trainer, processing, out: str | Path) -> Path:
@@ -318,10 +358,13 @@ def mark_trained(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def mark_done(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Record a finished training (its key included) and drop its checkpoints (main process)."""
+def mark_done(run_dir: str | Path, record: dict[str, Any], model: str | Path) -> dict[str, Any]:
+    """Record a finished training (its key, and the fingerprint of its final `model` that
+    `finished` checks) and drop its checkpoints (main process)."""
+    from synergy import reuse
+
     if is_main_process():
-        write_json(Path(run_dir) / DONE_FILE, record)
+        record = reuse.seal(Path(run_dir) / DONE_FILE, record["key"], model, **record)
         (Path(run_dir) / TRAINED_FILE).unlink(missing_ok=True)
         shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
     return record

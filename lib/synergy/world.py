@@ -59,6 +59,8 @@ REASONING_TEXT = (
 )
 
 OPS = ("+", "-", "*")
+# Packages whose version changes the trained world (its reuse key).
+WORLD_CODE = ("torch", "transformers", "tokenizers")
 
 
 @dataclasses.dataclass
@@ -90,11 +92,14 @@ class WorldConfig(StageConfig):
         self.require(self.max_value >= 9, "max_value", "must be >= 9 (single-digit starts)")
         self.require(self.n_eval_questions >= 1, "n_eval_questions", "must be >= 1")
         self.require(self.vocab_size >= 300, "vocab_size", "must be >= 300 (256 bytes + merges)")
-        self.require(self.hidden_size % self.num_heads == 0, "hidden_size",
-                     "must be divisible by num_heads")
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
                     "max_positions", "train_steps", "batch_size", "log_every"):
             self.require(getattr(self, key) >= 1, key, "must be >= 1")
+        self.require(self.hidden_size % self.num_heads == 0, "hidden_size",
+                     f"must be divisible by num_heads ({self.num_heads})")
+        # Rotary embeddings rotate pairs of dimensions: each head needs an even width.
+        self.require(self.hidden_size // self.num_heads % 2 == 0, "hidden_size",
+                     f"/ num_heads ({self.num_heads}) must be even (rotary embeddings)")
         self.require(self.lr > 0, "lr", "must be > 0")
         self.require(0 <= self.warmup_steps <= self.train_steps, "warmup_steps",
                      "must be in 0..train_steps")
@@ -104,12 +109,11 @@ class WorldConfig(StageConfig):
                      "image world (Qwen2.5-VL's multimodal rotary sections)")
 
     def world_id(self) -> str:
-        """Content id of everything that shapes the trained world (not where it is stored).
-        `kind: text` is left out, so text worlds keep the ids they had before kinds."""
-        shared = {f.name for f in dataclasses.fields(StageConfig)}
-        return "world-" + content_hash({k: v for k, v in self.to_dict().items()
-                                        if (k not in shared or k == "seed")
-                                        and (k, v) != ("kind", "text")})
+        """Content id of everything that shapes the trained world: every param but where
+        the run lives, and the versions of the code that trains it."""
+        from synergy import reuse
+
+        return "world-" + reuse.key(reuse.own_params(self), code=WORLD_CODE)[:12]
 
 
 # --- the task -----------------------------------------------------------------------------
@@ -364,16 +368,24 @@ def world_dir(cfg: WorldConfig) -> Path:
     return Path(cfg.output_root) / "cache" / cfg.world_id()
 
 
-def ensure_world(cfg: WorldConfig, progress: bool = True) -> tuple[Path, bool]:
-    """Train and save the world unless an identical one exists. Returns (dir, reused)."""
-    from synergy.files import atomic_path, read_json, write_json
+def ensure_world(cfg: WorldConfig, progress: bool = True,
+                 fallback: Path | None = None) -> tuple[Path, bool]:
+    """Train and save the world unless a whole, identical one exists. Returns (dir, reused).
+
+    The shared cache folder is checked first, then `fallback` (a run's own `00_world/`, so a
+    run folder moved without the cache still reuses its world); a damaged one is set aside."""
+    from synergy import reuse
+    from synergy.files import atomic_path, clean_interrupted
     from synergy.runs import set_seed
 
     out = world_dir(cfg)
-    if (out / "world.json").exists():
-        meta = read_json(out / "world.json")
-        if meta.get("world_id") == cfg.world_id():
-            return out, True
+    clean_interrupted(out.parent, recursive=False)
+    if reuse.reusable(out / WORLD_RECORD, cfg.world_id(), out / "model"):
+        return out, True
+    if fallback is not None and reuse.reusable(fallback / WORLD_RECORD, cfg.world_id(),
+                                               fallback / "model"):
+        copy_into(fallback, out, names=("model", WORLD_RECORD, "train_log.csv"))
+        return out, True
     set_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg.vocab_size, tokenizer_corpus(cfg))
     if cfg.kind == "image":
@@ -387,10 +399,13 @@ def ensure_world(cfg: WorldConfig, progress: bool = True) -> tuple[Path, bool]:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
         log.to_csv(tmp / "train_log.csv", index=False)
-        write_json(tmp / "world.json", {
-            "world_id": cfg.world_id(), "params": cfg.to_dict(), "train_seconds": seconds,
-            "n_parameters": sum(p.numel() for p in model.parameters())})
+        reuse.seal(tmp / WORLD_RECORD, cfg.world_id(), tmp / "model", world_id=cfg.world_id(),
+                   params=cfg.to_dict(), train_seconds=seconds,
+                   n_parameters=sum(p.numel() for p in model.parameters()))
     return out, False
+
+
+WORLD_RECORD = "world.json"
 
 
 # --- the stage: the world in this run ----------------------------------------------------
@@ -420,18 +435,19 @@ def greedy_accuracy_by_steps(model_dir: str | Path, cfg: WorldConfig) -> pd.Data
     return frame.groupby("steps")[["correct", "uses_trace", "tokens"]].mean().reset_index()
 
 
-def copy_into(src: Path, dst: Path) -> Path:
-    """`src` folder copied to `dst` atomically (hard links where the file system allows),
-    unless `dst` already holds the same files."""
+def copy_into(src: Path, dst: Path, names: tuple[str, ...] | None = None) -> Path:
+    """`src` folder (only `names` of it when given) copied to `dst` atomically, hard-linking
+    files where the file system allows; a no-op when `dst` holds the same content."""
     import os
     import shutil
 
+    from synergy import reuse
     from synergy.files import atomic_path
 
-    same = dst.is_dir() and sorted(p.name for p in dst.iterdir()) == sorted(
-        p.name for p in src.iterdir()) and all(
-        (dst / p.name).stat().st_size == p.stat().st_size for p in src.iterdir())
-    if same:
+    parts = [src / n for n in names] if names else sorted(src.iterdir())
+    if dst.is_dir() and sorted(p.name for p in dst.iterdir() if not p.name.startswith(".")) \
+            == sorted(p.name for p in parts) \
+            and all(reuse.tree_digest(dst / p.name) == reuse.tree_digest(p) for p in parts):
         return dst
 
     def link(a, b):
@@ -441,24 +457,28 @@ def copy_into(src: Path, dst: Path) -> Path:
             shutil.copy2(a, b)
 
     with atomic_path(dst) as tmp:
-        shutil.copytree(src, tmp, copy_function=link)
+        tmp.mkdir()
+        for part in parts:
+            if part.is_dir():
+                shutil.copytree(part, tmp / part.name, copy_function=link)
+            else:
+                link(part, tmp / part.name)
     return dst
 
 
 def run(cfg: WorldConfig, progress: bool = True) -> WorldResult:
-    """Train (or reuse) the world; this run keeps its own copy of the base model and its
-    training log in `00_world/`, so the run folder stands on its own."""
-    import shutil
-
+    """Train (or reuse) the world; this run keeps its own copy of the base model, its
+    training log and record in `00_world/`, so the run folder stands on its own."""
     from synergy import stages
-    from synergy.files import read_json
+    from synergy.files import read_json, write_text
     from synergy.runs import stage_run
 
     with stage_run(cfg, stages.WORLD, artifact_id=cfg.world_id()) as ctx:
-        path, reused = ensure_world(cfg, progress=progress)
-        meta = read_json(path / "world.json")
+        path, reused = ensure_world(cfg, progress=progress, fallback=ctx.dir)
+        meta = read_json(path / WORLD_RECORD)
         model = copy_into(path / "model", ctx.dir / "model")
-        shutil.copy2(path / "train_log.csv", ctx.dir / "train_log.csv")
+        for name in (WORLD_RECORD, "train_log.csv"):
+            write_text(ctx.dir / name, (path / name).read_text())
         ctx.set_models({"base": model}, main="base")
         if cfg.kind == "image":
             files = write_task_files(cfg, ctx.dir / TASK_FOLDER)
