@@ -605,21 +605,23 @@ def sampled(cfg: StrategiesConfig, model_path: str, questions: pd.DataFrame, n: 
 
 # --- training -----------------------------------------------------------------------------
 
-def _key(cfg: StrategiesConfig, spec: Spec, start_fp: str, data: Any,
-         infra: dict | None = None) -> str:
-    """Content key of one model: its spec, the keys that shape its kind of training, the
-    starting model, the data and the parent stage's infrastructure (LoRA, backend)."""
-    from synergy.files import content_hash
+def _key(cfg: StrategiesConfig, spec: Spec, start: str, data: Any, infra: dict[str, Any],
+         code: tuple[str, ...]) -> str:
+    """Reuse key of one model (`reuse.key`): its spec, the keys that shape its kind of
+    training, the parent stage's infrastructure (LoRA, backend), the data it trains on by
+    content, the starting model's fingerprint and the training code's versions."""
+    from synergy import reuse
 
     grpo_keys = ("beta", "loss_type", "learning_rate", "lr_scheduler_type", "epochs",
                  "prompts_per_generation", "prompts_per_step", "micro_batch",
                  "num_generations", "temperature", "max_completion_length", "reward_weights")
-    sft_keys = ("sft_lr", "sft_lr_scheduler", "sft_warmup_ratio", "sft_batch_size", "sft_grad_accum", "sft_epochs",
-                "sft_max_steps", "sft_max_length")
+    sft_keys = ("sft_lr", "sft_lr_scheduler", "sft_warmup_ratio", "sft_batch_size",
+                "sft_grad_accum", "sft_epochs", "sft_max_steps", "sft_max_length")
     d = cfg.to_dict()
     shaping = {k: d[k] for k in (grpo_keys if spec.trainer == "grpo" else sft_keys)}
-    return content_hash({"spec": dataclasses.asdict(spec), "cfg": shaping, "seed": cfg.seed,
-                         "start": start_fp, "data": content_hash(data), "infra": infra or {}})
+    return reuse.key({"spec": dataclasses.asdict(spec), **shaping, "seed": cfg.seed,
+                      "infra": infra}, reads={"data": data}, models={"start": start},
+                     code=code)
 
 
 # This stage's GRPO keys (04's names and meanings); everything else about how GRPO runs (the
@@ -654,14 +656,14 @@ def grpo_settings(cfg: StrategiesConfig, run):
 
 def train_grpo(spec: Spec, cfg: StrategiesConfig, gcfg, start: str, dataset, out: Path,
                progress: bool) -> dict[str, Any]:
-    from synergy import grpo, models
+    from synergy import grpo
 
     args = grpo.training_args(gcfg, cfg.beta, num_processes=1)
     if spec.max_completion_length:
         args.max_completion_length = spec.max_completion_length
-    key = _key(cfg, spec, models.fingerprint(start),
-               [dataset["qid"], dataset["expert"], dataset["prompt"]],
-               {k: getattr(gcfg, k) for k in ("trainer_backend", "lora_r", "lora_alpha")})
+    key = _key(cfg, spec, start, dataset,
+               {k: getattr(gcfg, k) for k in ("trainer_backend", "lora_r", "lora_alpha")},
+               grpo.TRAIN_CODE)
     plain = spec.plan is None or spec.plan == Plan()
     extra = {} if plain else {"plan": spec.plan}
     record = grpo.train(start, dataset, args, out / "runs" / spec.name, key=key,
@@ -686,15 +688,14 @@ def train_sft(spec: Spec, cfg: StrategiesConfig, start: str, blend: pd.DataFrame
               out: Path, suffix: str, progress: bool, infra: dict[str, Any]) -> dict[str, Any]:
     from types import SimpleNamespace
 
-    from synergy import models, sft, training
+    from synergy import sft, training
     from synergy.generation import user_text
 
-    run_dir = out / "runs" / spec.name
-    key = _key(cfg, spec, models.fingerprint(start),
-               blend[["qid", "source", "response"]].to_dict("list"), infra)
-    done = training.finished(run_dir, key)
-    if done and (run_dir / "model" / "config.json").exists():
-        return {**done, "reused": True}
+    run_dir, final = out / "runs" / spec.name, out / "runs" / spec.name / "model"
+    key = _key(cfg, spec, start, blend, infra, sft.TRAIN_CODE)
+    done = training.finished(run_dir, key, final)
+    if done:
+        return {**done, "model_path": str(final.resolve()), "reused": True}
     rows = blend.assign(messages=[[{"role": "user", "content": user_text(q, suffix)},
                                    {"role": "assistant", "content": r}]
                                   for q, r in zip(blend["question"], blend["response"])])
@@ -703,12 +704,13 @@ def train_sft(spec: Spec, cfg: StrategiesConfig, start: str, blend: pd.DataFrame
                                 progress=progress, backend=infra["trainer_backend"],
                                 freeze_visual=infra["freeze_vision"],
                                 peft=sft.peft_config(SimpleNamespace(**infra)))
-    training.save_model(trainer, trainer.processing_class, run_dir / "model")
+    training.save_model(trainer, trainer.processing_class, final)
     record = {"key": key, "label": spec.name, "family": spec.family, "trainer": "sft",
-              "model_path": str((run_dir / "model").resolve()), "rows": len(rows),
-              "steps": int(result.global_step), "train_runtime": time.perf_counter() - t0,
+              "rows": len(rows), "steps": int(result.global_step),
+              "train_runtime": time.perf_counter() - t0,
               "train_loss": float(result.training_loss)}
-    return {**training.mark_done(run_dir, record), "reused": False}
+    return {**training.mark_done(run_dir, record, final), "model_path": str(final.resolve()),
+            "reused": False}
 
 
 # --- the stage ----------------------------------------------------------------------------
