@@ -230,3 +230,33 @@ def test_finished_policies_are_reused(smoke_series, tmp_path):
     shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")
     result = grpo.run(smoke_cfg(tmp_path), progress=False)
     assert result.runs["reused"].all()
+
+
+@pytest.mark.slow
+def test_keyed_rollouts_do_not_depend_on_the_batch(init_copy, monkeypatch):
+    """Rollouts go through the keyed decoder: a prompt's samples are the same alone or beside
+    other prompts, differ between its copies, and change with the training step."""
+    import contextlib
+
+    import trl.models
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setattr(trl.models, "unwrap_model_for_generation",
+                        lambda model, accelerator: contextlib.nullcontext(model))
+    tok = AutoTokenizer.from_pretrained(init_copy)
+    model = AutoModelForCausalLM.from_pretrained(init_copy)
+    trainer = types.SimpleNamespace(
+        _tokenizer=tok, temperature=1.0, top_k=0, top_p=1.0, max_completion_length=12,
+        args=types.SimpleNamespace(seed=3), state=types.SimpleNamespace(global_step=0),
+        accelerator=types.SimpleNamespace(process_index=0), model_wrapped=model)
+    a, b = (tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
+            for q in ("3 +4", "9 -2 *2 +11"))
+    a, b = (list(x["input_ids"]) if isinstance(x, dict) or hasattr(x, "keys") else list(x)
+            for x in (a, b))
+    both = grpo.keyed_rollouts(trainer, [a] * 4 + [b] * 4)
+    alone = grpo.keyed_rollouts(trainer, [b] * 4)
+    assert both[4:] == alone
+    assert len(set(map(tuple, both[:4]))) > 1 or len(set(map(tuple, both[4:]))) > 1
+    assert all(len(r) <= 12 for r in both)
+    trainer.state.global_step = 1
+    assert grpo.keyed_rollouts(trainer, [b] * 4) != alone

@@ -25,7 +25,7 @@ def tiny_model(tmp_path_factory) -> Path:
     """A saved ~10k-parameter Qwen2 with the world's tokenizer (built in a second)."""
     from synergy import world
 
-    cfg = world.WorldConfig(run_name="t", output_root=str(tmp_path_factory.mktemp("o")),
+    cfg = world.WorldConfig(run_name="t", threads=1, output_root=str(tmp_path_factory.mktemp("o")),
                             kind="text",
                             seed=0, min_steps=1, max_steps=2, max_value=19,
                             n_eval_questions=4, eval_seed=1, vocab_size=300, hidden_size=8,
@@ -213,7 +213,7 @@ def test_a_stage_start_cleans_the_run(tmp_path):
 
     leftover = tmp_path / "r" / "03_sft" / "models" / f".careful.tmp-{dead_pid()}-ab"
     leftover.mkdir(parents=True)
-    cfg = report.ReportConfig(run_name="r", output_root=str(tmp_path), seed=0, n_examples=1,
+    cfg = report.ReportConfig(run_name="r", output_root=str(tmp_path), seed=0, threads=1, n_examples=1,
                               top_tokens=1, margin=0.0, long_ratio=2.0)
     with stage_run(cfg, stages.REPORT):
         pass
@@ -411,3 +411,16 @@ def test_a_local_benchmark_reports_its_skipped_rows(tmp_path):
                     + '{"qid": "q1", "question": "dup", "answer": "1"}\n')
     loaded = data.load_benchmark(str(path), run=None, max_skipped_share=0.02)
     assert len(loaded.table) == 60 and loaded.skipped["qid"].tolist() == ["q1"]
+
+
+def test_thread_count_takes_the_setting_or_the_free_cores(monkeypatch):
+    from synergy import runs
+
+    assert runs.thread_count(3) == 3
+    cores = len(os.sched_getaffinity(0))
+    stat = {"text": "cpu 1 2 3\nprocs_running 1\n"}
+    monkeypatch.setattr(runs.Path, "read_text", lambda self: stat["text"])
+    monkeypatch.setattr(runs.time, "sleep", lambda s: None)
+    assert runs.thread_count(0) == cores          # only this process runs
+    stat["text"] = f"procs_running {cores + 5}\n"  # every core busy elsewhere
+    assert runs.thread_count(0) == 1

@@ -67,7 +67,8 @@ def recomputed(root: Path, changes: dict[str, dict]) -> set[str]:
             out.add(f"sft:{unit.spec.name}")
     gcfg = cfgs["grpo"]
     init = grpo.starting_copy(run.model(gcfg.init_model).path, grpo_dir)
-    _, dataset, _ = grpo.training_set(gcfg, run, init, progress=False)
+    _, datasets, _ = grpo.training_set(gcfg, run, init, progress=False)
+    dataset = datasets[gcfg.exclude_easiest]
     for beta in gcfg.betas:
         label = grpo.run_label(beta, gcfg.exclude_easiest)
         if grpo.run_key(gcfg, beta, init, dataset) != recorded(grpo_dir / "runs" / label
@@ -110,7 +111,7 @@ CASES = [
     ({"grpo": {"learning_rate": 2e-4}}, RL_ALL | MERGES),
     ({"grpo": {"n_train_questions": 6}}, RL_ALL | MERGES),
     ({"grpo": {"prompt_suffix": "Think."}}, RL_ALL | MERGES),
-    ({"grpo": {"eval_temperature": 0.5, "save_steps": 1, "cpu_threads": 2}}, set()),
+    ({"grpo": {"eval_temperature": 0.5, "save_steps": 1}, "run": {"threads": 1}}, set()),
     ({"merging": {"density": 0.7}}, TIES),
     ({"merging": {"eval_samples": 3, "synergy_margin": 0.1}}, set()),
 ]

@@ -348,3 +348,22 @@ def test_samples_needed_never_draws_what_cannot_matter(cap):
             assert need == min(cap, n - drawn) or any(
                 stop(correct + j, drawn + need) for j in range(need + 1))
     assert evaluation.samples_needed(3, 5, n, None, cap) == min(cap, 11)
+
+
+def test_level_subset_keeps_each_levels_share_and_the_order():
+    import pandas as pd
+    from synergy.stratify import level_subset
+
+    qs = pd.DataFrame({"qid": [f"q{i}" for i in range(200)],
+                       "level": ["L1"] * 40 + ["L2"] * 30 + ["L3"] * 60 + ["L4"] * 60
+                       + ["L5"] * 10})
+    sub = level_subset(qs, 100, seed=3)
+    assert len(sub) == 100
+    assert sub["level"].value_counts().to_dict() == {"L1": 20, "L2": 15, "L3": 30, "L4": 30,
+                                                     "L5": 5}
+    assert list(sub.index) == sorted(sub.index)
+    assert sub.equals(level_subset(qs, 100, seed=3))
+    assert not sub.equals(level_subset(qs, 100, seed=4))
+    assert level_subset(qs, 0).equals(qs) and level_subset(qs, 500).equals(qs)
+    tiny = level_subset(qs, 5)  # every non-empty level keeps a question
+    assert set(tiny["level"]) == {"L1", "L2", "L3", "L4", "L5"}

@@ -22,6 +22,8 @@ from typing import Any, Literal, Mapping
 import yaml
 
 RUN_SECTION = "run"
+# Run-section keys a profile (or a manifest written before they existed) may leave out.
+RUN_OPTIONAL = {"threads": 0}
 # Folders of an output root that are not runs: a run may not be called so.
 RESERVED_RUN_NAMES = ("cache",)
 # The comment papermill writes at the top of the cell it injects (`papermill -p`, the runner).
@@ -95,6 +97,7 @@ class StageConfig:
     run_name: str
     output_root: str
     seed: int
+    threads: int      # torch CPU threads of every stage (0: auto, `runs.thread_count`)
 
     # Set by subclasses: the profile section this config mirrors.
     SECTION: typing.ClassVar[str] = ""
@@ -104,6 +107,7 @@ class StageConfig:
         for f in dataclasses.fields(self):
             where = self._key(f.name)
             setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], where))
+        self.require(self.threads >= 0, "threads", "must be >= 0 (0: auto)")
         problem = run_name_problem(self.run_name)
         self.require(problem is None, "run_name", problem or "")
         # Relative to the project, not the kernel's folder (JupyterLab runs in notebooks/).
@@ -136,6 +140,7 @@ class StageConfig:
     def from_mapping(cls, values: Mapping[str, Any], source: str):
         """Build from exactly this config's keys; anything else in `values` is an error."""
         expected = cls.keys()
+        values = {**RUN_OPTIONAL, **values}
         unknown = sorted(set(values) - set(expected))
         missing = [k for k in expected if k not in values]
         if unknown:

@@ -64,6 +64,7 @@ class GRPOStageConfig(EvaluatingConfig):
     n_train_questions: int
     betas: list[float]
     exclude_easiest: Literal["none", "static", "dynamic"]
+    exclude_easiest_ablation: Literal["none", "static", "dynamic"]
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"]
     learning_rate: float
     lr_scheduler_type: Literal["constant", "linear", "cosine"]
@@ -77,7 +78,6 @@ class GRPOStageConfig(EvaluatingConfig):
     reward_weights: list[float]
     save_steps: int
     logging_steps: int
-    cpu_threads: int
     report_to: ReportTo
     trainer_backend: TrainerBackend
     num_processes: int
@@ -100,7 +100,7 @@ class GRPOStageConfig(EvaluatingConfig):
                      "must be a non-empty list of distinct values >= 0")
         self.require(self.learning_rate > 0, "learning_rate", "must be > 0")
         for key in ("epochs", "prompts_per_generation", "prompts_per_step", "micro_batch",
-                    "max_completion_length", "save_steps", "logging_steps", "cpu_threads"):
+                    "max_completion_length", "save_steps", "logging_steps"):
             self.require(getattr(self, key) >= 1, key, "must be >= 1")
         self.require(self.num_generations >= 2, "num_generations",
                      "must be >= 2 (GRPO compares rollouts within a group)")
@@ -216,6 +216,48 @@ def base_all_correct(correct: list[list[bool]]) -> np.ndarray:
 
 # --- the trainer --------------------------------------------------------------------------
 
+def keyed_rollouts(trainer, prompt_ids: list[list[int]]) -> list[list[int]]:
+    """Completion token ids for a rollout batch (prompt_ids as TRL lays them out: each
+    prompt's copies in a row), sampled with the trainer's temperature / top-k / top-p by
+    `generation.HFEngine`'s keyed decoder: sample j of a prompt is keyed by (seed, step,
+    process, prompt, j), so a rollout batch is the same whatever shares it and after a
+    resume. Rows end at (and include) the end-of-turn token, as TRL's own path."""
+    import torch
+    from transformers import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                              TopPLogitsWarper)
+    from trl.models import unwrap_model_for_generation
+
+    from synergy.files import content_hash
+    from synergy.generation import HFEngine, sample_seed
+
+    tok = trainer._tokenizer
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + list(p) for p in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(trainer.temperature)])
+    if trainer.top_k:
+        warpers.append(TopKLogitsWarper(trainer.top_k))
+    if trainer.top_p is not None and trainer.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(trainer.top_p))
+    base = f"{trainer.args.seed}:{trainer.state.global_step}:{trainer.accelerator.process_index}"
+    seen: dict[str, int] = {}
+    seeds = []
+    for p in prompt_ids:
+        key = content_hash(list(p), 16)
+        seeds.append(sample_seed(trainer.args.seed, f"{base}:{key}", seen.get(key, 0)))
+        seen[key] = seen.get(key, 0) + 1
+    with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model, \
+            torch.no_grad():
+        was_training = model.training
+        model.eval()
+        engine = HFEngine(model, tok)
+        rows = engine._decode_compacting(
+            {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)},
+            warpers, seeds, trainer.max_completion_length)
+        model.train(was_training)
+    return [r for r, _ in rows]
+
+
 @functools.cache
 def trainer_class():
     """TRL's GRPOTrainer with the dynamic exclude-easiest mask (TRL imported lazily).
@@ -230,6 +272,19 @@ def trainer_class():
             super().__init__(*args, **kwargs)
             self.exclude_easiest_dynamic = exclude_easiest_dynamic
             self._last_rewards_per_func = None
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields,
+                                  num_generations, has_tool_images=False):
+            # Text rollouts on the transformers path go through the project's keyed,
+            # compacting decoder (finished rows leave the batch): 2.3x TRL's `generate` on
+            # the tiny world's rollout batches (bench/where_time_goes.py measures it).
+            # Sharded models (FSDP, ZeRO-3) and images stay on TRL's own path.
+            if (self.use_vllm or self.use_transformers_continuous_batching or images
+                    or multimodal_fields or has_tool_images or self.is_fsdp_enabled
+                    or self.is_deepspeed_enabled):
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields,
+                                                     num_generations, has_tool_images)
+            return keyed_rollouts(self, prompt_ids), None
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             rewards = super()._calculate_rewards(inputs, prompts, completions,
@@ -428,25 +483,35 @@ def static_filter(cfg: GRPOStageConfig, questions: pd.DataFrame, model_path: str
 
 
 def training_set(cfg: GRPOStageConfig, run, init_path: str | Path,
-                 progress: bool = True) -> tuple[pd.DataFrame, Any, str]:
-    """(training questions with `kept`, the TRL dataset of the kept ones, upstream id): the
-    questions, the static filter when enabled, and the prompts the trainer sees."""
+                 progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any], str]:
+    """(training questions with `kept` (the sweep's mode), {exclude-easiest mode: the TRL
+    dataset it trains on}, upstream id): the questions, the static filter when a mode needs
+    it, and the prompts the trainer sees."""
     from synergy import models
     from synergy.config import ConfigError
 
     train_set, upstream = training_questions(cfg, run)
-    if cfg.exclude_easiest == "static":
+    if "static" in modes(cfg):
         train_set = static_filter(cfg, train_set, str(init_path), run.samples_cache, progress)
-        train_set["kept"] = ~train_set["easiest"]
-    else:
-        train_set["kept"] = True
-    kept = train_set[train_set["kept"]].reset_index(drop=True)
-    if kept.empty:
-        raise ConfigError(f"grpo.exclude_easiest: the static filter dropped all "
-                          f"{len(train_set)} training questions (the starting model solves "
-                          "each in every rollout); use more or harder questions")
-    return train_set, training_dataset(kept, models.load_processing(init_path),
-                                       cfg.prompt_suffix), upstream
+        if (train_set["easiest"]).all():
+            raise ConfigError(f"grpo.exclude_easiest: the static filter dropped all "
+                              f"{len(train_set)} training questions (the starting model "
+                              "solves each in every rollout); use more or harder questions")
+    static = train_set["easiest"] if "easiest" in train_set else False
+    train_set["kept"] = ~static if cfg.exclude_easiest == "static" else True
+    processing = models.load_processing(init_path)
+    datasets = {mode: training_dataset(train_set[~static].reset_index(drop=True)
+                                       if mode == "static" else train_set,
+                                       processing, cfg.prompt_suffix)
+                for mode in modes(cfg)}
+    return train_set, datasets, upstream
+
+
+def modes(cfg: GRPOStageConfig) -> list[str]:
+    """The exclude-easiest modes trained: the sweep's, then the ablation's (if another)."""
+    return list(dict.fromkeys([cfg.exclude_easiest]
+                              + ([cfg.exclude_easiest_ablation]
+                                 if cfg.exclude_easiest_ablation != "none" else [])))
 
 
 def training_dataset(questions: pd.DataFrame, tokenizer, prompt_suffix: str):
@@ -505,7 +570,8 @@ NOT_IN_KEY = (
     "init_model",                                         # the starting copy's fingerprint
     "train_source", "n_train_questions", "prompt_suffix",  # the training set, by content
     "betas",                                              # each policy keyed by its own beta
-    "save_steps", "logging_steps", "cpu_threads", "report_to",
+    "exclude_easiest_ablation",                           # ... and by its own filter mode
+    "save_steps", "logging_steps", "threads", "report_to",
     "backend", "batch_rows",                              # sampling speed (static filter)
     "num_processes", "vllm_server_url", "vllm_gpu_memory_utilization",  # where rollouts run
     "eval_samples", "eval_temperature", "eval_top_p", "eval_top_k", "eval_max_new_tokens",
@@ -513,13 +579,17 @@ NOT_IN_KEY = (
 TRAIN_CODE = ("torch", "transformers", "trl")
 
 
-def run_key(cfg: GRPOStageConfig, beta: float, init_path: str | Path, dataset) -> str:
-    """Reuse key of one policy: the params that decide it, its beta, the training set as
-    the trainer sees it (prompts, answers, ids: after the static filter), the starting
-    model's fingerprint and the training code's versions."""
+def run_key(cfg: GRPOStageConfig, beta: float, init_path: str | Path, dataset,
+            mode: str | None = None) -> str:
+    """Reuse key of one policy: the params that decide it, its beta and exclude-easiest
+    mode (default: the sweep's), the training set as the trainer sees it (prompts,
+    answers, ids: after the static filter), the starting model's fingerprint and the
+    training code's versions."""
     from synergy import reuse
 
-    return reuse.key({**reuse.own_params(cfg, NOT_IN_KEY), "beta": beta},
+    mode = cfg.exclude_easiest if mode is None else mode
+    return reuse.key({**reuse.own_params(cfg, NOT_IN_KEY), "beta": beta,
+                      "exclude_easiest": mode},
                      reads={"dataset": dataset}, models={"init": init_path}, code=TRAIN_CODE)
 
 
@@ -580,7 +650,7 @@ class TrainingPlan:
     init_path: Path           # the starting copy in this stage (TRL reloads references from it)
     train_set: pd.DataFrame   # training questions, `kept` marking those trained on
     questions_id: str         # their upstream id
-    dataset: Any              # the TRL dataset of the kept questions
+    datasets: dict[str, Any]  # exclude-easiest mode -> the TRL dataset it trains on
 
 
 def training_plan(cfg: GRPOStageConfig, run, progress: bool = True) -> TrainingPlan:
@@ -590,24 +660,28 @@ def training_plan(cfg: GRPOStageConfig, run, progress: bool = True) -> TrainingP
 
     source = run.model(cfg.init_model)
     init_path = Path(training.on_main(starting_copy, source.path, run.dir(stages.GRPO)))
-    train_set, dataset, questions_id = training_set(cfg, run, init_path, progress)
-    return TrainingPlan(init_path, train_set, questions_id, dataset)
+    train_set, datasets, questions_id = training_set(cfg, run, init_path, progress)
+    return TrainingPlan(init_path, train_set, questions_id, datasets)
 
 
 def train_policies(cfg: GRPOStageConfig, plan: TrainingPlan, run,
                    progress: bool = True) -> list[dict[str, Any]]:
-    """One policy per beta (`train`: resumed or reused by content key)."""
+    """One policy per beta with the sweep's exclude-easiest mode, and the ablation's mode at
+    the headline beta (the first > 0) (`train`: resumed or reused by content key)."""
     from synergy import stages
 
+    headline = next((b for b in cfg.betas if b > 0), cfg.betas[0])
+    plan_ = [(beta, cfg.exclude_easiest) for beta in cfg.betas]
+    plan_ += [(headline, mode) for mode in modes(cfg)[1:]]
     records = []
-    for beta in cfg.betas:
-        label = run_label(beta, cfg.exclude_easiest)
-        records.append(train(str(plan.init_path), plan.dataset, training_args(cfg, beta),
+    for beta, mode in plan_:
+        label, dataset = run_label(beta, mode), plan.datasets[mode]
+        records.append(train(str(plan.init_path), dataset, training_args(cfg, beta),
                              run.dir(stages.GRPO) / "runs" / label,
-                             key=run_key(cfg, beta, plan.init_path, plan.dataset), label=label,
-                             progress=progress, backend=cfg.trainer_backend,
+                             key=run_key(cfg, beta, plan.init_path, dataset, mode),
+                             label=label, progress=progress, backend=cfg.trainer_backend,
                              peft=peft_config(cfg),
-                             exclude_easiest_dynamic=cfg.exclude_easiest == "dynamic"))
+                             exclude_easiest_dynamic=mode == "dynamic"))
     return records
 
 
@@ -628,7 +702,7 @@ def train_models(cfg: GRPOStageConfig, progress: bool = True) -> list[dict[str, 
 
     require_engines(cfg)
     run = Run.of(cfg)
-    with torch_threads(cfg.cpu_threads):
+    with torch_threads(cfg.threads):
         return train_policies(cfg, training_plan(cfg, run, progress), run, progress)
 
 
@@ -636,12 +710,12 @@ def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
     """Train one GRPO policy per beta, evaluate them with base (and SFT) per level."""
     from synergy import evaluation, stages, stratify, training
     from synergy.files import write_text
-    from synergy.runs import stage_run, torch_threads
+    from synergy.runs import stage_run
 
     require_engines(cfg)
     if cfg.num_processes > 1:  # before any model touches a device here (the launcher forks)
         training.launch(train_models, (cfg, progress), cfg.num_processes)
-    with torch_threads(cfg.cpu_threads), stage_run(cfg, stages.GRPO) as ctx:
+    with stage_run(cfg, stages.GRPO) as ctx:
         scfg = stratify.config_of(ctx.run)
         ctx.needs(stages.STRATIFY)
         base = ctx.model(scfg.model, "base")

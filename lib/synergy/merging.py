@@ -42,6 +42,7 @@ class MergingConfig(EvaluatingConfig):
     density: float
     dtype: Literal["float32", "bfloat16", "float16"]
     shard_params: int
+    eval_questions: int     # level-stratified subset the merges are evaluated on (0: all)
     synergy_margin: float
 
     def validate(self) -> None:
@@ -52,6 +53,7 @@ class MergingConfig(EvaluatingConfig):
                      "sft_ratios", "must be one or more ratios in [0, 1]")
         self.require(0 < self.density <= 1, "density", "must be in (0, 1]")
         self.require(self.shard_params >= 1, "shard_params", "must be >= 1")
+        self.require(self.eval_questions >= 0, "eval_questions", "must be >= 0 (0: all)")
         self.require(0 <= self.synergy_margin < 1, "synergy_margin", "must be in [0, 1)")
 
 
@@ -251,8 +253,11 @@ def run(cfg: MergingConfig, progress: bool = True) -> MergingResult:
         merges = pd.DataFrame(rows)
         write_text(ctx.dir / "merges.csv", merges.to_csv(index=False))
 
-        questions = stratify.benchmark_questions(
-            stratify.load(cfg.output_root, cfg.run_name).levels)
+        # Merges and parents on the same level-stratified subset (the parents' samples of it
+        # come from 03's and 04's cache): fewer questions, wider intervals per level.
+        questions = stratify.level_subset(stratify.benchmark_questions(
+            stratify.load(cfg.output_root, cfg.run_name).levels), cfg.eval_questions, cfg.seed)
+        ctx.record(eval_questions=len(questions))
         suffix = stratify.config_of(ctx.run).prompt_suffix
         to_eval = {**paths, **{m: str(ctx.run.resolve(p))
                                for m, p in zip(merges["model"], merges["path"])}}

@@ -28,8 +28,10 @@ from typing import Any, Callable, Iterable, Mapping
 from synergy.files import (ArtifactError, CorruptArtifact, check_files, content_hash,
                            read_json, set_aside, write_json)
 
-# Params that say where a run lives, not what it computes.
-WHERE = ("run_name", "output_root")
+# Params that say where a run lives or how fast it runs, not what it computes. (A different
+# thread count can change float sums in the last bits; an artifact is still reused across
+# thread counts, as across machines.)
+WHERE = ("run_name", "output_root", "threads")
 
 
 # --- the key ------------------------------------------------------------------------------

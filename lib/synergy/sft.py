@@ -13,7 +13,6 @@ as safetensors with its tokenizer and evaluated with the engine, verifier and qu
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shutil
 import time
@@ -386,7 +385,7 @@ def train_models(cfg: SftConfig, progress: bool = True) -> list[dict[str, Any]]:
 
     training.require_backend(cfg.trainer_backend, cfg.num_processes)
     run = Run.of(cfg)
-    with torch_threads(int(os.environ.get("OMP_NUM_THREADS", 2))):
+    with torch_threads(cfg.threads):
         model = run.model(cfg.model).path
         traces = distill.load(cfg.output_root, cfg.run_name).traces
         planned = plan_models(cfg, traces, model, stratify.config_of(run).prompt_suffix)
@@ -454,13 +453,12 @@ def run(cfg: SftConfig, progress: bool = True) -> SftResult:
     from synergy import distill, stages, stratify, training
     from synergy.evaluation import evaluate_for, save_results
     from synergy.files import write_text
-    from synergy.runs import stage_run, torch_threads
+    from synergy.runs import stage_run
 
     training.require_backend(cfg.trainer_backend, cfg.num_processes)
     if cfg.num_processes > 1:  # before any model touches a device here (the launcher forks)
         training.launch(train_models, (cfg, progress), cfg.num_processes)
-    with torch_threads(int(os.environ.get("OMP_NUM_THREADS", 2))), \
-            stage_run(cfg, stages.SFT) as ctx:
+    with stage_run(cfg, stages.SFT) as ctx:
         prompt_suffix = stratify.config_of(ctx.run).prompt_suffix
         ctx.needs(stages.STRATIFY)
         model = ctx.model(cfg.model, "model", lengths={"max_length": cfg.max_length,

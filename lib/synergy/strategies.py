@@ -118,7 +118,6 @@ class StrategiesConfig(EvaluatingConfig):
     synergy_margin: float
     save_steps: int
     logging_steps: int
-    cpu_threads: int
     report_to: ReportTo
     n_examples: int
 
@@ -131,8 +130,7 @@ class StrategiesConfig(EvaluatingConfig):
         for key in ("n_train_questions", "n_val_questions", "epochs", "prompts_per_generation",
                     "prompts_per_step", "micro_batch", "max_completion_length", "sft_buffer",
                     "mix_samples", "mix_max_new_tokens", "sft_batch_size", "sft_max_length",
-                    "router_samples", "router_max_new_tokens", "save_steps", "logging_steps",
-                    "cpu_threads"):
+                    "router_samples", "router_max_new_tokens", "save_steps", "logging_steps"):
             self.require(getattr(self, key) >= 1, key, "must be >= 1")
         self.require(self.num_generations >= 2, "num_generations", "must be >= 2")
         self.require(self.prompts_per_generation % self.prompts_per_step == 0,
@@ -629,7 +627,7 @@ def _key(cfg: StrategiesConfig, spec: Spec, start: str, data: Any, infra: dict[s
 GRPO_KEYS = ("loss_type", "learning_rate", "lr_scheduler_type", "epochs",
              "prompts_per_generation", "prompts_per_step", "micro_batch", "num_generations",
              "temperature", "max_completion_length", "reward_weights", "save_steps",
-             "logging_steps", "cpu_threads", "report_to", "eval_samples", "eval_temperature",
+             "logging_steps", "report_to", "eval_samples", "eval_temperature",
              "eval_top_p", "eval_top_k", "eval_max_new_tokens", "backend", "batch_rows")
 GRPO_INFRA = {"trainer_backend": "hf", "lora_r": 0, "lora_alpha": 16, "vllm_mode": "none",
               "vllm_server_url": "", "vllm_gpu_memory_utilization": 0.3}
@@ -647,9 +645,10 @@ def grpo_settings(cfg: StrategiesConfig, run):
         infra.update({k: params[k] for k in GRPO_INFRA if k in params})
     values = {**infra, **{k: getattr(cfg, k) for k in GRPO_KEYS},
               "run_name": cfg.run_name, "output_root": cfg.output_root, "seed": cfg.seed,
+              "threads": cfg.threads,
               "init_model": cfg.base_model, "train_source": "world", "prompt_suffix": "",
               "n_train_questions": cfg.n_train_questions, "betas": [cfg.beta],
-              "exclude_easiest": "none", "num_processes": 1, "n_examples": 0}
+              "exclude_easiest": "none", "exclude_easiest_ablation": "none", "num_processes": 1, "n_examples": 0}
     return grpo.GRPOStageConfig.from_mapping(
         values, f"{stages.STRATEGIES.name}: GRPO settings (with {stages.GRPO.name}'s backend)")
 
@@ -731,10 +730,10 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
     from synergy.config import ConfigError
     from synergy.evaluation import SamplingSpec
     from synergy.files import write_text
-    from synergy.runs import stage_run, torch_threads
+    from synergy.runs import stage_run
 
     cpu0 = time.process_time()  # CPU seconds: the stage's cost on a machine others share
-    with torch_threads(cfg.cpu_threads), stage_run(cfg, stages.STRATEGIES) as ctx:
+    with stage_run(cfg, stages.STRATEGIES) as ctx:
         suffix = stratify.config_of(ctx.run).prompt_suffix
         ctx.needs(stages.STRATIFY)
         refs = {role: ctx.model(getattr(cfg, f"{role}_model"), f"{role}_model")

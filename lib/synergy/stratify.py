@@ -231,6 +231,28 @@ def benchmark_questions(levels: pd.DataFrame) -> pd.DataFrame:
     return levels.drop(columns=[c for c in SAMPLE_COLUMNS if c in levels.columns])
 
 
+def level_subset(questions: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """`n` of the questions, each level keeping its share (largest remainders; at least one
+    per non-empty level), picked by a seeded shuffle; all of them when `n` is 0 or not
+    smaller. The order of `questions` is kept. Fewer questions widen each level's interval
+    by about sqrt(len(questions) / n)."""
+    if n <= 0 or n >= len(questions):
+        return questions
+    counts = questions["level"].value_counts()
+    exact = counts * n / len(questions)
+    take = np.maximum(1, np.floor(exact)).astype(int)
+    for level in (exact - np.floor(exact)).sort_values(ascending=False).index:
+        if take.sum() >= n:
+            break
+        take[level] += 1
+    rng = np.random.default_rng(seed)
+    keep = []
+    for level, k in take.items():
+        index = questions.index[questions["level"] == level].to_numpy()
+        keep.extend(rng.permutation(index)[:min(k, len(index))])
+    return questions.loc[sorted(keep, key=questions.index.get_loc)]
+
+
 def statement(df: pd.DataFrame, n_samples: int) -> str:
     """What this stratification shows, computed from its numbers (markdown)."""
     table = level_table(df)
