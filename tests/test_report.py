@@ -325,3 +325,17 @@ def test_notebook_08_on_smoke(smoke_series, tmp_path):
     ran_07 = (tmp_path / "smoke" / "07_pivotal_tokens" / "manifest.json").exists()
     assert (status[findings["meta_tokens"]] == "not run") != ran_07
     assert (tmp_path / "smoke" / "08_report" / "accuracy_by_level.png").stat().st_size > 1000
+
+
+def test_combination_findings_with_uncertainty_and_magnitude():
+    rl = [0.95, 0.75, 0.55, 0.35, 0.12]
+    best = [max(s, r) for s, r in zip(SFT, rl)]
+    above = [("linear-0.5", [best[0], best[1] + 0.03, *best[2:]], 25)]  # +3 on L2 only
+    status, text = report.no_synergy(_ev(_roles(SFT, rl, BASE, merges=above, width=0.05)))
+    assert status == "reproduced" and "within the uncertainty: linear-0.5" in text
+    assert report.no_synergy(_ev(_roles(SFT, rl, BASE, merges=above)))[0] == "not reproduced"
+    far_below = [("linear-0.5", [a - 0.3 for a in rl], 25)]
+    status, text = report.below_rl(_ev(_roles(SFT, rl, BASE, merges=far_below)))
+    assert status == report.DIRECTION_ONLY and "the paper's best ends -0.2 points" in text
+    near = [("linear-0.5", [a - 0.01 for a in rl], 25)]
+    assert report.below_rl(_ev(_roles(SFT, rl, BASE, merges=near)))[0] == "reproduced"

@@ -250,6 +250,10 @@ PAPER_MATCH = {"sft:s1.1-R1": rf"^{stages.SFT.name}/careful$",
                "progressive": r"progress", "data_mixing": r"mix"}
 
 
+# The paper's combinations (its table's roles): strategies and the best merge.
+PAPER_COMBINATIONS = ("two_stage", "interleaved", "progressive", "data_mixing", "linear-0.25")
+
+
 def is_strategy(role: str) -> bool:
     """A role of 05's combination strategies (the paper's four and the SFT-loss baseline)."""
     from synergy.strategies import COMBINATIONS
@@ -537,11 +541,19 @@ def no_synergy(ev: Evidence) -> Verdict:
     if ev.missing("sft", "rl") or not combos:
         return _not_run(ev.missing("sft", "rl") + ([] if combos else
                                                    ["a combination (05 or 06)"]))
-    table = synergy_table(ev)
-    winners = list(table.loc[table["synergy"], "model"])
+    table = synergy_table(ev).set_index("model")
+    margin = 100 * ev.margin
+    # A synergy counts when the combination beats both parents beyond their uncertainty on
+    # one of the levels where it is above both.
+    winners = [m for m in table.index[table["synergy"]]
+               if any(all(ev.difference(m, p, [lv]).gain(margin) for p in ("sft", "rl"))
+                      for lv in table.at[m, "above_both"].split(", "))]
+    unclear = [m for m in table.index[table["synergy"]] if m not in winners]
     return _verdict(not winners, f"{len(winners)} of {len(combos)} combinations beat both "
                                  f"parents without losing elsewhere: "
-                                 f"{', '.join(winners) or 'none'}")
+                                 f"{', '.join(winners) or 'none'}"
+                                 + (f"; within the uncertainty: {', '.join(unclear)}"
+                                    if unclear else ""))
 
 
 def below_rl(ev: Evidence) -> Verdict:
@@ -551,9 +563,16 @@ def below_rl(ev: Evidence) -> Verdict:
     diffs = {r: ev.difference(r, "rl", ["all"]) for r in combos}
     above = [r for r, d in diffs.items() if d.gain(100 * ev.margin)]
     best = max(combos, key=lambda r: ev.acc.at[r, "all"])
-    return _verdict(not above, f"best combination {best} {100 * ev.acc.at[best, 'all']:.1f}% "
-                               f"vs RL {100 * ev.acc.at['rl', 'all']:.1f}% ({diffs[best]}); "
-                               f"clearly above RL: {', '.join(above) or 'none'}")
+    text = (f"best combination {best} {100 * ev.acc.at[best, 'all']:.1f}% vs RL "
+            f"{100 * ev.acc.at['rl', 'all']:.1f}% ({diffs[best]}); clearly above RL: "
+            f"{', '.join(above) or 'none'}")
+    if above:
+        return ("not reproduced", text)
+    paper_best = max(m["avg"] for m in ev.paper["models"] if m["role"] in PAPER_COMBINATIONS)
+    if diffs[best].points < -SMALL_GAIN:  # the paper's best ends just below RL
+        return (DIRECTION_ONLY, f"{text}; the paper's best ends "
+                                f"{paper_best - ev.paper_avg('rl'):+.1f} points from RL")
+    return ("reproduced", text)
 
 
 def two_stage_budget(ev: Evidence) -> Verdict:
