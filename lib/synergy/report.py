@@ -4,7 +4,11 @@
 training curves) and returns every table the report shows; the figures are pure functions
 of those tables. A stage that has not run shows as "not run". The paper's numbers live in
 `synergy/data/paper_results.yaml`; each of its findings is judged by one function of
-`FINDINGS`, keyed like the YAML. Model-generated text is HTML-escaped wherever it is shown.
+`FINDINGS`, keyed like the YAML, from an `Evidence`: per-level accuracy with its 95%
+intervals, per-question results (paired differences), weight distances and 04's training
+curves. A finding is `reproduced` only when its difference exceeds its uncertainty (and
+`margin`); the other statuses are in `STATUSES`. Model-generated text is HTML-escaped
+wherever it is shown, and tables are shown without their index (`escaped_html`).
 """
 
 from __future__ import annotations
