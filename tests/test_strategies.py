@@ -504,10 +504,9 @@ def test_report_judges_05_strategies_and_names_their_paper_roles():
     roles, prefix = strategy_roles()
     paper = report.paper_results()
     headlines = {"two_stage": "two_stage-192", "progressive": "progressive-cosine"}
-    ev = report.Evidence(report.wide(roles), report.wide(roles, "mean_length"), None, 0.02, 2.0,
-                         pd.DataFrame({"model": ["two_stage-64", "two_stage-192"],
-                                       "budget": [64, 192], "clipped_ratio": [0.9, 0.0],
-                                       "final_reward": [0.1, 0.5], "accuracy": [0.43, 0.58]}))
+    ev = report.evidence(roles, 0.02, 2.0, two_stage=pd.DataFrame(
+        {"model": ["two_stage-64", "two_stage-192"], "budget": [64, 192],
+         "clipped_ratio": [0.9, 0.0], "final_reward": [0.1, 0.5], "accuracy": [0.43, 0.58]}))
     # The paper's strategies count as combinations; router and oracle go beyond the paper.
     assert set(ev.combinations()) == {"linear-0.5", prefix + "two_stage-64",
                                       prefix + "two_stage-192", prefix + "progressive-cosine"}
@@ -515,8 +514,7 @@ def test_report_judges_05_strategies_and_names_their_paper_roles():
     assert status == "not reproduced" and "progressive-cosine" in evidence
     assert report.below_rl(ev)[0] == "not reproduced"  # progressive ends above RL
     assert report.two_stage_budget(ev)[0] == "reproduced"
-    assert report.two_stage_budget(report.Evidence(ev.acc, ev.length, None, 0.02, 2.0))[0] \
-        == "not run"
+    assert report.two_stage_budget(report.evidence(roles, 0.02, 2.0))[0] == "not run"
     compared = report.paper_vs_run(paper, roles, headlines).set_index("paper model")
     assert compared.at["two-stage SFT->RL", "this run"] == prefix + "two_stage-192"
     assert compared.at["progressive", "this run"] == prefix + "progressive-cosine"
