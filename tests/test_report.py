@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_stages
@@ -339,3 +340,13 @@ def test_combination_findings_with_uncertainty_and_magnitude():
     assert status == report.DIRECTION_ONLY and "the paper's best ends -0.2 points" in text
     near = [("linear-0.5", [a - 0.01 for a in rl], 25)]
     assert report.below_rl(_ev(_roles(SFT, rl, BASE, merges=near)))[0] == "reproduced"
+
+
+def test_sample_sizes_state_what_each_stage_rests_on():
+    status = pd.DataFrame({"stage": ["03_sft", "06_merging", "07_pivotal_tokens"],
+                           "eval_questions": [200, 80, np.nan],
+                           "samples_per_question": [2, 2, 4]})
+    text = report.sample_sizes(status)
+    assert "03_sft 200 x 2" in text and "06_merging 80 x 2" in text
+    assert "07_pivotal" not in text
+    assert report.sample_sizes(status.iloc[:0]) == "No stage has evaluated models yet."

@@ -82,11 +82,33 @@ def stage_status(run: Run) -> pd.DataFrame:
     for name in names:
         path = run.root / name / "manifest.json"
         m = read_json(path) if path.exists() else {}
+        table = run.root / name / "per_level.csv"
+        questions = np.nan
+        if m and table.exists():
+            per_level = pd.read_csv(table)
+            overall = per_level.loc[per_level["level"] == "all", "questions"]
+            questions = int(overall.max()) if len(overall) else np.nan
         rows.append({"stage": name, "status": "ran" if m else "not run",
                      "artifact_id": m.get("artifact_id", ""), "finished": m.get("finished", ""),
                      "seconds": round(float(m.get("seconds", np.nan)), 1) if m else np.nan,
+                     "eval_questions": questions,
+                     "samples_per_question": m.get("params", {}).get("eval_samples", np.nan)
+                     if m else np.nan,
                      "commit": (m.get("git", {}).get("commit") or "")[:10]})
     return pd.DataFrame(rows)
+
+
+def sample_sizes(status: pd.DataFrame) -> str:
+    """What each stage's accuracies rest on (questions x samples per question), from
+    `stage_status`: the price of a faster profile, stated beside the checklist (markdown)."""
+    sized = status.dropna(subset=["eval_questions", "samples_per_question"])
+    if sized.empty:
+        return "No stage has evaluated models yet."
+    parts = ", ".join(f"{r.stage} {int(r.eval_questions)} x {int(r.samples_per_question)}"
+                      for r in sized.itertuples())
+    return (f"Accuracies rest on questions x samples per question: {parts}. Fewer questions "
+            "or samples widen every interval above (a subset of n of N questions by about "
+            "sqrt(N / n)); a difference inside its interval is not called reproduced.")
 
 
 def run_levels(run: Run) -> pd.DataFrame:
