@@ -1,6 +1,6 @@
 """Nothing is lost on a kill: every stage's command, SIGKILLed mid-stage, then run again.
 
-Each test starts `python -m synergy run --stages NN`, waits until the stage has finished
+Each test (01, 02, 03, 04, 05, 06) starts `python -m synergy run --stages NN`, waits until the stage has finished
 some of its units (sample shards, models, checkpoints, merges), SIGKILLs the runner and
 every process it started (its notebook kernel: the whole job, as in an OOM kill or a
 preempted job), and runs the same command again. It then checks what the second run
@@ -206,6 +206,30 @@ def test_04_grpo(kills, tmp_path):
         assert models.fingerprint(folder / "runs" / label / "model") == \
             models.fingerprint(ref / "04_grpo" / "runs" / label / "model"), label
     same_csv(folder / "per_level.csv", ref / "04_grpo" / "per_level.csv")
+
+
+def test_05_strategies(kills, tmp_path):
+    """05 killed once two strategy models are finished: they are reused, the rest trained,
+    and every model and table equals an uninterrupted 05 on the same upstream artifacts."""
+    profile, run, _ = kills
+    # The reference: an uninterrupted 05 on a copy of this root (01-04 resumed above).
+    ref_root = tmp_path / "reference" / "outputs"
+    shutil.copytree(run, ref_root / run.name, ignore=shutil.ignore_patterns("05_strategies"))
+    ref_profile = yaml.safe_load(profile.read_text())
+    ref_profile["run"]["output_root"] = str(ref_root)
+    (tmp_path / "reference.yaml").write_text(yaml.safe_dump(ref_profile))
+    run_again(command(tmp_path / "reference.yaml", "05"), tmp_path / "reference.log")
+    ref = ref_root / run.name / "05_strategies"
+
+    runs_dir = run / "05_strategies" / "runs"
+    folder, _, _ = killed_then_resumed(
+        kills, "05", lambda: len(list(runs_dir.glob("*/done.json"))) >= 2, tmp_path)
+    table = pd.read_csv(folder / "runs.csv")
+    assert 2 <= table["reused"].sum() < len(table)  # finished models kept, the rest trained
+    for name in table["label"]:
+        assert models.fingerprint(runs_dir / name / "model") == \
+            models.fingerprint(ref / "runs" / name / "model"), name
+    same_csv(folder / "per_level.csv", ref / "per_level.csv")
 
 
 def test_06_merging(kills, tmp_path):
