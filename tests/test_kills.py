@@ -130,6 +130,13 @@ def same_csv(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b))
 
 
+def same_models(names, mine: Path, reference: Path, inner: str = "") -> None:
+    """Each named model folder under `mine` has the fingerprint of the reference's."""
+    for name in names:
+        assert models.fingerprint(mine / name / inner) == \
+            models.fingerprint(reference / name / inner), name
+
+
 def killed_then_resumed(kills, stage: str, ready, tmp_path) -> tuple[Path, dict, float]:
     profile, run, _ = kills
     cmd = command(profile, stage)
@@ -187,9 +194,7 @@ def test_03_sft(kills, tmp_path):
     steps = [r["step"] for r in map(json.loads, (folder / "train" / "lowquality" / "log.jsonl")
                                     .read_text().splitlines()) if "loss" in r]
     assert steps == [1, 2]  # each step logged once across the two runs
-    for name in runs.index:
-        assert models.fingerprint(folder / "models" / name) == \
-            models.fingerprint(ref / "03_sft" / "models" / name), name
+    same_models(runs.index, folder / "models", ref / "03_sft" / "models")
     same_csv(folder / "per_level.csv", ref / "03_sft" / "per_level.csv")
 
 
@@ -202,9 +207,7 @@ def test_04_grpo(kills, tmp_path):
     records = {r["label"]: r for r in read_json(folder / "manifest.json")["runs"]}
     assert records["rl-beta0-static"]["reused"]
     assert records["rl-beta0.01-static"]["resumed_from"] in ("checkpoint-2", "checkpoint-4")
-    for label in records:
-        assert models.fingerprint(folder / "runs" / label / "model") == \
-            models.fingerprint(ref / "04_grpo" / "runs" / label / "model"), label
+    same_models(records, folder / "runs", ref / "04_grpo" / "runs", "model")
     same_csv(folder / "per_level.csv", ref / "04_grpo" / "per_level.csv")
 
 
@@ -226,9 +229,7 @@ def test_05_strategies(kills, tmp_path):
         kills, "05", lambda: len(list(runs_dir.glob("*/done.json"))) >= 2, tmp_path)
     table = pd.read_csv(folder / "runs.csv")
     assert 2 <= table["reused"].sum() < len(table)  # finished models kept, the rest trained
-    for name in table["label"]:
-        assert models.fingerprint(runs_dir / name / "model") == \
-            models.fingerprint(ref / "runs" / name / "model"), name
+    same_models(table["label"], runs_dir, ref / "runs", "model")
     same_csv(folder / "per_level.csv", ref / "per_level.csv")
 
 
@@ -239,7 +240,5 @@ def test_06_merging(kills, tmp_path):
         kills, "06", lambda: len(list(merges.glob("*/merge.json"))) >= 3, tmp_path)
     table = pd.read_csv(folder / "merges.csv")
     assert 3 <= table["reused"].sum() < len(table)  # finished merges kept, the rest made
-    for name in table["model"]:
-        assert models.fingerprint(merges / name / "model") == \
-            models.fingerprint(ref / "06_merging" / "merges" / name / "model"), name
+    same_models(table["model"], merges, ref / "06_merging" / "merges", "model")
     same_csv(folder / "per_level.csv", ref / "06_merging" / "per_level.csv")

@@ -55,17 +55,10 @@ CURVES = {
 
 
 @dataclasses.dataclass
-class GRPOStageConfig(EvaluatingConfig):
-    SECTION = "grpo"
+class PolicyKeys:
+    """The GRPO training keys 04 and 05 share (verl's batch words, TRL's optimiser and
+    logging), with their checks: one definition for both stages' configs."""
 
-    init_model: str
-    train_source: str
-    prompt_suffix: str
-    n_train_questions: int
-    betas: list[float]
-    exclude_easiest: Literal["none", "static", "dynamic"]
-    exclude_easiest_ablation: Literal["none", "static", "dynamic"]
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"]
     learning_rate: float
     lr_scheduler_type: Literal["constant", "linear", "cosine"]
     epochs: int
@@ -79,6 +72,38 @@ class GRPOStageConfig(EvaluatingConfig):
     save_steps: int
     logging_steps: int
     report_to: ReportTo
+
+    def validate(self) -> None:
+        super().validate()
+        self.require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        for key in ("epochs", "prompts_per_generation", "prompts_per_step", "micro_batch",
+                    "max_completion_length", "save_steps", "logging_steps"):
+            self.require(getattr(self, key) >= 1, key, "must be >= 1")
+        self.require(self.num_generations >= 2, "num_generations",
+                     "must be >= 2 (GRPO compares rollouts within a group)")
+        self.require(self.prompts_per_generation % self.prompts_per_step == 0,
+                     "prompts_per_generation", "must be a multiple of prompts_per_step")
+        self.require(self.temperature > 0, "temperature", "must be > 0 (GRPO samples)")
+        self.require(len(self.reward_weights) == len(REWARD_NAMES)
+                     and all(w >= 0 for w in self.reward_weights), "reward_weights",
+                     f"must be {len(REWARD_NAMES)} weights >= 0 ({', '.join(REWARD_NAMES)})")
+
+
+POLICY_KEYS = tuple(f.name for f in dataclasses.fields(PolicyKeys))
+
+
+@dataclasses.dataclass
+class GRPOStageConfig(PolicyKeys, EvaluatingConfig):
+    SECTION = "grpo"
+
+    init_model: str
+    train_source: str
+    prompt_suffix: str
+    n_train_questions: int
+    betas: list[float]
+    exclude_easiest: Literal["none", "static", "dynamic"]
+    exclude_easiest_ablation: Literal["none", "static", "dynamic"]
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"]
     trainer_backend: TrainerBackend
     num_processes: int
     lora_r: int
@@ -98,14 +123,6 @@ class GRPOStageConfig(EvaluatingConfig):
         self.require(len(self.betas) >= 1 and all(b >= 0 for b in self.betas)
                      and len(set(self.betas)) == len(self.betas), "betas",
                      "must be a non-empty list of distinct values >= 0")
-        self.require(self.learning_rate > 0, "learning_rate", "must be > 0")
-        for key in ("epochs", "prompts_per_generation", "prompts_per_step", "micro_batch",
-                    "max_completion_length", "save_steps", "logging_steps"):
-            self.require(getattr(self, key) >= 1, key, "must be >= 1")
-        self.require(self.num_generations >= 2, "num_generations",
-                     "must be >= 2 (GRPO compares rollouts within a group)")
-        self.require(self.prompts_per_generation % self.prompts_per_step == 0,
-                     "prompts_per_generation", "must be a multiple of prompts_per_step")
         self.require(self.num_processes >= 1, "num_processes", "must be >= 1")
         self.require((self.prompts_per_step * self.num_generations)
                      % (self.micro_batch * self.num_processes) == 0, "micro_batch",
@@ -116,10 +133,6 @@ class GRPOStageConfig(EvaluatingConfig):
         self.require(self.trainer_backend == "hf" or self.num_processes == 1
                      and self.vllm_mode == "none", "trainer_backend",
                      "'unsloth' is the single-GPU path: num_processes 1 and vllm_mode none")
-        self.require(self.temperature > 0, "temperature", "must be > 0 (GRPO samples)")
-        self.require(len(self.reward_weights) == len(REWARD_NAMES)
-                     and all(w >= 0 for w in self.reward_weights), "reward_weights",
-                     f"must be {len(REWARD_NAMES)} weights >= 0 ({', '.join(REWARD_NAMES)})")
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
 
 
@@ -491,16 +504,17 @@ def training_set(cfg: GRPOStageConfig, run, init_path: str | Path,
     from synergy.config import ConfigError
 
     train_set, upstream = training_questions(cfg, run)
+    easiest = pd.Series(False, index=train_set.index)
     if "static" in modes(cfg):
         train_set = static_filter(cfg, train_set, str(init_path), run.samples_cache, progress)
-        if (train_set["easiest"]).all():
+        easiest = train_set["easiest"]
+        if easiest.all():
             raise ConfigError(f"grpo.exclude_easiest: the static filter dropped all "
                               f"{len(train_set)} training questions (the starting model "
                               "solves each in every rollout); use more or harder questions")
-    static = train_set["easiest"] if "easiest" in train_set else False
-    train_set["kept"] = ~static if cfg.exclude_easiest == "static" else True
+    train_set["kept"] = ~easiest if cfg.exclude_easiest == "static" else True
     processing = models.load_processing(init_path)
-    datasets = {mode: training_dataset(train_set[~static].reset_index(drop=True)
+    datasets = {mode: training_dataset(train_set[~easiest].reset_index(drop=True)
                                        if mode == "static" else train_set,
                                        processing, cfg.prompt_suffix)
                 for mode in modes(cfg)}
@@ -571,7 +585,7 @@ NOT_IN_KEY = (
     "train_source", "n_train_questions", "prompt_suffix",  # the training set, by content
     "betas",                                              # each policy keyed by its own beta
     "exclude_easiest_ablation",                           # ... and by its own filter mode
-    "save_steps", "logging_steps", "threads", "report_to",
+    "save_steps", "logging_steps", "report_to",
     "backend", "batch_rows",                              # sampling speed (static filter)
     "num_processes", "vllm_server_url", "vllm_gpu_memory_utilization",  # where rollouts run
     "eval_samples", "eval_temperature", "eval_top_p", "eval_top_k", "eval_max_new_tokens",

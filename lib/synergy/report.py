@@ -528,9 +528,11 @@ def traced_length(results: pd.DataFrame) -> dict[str, float]:
     `lengths`): mean tokens of all answers, of those that open a `<think>` trace, and the
     traced share. A base that mostly answers directly is short on average; its traces are
     what RL, which learns to open them, should be compared with."""
+    from synergy.world import THINK_OPEN
+
     texts = [t for s in results["samples"] for t in s]
     lengths = np.array([n for s in results["lengths"] for n in s], dtype=float)
-    traced = np.array(["<think>" in t for t in texts], dtype=bool)
+    traced = np.array([THINK_OPEN in t for t in texts], dtype=bool)
     return {"all": float(lengths.mean()) if len(lengths) else np.nan,
             "traced": float(lengths[traced].mean()) if traced.any() else np.nan,
             "traced_share": float(traced.mean()) if len(traced) else np.nan}

@@ -83,12 +83,6 @@ def now() -> str:
 
 
 
-def torch_thread_count() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def thread_count(setting: int) -> int:
     """Torch CPU threads for `run.threads`: the setting itself when > 0; 0 (auto) takes the
     cores this process may use minus those other processes keep busy right now (the
@@ -118,21 +112,21 @@ def thread_count(setting: int) -> int:
 
 
 @contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[int]:
     """Run with `n` torch CPU threads (None: leave as is; 0: `thread_count`'s choice;
-    no-op with CUDA), then restore.
+    no-op with CUDA), then restore. Yields the thread count in effect.
 
     The one place that sets torch's thread count: every stage (through `stage_run` and the
     training entry points, from `run.threads`) and test goes through it."""
     import torch
 
     if n is None or torch.cuda.is_available():
-        yield
+        yield torch.get_num_threads()
         return
     before = torch.get_num_threads()
     torch.set_num_threads(thread_count(n))
     try:
-        yield
+        yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
 
@@ -295,8 +289,8 @@ def stage_run(cfg: StageConfig, stage, artifact_id: str | None = None) -> Iterat
     ctx.dir.mkdir(parents=True, exist_ok=True)
     (ctx.dir / MANIFEST).unlink(missing_ok=True)
     clean_interrupted(ctx.run.root)  # temporary folders of writes a kill interrupted
-    with torch_threads(cfg.threads):
-        ctx.extra["threads"] = torch_thread_count()
+    with torch_threads(cfg.threads) as threads:
+        ctx.extra["threads"] = threads
         yield ctx
     ctx.finish(artifact_id)
 

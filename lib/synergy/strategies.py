@@ -40,10 +40,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from synergy.config import StageConfig
 from synergy.evaluation import EvaluatingConfig
+from synergy.grpo import POLICY_KEYS, PolicyKeys
 from synergy.mixing import Schedule
 from synergy.runs import StageResult
-from synergy.training import ReportTo
 
 FAMILIES = ("two_stage", "interleaved", "progressive", "aux_sft", "data_mixing", "adaptive",
             "router")
@@ -63,7 +64,7 @@ TRAINING_CURVES = {
 
 
 @dataclasses.dataclass
-class StrategiesConfig(EvaluatingConfig):
+class StrategiesConfig(PolicyKeys, EvaluatingConfig):
     SECTION = "strategies"
 
     base_model: str
@@ -76,16 +77,6 @@ class StrategiesConfig(EvaluatingConfig):
     n_val_questions: int
     beta: float
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"]
-    learning_rate: float
-    lr_scheduler_type: Literal["constant", "linear", "cosine"]
-    epochs: int
-    prompts_per_generation: int
-    prompts_per_step: int
-    micro_batch: int
-    num_generations: int
-    temperature: float
-    max_completion_length: int
-    reward_weights: list[float]
     two_stage_lengths: list[int]
     sft_gate: int
     interleaved_modes: list[Literal["same_step", "buffered"]]
@@ -116,9 +107,6 @@ class StrategiesConfig(EvaluatingConfig):
     router_signal: Literal["agreement", "confidence"]
     router_max_new_tokens: int
     synergy_margin: float
-    save_steps: int
-    logging_steps: int
-    report_to: ReportTo
     n_examples: int
 
     def validate(self) -> None:
@@ -127,23 +115,15 @@ class StrategiesConfig(EvaluatingConfig):
             self.require(getattr(self, key).strip() != "", key, "must not be empty")
         self.require(len(self.families) >= 1 and len(set(self.families))
                      == len(self.families), "families", "must name strategies, each once")
-        for key in ("n_train_questions", "n_val_questions", "epochs", "prompts_per_generation",
-                    "prompts_per_step", "micro_batch", "max_completion_length", "sft_buffer",
-                    "mix_samples", "mix_max_new_tokens", "sft_batch_size", "sft_max_length",
-                    "router_samples", "router_max_new_tokens", "save_steps", "logging_steps"):
+        for key in ("n_train_questions", "n_val_questions", "sft_buffer", "mix_samples",
+                    "mix_max_new_tokens", "sft_batch_size", "sft_max_length", "router_samples",
+                    "router_max_new_tokens"):
             self.require(getattr(self, key) >= 1, key, "must be >= 1")
-        self.require(self.num_generations >= 2, "num_generations", "must be >= 2")
-        self.require(self.prompts_per_generation % self.prompts_per_step == 0,
-                     "prompts_per_generation", "must be a multiple of prompts_per_step")
         self.require((self.prompts_per_step * self.num_generations) % self.micro_batch == 0,
                      "micro_batch", "must divide prompts_per_step x num_generations")
         self.require(self.beta >= 0, "beta", "must be >= 0")
-        self.require(self.learning_rate > 0 and self.sft_lr > 0, "learning_rate",
-                     "and sft_lr must be > 0")
-        self.require(self.temperature > 0 and self.mix_temperature > 0, "temperature",
-                     "and mix_temperature must be > 0 (both sample)")
-        self.require(len(self.reward_weights) == 2 and all(w >= 0 for w in self.reward_weights),
-                     "reward_weights", "must be 2 weights >= 0 (accuracy, format)")
+        self.require(self.sft_lr > 0, "sft_lr", "must be > 0")
+        self.require(self.mix_temperature > 0, "mix_temperature", "must be > 0 (it samples)")
         self.require(len(self.two_stage_lengths) >= 1 and all(n >= 1 for n in
                      self.two_stage_lengths), "two_stage_lengths", "must list lengths >= 1")
         self.require(0 <= self.sft_gate < self.num_generations, "sft_gate",
@@ -624,11 +604,9 @@ def _key(cfg: StrategiesConfig, spec: Spec, start: str, data: Any, infra: dict[s
 
 # This stage's GRPO keys (04's names and meanings); everything else about how GRPO runs (the
 # trainer backend, LoRA, vLLM rollouts) is the RL parent's, from 04's manifest.
-GRPO_KEYS = ("loss_type", "learning_rate", "lr_scheduler_type", "epochs",
-             "prompts_per_generation", "prompts_per_step", "micro_batch", "num_generations",
-             "temperature", "max_completion_length", "reward_weights", "save_steps",
-             "logging_steps", "report_to", "eval_samples", "eval_temperature",
-             "eval_top_p", "eval_top_k", "eval_max_new_tokens", "backend", "batch_rows")
+GRPO_KEYS = ("loss_type", *POLICY_KEYS,
+             *(f.name for f in dataclasses.fields(EvaluatingConfig)
+               if f.name not in StageConfig.keys()))
 GRPO_INFRA = {"trainer_backend": "hf", "lora_r": 0, "lora_alpha": 16, "vllm_mode": "none",
               "vllm_server_url": "", "vllm_gpu_memory_utilization": 0.3}
 
