@@ -46,6 +46,7 @@ from synergy.world import (
     Question,
     apply_op,
     parse_question,
+    step_text,
 )
 
 TEACHERS = ("careful", "lowquality", "sampled", "api", "traces")
@@ -141,16 +142,14 @@ def careful_trace(q: Question, rng: random.Random, slip_rate: float = 0.1) -> st
     the reflection of real long-CoT traces (doubt, re-checking the last step, the answer
     again), which only needs copying from nearby text.
     """
-    chain, value = [], q.start
-    for op, n in q.ops:
-        new = apply_op(value, op, n)
+    chain = []
+    for value, op, n, new in q.transitions():
         if rng.random() < slip_rate:
-            chain.append(f"{value}{op}{n}={slip(new, rng)}. Wait, no: {value}{op}{n}={new}.")
+            chain.append(f"{step_text(value, op, n, slip(new, rng))} Wait, no: "
+                         f"{step_text(value, op, n, new)}")
         else:
-            chain.append(f"{value}{op}{n}={new}.")
-        value = new
-    op, n = q.ops[-1]
-    prev = q.values()[-2] if q.steps > 1 else q.start
+            chain.append(step_text(value, op, n, new))
+    prev, op, n, value = q.transitions()[-1]
     return (f"{THINK_OPEN} Let me solve it step by step. First, {' '.join(chain)} So the "
             f"answer is {value}. Hmm, maybe I made a mistake. Let me verify the last step: "
             f"{prev}{op}{n}={value}. Yes, that is right, because {check_text(prev, op, n, value)}. "

@@ -139,6 +139,12 @@ class Question:
             out.append(v)
         return out
 
+    def transitions(self) -> list[tuple[int, str, int, int]]:
+        """(value before, operation, operand, value after) of each step."""
+        after = self.values()
+        return [(v, op, n, nv) for v, (op, n), nv in zip([self.start, *after[:-1]], self.ops,
+                                                          after)]
+
     @property
     def answer(self) -> int:
         return self.values()[-1]
@@ -226,12 +232,13 @@ def direct_answer(q: Question) -> str:
     return f"{BOXED}{q.answer}}}"
 
 
+def step_text(value: int, op: str, n: int, new: int) -> str:
+    """One step as every trace writes it: `3+4=7.`"""
+    return f"{value}{op}{n}={new}."
+
+
 def short_trace(q: Question) -> str:
-    lines, v = [], q.start
-    for op, n in q.ops:
-        nv = apply_op(v, op, n)
-        lines.append(f"{v}{op}{n}={nv}.")
-        v = nv
+    lines = [step_text(*t) for t in q.transitions()]
     return f"{THINK_OPEN} {' '.join(lines)}{THINK_CLOSE} {BOXED}{q.answer}}}"
 
 
@@ -569,13 +576,8 @@ def start_image(value: int):
 def image_trace(q: Question) -> str:
     """A long-CoT trace that reads the image first (the Eureka-Distill-style set's
     assistant turn): count, the steps, a check of the last one, the answer."""
-    steps, value = [], q.start
-    for op, n in q.ops:
-        new = apply_op(value, op, n)
-        steps.append(f"{value}{op}{n}={new}.")
-        value = new
-    op, n = q.ops[-1]
-    prev = q.values()[-2] if q.steps > 1 else q.start
+    steps = [step_text(*t) for t in q.transitions()]
+    prev, op, n, value = q.transitions()[-1]
     return (f"{THINK_OPEN} The image shows {q.start} marks, so we start with {q.start}. "
             f"First, {' '.join(steps)} So the answer is {value}. Let me check the last step: "
             f"{prev}{op}{n}={value}. Yes.{THINK_CLOSE} {BOXED}{value}}}")
