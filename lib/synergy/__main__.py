@@ -84,7 +84,9 @@ def train(args) -> int:
         raise ConfigError(f"stage {stage.name} trains nothing; stages that train: "
                           f"{[s.name for s in stages.STAGES if hasattr(s.load_module(), 'train_models')]}")
     records = fn(stage_config(stage, args.profile, args.run_name), progress=not args.quiet)
-    if training.is_main_process():
+    main = training.is_main_process()
+    training.leave_process_group()
+    if main:
         for r in records:
             print(f"[synergy] {stage.name}: trained {r.get('label', r.get('key'))}: "
                   f"{r.get('steps')} steps on {r.get('num_processes', 1)} process(es), "
