@@ -52,6 +52,8 @@ def kl_by_token(kl: pd.DataFrame) -> pd.DataFrame:
     more than the reference does. Sorted by total KL, largest first.
     """
     key = kl["token"].str.strip().replace("", "␣")
+    # Sums in float64: float32 shares of a few hundred tokens miss 1 by ~1e-7.
+    kl = kl.astype({c: "float64" for c in ("kl", "logp_p", "logp_q")})
     out = (kl.assign(token=key, log_ratio=kl["logp_p"] - kl["logp_q"])
            .groupby("token").agg(count=("kl", "size"), total_kl=("kl", "sum"),
                                  mean_kl=("kl", "mean"), mean_log_ratio=("log_ratio", "mean"))
