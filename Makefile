@@ -28,8 +28,13 @@ demo: install
 report: install
 	$(BIN)/python -m synergy report --run $(or $(RUN),$(error usage: make report RUN=<run>)) --profile $(PROFILE)
 
+# Test files run on parallel workers (pytest-xdist), one file per worker at a time: the
+# kill tests share one output root in order, and files share their fixtures. One worker per
+# core, at most 4 (each holds its own smoke run).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n > 4 ? 4 : n )))
+
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lab: install
 	$(BIN)/jupyter lab notebooks
