@@ -469,6 +469,8 @@ def test_notebook_05_on_smoke(smoke_series, tmp_path):
         <= set(res.curves.columns)
     assert set(res.blends["blend"]) == {"data_mixing", "adaptive"}
     assert (res.dir / f"{stages.STRATEGIES.name}.html").stat().st_size > 0
+    shown = pd.read_csv(res.dir / "runs.csv")["model_path"]  # relative to the run folder
+    assert sorted(shown) == sorted(f"{stages.STRATEGIES.name}/runs/{n}/model" for n in names)
     # A second execution reuses every model.
     shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")
     values = {**cfg.to_dict(), "output_root": str(tmp_path)}

@@ -64,13 +64,29 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
     return versions
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def device_info() -> dict[str, Any]:
+    """The machine a stage ran on. `cpu_capability` is the kernel set torch dispatches to
+    (AVX2, AVX512, ...): float results, and so trained models, differ between them, while
+    runs on the same capability repeat bit for bit."""
     import torch
 
     from synergy.generation import VLLM_ARGS_ENV
 
     info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
+            "cpu_count": os.cpu_count(), "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.cuda.is_available()}
     if os.environ.get(VLLM_ARGS_ENV):  # vLLM engine arguments of this machine
         info["vllm_args"] = os.environ[VLLM_ARGS_ENV]
     if info["cuda"]:

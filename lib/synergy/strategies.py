@@ -781,7 +781,9 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
             ctx.record(router_threshold=threshold)
         results["oracle"] = oracle_results(results["sft"], results["rl"])
         table = evaluation.save_results(ctx.dir, results, record=ctx.record)
-        write_text(ctx.dir / "runs.csv", runs.to_csv(index=False))
+        shown = runs.assign(model_path=[ctx.run.relative(p) for p in runs["model_path"]]) \
+            if "model_path" in runs else runs  # paths relative to the run folder
+        write_text(ctx.dir / "runs.csv", shown.to_csv(index=False))
         if trained:
             ctx.set_models(trained, main=next(iter(trained)))
         ctx.record(cpu_seconds=time.process_time() - cpu0, paper_roles=headlines(cfg),
