@@ -781,16 +781,15 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
             ctx.record(router_threshold=threshold)
         results["oracle"] = oracle_results(results["sft"], results["rl"])
         table = evaluation.save_results(ctx.dir, results, record=ctx.record)
-        shown = runs.assign(model_path=[ctx.run.relative(p) for p in runs["model_path"]]) \
-            if "model_path" in runs else runs  # paths relative to the run folder
-        write_text(ctx.dir / "runs.csv", shown.to_csv(index=False))
+        # What is stored (runs.csv, the manifest) holds paths relative to the run folder.
+        stored = [r | {"model_path": ctx.run.relative(r["model_path"])} for r in records]
+        write_text(ctx.dir / "runs.csv", pd.DataFrame(stored).to_csv(index=False))
         if trained:
             ctx.set_models(trained, main=next(iter(trained)))
         ctx.record(cpu_seconds=time.process_time() - cpu0, paper_roles=headlines(cfg),
                    train_questions=len(train_q),
                    val_questions=len(val_q),
-                   runs=[{k: v for k, v in r.items() if k != "key"} | {
-                       "model_path": ctx.run.relative(r["model_path"])} for r in records])
+                   runs=[{k: v for k, v in r.items() if k != "key"} for r in stored])
     return StrategiesResult(ctx.manifest, ctx.dir, runs, curves, blend_table, results, table,
                             router)
 
