@@ -4,7 +4,9 @@ what torch thread count to use.
 Measures, on a finished run's world base (or any local causal LM folder), in one process:
   - each unit of work the series repeats: one evaluation sample (tokens/s of the shared
     engine), one GRPO rollout batch (TRL's `generate` vs the project's keyed compacting
-    decoder, which 04 and 05 now use), one GRPO / SFT optimizer step, one mergekit merge;
+    decoder, which 04 and 05 now use), one GRPO / SFT optimizer step, one step of the world
+    base's training (one padded batch vs the two length buckets 00 now uses), one mergekit
+    merge;
   - each at 1 and at 2 torch threads, interleaved (the machine is shared: ratios in the same
     run, not absolute times, are the figures to compare);
   - the engine's share of the physical limit: FLOPs per generated token (2 x the weights in
@@ -114,6 +116,16 @@ def main() -> None:
         opt.step()
         opt.zero_grad()
 
+    world_rows = world.train_questions(wcfg, wcfg.batch_size, seed=6)
+    world_batch = world.training_batch(wcfg, tok, world_rows, [
+        world.short_trace(q) if i % round(1 / max(wcfg.trace_fraction, 1e-3)) == 0
+        else world.direct_answer(q) for i, q in enumerate(world_rows)])
+
+    def world_step(split: bool):
+        world.backward_mean_loss(train_model, world_batch, split=split)
+        opt.step()
+        opt.zero_grad()
+
     other = tempfile.mkdtemp()
     shutil.copytree(path, f"{other}/copy")  # mergekit refuses the same folder twice
 
@@ -133,6 +145,8 @@ def main() -> None:
         "rollouts: 16 x 8, keyed compacting": keyed_rollouts,
         "GRPO update: 64 completions x 96 tokens": lambda: step(64, 96),
         "SFT step: 16 traces x 192 tokens": lambda: step(16, 192),
+        "world base step: one padded batch": lambda: world_step(False),
+        "world base step: two length buckets": lambda: world_step(True),
         "merge: one linear mergekit merge": merge,
     }
     seconds: dict[tuple[str, int], float] = {}
@@ -149,6 +163,11 @@ def main() -> None:
     trl, ours = (seconds["rollouts: 16 x 8, TRL generate", 1],
                  seconds["rollouts: 16 x 8, keyed compacting", 1])
     print(f"\nkeyed rollouts vs TRL generate (1 thread): {trl / ours:.2f}x faster")
+    for threads in (1, 2):
+        padded, split = (seconds["world base step: one padded batch", threads],
+                         seconds["world base step: two length buckets", threads])
+        print(f"world base step, length buckets vs one padded batch ({threads} thread(s)): "
+              f"{padded / split:.2f}x faster")
 
     # Share of the physical limit: the engine's achieved FLOP/s over the matmul peak.
     mean_context = (enc["input_ids"].shape[1] + n_tokens / (len(prompts) * 4) / 2)
@@ -175,6 +194,8 @@ def main() -> None:
         sft_models + n_policies + 1 + merges * m.get("eval_questions", 200) / 200)
     best = {name: min(seconds[name, 1], seconds[name, 2]) for name in units}
     est = {
+        "world base training (00)": prof["world"]["train_steps"] * best[
+            "world base step: two length buckets"],
         "GRPO rollouts (04)": rollout_batches * best["rollouts: 16 x 8, keyed compacting"],
         "GRPO updates (04)": grpo_steps * best["GRPO update: 64 completions x 96 tokens"],
         "SFT steps (03)": sft_models * s["max_steps"] * best["SFT step: 16 traces x 192 tokens"],
@@ -184,7 +205,7 @@ def main() -> None:
     }
     total = sum(est.values())
     print(f"\nestimated from unit costs x the counts in {Path(args.profile).name} "
-          "(05's strategies and the world's training not included):")
+          "(05's strategies not included):")
     for name, sec in sorted(est.items(), key=lambda kv: -kv[1]):
         print(f"  {name:34s} {sec:7.1f} s  {sec / total:6.1%}")
 

@@ -203,6 +203,36 @@ def test_one_training_step_changes_every_weight(tokenizer, tmp_path):
     assert not model.training
 
 
+@pytest.mark.parametrize("lengths, groups", [
+    ([25, 80, 24, 26, 81, 25], [[2, 0, 5, 3], [1, 4]]),  # direct answers apart from traces
+    ([30, 30, 30], [[0, 1, 2]]),                           # equal rows: nothing to save
+    ([10], [[0]]),
+    ([5, 50], [[0], [1]]),
+])
+def test_length_buckets_pad_least(lengths, groups):
+    assert world.length_buckets(lengths) == groups
+
+
+def test_split_batch_has_the_loss_and_gradient_of_the_padded_batch(tokenizer, tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    rng = random.Random(3)
+    qs = [random_question(rng, rng.randint(1, 6), cfg.max_value) for _ in range(12)]
+    responses = [world.short_trace(q) if i % 4 == 0 else world.direct_answer(q)
+                 for i, q in enumerate(qs)]
+    batch = world.training_batch(cfg, tokenizer, qs, responses)
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    assert len(world.length_buckets(lengths)) == 2 and max(lengths) > 2 * min(lengths)
+    grads, losses = [], []
+    for split in (False, True):
+        torch.manual_seed(0)
+        model = world.build_model(cfg, tokenizer)
+        losses.append(world.backward_mean_loss(model, batch, split=split))
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6)
+
+
 def test_cosine_lr():
     assert world.cosine_lr(0, 100, 10) == pytest.approx(0.1)
     assert world.cosine_lr(9, 100, 10) == pytest.approx(1.0)
