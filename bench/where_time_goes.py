@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import random
 import shutil
 import statistics
 import tempfile
@@ -116,10 +117,8 @@ def main() -> None:
         opt.step()
         opt.zero_grad()
 
-    world_rows = world.train_questions(wcfg, wcfg.batch_size, seed=6)
-    world_batch = world.training_batch(wcfg, tok, world_rows, [
-        world.short_trace(q) if i % round(1 / max(wcfg.trace_fraction, 1e-3)) == 0
-        else world.direct_answer(q) for i, q in enumerate(world_rows)])
+    world_batch = world.training_batch(wcfg, tok, *world.training_rows(wcfg, random.Random(6),
+                                                                        held_out=set()))
 
     def world_step(split: bool):
         world.backward_mean_loss(train_model, world_batch, split=split)

@@ -336,13 +336,7 @@ def train_base(cfg: WorldConfig, model, tokenizer,
     rows, t0 = [], time.perf_counter()
     bar = tqdm(range(cfg.train_steps), desc="training base", unit="step", disable=not progress)
     for step in bar:
-        qs = []
-        while len(qs) < cfg.batch_size:
-            q = random_question(rng, rng.randint(cfg.min_steps, cfg.max_steps), cfg.max_value)
-            if q.text not in held_out:
-                qs.append(q)
-        responses = [short_trace(q) if rng.random() < cfg.trace_fraction else direct_answer(q)
-                     for q in qs]
+        qs, responses = training_rows(cfg, rng, held_out)
         opt.zero_grad()
         loss = backward_mean_loss(model, training_batch(cfg, tokenizer, qs, responses),
                                   split=cfg.kind == "text")
@@ -358,6 +352,19 @@ def train_base(cfg: WorldConfig, model, tokenizer,
                 on_log(row)
     model.eval()
     return pd.DataFrame(rows)
+
+
+def training_rows(cfg: WorldConfig, rng: random.Random,
+                  held_out: set[str]) -> tuple[list[Question], list[str]]:
+    """One training batch's questions (none of `held_out`'s texts) and target responses: a
+    short trace with probability `trace_fraction`, else the direct answer."""
+    qs = []
+    while len(qs) < cfg.batch_size:
+        q = random_question(rng, rng.randint(cfg.min_steps, cfg.max_steps), cfg.max_value)
+        if q.text not in held_out:
+            qs.append(q)
+    return qs, [short_trace(q) if rng.random() < cfg.trace_fraction else direct_answer(q)
+                for q in qs]
 
 
 def length_buckets(lengths: list[int]) -> list[list[int]]:
