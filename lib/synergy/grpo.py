@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from synergy import training
 from synergy.evaluation import EvaluatingConfig
 from synergy.runs import StageResult
 from synergy.training import ReportTo, TrainerBackend
@@ -282,9 +283,22 @@ def trainer_class():
         keeps the last batch's per-function rewards for subclasses."""
 
         def __init__(self, *args, exclude_easiest_dynamic: bool = False, **kwargs):
+            # What this training trains on, counted as it goes (`budget.record()`).
+            self.budget = training.budget_counter()
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.budget]
             super().__init__(*args, **kwargs)
             self.exclude_easiest_dynamic = exclude_easiest_dynamic
             self._last_rewards_per_func = None
+
+        def count(self, **local) -> None:
+            """Add this process's counts, summed over every process, to the budget (every
+            process calls it at the same point)."""
+            import torch
+
+            values = torch.tensor([float(v) for v in local.values()],
+                                  device=self.accelerator.device)
+            totals = self.accelerator.reduce(values, reduction="sum")
+            self.budget.add(**dict(zip(local, totals.tolist())))
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields,
                                   num_generations, has_tool_images=False):
@@ -308,6 +322,8 @@ def trainer_class():
         def _generate_and_score_completions(self, inputs):
             batch = super()._generate_and_score_completions(inputs)
             mode = "train" if self.model.training else "eval"
+            if mode == "train":
+                self.count(rollouts=batch["completion_ids"].shape[0])
             if not self.exclude_easiest_dynamic or mode != "train":
                 return batch
             accuracy = self._last_rewards_per_func[:, self.reward_func_names.index(
@@ -321,6 +337,12 @@ def trainer_class():
                 batch["completion_mask"].sum()).sum()
             self._metrics[mode]["easiest_dropped"].append(drop_all.float().mean().item())
             return batch
+
+        def _compute_loss(self, model, inputs):
+            if self.model.training:  # the completion tokens this loss trains on
+                mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+                self.count(rl_completion_tokens=mask.sum())
+            return super()._compute_loss(model, inputs)
 
     return SynergyGRPOTrainer
 
@@ -392,7 +414,7 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
     Runs in every process of a launch (the main process writes). Returns the run's record."""
     import warnings
 
-    from synergy import models, training
+    from synergy import models
     from synergy.runs import set_seed
 
     out_dir = Path(out_dir)
@@ -436,7 +458,8 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
               if "step_time" in curves else np.nan,
               **training.batch_record(args),
               "generation_batch_size": args.generation_batch_size,
-              "replica_weights": replicas.digests}
+              "replica_weights": replicas.digests,
+              "budget": {"questions": len(dataset), **trainer.budget.record()}}
     release(trainer)
     return {**training.mark_done(out_dir, record, out_dir / "model"), "model_path": model_path,
             "reused": False}
@@ -479,7 +502,6 @@ def static_filter(cfg: GRPOStageConfig, questions: pd.DataFrame, model_path: str
                   cache_root: Path, progress: bool = True) -> pd.DataFrame:
     """Sample the starting model `num_generations` times per question (the training
     rollout settings) and mark the questions it solves every time (`easiest`)."""
-    from synergy import training
     from synergy.evaluation import sample_table
     from synergy.generation import SamplingSpec, make_engine
 
@@ -670,7 +692,7 @@ class TrainingPlan:
 def training_plan(cfg: GRPOStageConfig, run, progress: bool = True) -> TrainingPlan:
     """The starting copy (made by the main process), the training questions and the static
     filter (under a launch each process samples its share of it)."""
-    from synergy import stages, training
+    from synergy import stages
 
     source = run.model(cfg.init_model)
     init_path = Path(training.on_main(starting_copy, source.path, run.dir(stages.GRPO)))
@@ -701,7 +723,7 @@ def train_policies(cfg: GRPOStageConfig, plan: TrainingPlan, run,
 
 def require_engines(cfg: GRPOStageConfig) -> None:
     """Fail before any work when the trainer or rollout engine cannot run here."""
-    from synergy import generation, training
+    from synergy import generation
 
     training.require_backend(cfg.trainer_backend, cfg.num_processes)
     if cfg.vllm_mode != "none":
@@ -722,7 +744,7 @@ def train_models(cfg: GRPOStageConfig, progress: bool = True) -> list[dict[str, 
 
 def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
     """Train one GRPO policy per beta, evaluate them with base (and SFT) per level."""
-    from synergy import evaluation, stages, stratify, training
+    from synergy import evaluation, stages, stratify
     from synergy.files import write_text
     from synergy.runs import stage_run
 

@@ -13,6 +13,7 @@ as safetensors with its tokenizer and evaluated with the engine, verifier and qu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import shutil
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from synergy import training
 from synergy.evaluation import EvaluatingConfig
 from synergy.files import atomic_path
 from synergy.runs import StageResult
@@ -236,6 +238,32 @@ def peft_config(cfg: SftConfig):
                       target_modules="all-linear", task_type="CAUSAL_LM")
 
 
+@functools.cache
+def trainer_class():
+    """TRL's `SFTTrainer` that counts the tokens it trains on (`budget`, see
+    `training.budget_counter`). TRL is imported when first asked for."""
+    import torch
+    from trl import SFTTrainer
+
+    class CountingSFTTrainer(SFTTrainer):
+        def __init__(self, *args, **kwargs):
+            self.budget = training.budget_counter()
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.budget]
+            super().__init__(*args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training:  # tokens with a loss (labels shift by one), every process
+                here = (inputs["labels"][..., 1:] != -100).sum().float()
+                total = self.accelerator.reduce(here.to(self.accelerator.device), "sum")
+                self.budget.add(sft_tokens=float(total),
+                                sft_rows=self.accelerator.reduce(torch.tensor(
+                                    float(inputs["labels"].shape[0]),
+                                    device=self.accelerator.device), "sum").item())
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return CountingSFTTrainer
+
+
 def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
           key: str = "", freeze_visual: bool = True, peft=None, callbacks=(),
           progress: bool = True, backend: str = "hf"):
@@ -244,9 +272,7 @@ def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
     a rerun with the same `key` resumes from the last one. `backend` "unsloth" loads the
     model (and its LoRA adapters, from `peft`) with unsloth. Runs in every process of a
     launch. Returns (trainer, TrainOutput)."""
-    from trl import SFTTrainer
-
-    from synergy import models, training
+    from synergy import models
     from synergy.evaluation import to_dataset
 
     out_dir = Path(out_dir)
@@ -265,7 +291,7 @@ def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
     frozen = freeze_vision(student) if freeze_visual else []
     cols = [c for c in ("messages", "images") if c in rows.columns]
     replicas = training.replica_digests()
-    trainer = SFTTrainer(model=student, args=args, train_dataset=to_dataset(rows[cols]),
+    trainer = trainer_class()(model=student, args=args, train_dataset=to_dataset(rows[cols]),
                          processing_class=processing, peft_config=peft,
                          callbacks=[training.log_callback(out_dir / "log.jsonl"),
                                     training.keep_last_optimizer(), replicas, *callbacks])
@@ -346,7 +372,6 @@ def fit(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
     checkpoints for `train_one` to choose from; a training already done with the same key is
     not repeated. Runs in every process of a launch; `train/<name>/trained.json` records it
     (main process)."""
-    from synergy import training
 
     spec, key = planned.spec, planned.key
     run_dir, final = out / "train" / spec.name, out / "models" / spec.name
@@ -372,6 +397,7 @@ def fit(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
         "resumed_from": trainer.resumed_from.name if trainer.resumed_from else None,
         "train_loss": float(np.mean(losses)) if losses else float(result.training_loss),
         "train_seconds": time.perf_counter() - t0, **training.batch_record(args),
+        "budget": {"questions": int(planned.train["qid"].nunique()), **trainer.budget.record()},
         "frozen_parameters": len(trainer.frozen_parameters),
         "replica_weights": trainer.replica_digests})
 
@@ -380,7 +406,7 @@ def train_models(cfg: SftConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Train every model of the stage, nothing else (no selection, no evaluation): what
     `python -m synergy train sft` runs in each process (`accelerate launch`), and what
     `run` launches on `num_processes` processes. Returns the training records."""
-    from synergy import distill, stages, stratify, training
+    from synergy import distill, stages, stratify
     from synergy.runs import Run, torch_threads
 
     training.require_backend(cfg.trainer_backend, cfg.num_processes)
@@ -396,7 +422,6 @@ def train_one(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
               prompt_suffix: str, progress: bool = True) -> dict[str, Any]:
     """Train (`fit`; nothing to do when already trained), pick the checkpoint by validation,
     save it to `models/<name>/`; reuse a finished, whole model of the same key."""
-    from synergy import training
 
     spec, train_rows, val, key = planned.spec, planned.train, planned.val, planned.key
     run_dir, final = out / "train" / spec.name, out / "models" / spec.name
@@ -414,6 +439,9 @@ def train_one(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
               "train_rows": len(train_rows), "val_rows": len(val),
               "checkpoints": {c.name: s for c, s in zip(ckpts, scores)},
               "best_checkpoint": ckpts[best].name, "val_accuracy": scores[best],
+              # What the chosen checkpoint was trained on (the counts saved with it).
+              "budget": {**trained.get("budget", {}),
+                         **training.checkpoint_budget(training.checkpoints(run_dir)[best])},
               "train_tokens_mean": float(train_rows["n_tokens"].mean()),
               "train_images": int(sum(len(x) for x in train_rows.get("images", [])))}
     with atomic_path(final) as tmp:
@@ -450,7 +478,7 @@ class SftResult(StageResult):
 
 def run(cfg: SftConfig, progress: bool = True) -> SftResult:
     """Train every run of the config, evaluate each and the base per level; save all."""
-    from synergy import distill, stages, stratify, training
+    from synergy import distill, stages, stratify
     from synergy.evaluation import evaluate_for, save_results
     from synergy.files import write_text
     from synergy.runs import stage_run

@@ -255,6 +255,62 @@ def log_callback(path: str | Path, run: str | None = None):
     return JsonlLog()
 
 
+def budget_counter():
+    """A TrainerCallback holding what a trainer trained on, counted by the trainer as it
+    goes (`counter.add(rollouts=..., rl_completion_tokens=..., sft_tokens=...)`, totals over
+    every process) and the optimizer steps it took. Its counts are saved in each
+    checkpoint's `trainer_state.json` (transformers' `ExportableState`) and read back on a
+    resume, so a resumed training counts the whole run; a resume from a checkpoint without
+    them sets `complete` False."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class BudgetCounter(TrainerCallback, ExportableState):
+        def __init__(self, counts: dict[str, float] | None = None, complete: bool = True):
+            self.counts = dict(counts or {})
+            self.complete = complete
+
+        def add(self, **counts: float) -> None:
+            for name, n in counts.items():
+                self.counts[name] = self.counts.get(name, 0.0) + float(n)
+
+        def state(self) -> dict:
+            return {"args": {"counts": dict(self.counts), "complete": self.complete},
+                    "attributes": {}}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            saved = state.stateful_callbacks.get(type(self).__name__)
+            if state.global_step > 0:  # resumed: continue the checkpoint's counts
+                if isinstance(saved, dict) and "counts" in saved.get("args", {}):
+                    self.counts = dict(saved["args"]["counts"])
+                    self.complete = bool(saved["args"].get("complete", True))
+                else:
+                    self.counts, self.complete = {}, False
+            state.stateful_callbacks[type(self).__name__] = self.state()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.add(optimizer_steps=1)
+
+        def record(self) -> dict[str, Any]:
+            """The counts as a run record stores them (`budget`)."""
+            return {**{k: int(v) if float(v).is_integer() else v
+                       for k, v in sorted(self.counts.items())}, "complete": self.complete}
+
+    return BudgetCounter()
+
+
+def checkpoint_budget(checkpoint: str | Path) -> dict[str, Any]:
+    """The budget counts a checkpoint was saved with ({} when it has none)."""
+    path = Path(checkpoint) / "trainer_state.json"
+    saved = read_json(path).get("stateful_callbacks", {}).get("BudgetCounter") \
+        if path.exists() else None
+    if not isinstance(saved, dict) or "counts" not in saved.get("args", {}):
+        return {}
+    counts = saved["args"]["counts"]
+    return {**{k: int(v) if float(v).is_integer() else v for k, v in sorted(counts.items())},
+            "complete": bool(saved["args"].get("complete", True))}
+
+
 def keep_last_optimizer():
     """A TrainerCallback that keeps the optimizer / scheduler / RNG state in the newest
     checkpoint only: every checkpoint stays loadable as a model (for selection by
