@@ -197,21 +197,23 @@ def to_dataset(df: pd.DataFrame):
     return datasets.Dataset.from_dict(df.to_dict("list"))
 
 
-def build_prompts(engine, questions: pd.DataFrame,
-                  suffix: str = "") -> tuple[list[str], list[list] | None]:
-    """Chat prompts for a benchmark table, and its images when it has any (VLM benchmarks)."""
+def build_prompts(engine, questions: pd.DataFrame, suffix: str = "",
+                  response_prefix: str = "") -> tuple[list[str], list[list] | None]:
+    """Chat prompts for a benchmark table, and its images when it has any (VLM benchmarks).
+    `response_prefix` starts every answer (a forced mode token): the model continues it."""
     images = None
     if "images" in questions.columns and any(len(x) for x in questions["images"] if x is not None):
         images = [list(x) if x is not None else [] for x in questions["images"]]
     prompts = [chat_prompt(engine.template, q, suffix, len(images[i]) if images else 0)
-               for i, q in enumerate(questions["question"])]
+               + response_prefix for i, q in enumerate(questions["question"])]
     return prompts, images
 
 
 def sample_table(engine, model_path: str, questions: pd.DataFrame, spec: SamplingSpec, *,
                  n_samples: int, seed: int, cache_root: str | Path, prompt_suffix: str = "",
                  stop: StopRule | None = None, round_size: int | None = None,
-                 progress: bool = True, processes=None) -> list[list[dict]]:
+                 progress: bool = True, processes=None,
+                 response_prefix: str = "") -> list[list[dict]]:
     """`sample_questions` on a benchmark table (question, answer[, choices, images]) with
     the model's cache under `cache_root`: the one sample loop of stratification, leveling
     of training questions, the static easy-question filter and evaluation.
@@ -223,9 +225,10 @@ def sample_table(engine, model_path: str, questions: pd.DataFrame, spec: Samplin
         share = questions.iloc[processes.process_index::processes.num_processes]
         sample_table(engine, model_path, share, spec, n_samples=n_samples, seed=seed,
                      cache_root=cache_root, prompt_suffix=prompt_suffix, stop=stop,
-                     round_size=round_size, progress=progress)
+                     round_size=round_size, progress=progress,
+                     response_prefix=response_prefix)
         processes.wait_for_everyone()
-    prompts, images = build_prompts(engine, questions, prompt_suffix)
+    prompts, images = build_prompts(engine, questions, prompt_suffix, response_prefix)
     return sample_questions(engine, prompts, [str(a) for a in questions["answer"]], spec,
                             n_samples=n_samples, round_size=round_size or n_samples,
                             seed=seed, cache=cache_for(cache_root, model_path, spec, seed),
@@ -236,11 +239,13 @@ def sample_table(engine, model_path: str, questions: pd.DataFrame, spec: Samplin
 def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec, *,
                    n_samples: int, seed: int, cache_root: str | Path, prompt_suffix: str = "",
                    backend: str = "hf", batch_rows: int = 512, engine=None,
-                   progress: bool = True, processes=None) -> pd.DataFrame:
+                   progress: bool = True, processes=None,
+                   response_prefix: str = "") -> pd.DataFrame:
     """One row per question: samples, correctness, lengths, format, accuracy (mean of samples).
 
     `questions` carries `question`, `answer` and whatever else (qid, level) the caller keeps;
-    `processes`: data parallel sampling under a launch (see `sample_table`).
+    `processes`: data parallel sampling under a launch (see `sample_table`);
+    `response_prefix`: text every answer starts with (not part of the samples' text).
     """
     from synergy.generation import make_engine
     from synergy.verify import format_ok
@@ -248,7 +253,7 @@ def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec,
     engine = engine or make_engine(model_path, backend, batch_rows)
     drawn = sample_table(engine, model_path, questions, spec, n_samples=n_samples, seed=seed,
                          cache_root=cache_root, prompt_suffix=prompt_suffix, progress=progress,
-                         processes=processes)
+                         processes=processes, response_prefix=response_prefix)
     out = questions.copy().reset_index(drop=True)
     out["samples"] = [[s["text"] for s in d] for d in drawn]
     out["correct"] = [[bool(s["correct"]) for s in d] for d in drawn]
@@ -324,14 +329,16 @@ def eval_spec(cfg) -> SamplingSpec:
 
 
 def evaluate_for(cfg: EvaluatingConfig, model_path: str, questions: pd.DataFrame,
-                 prompt_suffix: str = "", progress: bool = True) -> pd.DataFrame:
+                 prompt_suffix: str = "", progress: bool = True,
+                 response_prefix: str = "") -> pd.DataFrame:
     """`evaluate_model` with a stage's eval keys and the run's shared sample cache."""
     from synergy.runs import Run
 
     return evaluate_model(model_path, questions, eval_spec(cfg), n_samples=cfg.eval_samples,
                           seed=cfg.seed, cache_root=Run.of(cfg).samples_cache,
                           prompt_suffix=prompt_suffix, backend=cfg.backend,
-                          batch_rows=cfg.batch_rows, progress=progress)
+                          batch_rows=cfg.batch_rows, progress=progress,
+                          response_prefix=response_prefix)
 
 
 def evaluate_external(cfg: EvaluatingConfig, specs: list[str], questions: pd.DataFrame,
