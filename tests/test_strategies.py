@@ -90,7 +90,7 @@ def test_gate_counts_correct_rollouts_per_group():
 
 def test_same_step_routes_gated_groups_to_the_sft_loss():
     accuracy, batch, inputs = crafted_batch()
-    out, targets, waiting = strategies.interleave(batch, accuracy, inputs, 4, 0, "same_step")
+    out, targets, waiting = strategies.interleaved.interleave(batch, accuracy, inputs, 4, 0, "same_step")
     # The all-wrong group leaves the GRPO loss: no tokens, no advantage ...
     assert out["completion_mask"][8:].sum() == 0 and torch.all(out["advantages"][8:] == 0)
     assert torch.equal(out["completion_mask"][:8], batch["completion_mask"][:8])
@@ -106,7 +106,7 @@ def test_same_step_routes_gated_groups_to_the_sft_loss():
 
 def test_buffered_defers_gated_questions_to_a_separate_sft_step():
     accuracy, batch, inputs = crafted_batch()
-    out, targets, waiting = strategies.interleave(batch, accuracy, inputs, 4, 1, "buffered")
+    out, targets, waiting = strategies.interleaved.interleave(batch, accuracy, inputs, 4, 1, "buffered")
     assert out["completion_mask"][4:].sum() == 0  # gate 1: the one-correct group too
     assert all(t is None for t in targets)          # no SFT in this step
     assert waiting == [target("P1:", "bbb"), target("P2:", "cccc")]  # one per question
@@ -132,7 +132,7 @@ def test_prefix_is_a_share_of_the_trace_tokens():
 def test_prefixed_rollouts_put_sft_on_prefix_tokens_grpo_on_generated_none_on_prompt():
     accuracy, batch, inputs = crafted_batch()
     gated = mixing.gated_rows(accuracy, 4, 0)
-    sub, targets = strategies.prefix_inputs(inputs, gated.numpy(), 0.5, 4, TOK)
+    sub, targets = strategies.progressive.prefix_inputs(inputs, gated.numpy(), 0.5, 4, TOK)
     # The policy continues from half of the trace; rewards see prefix + continuation.
     assert [x["prompt"] for x in sub] == ["P2:cc"] * 4 and [x["prefix"] for x in sub] == ["cc"] * 4
     # SFT target of the group: prompt + prefix, loss on the 2 prefix tokens only, no EOS.
@@ -328,8 +328,8 @@ def format_reward(completions, **kwargs):
 
 
 def strategy_trainer(model_dir, out, plan, max_steps=1, images=None):
-    """TEST HELPER: the strategy trainer on two questions ("a" solved, "b" gated), with an
-    image each when `images` is given (a VLM)."""
+    """TEST HELPER: the trainer of `plan`'s family on two questions ("a" solved, "b"
+    gated), with an image each when `images` is given (a VLM)."""
     import random
 
     from synergy import distill, models, world
@@ -348,7 +348,11 @@ def strategy_trainer(model_dir, out, plan, max_steps=1, images=None):
                       save_strategy="no", report_to="none", bf16=False, fp16=False,
                       gradient_checkpointing=False, remove_unused_columns=False, seed=0)
 
-    class PartsProbe(strategies.trainer_class()):
+    family = {strategies.interleaved.Plan: strategies.interleaved,
+              strategies.progressive.Plan: strategies.progressive,
+              strategies.aux_sft.Plan: strategies.aux_sft}[type(plan)]
+
+    class PartsProbe(family.trainer_class()):
         """TEST HELPER: the trainer's loss (GRPO + SFT term), each part's gradient norm
         measured on its own before the step."""
 
@@ -371,15 +375,15 @@ def strategy_trainer(model_dir, out, plan, max_steps=1, images=None):
             return grpo_part + sft_part
 
     return PartsProbe(model=str(model_dir), reward_funcs=[accuracy_reward, format_reward],
-                      args=args, train_dataset=strategies.grpo_dataset(qs, processing, ""),
+                      args=args, train_dataset=strategies.shared.grpo_dataset(qs, processing, ""),
                       processing_class=processing, plan=plan)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("plan", [
-    strategies.Plan(gate=0, on_gate="sft", sft_mode="same_step"),
-    strategies.Plan(gate=0, on_gate="prefix", prefix_schedule="cosine", prefix_start=0.5,
-                    prefix_weight=0.2),
+    strategies.interleaved.Plan(gate=0, mode="same_step"),
+    strategies.progressive.Plan(gate=0, schedule="cosine", start=0.5, horizon=1.0, steps=3,
+                                weight=0.2),
 ], ids=["interleaved", "progressive"])
 def test_one_optimizer_step_trains_both_loss_parts(smoke_world, tmp_path, one_thread, plan):
     _, model_dir = smoke_world
@@ -390,10 +394,11 @@ def test_one_optimizer_step_trains_both_loss_parts(smoke_world, tmp_path, one_th
     trainer.train()
     assert any(not torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
     assert trainer.grad_norms["grpo"] > 0 and trainer.grad_norms["sft"] > 0
-    assert trainer.sft_weight == pytest.approx(1.0 if plan.on_gate == "sft" else 0.2)
+    progressive = isinstance(plan, strategies.progressive.Plan)
+    assert trainer.sft_weight == pytest.approx(0.2 if progressive else 1.0)
     logged = trainer.state.log_history[0]
     assert logged["strategy/gated_share"] == 0.5  # "b" gated, "a" not
-    if plan.on_gate == "prefix":
+    if progressive:
         assert logged["strategy/prefix_share"] == 0.5
         assert "prefixed/reward" in logged  # the re-rolled group's own metrics
 
@@ -403,7 +408,7 @@ def test_buffered_mode_takes_a_separate_sft_step(smoke_world, tmp_path, one_thre
     _, model_dir = smoke_world
     init = tmp_path / "init"
     shutil.copytree(model_dir, init)
-    plan = strategies.Plan(gate=0, on_gate="sft", sft_mode="buffered", sft_buffer=1)
+    plan = strategies.interleaved.Plan(gate=0, mode="buffered", buffer=1)
     trainer = strategy_trainer(init, tmp_path / "out", plan, max_steps=2)
     trainer.train()
     assert trainer.sft_updates >= 1 and trainer.last_loss_parts["buffered_sft"] > 0
@@ -420,8 +425,8 @@ def vlm_dir(smoke_world, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("plan", [
-    strategies.Plan(gate=0, on_gate="sft", sft_mode="same_step"),
-    strategies.Plan(aux_schedule="cosine", aux_peak=0.5, aux_floor=0.1),
+    strategies.interleaved.Plan(gate=0, mode="same_step"),
+    strategies.aux_sft.Plan(schedule="cosine", peak=0.5, floor=0.1, horizon=1.0),
 ], ids=["interleaved", "aux_sft"])
 def test_image_questions_train_their_expert_trace_with_their_images(vlm_dir, tmp_path,
                                                                    one_thread, plan):
@@ -462,7 +467,22 @@ def test_notebook_05_on_smoke(smoke_series, tmp_path):
     run = Run(smoke_series, "smoke")
     ref = models.resolve(run, f"{stages.STRATEGIES.name}:progressive-linear")
     assert Path(ref.path).is_dir() and ref.artifact_id.endswith(":progressive-linear")
+    assert {"rl_control", "hybrid-warmup", "hybrid"} <= set(names)
     assert set(res.table["model"]) == {"base", "sft", "rl", *names, "router", "oracle"}
+    # Every model and both parents with the budget its trainer counted.
+    budget = pd.read_csv(res.dir / "budget.csv").set_index("model")
+    assert set(names) <= set(budget.index) and (budget["counted"] == "yes").all()
+    assert budget.at["rl_control", "questions"] == cfg.n_train_questions
+    assert budget.at["rl_control", "optimizer steps"] == cfg.n_train_questions // \
+        cfg.prompts_per_step
+    assert {"sft (careful)", "hybrid (warm-up + RL)"} <= set(budget.index)
+    # The hybrid: warm-up rows in both modes, the forced-mode check, the think share.
+    assert set(res.warmup["mode"]) == {"short", "think"} or set(res.warmup["mode"]) == {"think"}
+    assert {"forced <short>", "forced <long>"} <= set(res.forced["model"])
+    assert "strategy/think_share" in res.curves.columns
+    assert res.modes.set_index(["model", "level"]).loc[("sft", "all"), "think_share"] == 1.0
+    findings = strategies.paper_findings(res.table, res.curves, res.runs, cfg.synergy_margin)
+    assert findings["compared at"].str.contains("equal budget").any()
     assert res.manifest["paper_roles"]["two_stage"] == "two_stage-16"
     assert res.router["chosen"].sum() == 1
     assert {"strategy/gated_share", "strategy/prefix_share", "strategy/mu"} \
@@ -481,12 +501,13 @@ def test_notebook_05_on_smoke(smoke_series, tmp_path):
 
 # --- the report's strategies section --------------------------------------------------------
 
-def strategy_roles():
-    """Roles as `report.role_levels` gives them: parents, a merge, and 05's models."""
+def strategy_roles(control: list[float] | None = None):
+    """Roles as `report.role_levels` gives them: parents, a merge, and 05's models (and
+    05's RL control when given)."""
     from synergy import stages
 
     prefix = f"{stages.STRATEGIES.name}/"
-    accs = {"base": [0.9, 0.5, 0.1], "sft": [0.6, 0.6, 0.5], "rl": [0.95, 0.7, 0.3],
+    accs = {**({prefix + "rl_control": control} if control else {}),"base": [0.9, 0.5, 0.1], "sft": [0.6, 0.6, 0.5], "rl": [0.95, 0.7, 0.3],
             "linear-0.5": [0.8, 0.65, 0.4], prefix + "two_stage-64": [0.5, 0.5, 0.3],
             prefix + "two_stage-192": [0.7, 0.6, 0.45], prefix + "progressive-cosine":
             [0.98, 0.75, 0.55], prefix + "router": [0.99, 0.8, 0.6],
@@ -531,4 +552,25 @@ def test_progressive_refuses_chat_prompts_of_questions_with_images():
     accuracy, _, inputs = crafted_batch()
     chat = [{**x, "prompt": [{"role": "user", "content": "q"}]} for x in inputs]
     with pytest.raises(NotImplementedError, match="images"):
-        strategies.prefix_inputs(chat, mixing.gated_rows(accuracy, 4, 0).numpy(), 0.5, 4, TOK)
+        strategies.progressive.prefix_inputs(chat, mixing.gated_rows(accuracy, 4, 0).numpy(), 0.5, 4, TOK)
+
+
+def test_report_judges_05_strategies_against_the_rl_control_at_their_budget():
+    from synergy import report
+
+    # A weak control (the strategies' few steps): progressive beats it, not 04's RL.
+    roles, prefix = strategy_roles(control=[0.6, 0.5, 0.2])
+    budget = pd.DataFrame([{"model": "rl_control", "questions": 64, "rollouts": 512,
+                            "optimizer steps": 8}])
+    ev = report.evidence(roles, 0.02, 2.0, budget=budget)
+    assert ev.rl_for(prefix + "progressive-cosine") == report.CONTROL_ROLE
+    assert ev.rl_for("linear-0.5") == "rl"  # merges of 03's and 04's models: 04's RL
+    assert prefix + "rl_control" not in ev.combinations()
+    status, text = report.below_rl(ev)
+    assert status == "not reproduced" and "8 optimizer steps on 64 questions" in text
+    assert "against 04's RL parent" in text
+    syn = report.synergy_table(ev).set_index("model")
+    assert syn.at[prefix + "progressive-cosine", "synergy"]  # above SFT and the weak control
+    table = report.strategies_table(report.paper_results(), roles, {}, 0.02).set_index("model")
+    assert table.at["progressive-cosine", "run vs RL control"] == pytest.approx(
+        100 * (np.mean([0.98, 0.75, 0.55]) - np.mean([0.6, 0.5, 0.2])), abs=0.1)
