@@ -23,9 +23,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from synergy import stages
+from synergy import stages, strategies
 from synergy.config import StageConfig
 from synergy.runs import EXTERNAL, Run, StageResult
+from synergy.strategies import COMBINATIONS, CONTROL
 
 LEVELS = ["L1", "L2", "L3", "L4", "L5"]
 # Where each role's per-level numbers come from, best first: 06, 07 and 05 evaluate base,
@@ -39,6 +40,7 @@ _FILTERED = r"-(?:static|dynamic)$"  # 04's policies trained without the easiest
 MODEL_STAGE_FOLDERS = [stages.SFT.name, stages.GRPO.name, stages.STRATEGIES.name,
                        EXTERNAL]
 STRATEGY_PREFIX = f"{stages.STRATEGIES.name}/"  # roles of 05's models: "<stage>/<model>"
+CONTROL_ROLE = STRATEGY_PREFIX + CONTROL  # 05's RL control: RL at the strategies' budget
 
 
 @dataclasses.dataclass
@@ -282,8 +284,6 @@ PAPER_COMBINATIONS = ("two_stage", "interleaved", "progressive", "data_mixing", 
 
 def is_strategy(role: str) -> bool:
     """A role of 05's combination strategies (the paper's four and the SFT-loss baseline)."""
-    from synergy.strategies import COMBINATIONS
-
     return role.startswith(STRATEGY_PREFIX) and role[len(STRATEGY_PREFIX):].split("-")[0] \
         in COMBINATIONS
 
@@ -401,6 +401,29 @@ class Evidence:
     weights: pd.DataFrame | None = None     # `weight_distances`: role, relative_distance
     rl_runs: pd.DataFrame | None = None     # 04's runs: label, beta, steps
     rl_curves: pd.DataFrame | None = None   # `grpo.load_curves` of 04
+    budget: pd.DataFrame | None = None      # 05's `strategies.budget_table`
+
+    def rl_for(self, role: str) -> str:
+        """The RL model a combination is judged against: for 05's GRPO strategies the RL
+        control trained at their budget, when 05 trained one (`strategies.rl_reference`);
+        for merges (of 03's and 04's models), the blends of 04's samples and otherwise
+        04's RL parent."""
+        if not is_strategy(role):
+            return "rl"
+        ref = strategies.rl_reference(role[len(STRATEGY_PREFIX):],
+                                      CONTROL_ROLE in self.acc.index)
+        return CONTROL_ROLE if ref == CONTROL else "rl"
+
+    def budget_note(self) -> str:
+        """Which budget the combinations are compared at (from 05's budget table)."""
+        if CONTROL_ROLE not in self.acc.index:
+            return "compared with 04's RL parent (05's strategies train on fewer steps)"
+        note = "05's GRPO strategies against the RL control at their own budget"
+        if self.budget is not None and CONTROL in set(self.budget["model"]):
+            row = self.budget.set_index("model").loc[CONTROL]
+            note += (f" ({row['optimizer steps']:.0f} optimizer steps on "
+                     f"{row['questions']:.0f} questions, {row['rollouts']:.0f} rollouts)")
+        return note + "; data mixing (trained on 04's samples) and merges against 04's RL parent"
 
     def missing(self, *roles: str) -> list[str]:
         return [r for r in roles if r not in self.acc.index]
@@ -556,12 +579,18 @@ def rl_short(ev: Evidence) -> Verdict:
 
 
 def synergy_table(ev: Evidence) -> pd.DataFrame:
-    """`merging.synergy_check` of every combination against the SFT and RL parents."""
+    """`merging.synergy_check` of every combination against SFT and its RL model
+    (`Evidence.rl_for`: the RL control for 05's strategies, 04's RL for merges)."""
     from synergy.merging import synergy_check
 
     long = ev.acc.reset_index().melt(id_vars="role", var_name="level", value_name="accuracy")
-    return synergy_check(long.rename(columns={"role": "model"}), ev.combinations(),
-                         margin=ev.margin)
+    long = long.rename(columns={"role": "model"})
+    groups: dict[str, list[str]] = {}
+    for combo in ev.combinations():
+        groups.setdefault(ev.rl_for(combo), []).append(combo)
+    parts = [synergy_check(long, combos, ("sft", rl), margin=ev.margin)
+             for rl, combos in groups.items()]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def no_synergy(ev: Evidence) -> Verdict:
@@ -574,11 +603,12 @@ def no_synergy(ev: Evidence) -> Verdict:
     # A synergy counts when the combination beats both parents beyond their uncertainty on
     # one of the levels where it is above both.
     winners = [m for m in table.index[table["synergy"]]
-               if any(all(ev.difference(m, p, [lv]).gain(margin) for p in ("sft", "rl"))
+               if any(all(ev.difference(m, p, [lv]).gain(margin)
+                          for p in ("sft", ev.rl_for(m)))
                       for lv in table.at[m, "above_both"].split(", "))]
     unclear = [m for m in table.index[table["synergy"]] if m not in winners]
-    return _verdict(not winners, f"{len(winners)} of {len(combos)} combinations beat both "
-                                 f"parents without losing elsewhere: "
+    return _verdict(not winners, f"{ev.budget_note()}: {len(winners)} of {len(combos)} "
+                                 f"combinations beat both parents without losing elsewhere: "
                                  f"{', '.join(winners) or 'none'}"
                                  + (f"; within the uncertainty: {', '.join(unclear)}"
                                     if unclear else ""))
@@ -588,12 +618,16 @@ def below_rl(ev: Evidence) -> Verdict:
     combos = ev.combinations()
     if ev.missing("rl") or not combos:
         return _not_run(ev.missing("rl") + ([] if combos else ["a combination (05 or 06)"]))
-    diffs = {r: ev.difference(r, "rl", ["all"]) for r in combos}
+    diffs = {r: ev.difference(r, ev.rl_for(r), ["all"]) for r in combos}
     above = [r for r, d in diffs.items() if d.gain(100 * ev.margin)]
-    best = max(combos, key=lambda r: ev.acc.at[r, "all"])
-    text = (f"best combination {best} {100 * ev.acc.at[best, 'all']:.1f}% vs RL "
-            f"{100 * ev.acc.at['rl', 'all']:.1f}% ({diffs[best]}); clearly above RL: "
-            f"{', '.join(above) or 'none'}")
+    best = max(combos, key=lambda r: diffs[r].points)
+    rl = ev.rl_for(best)
+    text = (f"{ev.budget_note()}: closest to its RL {best} {100 * ev.acc.at[best, 'all']:.1f}% "
+            f"vs {rl} {100 * ev.acc.at[rl, 'all']:.1f}% ({diffs[best]}); clearly above "
+            f"their RL: {', '.join(above) or 'none'}")
+    if rl != "rl":  # the strategies against 04's RL parent too (unequal budgets)
+        text += (f"; against 04's RL parent ({100 * ev.acc.at['rl', 'all']:.1f}%, more "
+                 f"steps): {best} {ev.difference(best, 'rl', ['all']).short()} points")
     if above:
         return ("not reproduced", text)
     paper_best = max(m["avg"] for m in ev.paper["models"] if m["role"] in PAPER_COMBINATIONS)
@@ -604,13 +638,11 @@ def below_rl(ev: Evidence) -> Verdict:
 
 
 def two_stage_budget(ev: Evidence) -> Verdict:
-    from synergy.strategies import two_stage_needs_budget
-
     if ev.two_stage is None or len(ev.two_stage) < 2:
         return _not_run(f"two-stage runs at two or more response budgets "
                         f"({stages.STRATEGIES.name})")
     t = ev.two_stage
-    return _verdict(two_stage_needs_budget(t), "; ".join(
+    return _verdict(strategies.two_stage.needs_budget(t), "; ".join(
         f"budget {r.budget}: {100 * r.clipped_ratio:.0f}% truncated, accuracy "
         f"{100 * r.accuracy:.1f}%" for r in t.itertuples()))
 
@@ -767,8 +799,9 @@ def checklist(paper: dict, ev: Evidence) -> pd.DataFrame:
 def strategies_table(paper: dict, roles: pd.DataFrame, headlines: dict[str, str] | None,
                      margin: float) -> pd.DataFrame:
     """Every 05 model beside the paper's number for the strategy it stands for: overall
-    accuracy and its difference to SFT and RL (paper: average over five benchmarks; this
-    run: all levels), and where it beats both parents or falls below the better one."""
+    accuracy and its difference to SFT, to 04's RL and to the RL control at the strategies'
+    budget (paper: average over five benchmarks; this run: all levels), and where it beats
+    both SFT and its RL model (the control when 05 trained one) or falls below the better."""
     from synergy.merging import synergy_check
 
     acc = wide(roles)
@@ -777,11 +810,15 @@ def strategies_table(paper: dict, roles: pd.DataFrame, headlines: dict[str, str]
         return _not_run_table(stages.STRATEGIES)
     avg = {m["role"]: m["avg"] for m in paper["models"]}
     parents = all(p in acc.index for p in ("sft", "rl"))
+    control = CONTROL_ROLE in acc.index
     check = pd.DataFrame()
     if parents:
         long = acc.reset_index().melt(id_vars="role", var_name="level", value_name="accuracy")
-        check = synergy_check(long.rename(columns={"role": "model"}), names,
-                              margin=margin).set_index("model")
+        long = long.rename(columns={"role": "model"})
+        rl_of = {n: CONTROL_ROLE if strategies.rl_reference(n[len(STRATEGY_PREFIX):], control)
+                 == CONTROL else "rl" for n in names}
+        check = pd.concat([synergy_check(long, [n], ("sft", rl_of[n]), margin=margin)
+                           for n in names]).set_index("model")
     stands_for = {STRATEGY_PREFIX + m: r for r, m in (headlines or {}).items()}
     rows = []
     for name in names:
@@ -794,6 +831,9 @@ def strategies_table(paper: dict, roles: pd.DataFrame, headlines: dict[str, str]
         if parents:
             row["run vs SFT"] = round(100 * (acc.at[name, "all"] - acc.at["sft", "all"]), 1)
             row["run vs RL"] = round(100 * (acc.at[name, "all"] - acc.at["rl", "all"]), 1)
+            if control:
+                row["run vs RL control"] = round(
+                    100 * (acc.at[name, "all"] - acc.at[CONTROL_ROLE, "all"]), 1)
             row.update({k: check.at[name, k] for k in ("above_both", "below_better_parent",
                                                        "synergy")})
         rows.append(row)
@@ -1085,6 +1125,7 @@ class ReportResult(StageResult):
     curves: pd.DataFrame              # training_curves
     merge_curves: pd.DataFrame | None  # merging.merge_curves, or None when 06 has not run
     strategies: pd.DataFrame          # strategies_table: 05's models beside the paper's
+    budget: pd.DataFrame              # 05's budget table: what each model trained on
     counts: pd.DataFrame | None       # 07's category counts
     tokens: pd.DataFrame | None       # 07's KL per token
     examples: pd.DataFrame            # response_examples
@@ -1100,13 +1141,12 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
     paper = paper_results()
     levels = run_levels(run)
     roles = role_levels(levels, main_models(run))
-    headlines, two_stage = {}, None
+    headlines, two_stage, budget = {}, None, None
     if run.has_run(stages.STRATEGIES):
-        from synergy import strategies
-
         res = strategies.load(str(run.output_root), run.name)
         headlines = res.manifest.get("paper_roles", {})
         two_stage = strategies.two_stage_table(res.table, res.curves, res.runs)
+        budget = res.budget if len(res.budget) else None
     piv = pivotal.load(str(run.output_root), run.name) if run.has_run(stages.PIVOTAL) else None
     merge_curves = None
     if run.has_run(stages.MERGING):
@@ -1121,12 +1161,13 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
                   counts=piv.counts if piv else None, two_stage=two_stage,
                   answers=role_answers(run, roles),
                   weights=weights if "relative_distance" in weights else None,
-                  rl_runs=rl_runs, rl_curves=rl_curves)
+                  rl_runs=rl_runs, rl_curves=rl_curves, budget=budget)
     return {"paper": paper, "status": stage_status(run), "levels": levels, "roles": roles,
             "paper_vs_run": paper_vs_run(paper, roles, headlines),
             "checklist": checklist(paper, ev), "weights": weights,
             "curves": training_curves(run), "merge_curves": merge_curves,
             "strategies": strategies_table(paper, roles, headlines, cfg.margin),
+            "budget": budget if budget is not None else _not_run_table(stages.STRATEGIES),
             "counts": piv.counts if piv else None, "tokens": piv.tokens if piv else None,
             "examples": response_examples(run, cfg.n_examples, cfg.seed)}
 
