@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from synergy import evaluation, grpo, mixing, models, reuse
+from synergy import evaluation, mixing, models, reuse
 from synergy.files import atomic_path
 from synergy.stats import level_intervals
+from synergy.strategies import trainer
 from synergy.strategies.config import Spec, StrategiesConfig
 from synergy.verify import (
     accuracy_reward,
@@ -242,10 +243,11 @@ class Plan:
 
 @functools.cache
 def trainer_class():
-    """04's GRPO trainer with the decoupled mode-token loss (TRL imported when asked)."""
+    """The stage's GRPO trainer (no SFT targets routed) with the decoupled mode-token loss
+    (TRL imported when asked)."""
     import torch
 
-    class HybridTrainer(grpo.trainer_class()):
+    class HybridTrainer(trainer.trainer_class()):
         """GRPO on the response tokens (TRL's loss, the mode token masked out of it) plus
         `mode_weight` x the mode token's loss averaged over rollouts (Thinkless's
         decoupled GRPO). Logs the think share per step and per level."""
@@ -254,10 +256,6 @@ def trainer_class():
             super().__init__(*args, **kwargs)
             self.plan = plan
             self.mode_ids = mode_token_ids(self.processing_class)
-            self.last_loss_parts: dict[str, float] = {}
-
-        def _log(self, name: str, value: float) -> None:
-            self._metrics["train"][f"strategy/{name}"].append(float(value))
 
         def _generate_and_score_completions(self, inputs):
             batch = super()._generate_and_score_completions(inputs)
