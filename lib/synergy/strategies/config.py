@@ -9,16 +9,16 @@ order.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Literal
 
 from synergy.config import StageConfig
 from synergy.evaluation import EvaluatingConfig
 from synergy.grpo import POLICY_KEYS, PolicyKeys
 
-FAMILIES = ("rl_control", "two_stage", "interleaved", "progressive", "aux_sft", "data_mixing",
-            "adaptive", "hybrid", "router")
 Family = Literal["rl_control", "two_stage", "interleaved", "progressive", "aux_sft",
                  "data_mixing", "adaptive", "hybrid", "router"]
+FAMILIES = typing.get_args(Family)
 # The combinations the paper's finding ("no combination beats both parents") is about:
 # its four strategies and the public SFT-in-RL baseline. Hybrid, adaptive and the router go
 # beyond it; the RL control is the RL parent's recipe at the strategies' budget.
