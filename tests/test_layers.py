@@ -10,7 +10,8 @@ from pathlib import Path
 from synergy import stages
 
 LIB = Path(__file__).resolve().parents[1] / "lib" / "synergy"
-STAGE_MODULES = {s.module for s in stages.STAGES} - {"world"}  # world: the core's task
+STAGE_MODULES = ({s.module for s in stages.STAGES} - {"world"}  # world: the core's task
+                 | {"findings"})  # the report stage's checklist, split from `report`
 MODULES = {p.stem: p for p in LIB.glob("*.py") if p.stem not in ("__init__", "__main__")}
 CORE = set(MODULES) - STAGE_MODULES - {"pipeline"}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_stages
-from synergy import report
+from synergy import findings, report
 
 PAYLOAD = "<script>alert('pwned')</script><b>bold</b>"
 
@@ -39,62 +39,62 @@ def _roles(sft, rl, base, lengths=(10, 40, 12), merges=None, width=0.01):
 
 
 def _ev(roles, margin=0.02, long_ratio=2.0, **facts):
-    return report.evidence(roles, margin, long_ratio, **facts)
+    return findings.evidence(roles, margin, long_ratio, **facts)
 
 
 BASE, SFT = [0.9, 0.7, 0.5, 0.3, 0.1], [0.8, 0.7, 0.6, 0.5, 0.3]
 
 
 def test_checklist_judges_from_numbers():
-    paper = report.paper_results()
+    paper = findings.paper_results()
     rl = [0.95, 0.75, 0.55, 0.35, 0.12]
     merges = [("linear-0.5", [0.87, 0.72, 0.57, 0.42, 0.2], 25),
               ("ties-0.5", [0.5, 0.9, 0.2, 0.9, 0.0], 25)]
     counts = pd.DataFrame({"model": ["base", "sft", "rl"], "level": "all",
                            "category": "meta", "word": "wait", "count": [0, 50, 1],
                            "tokens": [1000, 4000, 1000]})
-    checks = report.checklist(paper, _ev(_roles(SFT, rl, BASE, merges=merges), counts=counts))
+    checks = findings.checklist(paper, _ev(_roles(SFT, rl, BASE, merges=merges), counts=counts))
     status = dict(zip(checks["finding"], checks["status"]))
-    assert set(status.values()) <= set(report.STATUSES)
+    assert set(status.values()) <= set(findings.STATUSES)
     f = paper["findings"]
     for key in ("sft_hard", "sft_easy", "sft_long", "rl_all", "rl_short", "interpolate",
                 "ties_erratic", "meta_tokens"):
         assert status[f[key]] == "reproduced", (key, checks)
     assert status[f["no_synergy"]] == "reproduced"
     dominating = merges + [("linear-0.75", [0.96, 0.8, 0.65, 0.55, 0.35], 30)]
-    checks = report.checklist(paper, _ev(_roles(SFT, rl, BASE, merges=dominating),
+    checks = findings.checklist(paper, _ev(_roles(SFT, rl, BASE, merges=dominating),
                                          counts=counts))
     status = dict(zip(checks["finding"], checks["status"]))
     assert status[f["no_synergy"]] == "not reproduced"
     assert "linear-0.75" in checks.set_index("finding").at[f["no_synergy"], "this run"]
-    flipped = report.checklist(paper, _ev(_roles(BASE, rl, SFT)))
+    flipped = findings.checklist(paper, _ev(_roles(BASE, rl, SFT)))
     status = dict(zip(flipped["finding"], flipped["status"]))
     assert status[f["sft_hard"]] == "not reproduced"
     assert status[f["meta_tokens"]] == "not run"
 
 
 def test_every_finding_has_one_function_and_each_is_judged_alone():
-    paper = report.paper_results()
-    assert set(paper["findings"]) == set(report.FINDINGS)
+    paper = findings.paper_results()
+    assert set(paper["findings"]) == set(findings.FINDINGS)
     ev = _ev(_roles(SFT, BASE, BASE, width=0.03))
-    assert report.sft_hard(ev) == (
+    assert findings.sft_hard(ev) == (
         "reproduced", "SFT - base on L4+L5: +20.0 points [95% CI +14.0, +26.0]")
-    assert report.sft_easy(ev) == ("reproduced",
+    assert findings.sft_easy(ev) == ("reproduced",
                                    "SFT - base on L1: -10.0 points [95% CI -16.0, -4.0]")
-    assert report.rl_all(ev)[0] == "not reproduced"  # RL equal to the base: no gain
-    assert report.no_synergy(ev)[0] == "not run"  # no combination in this run
-    assert report.meta_tokens(ev)[0] == "not run"
+    assert findings.rl_all(ev)[0] == "not reproduced"  # RL equal to the base: no gain
+    assert findings.no_synergy(ev)[0] == "not run"  # no combination in this run
+    assert findings.meta_tokens(ev)[0] == "not run"
 
 
 def test_a_difference_counts_only_beyond_its_interval():
     # +3 points on L4-L5 clears the 2-point margin but not an interval of +-5 per model
     sft = [0.9, 0.7, 0.5, 0.33, 0.13]
     wide = _ev(_roles(sft, BASE, BASE, width=0.05))
-    status, text = report.sft_hard(wide)
+    status, text = findings.sft_hard(wide)
     assert status == "not reproduced" and "+3.0 points [95% CI -7.0, +13.0]" in text
-    assert report.sft_hard(_ev(_roles(sft, BASE, BASE, width=0.01)))[0] == "reproduced"
+    assert findings.sft_hard(_ev(_roles(sft, BASE, BASE, width=0.01)))[0] == "reproduced"
     # without intervals (an older per_level.csv) the margin alone decides, and says so
-    status, text = report.sft_hard(_ev(_roles(sft, BASE, BASE, width=None)))
+    status, text = findings.sft_hard(_ev(_roles(sft, BASE, BASE, width=None)))
     assert status == "reproduced" and "(no interval)" in text
 
 
@@ -105,33 +105,33 @@ def test_paired_difference_from_per_question_results():
     ev = _ev(_roles(SFT, BASE, BASE, width=0.3), answers={"base": q, "sft": better})
     d = ev.difference("sft", "base", ["L4", "L5"])  # paired: every question gains
     assert (d.points, d.low, d.high) == (37.5, 25.0, 50.0)
-    assert report.sft_hard(ev)[0] == "reproduced"  # the per-level intervals would not say so
+    assert findings.sft_hard(ev)[0] == "reproduced"  # the per-level intervals would not say so
 
 
 def test_rl_all_statuses():
     base = [0.5] * 5
     ok = _ev(_roles(SFT, [0.55] * 5, base))
-    assert report.rl_all(ok)[0] == "reproduced"
+    assert findings.rl_all(ok)[0] == "reproduced"
     big = _ev(_roles(SFT, [0.55, 0.6, 0.8, 0.55, 0.55], base))
-    status, text = report.rl_all(big)
-    assert status == report.DIRECTION_ONLY
+    status, text = findings.rl_all(big)
+    assert status == findings.DIRECTION_ONLY
     assert "L3 +30.0 [+28.0, +32.0]" in text and "+4.8 on average" in text
     assert "+30.0 on L3" in text
     hurt = _ev(_roles(SFT, [0.4, 0.7, 0.7, 0.7, 0.7], base))
-    status, text = report.rl_all(hurt)
+    status, text = findings.rl_all(hurt)
     assert status == "not reproduced" and "below the base on L1" in text
     unclear = _ev(_roles(SFT, [0.53] * 5, base, width=0.05))  # +3 inside +-10
-    assert report.rl_all(unclear)[0] == "not reproduced"
+    assert findings.rl_all(unclear)[0] == "not reproduced"
     no_rl = _roles(SFT, [0.55] * 5, base)
-    assert report.rl_all(_ev(no_rl[no_rl["role"] != "rl"])) == ("not run", "needs rl")
+    assert findings.rl_all(_ev(no_rl[no_rl["role"] != "rl"])) == ("not run", "needs rl")
 
 
 def test_sft_long_magnitude():
-    assert report.sft_long(_ev(_roles(SFT, BASE, BASE, lengths=(10, 100, 12))))[0] == \
+    assert findings.sft_long(_ev(_roles(SFT, BASE, BASE, lengths=(10, 100, 12))))[0] == \
         "reproduced"  # 10x: inside the paper's 8-15x
-    status, text = report.sft_long(_ev(_roles(SFT, BASE, BASE, lengths=(10, 400, 12))))
-    assert status == report.DIRECTION_ONLY and "40.0x" in text and "8-15x" in text
-    assert report.sft_long(_ev(_roles(SFT, BASE, BASE, lengths=(10, 15, 12))))[0] == \
+    status, text = findings.sft_long(_ev(_roles(SFT, BASE, BASE, lengths=(10, 400, 12))))
+    assert status == findings.DIRECTION_ONLY and "40.0x" in text and "8-15x" in text
+    assert findings.sft_long(_ev(_roles(SFT, BASE, BASE, lengths=(10, 15, 12))))[0] == \
         "not reproduced"
 
 
@@ -144,19 +144,19 @@ def _answers(texts_lengths):
 
 def test_traced_length():
     direct, traced = ("\\boxed{3}", 8), ("<think> a: 1+2=3.</think>\\boxed{3}", 24)
-    out = report.traced_length(_answers([[direct, direct], [direct, traced]]))
+    out = findings.traced_length(_answers([[direct, direct], [direct, traced]]))
     assert out == {"all": 12.0, "traced": 24.0, "traced_share": 0.25}
-    assert pd.isna(report.traced_length(_answers([[direct]]))["traced"])
+    assert pd.isna(findings.traced_length(_answers([[direct]]))["traced"])
 
 
 def test_rl_short_against_the_base_traces():
     direct, traced = ("\\boxed{3}", 8), ("<think> a: 1+2=3.</think>\\boxed{3}", 30)
     roles = _roles(SFT, BASE, BASE, lengths=(13.5, 130, 33))
     base = _answers([[direct, direct], [direct, traced]])
-    status, text = report.rl_short(_ev(roles, answers={"base": base}))
+    status, text = findings.rl_short(_ev(roles, answers={"base": base}))
     assert status == "reproduced"
     assert text.startswith("RL 33 tokens vs base's traced answers 30 tokens (all answers 14;")
-    status, text = report.rl_short(_ev(roles))  # no samples: all answers, 33 vs 14
+    status, text = findings.rl_short(_ev(roles))  # no samples: all answers, 33 vs 14
     assert status == "not reproduced" and "no per-sample results" in text
 
 
@@ -173,17 +173,17 @@ def _weights(sft_moved):
 
 def test_interpolate_statuses():
     far, near = _weights(0.38), _weights(0.005)
-    assert report.interpolate(_ev(_roles(SFT, BASE, BASE, merges=_merges(True)),
+    assert findings.interpolate(_ev(_roles(SFT, BASE, BASE, merges=_merges(True)),
                                   weights=far))[0] == "reproduced"
-    status, text = report.interpolate(_ev(_roles(SFT, BASE, BASE, merges=_merges(False)),
+    status, text = findings.interpolate(_ev(_roles(SFT, BASE, BASE, merges=_merges(False)),
                                           weights=far))
-    assert status == report.NOT_APPLICABLE and "moved its weights 38%" in text
+    assert status == findings.NOT_APPLICABLE and "moved its weights 38%" in text
     assert "RL 1.7%" in text
-    assert report.interpolate(_ev(_roles(SFT, BASE, BASE, merges=_merges(False)),
+    assert findings.interpolate(_ev(_roles(SFT, BASE, BASE, merges=_merges(False)),
                                   weights=near))[0] == "not reproduced"
-    assert report.interpolate(_ev(_roles(SFT, BASE, BASE, merges=_merges(False))))[0] == \
+    assert findings.interpolate(_ev(_roles(SFT, BASE, BASE, merges=_merges(False))))[0] == \
         "not reproduced"  # distances unknown: judged as before
-    assert report.interpolate(_ev(_roles(SFT, BASE, BASE)))[0] == "not run"
+    assert findings.interpolate(_ev(_roles(SFT, BASE, BASE)))[0] == "not run"
 
 
 def _curves(label, rewards, entropy=0.3):
@@ -193,24 +193,24 @@ def _curves(label, rewards, entropy=0.3):
 
 def test_kl_collapse_statuses():
     ev = _ev(_roles(SFT, BASE, BASE))
-    assert report.kl_collapse(ev)[0] == "not run"
+    assert findings.kl_collapse(ev)[0] == "not run"
     runs = pd.DataFrame({"label": ["rl-beta0", "rl-beta0.005", "rl-beta0.005-static"],
                          "beta": [0.0, 0.005, 0.005]})
     short = pd.concat([_curves("rl-beta0", [0.5] * 12), _curves("rl-beta0.005", [0.5] * 12)])
-    status, text = report.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
+    status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
                                           rl_curves=short))
-    assert status == report.NOT_APPLICABLE and "ran 60 steps" in text
+    assert status == findings.NOT_APPLICABLE and "ran 60 steps" in text
     assert "params/tiny-long.yaml" in text
     rise, fall = [0.5 + 0.005 * i for i in range(80)], [0.8] * 50 + [0.3] * 30
     long = pd.concat([_curves("rl-beta0", fall), _curves("rl-beta0.005", rise)])
-    status, text = report.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
+    status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
                                           rl_curves=long))
     assert status == "reproduced" and "rl-beta0 (400 steps): reward best 0.80 -> end 0.30" \
         in text
     steady = pd.concat([_curves("rl-beta0", rise), _curves("rl-beta0.005", rise)])
-    assert report.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
+    assert findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
                                   rl_curves=steady))[0] == "not reproduced"
-    assert report.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs.iloc[1:],
+    assert findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs.iloc[1:],
                                   rl_curves=steady))[0] == "not run"
 
 
@@ -223,14 +223,14 @@ def _with_static(accs, width=0.01):
 
 
 def test_no_easiest_statuses():
-    status, text = report.no_easiest(_ev(_with_static([0.9, 0.8, 0.7, 0.58, 0.48])))
+    status, text = findings.no_easiest(_ev(_with_static([0.9, 0.8, 0.7, 0.58, 0.48])))
     assert status == "reproduced" and "-0.8 points [95% CI -2.8, +1.2]" in text
     assert "the paper: -2.3 points" in text
-    assert report.no_easiest(_ev(_with_static([0.5, 0.5, 0.5, 0.4, 0.3])))[0] == \
+    assert findings.no_easiest(_ev(_with_static([0.5, 0.5, 0.5, 0.4, 0.3])))[0] == \
         "not reproduced"  # 30 points below RL
-    assert report.no_easiest(_ev(_with_static([0.9, 0.8, 0.7, 0.58, 0.48], width=0.1)))[0] \
+    assert findings.no_easiest(_ev(_with_static([0.9, 0.8, 0.7, 0.58, 0.48], width=0.1)))[0] \
         == "not reproduced"  # too uncertain to call it "about as well"
-    assert report.no_easiest(_ev(_roles(SFT, BASE, BASE)))[0] == "not run"
+    assert findings.no_easiest(_ev(_roles(SFT, BASE, BASE)))[0] == "not run"
 
 
 def test_tables_render_without_index():
@@ -277,11 +277,11 @@ def test_checklist_and_tables_with_stages_missing(smoke_root, tmp_path):
 
     shutil.copytree(smoke_root / "smoke" / "00_world", tmp_path / "smoke" / "00_world")
     run = Run(tmp_path, "smoke")
-    paper = report.paper_results()
+    paper = findings.paper_results()
     roles = report.role_levels(report.run_levels(run), report.main_models(run))
-    checks = report.checklist(paper, report.evidence(roles, 0.02, 2.0))
+    checks = findings.checklist(paper, findings.evidence(roles, 0.02, 2.0))
     assert set(checks["status"]) == {"not run"}
-    compared = report.paper_vs_run(paper, roles)
+    compared = findings.paper_vs_run(paper, roles)
     assert (compared["this run"] == "not run").all()
     status = report.stage_status(run).set_index("stage")["status"]
     assert status["00_world"] == "ran" and status["06_merging"] == "not run"
@@ -291,7 +291,7 @@ def test_checklist_and_tables_with_stages_missing(smoke_root, tmp_path):
 
 
 def test_paper_numbers_match_the_paper_page():
-    paper = report.paper_results()
+    paper = findings.paper_results()
     table = report.paper_table(paper).set_index("model")
     assert table.at["base Qwen2.5-VL-7B", "Avg"] == 50.3
     assert table.at["RL, KL 0.005", "MathVista"] == 72.6
@@ -320,11 +320,11 @@ def test_notebook_08_on_smoke(smoke_series, tmp_path):
     # shown as text (nbconvert turns &#x27; back into a quote)
     assert "&lt;script&gt;alert(" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
     status = dict(zip(rep.checklist["finding"], rep.checklist["status"]))
-    findings = report.paper_results()["findings"]
-    assert status[findings["interpolate"]] in ("reproduced", "not reproduced",  # 06 ran
-                                               report.NOT_APPLICABLE)
+    texts = findings.paper_results()["findings"]
+    assert status[texts["interpolate"]] in ("reproduced", "not reproduced",  # 06 ran
+                                            findings.NOT_APPLICABLE)
     ran_07 = (tmp_path / "smoke" / "07_pivotal_tokens" / "manifest.json").exists()
-    assert (status[findings["meta_tokens"]] == "not run") != ran_07
+    assert (status[texts["meta_tokens"]] == "not run") != ran_07
     assert (tmp_path / "smoke" / "08_report" / "accuracy_by_level.png").stat().st_size > 1000
 
 
@@ -332,14 +332,14 @@ def test_combination_findings_with_uncertainty_and_magnitude():
     rl = [0.95, 0.75, 0.55, 0.35, 0.12]
     best = [max(s, r) for s, r in zip(SFT, rl)]
     above = [("linear-0.5", [best[0], best[1] + 0.03, *best[2:]], 25)]  # +3 on L2 only
-    status, text = report.no_synergy(_ev(_roles(SFT, rl, BASE, merges=above, width=0.05)))
+    status, text = findings.no_synergy(_ev(_roles(SFT, rl, BASE, merges=above, width=0.05)))
     assert status == "reproduced" and "within the uncertainty: linear-0.5" in text
-    assert report.no_synergy(_ev(_roles(SFT, rl, BASE, merges=above)))[0] == "not reproduced"
+    assert findings.no_synergy(_ev(_roles(SFT, rl, BASE, merges=above)))[0] == "not reproduced"
     far_below = [("linear-0.5", [a - 0.3 for a in rl], 25)]
-    status, text = report.below_rl(_ev(_roles(SFT, rl, BASE, merges=far_below)))
-    assert status == report.DIRECTION_ONLY and "the paper's best ends -0.2 points" in text
+    status, text = findings.below_rl(_ev(_roles(SFT, rl, BASE, merges=far_below)))
+    assert status == findings.DIRECTION_ONLY and "the paper's best ends -0.2 points" in text
     near = [("linear-0.5", [a - 0.01 for a in rl], 25)]
-    assert report.below_rl(_ev(_roles(SFT, rl, BASE, merges=near)))[0] == "reproduced"
+    assert findings.below_rl(_ev(_roles(SFT, rl, BASE, merges=near)))[0] == "reproduced"
 
 
 def test_sample_sizes_state_what_each_stage_rests_on():

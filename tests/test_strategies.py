@@ -522,23 +522,23 @@ def strategy_roles(control: list[float] | None = None):
 
 
 def test_report_judges_05_strategies_and_names_their_paper_roles():
-    from synergy import report
+    from synergy import findings, report
 
     roles, prefix = strategy_roles()
-    paper = report.paper_results()
+    paper = findings.paper_results()
     headlines = {"two_stage": "two_stage-192", "progressive": "progressive-cosine"}
-    ev = report.evidence(roles, 0.02, 2.0, two_stage=pd.DataFrame(
+    ev = findings.evidence(roles, 0.02, 2.0, two_stage=pd.DataFrame(
         {"model": ["two_stage-64", "two_stage-192"], "budget": [64, 192],
          "clipped_ratio": [0.9, 0.0], "final_reward": [0.1, 0.5], "accuracy": [0.43, 0.58]}))
     # The paper's strategies count as combinations; router and oracle go beyond the paper.
     assert set(ev.combinations()) == {"linear-0.5", prefix + "two_stage-64",
                                       prefix + "two_stage-192", prefix + "progressive-cosine"}
-    status, evidence = report.no_synergy(ev)
+    status, evidence = findings.no_synergy(ev)
     assert status == "not reproduced" and "progressive-cosine" in evidence
-    assert report.below_rl(ev)[0] == "not reproduced"  # progressive ends above RL
-    assert report.two_stage_budget(ev)[0] == "reproduced"
-    assert report.two_stage_budget(report.evidence(roles, 0.02, 2.0))[0] == "not run"
-    compared = report.paper_vs_run(paper, roles, headlines).set_index("paper model")
+    assert findings.below_rl(ev)[0] == "not reproduced"  # progressive ends above RL
+    assert findings.two_stage_budget(ev)[0] == "reproduced"
+    assert findings.two_stage_budget(findings.evidence(roles, 0.02, 2.0))[0] == "not run"
+    compared = findings.paper_vs_run(paper, roles, headlines).set_index("paper model")
     assert compared.at["two-stage SFT->RL", "this run"] == prefix + "two_stage-192"
     assert compared.at["progressive", "this run"] == prefix + "progressive-cosine"
     table = report.strategies_table(paper, roles, headlines, 0.02).set_index("model")
@@ -556,21 +556,21 @@ def test_progressive_refuses_chat_prompts_of_questions_with_images():
 
 
 def test_report_judges_05_strategies_against_the_rl_control_at_their_budget():
-    from synergy import report
+    from synergy import findings, report
 
     # A weak control (the strategies' few steps): progressive beats it, not 04's RL.
     roles, prefix = strategy_roles(control=[0.6, 0.5, 0.2])
     budget = pd.DataFrame([{"model": "rl_control", "questions": 64, "rollouts": 512,
                             "optimizer steps": 8}])
-    ev = report.evidence(roles, 0.02, 2.0, budget=budget)
-    assert ev.rl_for(prefix + "progressive-cosine") == report.CONTROL_ROLE
+    ev = findings.evidence(roles, 0.02, 2.0, budget=budget)
+    assert ev.rl_for(prefix + "progressive-cosine") == findings.CONTROL_ROLE
     assert ev.rl_for("linear-0.5") == "rl"  # merges of 03's and 04's models: 04's RL
     assert prefix + "rl_control" not in ev.combinations()
-    status, text = report.below_rl(ev)
+    status, text = findings.below_rl(ev)
     assert status == "not reproduced" and "8 optimizer steps on 64 questions" in text
     assert "against 04's RL parent" in text
-    syn = report.synergy_table(ev).set_index("model")
+    syn = findings.synergy_table(ev).set_index("model")
     assert syn.at[prefix + "progressive-cosine", "synergy"]  # above SFT and the weak control
-    table = report.strategies_table(report.paper_results(), roles, {}, 0.02).set_index("model")
+    table = report.strategies_table(findings.paper_results(), roles, {}, 0.02).set_index("model")
     assert table.at["progressive-cosine", "run vs RL control"] == pytest.approx(
         100 * (np.mean([0.98, 0.75, 0.55]) - np.mean([0.6, 0.5, 0.2])), abs=0.1)

@@ -1,0 +1,574 @@
+"""The paper's findings judged on one run: the checklist.
+
+Each finding of `synergy/data/paper_results.yaml` is judged by one function of `FINDINGS`,
+keyed like the YAML, from an `Evidence`: per-level accuracy with its 95% intervals,
+per-question results (paired differences), weight distances and 04's training curves. A
+finding is `reproduced` only when its difference exceeds its uncertainty (and `margin`); the
+other statuses are in `STATUSES`. Pure functions of tables: `report` reads the run and
+hands them over. Also the vocabulary of roles the report and the checklist share (base,
+sft, rl, merges, `05_strategies/<model>`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import re
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from synergy import stages, strategies
+from synergy.strategies import COMBINATIONS, CONTROL
+
+LEVELS = ["L1", "L2", "L3", "L4", "L5"]
+MERGE_PATTERN = re.compile(r"^(linear|slerp|ties|dare_ties)-([0-9.]+)$")
+_FILTERED = r"-(?:static|dynamic)$"  # 04's policies trained without the easiest questions
+STRATEGY_PREFIX = f"{stages.STRATEGIES.name}/"  # roles of 05's models: "<stage>/<model>"
+CONTROL_ROLE = STRATEGY_PREFIX + CONTROL  # 05's RL control: RL at the strategies' budget
+
+
+def paper_results() -> dict:
+    import yaml
+
+    text = importlib.resources.files("synergy").joinpath("data/paper_results.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+
+def wide(roles: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
+    """Roles as rows, levels (L1..L5, all) as columns."""
+    if roles.empty:
+        return pd.DataFrame(columns=LEVELS + ["all"])
+    table = roles.pivot_table(index="role", columns="level", values=value, sort=False)
+    return table.reindex(columns=[c for c in LEVELS + ["all"] if c in table.columns])
+
+
+
+# This run's counterparts of the paper's other models, matched by name: the world's
+# teachers stand in for the paper's trace sources (careful ~ s1.1-R1, lowquality ~
+# s1-Gemini2), GRPO labels carry their beta and easy-question filter.
+PAPER_MATCH = {"sft:s1.1-R1": rf"^{stages.SFT.name}/careful$",
+               "sft:s1-Gemini2": rf"^{stages.SFT.name}/lowquality$",
+               "rl_kl0": rf"^{stages.GRPO.name}/.*beta0$",
+               "rl_no_easiest": rf"^{stages.GRPO.name}/.*{_FILTERED}",
+               "two_stage": r"two", "interleaved": r"interleav",
+               "progressive": r"progress", "data_mixing": r"mix"}
+
+
+# The paper's combinations (its table's roles): strategies and the best merge.
+PAPER_COMBINATIONS = ("two_stage", "interleaved", "progressive", "data_mixing", "linear-0.25")
+
+
+def is_strategy(role: str) -> bool:
+    """A role of 05's combination strategies (the paper's four and the SFT-loss baseline)."""
+    return role.startswith(STRATEGY_PREFIX) and role[len(STRATEGY_PREFIX):].split("-")[0] \
+        in COMBINATIONS
+
+
+def _find_role(role: str, roles: pd.DataFrame,
+               headlines: dict[str, str] | None = None) -> str | None:
+    """This run's row for a paper role: the role itself, the model 05 names for it
+    (`headlines`: its manifest's `paper_roles`), else the first PAPER_MATCH ("sft" may also
+    be "03_sft/careful")."""
+    if role in set(roles["role"]):
+        return role
+    named = STRATEGY_PREFIX + (headlines or {}).get(role, "")
+    if role in (headlines or {}) and named in set(roles["role"]):
+        return named
+    pattern = PAPER_MATCH.get(role)
+    for r, stage, model in roles[["role", "stage", "model"]].drop_duplicates().itertuples(
+            index=False):
+        if pattern and any(re.search(pattern, key, re.IGNORECASE)
+                           for key in (r, f"{stage}/{model}")):
+            return r
+    return None
+
+
+def paper_vs_run(paper: dict, roles: pd.DataFrame,
+                 headlines: dict[str, str] | None = None) -> pd.DataFrame:
+    """The paper's average and gain over its base beside this run's per-level accuracy.
+
+    Absolute numbers do not compare (a 7B VLM on five benchmarks vs a small model on the
+    run's task); the gains over the base and their signs per level do.
+    """
+    acc = wide(roles)
+    where = {r: f"{st}/{m}" for r, st, m in roles[["role", "stage", "model"]].itertuples(
+        index=False)} if len(roles) else {}
+    base_paper = next(m["avg"] for m in paper["models"] if m["role"] == "base")
+    base_run = acc.loc["base"] if "base" in acc.index else None
+    rows = []
+    for m in paper["models"]:
+        match = _find_role(m["role"], roles, headlines) if len(roles) else None
+        row = {"paper model": m["name"], "paper Avg %": m["avg"],
+               "paper gain vs base": round(m["avg"] - base_paper, 1),
+               "this run": (f"{match} ({where[match]})" if match in ("base", "sft", "rl")
+                            else match) if match else "not run"}
+        for lv in list(acc.columns):
+            row[f"run {lv} %"] = round(100 * acc.at[match, lv], 1) if match else np.nan
+        if match and base_run is not None and "all" in acc.columns:
+            row["run gain vs base"] = round(100 * (acc.at[match, "all"] - base_run["all"]), 1)
+        else:
+            row["run gain vs base"] = np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- the checklist: one function per finding of paper_results.yaml -----------------------
+
+# Where the paper states a magnitude, how far from it a run may land before a finding whose
+# sign matches counts only "in direction". RL: the paper's gains are a few points (+4.8 on
+# average, at most +9.8 on one benchmark), so a gain above this on some level is not "a little".
+SMALL_GAIN = 15.0          # accuracy points
+FAR_FACTOR = 2.0           # a length ratio off the paper's range by more than this factor
+ABOUT_SAME = 5.0           # "does about as well": the paper's gap is 2.3 points (52.8 vs 55.1)
+# A 7B model fine-tuned at lr 1e-5 moves its weights by well under 1%; merges of two such
+# models stay near both. Past this share of the base's norm the parents are different
+# networks, and a linear path between them need not pass through models as good as either.
+FAR_MOVE = 0.10
+COLLAPSE_STEP = 300        # the paper: without KL the reward collapses near step 300
+COLLAPSE_DROP = 0.1        # reward (0-1) lost from its best that counts as a collapse
+CURVE_WINDOW = 3           # logged steps averaged for "start", "best" and "end" of a curve
+NOT_APPLICABLE = "not applicable on this world"
+DIRECTION_ONLY = "reproduced in direction only"
+STATUSES = ("reproduced", DIRECTION_ONLY, "not reproduced", NOT_APPLICABLE, "not run")
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """a - b in accuracy points over some levels, with its 95% interval (NaN: unknown)."""
+
+    points: float
+    low: float
+    high: float
+
+    def gain(self, margin: float) -> bool:
+        """Above `margin` (points) and, where the interval is known, clear of zero."""
+        return self.points > margin and (np.isnan(self.low) or self.low > 0)
+
+    def loss(self, margin: float) -> bool:
+        return self.points < -margin and (np.isnan(self.high) or self.high < 0)
+
+    def short(self) -> str:
+        if np.isnan(self.low):
+            return f"{self.points:+.1f}"
+        return f"{self.points:+.1f} [{self.low:+.1f}, {self.high:+.1f}]"
+
+    def __str__(self) -> str:
+        if np.isnan(self.low):
+            return f"{self.points:+.1f} points (no interval)"
+        return f"{self.points:+.1f} points [95% CI {self.low:+.1f}, {self.high:+.1f}]"
+
+
+@dataclasses.dataclass
+class Evidence:
+    """What the findings are judged from: per-role, per-level accuracy (with its interval)
+    and length, per-question results where a stage saved them, and the run's other facts."""
+
+    acc: pd.DataFrame                # role x level (accuracy 0-1)
+    length: pd.DataFrame             # role x level (mean tokens)
+    low: pd.DataFrame                # role x level: 95% interval of accuracy (NaN: unknown)
+    high: pd.DataFrame
+    margin: float                    # accuracy change (0-1) that counts as an effect at all
+    long_ratio: float                # "much longer": at least this ratio
+    paper: dict                      # paper_results.yaml (magnitudes the paper states)
+    counts: pd.DataFrame | None = None      # 07's category counts
+    two_stage: pd.DataFrame | None = None   # 05's `strategies.two_stage_table`
+    answers: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # role ->
+    #   per-question results (qid, level, accuracy, samples, lengths): `role_answers`
+    weights: pd.DataFrame | None = None     # `weight_distances`: role, relative_distance
+    rl_runs: pd.DataFrame | None = None     # 04's runs: label, beta, steps
+    rl_curves: pd.DataFrame | None = None   # `grpo.load_curves` of 04
+    budget: pd.DataFrame | None = None      # 05's `strategies.budget_table`
+
+    def rl_for(self, role: str) -> str:
+        """The RL model a combination is judged against: for 05's GRPO strategies the RL
+        control trained at their budget, when 05 trained one (`strategies.rl_reference`);
+        for merges (of 03's and 04's models), the blends of 04's samples and otherwise
+        04's RL parent."""
+        if not is_strategy(role):
+            return "rl"
+        ref = strategies.rl_reference(role[len(STRATEGY_PREFIX):],
+                                      CONTROL_ROLE in self.acc.index)
+        return CONTROL_ROLE if ref == CONTROL else "rl"
+
+    def budget_note(self) -> str:
+        """Which budget the combinations are compared at (from 05's budget table)."""
+        if CONTROL_ROLE not in self.acc.index:
+            return "compared with 04's RL parent (05's strategies train on fewer steps)"
+        note = "05's GRPO strategies against the RL control at their own budget"
+        if self.budget is not None and CONTROL in set(self.budget["model"]):
+            row = self.budget.set_index("model").loc[CONTROL]
+            note += (f" ({row['optimizer steps']:.0f} optimizer steps on "
+                     f"{row['questions']:.0f} questions, {row['rollouts']:.0f} rollouts)")
+        return note + "; data mixing (trained on 04's samples) and merges against 04's RL parent"
+
+    def missing(self, *roles: str) -> list[str]:
+        return [r for r in roles if r not in self.acc.index]
+
+    def levels(self, *names: str) -> list[str]:
+        wanted = names or LEVELS
+        return [c for c in LEVELS if c in self.acc.columns and c in wanted]
+
+    def difference(self, a: str, b: str, levels: list[str]) -> Difference:
+        """Accuracy of `a` minus `b` over `levels` (["all"]: every question), in points.
+
+        Paired over the questions both answered (`stats.paired_difference`) where both have
+        per-question results; else from the per-level intervals: the mean over levels of
+        a - b, between (low_a - high_b) and (high_a - low_b), a conservative interval."""
+        from synergy.stats import paired_difference
+
+        qa, qb = self.answers.get(a), self.answers.get(b)
+        if qa is not None and qb is not None:
+            if levels != ["all"]:
+                wanted = {int(lv[1:]) for lv in levels}
+                qa, qb = qa[qa["level"].isin(wanted)], qb[qb["level"].isin(wanted)]
+            row = paired_difference(qa, qb).set_index("level").loc["all"]
+            if row["questions"] > 0:
+                return Difference(100 * row["diff"], 100 * row["diff_low"],
+                                  100 * row["diff_high"])
+        d = (self.acc.loc[a, levels] - self.acc.loc[b, levels]).mean()
+        low = (self.low.loc[a, levels] - self.high.loc[b, levels]).mean(skipna=False)
+        high = (self.high.loc[a, levels] - self.low.loc[b, levels]).mean(skipna=False)
+        return Difference(100 * d, 100 * low, 100 * high)
+
+    def combinations(self) -> list[str]:
+        """Merges (interior ratios) and 05's combination strategies (the paper's four and
+        the SFT-loss baseline; not the router, adaptive model or oracle, which go beyond)."""
+        return [r for r in self.acc.index if MERGE_PATTERN.match(r) or is_strategy(r)]
+
+    def paper_avg(self, role: str) -> float:
+        return next(m["avg"] for m in self.paper["models"] if m["role"] == role)
+
+
+def evidence(roles: pd.DataFrame, margin: float, long_ratio: float, *,
+             paper: dict | None = None, **facts) -> Evidence:
+    """The checklist's evidence from `role_levels` output; `facts`: the optional fields of
+    `Evidence` (counts, two_stage, answers, weights, rl_runs, rl_curves)."""
+    acc = wide(roles)
+
+    def like_acc(value: str) -> pd.DataFrame:
+        return (wide(roles, value) if value in roles.columns else acc * np.nan).reindex(
+            index=acc.index, columns=acc.columns)
+
+    return Evidence(acc, like_acc("mean_length"), like_acc("accuracy_low"),
+                    like_acc("accuracy_high"), margin, long_ratio,
+                    paper if paper is not None else paper_results(), **facts)
+
+
+Verdict = tuple[str, str]  # (status, the numbers it rests on)
+
+
+def _verdict(ok: bool, evidence: str) -> Verdict:
+    return ("reproduced" if ok else "not reproduced", evidence)
+
+
+def _not_run(needs: list[str] | str) -> Verdict:
+    return ("not run", f"needs {', '.join(needs) if isinstance(needs, list) else needs}")
+
+
+def sft_hard(ev: Evidence) -> Verdict:
+    hard = ev.levels("L4", "L5")
+    if ev.missing("base", "sft"):
+        return _not_run(ev.missing("base", "sft"))
+    if not hard:
+        return ("not run", "no questions at L4-L5 in this run")
+    d = ev.difference("sft", "base", hard)
+    return _verdict(d.gain(100 * ev.margin), f"SFT - base on {'+'.join(hard)}: {d}")
+
+
+def sft_easy(ev: Evidence) -> Verdict:
+    if ev.missing("base", "sft"):
+        return _not_run(ev.missing("base", "sft"))
+    if not ev.levels("L1"):
+        return ("not run", "no questions at L1 in this run")
+    d = ev.difference("sft", "base", ["L1"])
+    return _verdict(d.loss(100 * ev.margin), f"SFT - base on L1: {d}")
+
+
+def sft_long(ev: Evidence) -> Verdict:
+    if ev.missing("base", "sft"):
+        return _not_run(ev.missing("base", "sft"))
+    s, b = ev.length.at["sft", "all"], ev.length.at["base", "all"]
+    ratio = s / max(b, 1e-9)
+    text = f"mean length SFT {s:.0f} vs base {b:.0f} tokens ({ratio:.1f}x)"
+    lo, hi = ev.paper["sft_length_ratio"]
+    if ratio < ev.long_ratio:
+        return ("not reproduced", text)
+    if not lo / FAR_FACTOR <= ratio <= hi * FAR_FACTOR:
+        return (DIRECTION_ONLY, f"{text}; the paper's SFT answers are {lo}-{hi}x longer")
+    return ("reproduced", text)
+
+
+def rl_all(ev: Evidence) -> Verdict:
+    if ev.missing("base", "rl"):
+        return _not_run(ev.missing("base", "rl"))
+    per = {lv: ev.difference("rl", "base", [lv]) for lv in ev.levels()}
+    overall = ev.difference("rl", "base", ["all"])
+    margin = 100 * ev.margin
+    hurt = [lv for lv, d in per.items() if d.loss(margin)]
+    text = ("RL - base, points [95% CI]: " + ", ".join(f"{lv} {d.short()}"
+                                                     for lv, d in per.items())
+            + f", all {overall.short()}" + (f"; below the base on {', '.join(hurt)}"
+                                            if hurt else ""))
+    if hurt or not overall.gain(margin):
+        return ("not reproduced", text)
+    big = max(per, key=lambda lv: per[lv].points)
+    if per[big].points > SMALL_GAIN:
+        models = {m["role"]: m for m in ev.paper["models"]}
+        gains = [r - b for r, b in zip(models["rl"]["scores"], models["base"]["scores"])]
+        return (DIRECTION_ONLY, f"{text}; the paper's RL gains are a few points "
+                                f"({ev.paper_avg('rl') - ev.paper_avg('base'):+.1f} on average, "
+                                f"at most {max(gains):+.1f} on one benchmark), here "
+                                f"{per[big].points:+.1f} on {big}")
+    return ("reproduced", text)
+
+
+def traced_length(results: pd.DataFrame) -> dict[str, float]:
+    """Of one model's sampled answers (an evaluation table: per question `samples` and
+    `lengths`): mean tokens of all answers, of those that open a `<think>` trace, and the
+    traced share. A base that mostly answers directly is short on average; its traces are
+    what RL, which learns to open them, should be compared with."""
+    from synergy.world import THINK_OPEN
+
+    texts = [t for s in results["samples"] for t in s]
+    lengths = np.array([n for s in results["lengths"] for n in s], dtype=float)
+    traced = np.array([THINK_OPEN in t for t in texts], dtype=bool)
+    return {"all": float(lengths.mean()) if len(lengths) else np.nan,
+            "traced": float(lengths[traced].mean()) if traced.any() else np.nan,
+            "traced_share": float(traced.mean()) if len(traced) else np.nan}
+
+
+def rl_short(ev: Evidence) -> Verdict:
+    if ev.missing("base", "rl"):
+        return _not_run(ev.missing("base", "rl"))
+    r, b = ev.length.at["rl", "all"], ev.length.at["base", "all"]
+    sft = "" if ev.missing("sft") else f"; SFT {ev.length.at['sft', 'all']:.0f}"
+    base = traced_length(ev.answers["base"]) if "base" in ev.answers else None
+    if base is None or np.isnan(base["traced"]):
+        why = "no per-sample results" if base is None else "the base never opens a trace"
+        return _verdict(r < ev.long_ratio * b, f"mean length RL {r:.0f} vs base {b:.0f} "
+                                               f"tokens{sft} (base's traced answers: {why})")
+    t = base["traced"]
+    return _verdict(r < ev.long_ratio * t,
+                    f"RL {r:.0f} tokens vs base's traced answers {t:.0f} tokens (all answers "
+                    f"{base['all']:.0f}; {100 * base['traced_share']:.0f}% of the base's "
+                    f"answers open a <think> trace){sft}")
+
+
+def synergy_table(ev: Evidence) -> pd.DataFrame:
+    """`merging.synergy_check` of every combination against SFT and its RL model
+    (`Evidence.rl_for`: the RL control for 05's strategies, 04's RL for merges)."""
+    from synergy.merging import synergy_check
+
+    long = ev.acc.reset_index().melt(id_vars="role", var_name="level", value_name="accuracy")
+    long = long.rename(columns={"role": "model"})
+    groups: dict[str, list[str]] = {}
+    for combo in ev.combinations():
+        groups.setdefault(ev.rl_for(combo), []).append(combo)
+    parts = [synergy_check(long, combos, ("sft", rl), margin=ev.margin)
+             for rl, combos in groups.items()]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def no_synergy(ev: Evidence) -> Verdict:
+    combos = ev.combinations()
+    if ev.missing("sft", "rl") or not combos:
+        return _not_run(ev.missing("sft", "rl") + ([] if combos else
+                                                   ["a combination (05 or 06)"]))
+    table = synergy_table(ev).set_index("model")
+    margin = 100 * ev.margin
+    # A synergy counts when the combination beats both parents beyond their uncertainty on
+    # one of the levels where it is above both.
+    winners = [m for m in table.index[table["synergy"]]
+               if any(all(ev.difference(m, p, [lv]).gain(margin)
+                          for p in ("sft", ev.rl_for(m)))
+                      for lv in table.at[m, "above_both"].split(", "))]
+    unclear = [m for m in table.index[table["synergy"]] if m not in winners]
+    return _verdict(not winners, f"{ev.budget_note()}: {len(winners)} of {len(combos)} "
+                                 f"combinations beat both parents without losing elsewhere: "
+                                 f"{', '.join(winners) or 'none'}"
+                                 + (f"; within the uncertainty: {', '.join(unclear)}"
+                                    if unclear else ""))
+
+
+def below_rl(ev: Evidence) -> Verdict:
+    combos = ev.combinations()
+    if ev.missing("rl") or not combos:
+        return _not_run(ev.missing("rl") + ([] if combos else ["a combination (05 or 06)"]))
+    diffs = {r: ev.difference(r, ev.rl_for(r), ["all"]) for r in combos}
+    above = [r for r, d in diffs.items() if d.gain(100 * ev.margin)]
+    best = max(combos, key=lambda r: diffs[r].points)
+    rl = ev.rl_for(best)
+    text = (f"{ev.budget_note()}: closest to its RL {best} {100 * ev.acc.at[best, 'all']:.1f}% "
+            f"vs {rl} {100 * ev.acc.at[rl, 'all']:.1f}% ({diffs[best]}); clearly above "
+            f"their RL: {', '.join(above) or 'none'}")
+    if rl != "rl":  # the strategies against 04's RL parent too (unequal budgets)
+        text += (f"; against 04's RL parent ({100 * ev.acc.at['rl', 'all']:.1f}%, more "
+                 f"steps): {best} {ev.difference(best, 'rl', ['all']).short()} points")
+    if above:
+        return ("not reproduced", text)
+    paper_best = max(m["avg"] for m in ev.paper["models"] if m["role"] in PAPER_COMBINATIONS)
+    if diffs[best].points < -SMALL_GAIN:  # the paper's best ends just below RL
+        return (DIRECTION_ONLY, f"{text}; the paper's best ends "
+                                f"{paper_best - ev.paper_avg('rl'):+.1f} points from RL")
+    return ("reproduced", text)
+
+
+def two_stage_budget(ev: Evidence) -> Verdict:
+    if ev.two_stage is None or len(ev.two_stage) < 2:
+        return _not_run(f"two-stage runs at two or more response budgets "
+                        f"({stages.STRATEGIES.name})")
+    t = ev.two_stage
+    return _verdict(strategies.two_stage.needs_budget(t), "; ".join(
+        f"budget {r.budget}: {100 * r.clipped_ratio:.0f}% truncated, accuracy "
+        f"{100 * r.accuracy:.1f}%" for r in t.itertuples()))
+
+
+def interpolation_gaps(ev: Evidence, methods: tuple[str, ...]) -> np.ndarray:
+    """Per (merge, level) of `methods`: |merge - linear interpolation of the parents| and
+    whether the merge lies between the parents (+- margin). Shape (n, 2)."""
+    rows = []
+    lv = ev.levels()
+    for r in ev.combinations() if not ev.missing("sft", "rl") else []:
+        m = MERGE_PATTERN.match(r)
+        if m and m.group(1) in methods:
+            t = float(m.group(2))
+            sft, rl = ev.acc.loc["sft", lv], ev.acc.loc["rl", lv]
+            expect = t * sft + (1 - t) * rl
+            lo, hi = np.minimum(sft, rl) - ev.margin, np.maximum(sft, rl) + ev.margin
+            rows += [(abs(ev.acc.at[r, c] - expect[c]), lo[c] <= ev.acc.at[r, c] <= hi[c])
+                     for c in lv]
+    return np.array(rows, dtype=float).reshape(-1, 2)
+
+
+def moved(ev: Evidence, role: str) -> float:
+    """How far a role's model moved from the base (`weight_distances`), NaN if unknown."""
+    w = ev.weights
+    if w is None or "relative_distance" not in w or role not in set(w["role"]):
+        return np.nan
+    return float(w.set_index("role").at[role, "relative_distance"])
+
+
+def interpolate(ev: Evidence) -> Verdict:
+    gaps = interpolation_gaps(ev, ("linear", "slerp"))
+    if ev.missing("sft", "rl") or not len(gaps):
+        return _not_run(ev.missing("sft", "rl") + ([] if len(gaps) else
+                                                   ["linear or SLERP merges"]))
+    share = gaps[:, 1].mean()
+    text = (f"{100 * share:.0f}% of linear/SLERP (ratio, level) points lie between the "
+            f"parents (+-{100 * ev.margin:.0f} points)")
+    sft, rl = moved(ev, "sft"), moved(ev, "rl")
+    if share < 0.8 and sft > FAR_MOVE:
+        return (NOT_APPLICABLE, f"SFT moved its weights {100 * sft:.0f}% from the base (RL "
+                                f"{100 * rl:.1f}%); the paper's 7B models move well under 1%, "
+                                f"so its merges stay near both parents; {text}")
+    return _verdict(share >= 0.8, text)
+
+
+def ties_erratic(ev: Evidence) -> Verdict:
+    lin, ties = interpolation_gaps(ev, ("linear", "slerp")), interpolation_gaps(ev, ("ties",))
+    needs = ev.missing("sft", "rl") + ([] if len(ties) else ["TIES merges"]) + \
+        ([] if len(lin) else ["linear or SLERP merges"])
+    if needs:
+        return _not_run(needs)
+    t, li = 100 * ties[:, 0].mean(), 100 * lin[:, 0].mean()
+    return _verdict(t > li, f"mean distance from interpolation: TIES {t:.1f} vs "
+                            f"linear/SLERP {li:.1f} points")
+
+
+def meta_tokens(ev: Evidence) -> Verdict:
+    if ev.counts is None or ev.counts.empty:
+        return _not_run(stages.PIVOTAL.name)
+    meta = ev.counts[(ev.counts["level"] == "all") & (ev.counts["category"] == "meta")]
+    per = meta.groupby("model").agg(n=("count", "sum"), tokens=("tokens", "first"))
+    per = 1000 * per["n"] / per["tokens"].clip(lower=1)
+    if "sft" not in per.index:
+        return _not_run(f"the SFT model in {stages.PIVOTAL.name}")
+    others = per.drop("sft")
+    ok = per["sft"] > 0 and (others.empty or per["sft"] >= 5 * others.max())
+    return _verdict(ok, "meta words per 1k tokens: " + ", ".join(f"{m} {v:.2f}"
+                                                                 for m, v in per.items()))
+
+
+def curve_summary(curves: pd.DataFrame, window: int = CURVE_WINDOW) -> dict[str, float]:
+    """One run's training log (`grpo.load_curves` rows of one run): steps logged, reward
+    at the start, at its best and at the end, entropy at the start and end (each a mean
+    over `window` logged steps)."""
+    c = curves.sort_values("step")
+    out = {"steps": int(c["step"].max())}
+    for col in ("reward", "entropy"):
+        if col in c:
+            smooth = c[col].rolling(window, min_periods=1).mean()
+            out.update({f"{col}_start": c[col].head(window).mean(),
+                        f"{col}_best": smooth.max(), f"{col}_end": c[col].tail(window).mean()})
+    return out
+
+
+def kl_collapse(ev: Evidence) -> Verdict:
+    runs = ev.rl_runs
+    needs = f"policies at beta 0 and at a beta > 0 in {stages.GRPO.name} (grpo.betas)"
+    if runs is None or runs.empty or "beta" not in runs:
+        return _not_run(needs)
+    plain = runs[~runs["label"].str.contains(_FILTERED)]
+    plain = plain if len(plain) else runs
+    no_kl, kl = plain[plain["beta"] == 0], plain[plain["beta"] > 0]
+    if no_kl.empty or kl.empty:
+        return _not_run(needs)
+    a, b = no_kl["label"].iloc[0], kl["label"].iloc[0]
+    curves = ev.rl_curves if ev.rl_curves is not None else pd.DataFrame()
+    if "run" not in curves or not {a, b} <= set(curves["run"]):
+        return _not_run(f"the training curves of {a} and {b}")
+    s, k = curve_summary(curves[curves["run"] == a]), curve_summary(curves[curves["run"] == b])
+    if s["steps"] < COLLAPSE_STEP / 2:
+        return (NOT_APPLICABLE, f"the paper's collapse came near step {COLLAPSE_STEP}; this "
+                                f"run's no-KL policy ran {s['steps']} steps (params/tiny-long"
+                                f".yaml runs where they part)")
+    if "reward_end" not in s or "reward_end" not in k:
+        return _not_run(f"rewards in the training curves of {a} and {b}")
+    drop = s["reward_best"] - s["reward_end"]
+    ok = drop > COLLAPSE_DROP and s["reward_end"] < k["reward_end"] - ev.margin
+    entropy = (f", entropy {s['entropy_start']:.2f} -> {s['entropy_end']:.2f}"
+               if "entropy_end" in s else "")
+    return _verdict(ok, f"{a} ({s['steps']} steps): reward best {s['reward_best']:.2f} -> end "
+                        f"{s['reward_end']:.2f}{entropy}; {b}: reward end "
+                        f"{k['reward_end']:.2f}")
+
+
+def no_easiest(ev: Evidence) -> Verdict:
+    pattern = PAPER_MATCH["rl_no_easiest"]
+    found = [r for r in ev.acc.index if re.search(pattern, r, re.IGNORECASE)]
+    if ev.missing("rl") or not found:
+        return _not_run(ev.missing("rl") + ([] if found else [
+            f"a policy without the easiest questions in {stages.GRPO.name} "
+            "(grpo.exclude_easiest_ablation)"]))
+    d = ev.difference(found[0], "rl", ["all"])
+    text = (f"{found[0]} - RL overall: {d}; the paper: "
+            f"{ev.paper_avg('rl_no_easiest') - ev.paper_avg('rl'):+.1f} points")
+    if np.isnan(d.low):
+        return _verdict(abs(d.points) <= ABOUT_SAME, text)
+    return _verdict(-ABOUT_SAME <= d.low and d.high <= ABOUT_SAME,
+                    f"{text} (about as well: the interval inside +-{ABOUT_SAME:g})")
+
+
+FINDINGS: dict[str, Callable[[Evidence], Verdict]] = {
+    "sft_hard": sft_hard, "sft_easy": sft_easy, "sft_long": sft_long, "rl_all": rl_all,
+    "rl_short": rl_short, "no_synergy": no_synergy, "below_rl": below_rl,
+    "two_stage_budget": two_stage_budget, "interpolate": interpolate,
+    "ties_erratic": ties_erratic, "meta_tokens": meta_tokens, "kl_collapse": kl_collapse,
+    "no_easiest": no_easiest}
+
+
+def checklist(paper: dict, ev: Evidence) -> pd.DataFrame:
+    """Each of the paper's findings (`paper["findings"]`), judged by its function in
+    FINDINGS from this run's evidence: one of STATUSES, with the numbers it rests on."""
+    missing = set(paper["findings"]) ^ set(FINDINGS)
+    if missing:
+        raise KeyError(f"findings without a function or without a paper entry: {missing}")
+    rows = []
+    for key, text in paper["findings"].items():
+        status, numbers = FINDINGS[key](ev)
+        rows.append({"finding": text, "status": status, "this run": numbers})
+    return pd.DataFrame(rows)
+
