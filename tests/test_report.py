@@ -81,7 +81,10 @@ def test_every_finding_has_one_function_and_each_is_judged_alone():
         "reproduced", "SFT - base on L4+L5: +20.0 points [95% CI +14.0, +26.0]")
     assert findings.sft_easy(ev) == ("reproduced",
                                    "SFT - base on L1: -10.0 points [95% CI -16.0, -4.0]")
-    assert findings.rl_all(ev)[0] == "not reproduced"  # RL equal to the base: no gain
+    # RL equal to the base: an interval of +-6 points holds a gain and none: undecided
+    assert findings.rl_all(ev)[0] == findings.UNDECIDED
+    narrow = _ev(_roles(SFT, BASE, BASE, width=0.005))  # +-1 point: clearly no gain
+    assert findings.rl_all(narrow)[0] == "not reproduced"
     assert findings.no_synergy(ev)[0] == "not run"  # no combination in this run
     assert findings.meta_tokens(ev)[0] == "not run"
 
@@ -91,7 +94,10 @@ def test_a_difference_counts_only_beyond_its_interval():
     sft = [0.9, 0.7, 0.5, 0.33, 0.13]
     wide = _ev(_roles(sft, BASE, BASE, width=0.05))
     status, text = findings.sft_hard(wide)
-    assert status == "not reproduced" and "+3.0 points [95% CI -7.0, +13.0]" in text
+    assert status == findings.UNDECIDED and "+3.0 points [95% CI -7.0, +13.0]" in text
+    assert "more questions would decide it" in text  # no per-question results: no count
+    below = _ev(_roles([0.9, 0.7, 0.5, 0.28, 0.08], BASE, BASE, width=0.01))  # -2 [-4, 0]
+    assert findings.sft_hard(below)[0] == "not reproduced"
     assert findings.sft_hard(_ev(_roles(sft, BASE, BASE, width=0.01)))[0] == "reproduced"
     # without intervals (an older per_level.csv) the margin alone decides, and says so
     status, text = findings.sft_hard(_ev(_roles(sft, BASE, BASE, width=None)))
@@ -108,6 +114,30 @@ def test_paired_difference_from_per_question_results():
     assert findings.sft_hard(ev)[0] == "reproduced"  # the per-level intervals would not say so
 
 
+def test_undecided_names_the_questions_that_would_decide():
+    d = findings.Difference(1.0, -5.0, 7.0, questions=200)  # half-width 6
+    assert d.within(-5.0, 5.0) is None and d.within(-10.0, 10.0) is True
+    assert d.within(8.0, 20.0) is False
+    # inside +-5 needs a half-width below 5 - 1 = 4: 200 * (6 / 4)^2 = 450 questions
+    assert d.to_decide_within(-5.0, 5.0) == 450
+    # a gain above 2 or none: the interval must end below 2, a half-width below 1
+    assert d.exceeds(2.0) is None and d.to_decide_gain(2.0) == 7200
+    assert findings.Difference(3.0, 1.0, 5.0, 200).exceeds(2.0) is True
+    assert findings.Difference(1.0, 0.5, 1.5, 200).exceeds(2.0) is False  # clear but small
+    status, text = findings.judged_within(d, -5.0, 5.0, "x - y")
+    assert status == findings.UNDECIDED and "200 questions; about 450" in text
+    assert findings.judged_within(findings.Difference(1.0, -2.0, 4.0, 200), -5.0, 5.0,
+                                  "x")[0] == "reproduced"
+    assert findings.judged_within(findings.Difference(9.0, 6.0, 12.0, 200), -5.0, 5.0,
+                                  "x")[0] == "not reproduced"
+    # the easiest-question ablation: +0.6 [-5.6, +6.9] on 200 questions is undecided
+    q = pd.DataFrame({"qid": range(4), "level": [1, 2, 4, 5], "accuracy": [1.0, 0.5, 0.0, 0.5]})
+    ev = _ev(_roles(SFT, BASE, BASE), answers={"rl": q, "04_grpo/rl-static": q})
+    status, text = findings.no_easiest(ev.__class__(**{**ev.__dict__, "acc": ev.acc.reindex(
+        list(ev.acc.index) + ["04_grpo/rl-static"]).fillna(0.5)}))
+    assert status == "reproduced"  # identical policies: a zero-width interval inside +-5
+
+
 def test_rl_all_statuses():
     base = [0.5] * 5
     ok = _ev(_roles(SFT, [0.55] * 5, base))
@@ -121,7 +151,7 @@ def test_rl_all_statuses():
     status, text = findings.rl_all(hurt)
     assert status == "not reproduced" and "below the base on L1" in text
     unclear = _ev(_roles(SFT, [0.53] * 5, base, width=0.05))  # +3 inside +-10
-    assert findings.rl_all(unclear)[0] == "not reproduced"
+    assert findings.rl_all(unclear)[0] == findings.UNDECIDED
     no_rl = _roles(SFT, [0.55] * 5, base)
     assert findings.rl_all(_ev(no_rl[no_rl["role"] != "rl"])) == ("not run", "needs rl")
 
@@ -229,7 +259,7 @@ def test_no_easiest_statuses():
     assert findings.no_easiest(_ev(_with_static([0.5, 0.5, 0.5, 0.4, 0.3])))[0] == \
         "not reproduced"  # 30 points below RL
     assert findings.no_easiest(_ev(_with_static([0.9, 0.8, 0.7, 0.58, 0.48], width=0.1)))[0] \
-        == "not reproduced"  # too uncertain to call it "about as well"
+        == findings.UNDECIDED  # too uncertain to call it "about as well" or not
     assert findings.no_easiest(_ev(_roles(SFT, BASE, BASE)))[0] == "not run"
 
 
@@ -333,7 +363,8 @@ def test_combination_findings_with_uncertainty_and_magnitude():
     best = [max(s, r) for s, r in zip(SFT, rl)]
     above = [("linear-0.5", [best[0], best[1] + 0.03, *best[2:]], 25)]  # +3 on L2 only
     status, text = findings.no_synergy(_ev(_roles(SFT, rl, BASE, merges=above, width=0.05)))
-    assert status == "reproduced" and "within the uncertainty: linear-0.5" in text
+    # above both parents by the point estimate only: the interval holds synergy and none
+    assert status == findings.UNDECIDED and "within the uncertainty: linear-0.5" in text
     assert findings.no_synergy(_ev(_roles(SFT, rl, BASE, merges=above)))[0] == "not reproduced"
     far_below = [("linear-0.5", [a - 0.3 for a in rl], 25)]
     status, text = findings.below_rl(_ev(_roles(SFT, rl, BASE, merges=far_below)))

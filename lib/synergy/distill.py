@@ -45,7 +45,9 @@ from synergy.world import (
     THINK_OPEN,
     Question,
     apply_op,
+    careful_trace,
     parse_question,
+    slip,
     step_text,
 )
 
@@ -117,43 +119,6 @@ class DistillConfig(StageConfig):
 # --- programmatic teachers (pure) --------------------------------------------------------
 
 CONNECTORS = ("First,", "Next,", "Then,", "Then,", "Next,", "Then,", "Next,", "Then,")
-
-
-def check_text(value: int, op: str, n: int, new: int) -> str:
-    """An inverse operation that recovers the previous value (local, no lookup needed)."""
-    if op == "+":
-        return f"{new}-{n}={value}"
-    if op == "-":
-        return f"{new}+{n}={value}"
-    return f"{new}/{n}={value}"
-
-
-def slip(value: int, rng: random.Random, max_value: int = 19) -> int:
-    """A wrong value near the right one, still in range."""
-    options = [v for v in (value - 2, value - 1, value + 1, value + 2) if 0 <= v <= max_value]
-    return rng.choice(options)
-
-
-def careful_trace(q: Question, rng: random.Random, slip_rate: float = 0.1) -> str:
-    """Correct, structured long CoT: the chain of steps, the answer, then verification.
-
-    The chain is the base's own short-trace format, so SFT changes the style rather than
-    teaching a new skill; a slip is caught at once ("Wait, no"). After the answer comes
-    the reflection of real long-CoT traces (doubt, re-checking the last step, the answer
-    again), which only needs copying from nearby text.
-    """
-    chain = []
-    for value, op, n, new in q.transitions():
-        if rng.random() < slip_rate:
-            chain.append(f"{step_text(value, op, n, slip(new, rng))} Wait, no: "
-                         f"{step_text(value, op, n, new)}")
-        else:
-            chain.append(step_text(value, op, n, new))
-    prev, op, n, value = q.transitions()[-1]
-    return (f"{THINK_OPEN} Let me solve it step by step. First, {' '.join(chain)} So the "
-            f"answer is {value}. Hmm, maybe I made a mistake. Let me verify the last step: "
-            f"{prev}{op}{n}={value}. Yes, that is right, because {check_text(prev, op, n, value)}. "
-            f"Then the answer is {value}.{THINK_CLOSE} {BOXED}{value}}}")
 
 
 MUSINGS = ("Hmm, maybe.", "Hmm, let me think.", "Maybe that is right.",

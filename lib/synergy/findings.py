@@ -132,7 +132,10 @@ COLLAPSE_DROP = 0.1        # reward (0-1) lost from its best that counts as a co
 CURVE_WINDOW = 3           # logged steps averaged for "start", "best" and "end" of a curve
 NOT_APPLICABLE = "not applicable on this world"
 DIRECTION_ONLY = "reproduced in direction only"
-STATUSES = ("reproduced", DIRECTION_ONLY, "not reproduced", NOT_APPLICABLE, "not run")
+# The interval holds both the paper's claim and its negation: more questions would decide.
+UNDECIDED = "undecided at this sample size"
+STATUSES = ("reproduced", DIRECTION_ONLY, "not reproduced", UNDECIDED, NOT_APPLICABLE,
+            "not run")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +145,7 @@ class Difference:
     points: float
     low: float
     high: float
+    questions: int = 0   # questions the interval rests on (0: not known)
 
     def gain(self, margin: float) -> bool:
         """Above `margin` (points) and, where the interval is known, clear of zero."""
@@ -149,6 +153,49 @@ class Difference:
 
     def loss(self, margin: float) -> bool:
         return self.points < -margin and (np.isnan(self.high) or self.high < 0)
+
+    def exceeds(self, margin: float) -> bool | None:
+        """Whether this is a gain of more than `margin` points: True when `gain`, False
+        when the interval lies below `margin` (or the gain is clear but smaller), None when
+        the interval holds both a gain above `margin` and none (undecided). Without an
+        interval the point estimate decides."""
+        if self.gain(margin):
+            return True
+        if np.isnan(self.low) or self.high < margin or self.low > 0:
+            return False
+        return None
+
+    def within(self, low: float, high: float) -> bool | None:
+        """Whether the difference lies in [low, high] points: True when its interval does,
+        False when the interval lies wholly outside, None when it holds both (undecided)."""
+        if np.isnan(self.low):
+            return low <= self.points <= high
+        if low <= self.low and self.high <= high:
+            return True
+        if self.high < low or self.low > high:
+            return False
+        return None
+
+    def negated(self) -> "Difference":
+        return Difference(-self.points, -self.high, -self.low, self.questions)
+
+    def questions_to_clear(self, bound: float) -> int | None:
+        """About how many questions would put the interval wholly on the point estimate's
+        side of `bound`, at today's spread per question (the interval narrows as
+        1/sqrt(questions)). None where unknown or the point sits on the bound."""
+        half, distance = (self.high - self.low) / 2, abs(self.points - bound)
+        if not self.questions or distance == 0 or np.isnan(half):
+            return None
+        return int(np.ceil(self.questions * (half / distance) ** 2))
+
+    def to_decide_gain(self, margin: float) -> int | None:
+        """Questions that would decide `exceeds(margin)`: clear of zero when the point is
+        above `margin`, below `margin` otherwise."""
+        return self.questions_to_clear(0.0 if self.points > margin else margin)
+
+    def to_decide_within(self, low: float, high: float) -> int | None:
+        """Questions that would decide `within(low, high)`: clear of the nearer bound."""
+        return self.questions_to_clear(min((low, high), key=lambda b: abs(self.points - b)))
 
     def short(self) -> str:
         if np.isnan(self.low):
@@ -227,7 +274,7 @@ class Evidence:
             row = paired_difference(qa, qb).set_index("level").loc["all"]
             if row["questions"] > 0:
                 return Difference(100 * row["diff"], 100 * row["diff_low"],
-                                  100 * row["diff_high"])
+                                  100 * row["diff_high"], int(row["questions"]))
         d = (self.acc.loc[a, levels] - self.acc.loc[b, levels]).mean()
         low = (self.low.loc[a, levels] - self.high.loc[b, levels]).mean(skipna=False)
         high = (self.high.loc[a, levels] - self.low.loc[b, levels]).mean(skipna=False)
@@ -264,6 +311,29 @@ def _verdict(ok: bool, evidence: str) -> Verdict:
     return ("reproduced" if ok else "not reproduced", evidence)
 
 
+def undecided(d: Difference, questions: int | None, text: str) -> Verdict:
+    """UNDECIDED, with what would decide it: `questions` (from `Difference.to_decide_*`)."""
+    need = (f"{d.questions} questions; about {questions} (at the same samples per question) "
+            f"would decide it" if questions else
+            "more questions would decide it" if not d.questions else
+            f"{d.questions} questions; the estimate sits on the bound")
+    return (UNDECIDED, f"{text}; {need}")
+
+
+def judged_gain(d: Difference, margin: float, text: str) -> Verdict:
+    """The claim "a gain of more than `margin` points" (a loss: pass `d.negated()`)."""
+    decided = d.exceeds(margin)
+    return undecided(d, d.to_decide_gain(margin), text) if decided is None \
+        else _verdict(decided, text)
+
+
+def judged_within(d: Difference, low: float, high: float, text: str) -> Verdict:
+    """The claim "the difference lies in [low, high] points" ("about as well")."""
+    decided = d.within(low, high)
+    return undecided(d, d.to_decide_within(low, high), text) if decided is None \
+        else _verdict(decided, text)
+
+
 def _not_run(needs: list[str] | str) -> Verdict:
     return ("not run", f"needs {', '.join(needs) if isinstance(needs, list) else needs}")
 
@@ -275,7 +345,7 @@ def sft_hard(ev: Evidence) -> Verdict:
     if not hard:
         return ("not run", "no questions at L4-L5 in this run")
     d = ev.difference("sft", "base", hard)
-    return _verdict(d.gain(100 * ev.margin), f"SFT - base on {'+'.join(hard)}: {d}")
+    return judged_gain(d, 100 * ev.margin, f"SFT - base on {'+'.join(hard)}: {d}")
 
 
 def sft_easy(ev: Evidence) -> Verdict:
@@ -284,7 +354,7 @@ def sft_easy(ev: Evidence) -> Verdict:
     if not ev.levels("L1"):
         return ("not run", "no questions at L1 in this run")
     d = ev.difference("sft", "base", ["L1"])
-    return _verdict(d.loss(100 * ev.margin), f"SFT - base on L1: {d}")
+    return judged_gain(d.negated(), 100 * ev.margin, f"SFT - base on L1: {d}")
 
 
 def sft_long(ev: Evidence) -> Verdict:
@@ -312,8 +382,11 @@ def rl_all(ev: Evidence) -> Verdict:
                                                      for lv, d in per.items())
             + f", all {overall.short()}" + (f"; below the base on {', '.join(hurt)}"
                                             if hurt else ""))
-    if hurt or not overall.gain(margin):
+    if hurt:
         return ("not reproduced", text)
+    status, text = judged_gain(overall, margin, text)
+    if status != "reproduced":
+        return (status, text)
     big = max(per, key=lambda lv: per[lv].points)
     if per[big].points > SMALL_GAIN:
         models = {m["role"]: m for m in ev.paper["models"]}
@@ -386,11 +459,13 @@ def no_synergy(ev: Evidence) -> Verdict:
                           for p in ("sft", ev.rl_for(m)))
                       for lv in table.at[m, "above_both"].split(", "))]
     unclear = [m for m in table.index[table["synergy"]] if m not in winners]
-    return _verdict(not winners, f"{ev.budget_note()}: {len(winners)} of {len(combos)} "
-                                 f"combinations beat both parents without losing elsewhere: "
-                                 f"{', '.join(winners) or 'none'}"
-                                 + (f"; within the uncertainty: {', '.join(unclear)}"
-                                    if unclear else ""))
+    text = (f"{ev.budget_note()}: {len(winners)} of {len(combos)} combinations beat both "
+            f"parents without losing elsewhere: {', '.join(winners) or 'none'}"
+            + (f"; above both by the point estimate, within the uncertainty: "
+               f"{', '.join(unclear)}" if unclear else ""))
+    if unclear and not winners:
+        return (UNDECIDED, text)
+    return _verdict(not winners, text)
 
 
 def below_rl(ev: Evidence) -> Verdict:
@@ -398,7 +473,10 @@ def below_rl(ev: Evidence) -> Verdict:
     if ev.missing("rl") or not combos:
         return _not_run(ev.missing("rl") + ([] if combos else ["a combination (05 or 06)"]))
     diffs = {r: ev.difference(r, ev.rl_for(r), ["all"]) for r in combos}
-    above = [r for r, d in diffs.items() if d.gain(100 * ev.margin)]
+    margin = 100 * ev.margin
+    # The claim per combination: no gain of more than `margin` over its RL model.
+    above = [r for r, d in diffs.items() if d.exceeds(margin) is True]
+    open_ = [r for r, d in diffs.items() if d.exceeds(margin) is None]
     best = max(combos, key=lambda r: diffs[r].points)
     rl = ev.rl_for(best)
     text = (f"{ev.budget_note()}: closest to its RL {best} {100 * ev.acc.at[best, 'all']:.1f}% "
@@ -409,6 +487,12 @@ def below_rl(ev: Evidence) -> Verdict:
                  f"steps): {best} {ev.difference(best, 'rl', ['all']).short()} points")
     if above:
         return ("not reproduced", text)
+    if open_:
+        need = [diffs[r].to_decide_gain(margin) for r in open_]
+        return (UNDECIDED, f"{text}; not clearly at or below their RL: "
+                           + ", ".join(f"{r} {diffs[r].short()}" + (f" (about {n} questions "
+                                                                    f"would decide)" if n else "")
+                                       for r, n in zip(open_, need)))
     paper_best = max(m["avg"] for m in ev.paper["models"] if m["role"] in PAPER_COMBINATIONS)
     if diffs[best].points < -SMALL_GAIN:  # the paper's best ends just below RL
         return (DIRECTION_ONLY, f"{text}; the paper's best ends "
@@ -546,10 +630,8 @@ def no_easiest(ev: Evidence) -> Verdict:
     d = ev.difference(found[0], "rl", ["all"])
     text = (f"{found[0]} - RL overall: {d}; the paper: "
             f"{ev.paper_avg('rl_no_easiest') - ev.paper_avg('rl'):+.1f} points")
-    if np.isnan(d.low):
-        return _verdict(abs(d.points) <= ABOUT_SAME, text)
-    return _verdict(-ABOUT_SAME <= d.low and d.high <= ABOUT_SAME,
-                    f"{text} (about as well: the interval inside +-{ABOUT_SAME:g})")
+    return judged_within(d, -ABOUT_SAME, ABOUT_SAME,
+                  f"{text} (about as well: the interval inside +-{ABOUT_SAME:g})")
 
 
 FINDINGS: dict[str, Callable[[Evidence], Verdict]] = {

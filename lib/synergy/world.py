@@ -86,6 +86,7 @@ class WorldConfig(StageConfig):
     lr: float
     warmup_steps: int
     trace_fraction: float
+    long_fraction: float
     log_every: int
     kind: Literal["text", "image"]
 
@@ -107,6 +108,10 @@ class WorldConfig(StageConfig):
         self.require(0 <= self.warmup_steps <= self.train_steps, "warmup_steps",
                      "must be in 0..train_steps")
         self.require(0.0 <= self.trace_fraction <= 1.0, "trace_fraction", "must be in [0, 1]")
+        self.require(0.0 <= self.long_fraction <= 1.0 - self.trace_fraction, "long_fraction",
+                     f"must be in [0, 1 - trace_fraction ({self.trace_fraction})]")
+        self.require(self.kind == "text" or self.long_fraction == 0, "long_fraction",
+                     "must be 0 in the image world (its long traces are 02's image traces)")
         self.require(self.kind == "text" or (self.hidden_size // self.num_heads) % 16 == 0,
                      "hidden_size", "must give heads of a multiple of 16 dimensions in the "
                      "image world (Qwen2.5-VL's multimodal rotary sections)")
@@ -246,6 +251,44 @@ def short_trace(q: Question) -> str:
     return f"{THINK_OPEN} {' '.join(lines)}{THINK_CLOSE} {BOXED}{q.answer}}}"
 
 
+
+def check_text(value: int, op: str, n: int, new: int) -> str:
+    """An inverse operation that recovers the previous value (local, no lookup needed)."""
+    if op == "+":
+        return f"{new}-{n}={value}"
+    if op == "-":
+        return f"{new}+{n}={value}"
+    return f"{new}/{n}={value}"
+
+
+def slip(value: int, rng: random.Random, max_value: int = 19) -> int:
+    """A wrong value near the right one, still in range."""
+    options = [v for v in (value - 2, value - 1, value + 1, value + 2) if 0 <= v <= max_value]
+    return rng.choice(options)
+
+
+def careful_trace(q: Question, rng: random.Random, slip_rate: float = 0.1) -> str:
+    """Correct, structured long CoT: the chain of steps, the answer, then verification.
+
+    The chain is the base's own short-trace format, so SFT changes the style rather than
+    teaching a new skill; a slip is caught at once ("Wait, no"). After the answer comes
+    the reflection of real long-CoT traces (doubt, re-checking the last step, the answer
+    again), which only needs copying from nearby text.
+    """
+    chain = []
+    for value, op, n, new in q.transitions():
+        if rng.random() < slip_rate:
+            chain.append(f"{step_text(value, op, n, slip(new, rng))} Wait, no: "
+                         f"{step_text(value, op, n, new)}")
+        else:
+            chain.append(step_text(value, op, n, new))
+    prev, op, n, value = q.transitions()[-1]
+    return (f"{THINK_OPEN} Let me solve it step by step. First, {' '.join(chain)} So the "
+            f"answer is {value}. Hmm, maybe I made a mistake. Let me verify the last step: "
+            f"{prev}{op}{n}={value}. Yes, that is right, because {check_text(prev, op, n, value)}. "
+            f"Then the answer is {value}.{THINK_CLOSE} {BOXED}{value}}}")
+
+
 # --- tokenizer and model ------------------------------------------------------------------
 
 def build_tokenizer(vocab_size: int, corpus: Iterable[str]):
@@ -357,14 +400,21 @@ def train_base(cfg: WorldConfig, model, tokenizer,
 def training_rows(cfg: WorldConfig, rng: random.Random,
                   held_out: set[str]) -> tuple[list[Question], list[str]]:
     """One training batch's questions (none of `held_out`'s texts) and target responses: a
-    short trace with probability `trace_fraction`, else the direct answer."""
+    careful long trace with probability `long_fraction` (the long-CoT mode a real instruct
+    base already has at a low prior), a short trace with probability `trace_fraction`, else
+    the direct answer. With `long_fraction` 0 the draws are those of a world without it."""
     qs = []
     while len(qs) < cfg.batch_size:
         q = random_question(rng, rng.randint(cfg.min_steps, cfg.max_steps), cfg.max_value)
         if q.text not in held_out:
             qs.append(q)
-    return qs, [short_trace(q) if rng.random() < cfg.trace_fraction else direct_answer(q)
-                for q in qs]
+    responses = []
+    for q in qs:
+        u = rng.random()
+        responses.append(careful_trace(q, rng) if u < cfg.long_fraction else
+                         short_trace(q) if u < cfg.long_fraction + cfg.trace_fraction else
+                         direct_answer(q))
+    return qs, responses
 
 
 def length_buckets(lengths: list[int]) -> list[list[int]]:
