@@ -115,6 +115,26 @@ def test_train_questions_are_disjoint_from_eval(cfg):
     assert {q.steps for q in train_questions(cfg, 200, seed=5, steps=[2, 3])} == {2, 3}
 
 
+def test_the_base_sees_long_traces_at_its_long_fraction(cfg):
+    held_out = {q.text for q in eval_questions(cfg)}
+
+    def rows(**changes):
+        c = dataclasses.replace(cfg, batch_size=2000, **changes)
+        return world.training_rows(c, random.Random(3), held_out)
+
+    qs, plain = rows(long_fraction=0.0)
+    kinds = Counter("long" if "step by step" in r else "short" if r.startswith(THINK_OPEN)
+                    else "direct" for r in plain)
+    assert kinds["long"] == 0 and 0.2 < kinds["short"] / 2000 < 0.3
+    # The long mode: careful traces (correct, verified) at about long_fraction of answers.
+    qs, mixed = rows(long_fraction=0.05)
+    long = [(q, r) for q, r in zip(qs, mixed) if "step by step" in r]
+    assert 0.03 < len(long) / 2000 < 0.07
+    assert all(r.endswith(f"{BOXED}{q.answer}}}") and "verify" in r for q, r in long)
+    with pytest.raises(Exception, match="long_fraction"):
+        WorldConfig.from_mapping({**cfg.to_dict(), "long_fraction": 0.9}, "test")
+
+
 # --- tokenizer ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
