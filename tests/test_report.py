@@ -242,6 +242,15 @@ def test_kl_collapse_statuses():
                                   rl_curves=steady))[0] == "not reproduced"
     assert findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs.iloc[1:],
                                   rl_curves=steady))[0] == "not run"
+    # A run too short to part points at the run that holds the ablation, then reads it.
+    assert findings.kl_too_short(runs, short) and not findings.kl_too_short(runs, long)
+    status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
+                                            rl_curves=short, kl_run="tiny-long"))
+    assert status == "not run" and "04_grpo of run 'tiny-long'" in text
+    status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
+                                            rl_curves=long, kl_run="tiny-long",
+                                            kl_from="tiny-long"))
+    assert status == "reproduced" and text.startswith("run 'tiny-long': rl-beta0 (400 steps)")
 
 
 def _with_static(accs, width=0.01):

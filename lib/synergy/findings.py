@@ -227,6 +227,9 @@ class Evidence:
     weights: pd.DataFrame | None = None     # `weight_distances`: role, relative_distance
     rl_runs: pd.DataFrame | None = None     # 04's runs: label, beta, steps
     rl_curves: pd.DataFrame | None = None   # `grpo.load_curves` of 04
+    kl_run: str = ""                        # the run holding the KL ablation when this
+    #   run's no-KL policy is too short to part from the KL one (report.kl_run)
+    kl_from: str = ""                       # rl_runs / rl_curves are that run's ("": this run's)
     budget: pd.DataFrame | None = None      # 05's `strategies.budget_table`
 
     def rl_for(self, role: str) -> str:
@@ -590,33 +593,54 @@ def curve_summary(curves: pd.DataFrame, window: int = CURVE_WINDOW) -> dict[str,
     return out
 
 
-def kl_collapse(ev: Evidence) -> Verdict:
-    runs = ev.rl_runs
+def kl_pair(runs: pd.DataFrame | None, curves: pd.DataFrame | None
+            ) -> tuple[str, str, dict, dict] | str:
+    """04's no-KL policy and its first KL policy (not the easy-question ablation) with their
+    `curve_summary`, or what is missing to judge the KL finding."""
     needs = f"policies at beta 0 and at a beta > 0 in {stages.GRPO.name} (grpo.betas)"
     if runs is None or runs.empty or "beta" not in runs:
-        return _not_run(needs)
+        return needs
     plain = runs[~runs["label"].str.contains(_FILTERED)]
     plain = plain if len(plain) else runs
     no_kl, kl = plain[plain["beta"] == 0], plain[plain["beta"] > 0]
     if no_kl.empty or kl.empty:
-        return _not_run(needs)
+        return needs
     a, b = no_kl["label"].iloc[0], kl["label"].iloc[0]
-    curves = ev.rl_curves if ev.rl_curves is not None else pd.DataFrame()
+    curves = curves if curves is not None else pd.DataFrame()
     if "run" not in curves or not {a, b} <= set(curves["run"]):
-        return _not_run(f"the training curves of {a} and {b}")
-    s, k = curve_summary(curves[curves["run"] == a]), curve_summary(curves[curves["run"] == b])
+        return f"the training curves of {a} and {b}"
+    return a, b, curve_summary(curves[curves["run"] == a]), curve_summary(curves[curves["run"] == b])
+
+
+def kl_too_short(runs: pd.DataFrame | None, curves: pd.DataFrame | None) -> bool:
+    """The no-KL policy ran too few steps to reach the paper's collapse (or is missing)."""
+    pair = kl_pair(runs, curves)
+    return isinstance(pair, str) or pair[2]["steps"] < COLLAPSE_STEP / 2
+
+
+def kl_collapse(ev: Evidence) -> Verdict:
+    pair = kl_pair(ev.rl_runs, ev.rl_curves)
+    if isinstance(pair, str):
+        return _not_run(pair if not ev.kl_from else f"{pair} in run '{ev.kl_from}'")
+    a, b, s, k = pair
+    where = f"run '{ev.kl_from}': " if ev.kl_from else ""
     if s["steps"] < COLLAPSE_STEP / 2:
-        return (NOT_APPLICABLE, f"the paper's collapse came near step {COLLAPSE_STEP}; this "
-                                f"run's no-KL policy ran {s['steps']} steps (params/tiny-long"
-                                f".yaml runs where they part)")
+        if ev.kl_run and not ev.kl_from:
+            return _not_run(f"{stages.GRPO.name} of run '{ev.kl_run}', where the policies "
+                            f"train long enough to part (this run's no-KL policy ran "
+                            f"{s['steps']} steps; the paper's collapse came near step "
+                            f"{COLLAPSE_STEP}); run it, then re-render this report")
+        return (NOT_APPLICABLE, f"{where}the paper's collapse came near step {COLLAPSE_STEP}; "
+                                f"the no-KL policy ran {s['steps']} steps "
+                                f"(params/tiny-long.yaml runs where they part)")
     if "reward_end" not in s or "reward_end" not in k:
         return _not_run(f"rewards in the training curves of {a} and {b}")
     drop = s["reward_best"] - s["reward_end"]
     ok = drop > COLLAPSE_DROP and s["reward_end"] < k["reward_end"] - ev.margin
     entropy = (f", entropy {s['entropy_start']:.2f} -> {s['entropy_end']:.2f}"
                if "entropy_end" in s else "")
-    return _verdict(ok, f"{a} ({s['steps']} steps): reward best {s['reward_best']:.2f} -> end "
-                        f"{s['reward_end']:.2f}{entropy}; {b}: reward end "
+    return _verdict(ok, f"{where}{a} ({s['steps']} steps): reward best {s['reward_best']:.2f} "
+                        f"-> end {s['reward_end']:.2f}{entropy}; {b}: reward end "
                         f"{k['reward_end']:.2f}")
 
 

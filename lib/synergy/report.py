@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from synergy import stages, strategies
-from synergy.config import StageConfig
+from synergy.config import StageConfig, run_name_problem
 from synergy.findings import (CONTROL_ROLE, LEVELS, MERGE_PATTERN, STRATEGY_PREFIX, checklist,
-                              evidence, is_strategy, paper_results, paper_vs_run, wide)
+                              evidence, is_strategy, kl_too_short, paper_results, paper_vs_run,
+                              wide)
 from synergy.runs import EXTERNAL, Run, StageResult
 from synergy.strategies import CONTROL
 
@@ -42,12 +43,15 @@ class ReportConfig(StageConfig):
     top_tokens: int
     margin: float
     long_ratio: float
+    kl_run: str
 
     def validate(self) -> None:
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
         self.require(self.top_tokens >= 1, "top_tokens", "must be >= 1")
         self.require(0 <= self.margin < 1, "margin", "must be in [0, 1)")
         self.require(self.long_ratio > 1, "long_ratio", "must be > 1")
+        self.require(self.kl_run == "" or run_name_problem(self.kl_run) is None, "kl_run",
+                     f"must be '' or a run name ({run_name_problem(self.kl_run)})")
 
 
 # --- reading a run ------------------------------------------------------------------------
@@ -608,11 +612,17 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
     except (ArtifactError, ConfigError) as e:  # a stage saved no models, or older manifests
         weights = pd.DataFrame({"status": [f"weight distances unavailable: {e}"]})
     rl_runs, rl_curves = rl_training(run)
+    kl_from = ""
+    if cfg.kl_run and cfg.kl_run != run.name and kl_too_short(rl_runs, rl_curves):
+        other = Run(run.output_root, cfg.kl_run)  # the KL ablation's home (tiny-long)
+        if other.has_run(stages.GRPO):
+            (rl_runs, rl_curves), kl_from = rl_training(other), cfg.kl_run
     ev = evidence(roles, cfg.margin, cfg.long_ratio, paper=paper,
                   counts=piv.counts if piv else None, two_stage=two_stage,
                   answers=role_answers(run, roles),
                   weights=weights if "relative_distance" in weights else None,
-                  rl_runs=rl_runs, rl_curves=rl_curves, budget=budget)
+                  rl_runs=rl_runs, rl_curves=rl_curves, kl_run=cfg.kl_run, kl_from=kl_from,
+                  budget=budget)
     return {"paper": paper, "status": stage_status(run), "levels": levels, "roles": roles,
             "paper_vs_run": paper_vs_run(paper, roles, headlines),
             "checklist": checklist(paper, ev), "weights": weights,
