@@ -34,10 +34,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", nargs="*", help="stage names or numbers (default: all)")
     run.add_argument("--run-name", help="override run.run_name")
     run.add_argument("--quiet", action="store_true", help="do not stream cell output")
+    run.add_argument("--show-code", action="store_true",
+                     help="keep code cells in the HTML (default: narrative and outputs)")
     report = sub.add_parser("report", help="re-render the HTML report of a finished run")
     report.add_argument("--run", required=True, dest="run_name", help="the run's name")
     report.add_argument("--profile", default="params/tiny.yaml")
     report.add_argument("--quiet", action="store_true", help="do not stream cell output")
+    report.add_argument("--show-code", action="store_true",
+                        help="keep code cells in the HTML (default: narrative and outputs)")
     train = sub.add_parser("train", help="train a stage's models (every process of an "
                                          "`accelerate launch`), without evaluating them")
     train.add_argument("stage", help="a training stage: sft / 03, grpo / 04")
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = {"run_name": args.run_name} if args.run_name else None
         paths = pipeline.run_series(args.profile, args.stages, overrides,
-                                    log_output=not args.quiet)
+                                    log_output=not args.quiet, show_code=args.show_code)
     except pipeline.StageFailed as exc:  # one line, then where to look
         print(f"synergy: {exc}", file=sys.stderr)
         if exc.notebook:

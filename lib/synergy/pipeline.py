@@ -59,19 +59,28 @@ def check_notebook_matches(stage: Stage) -> None:
             f"unknown {sorted(declared - expected)}")
 
 
-def render_html(notebook: Path, html: Path, exclude_input: bool = False) -> Path:
+def render_html(notebook: Path, html: Path, show_code: bool = False) -> Path:
+    """The executed notebook as one self-contained page to share (plotly.js inlined once,
+    no CDN): by default its narrative and outputs only, without code, parameter cells,
+    prompts or stderr (progress bars and warnings stay in the .ipynb); with `show_code`,
+    the code too. Never papermill's injected cell: its `output_root` is a path on the
+    machine that ran the stage, and the manifest records the parameters."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    # Without code, the In/Out prompts are noise too (the run report).
-    body, _ = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
-                           exclude_output_prompt=exclude_input).from_notebook_node(
-        nbformat.read(notebook, as_version=4))
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if o.get("name") != "stderr"]
+    hide = not show_code
+    body, _ = HTMLExporter(exclude_input=hide, exclude_input_prompt=hide,
+                           exclude_output_prompt=hide).from_notebook_node(nb)
     return write_text(html, body)
 
 
 def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | None = None,
-              log_output: bool = True, exclude_input: bool = False) -> Path:
+              log_output: bool = True, show_code: bool = False) -> Path:
     """Execute one stage's notebook on a profile; returns the executed notebook's path."""
     import papermill
 
@@ -98,8 +107,7 @@ def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | Non
                              getattr(exc, "evalue", str(exc)))
             raise StageFailed(stage, cause, kept) from None
     failed.unlink(missing_ok=True)
-    render_html(executed, out_dir / f"{stage.name}.html",
-                exclude_input=exclude_input or stage.hide_code)
+    render_html(executed, out_dir / f"{stage.name}.html", show_code)
     print(f"[synergy] {stage.name}: {time.perf_counter() - t0:.1f}s -> "
           f"{out_dir / (stage.name + '.html')}", flush=True)
     return executed
@@ -115,7 +123,8 @@ def time_table(seconds: dict[str, float]) -> str:
 
 
 def run_series(profile: str | Path, names: list[str] | None = None,
-               overrides: dict[str, Any] | None = None, log_output: bool = True) -> list[Path]:
+               overrides: dict[str, Any] | None = None, log_output: bool = True,
+               show_code: bool = False) -> list[Path]:
     chosen = [find_stage(s) for s in names] if names else STAGES
     for stage in chosen:  # fail on any parameter problem before the first long stage
         check_notebook_matches(stage)
@@ -123,7 +132,7 @@ def run_series(profile: str | Path, names: list[str] | None = None,
     paths, seconds = [], {}
     for stage in chosen:
         t0 = time.perf_counter()
-        paths.append(run_stage(stage, profile, overrides, log_output))
+        paths.append(run_stage(stage, profile, overrides, log_output, show_code))
         seconds[stage.name] = time.perf_counter() - t0
     print(time_table(seconds), flush=True)
     return paths
