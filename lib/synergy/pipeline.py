@@ -8,13 +8,15 @@ executed notebook kept as `<stage>.failed.ipynb` beside the stage's outputs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from synergy import stages
-from synergy.config import ConfigError, load_profile, profile_section
+from synergy import progress, stages
+from synergy.config import PROFILE_PARAMETER, ConfigError, load_profile, profile_section
 from synergy.files import atomic_path, write_text
 from synergy.runs import Run
 from synergy.stages import Stage
@@ -50,7 +52,7 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 
 def check_notebook_matches(stage: Stage) -> None:
     """The parameters cell must hold exactly the config's keys."""
-    declared = set(notebook_parameters(stage.notebook))
+    declared = set(notebook_parameters(stage.notebook)) - {PROFILE_PARAMETER}
     expected = set(stage.config.keys())
     if declared != expected:
         raise ConfigError(
@@ -79,6 +81,36 @@ def render_html(notebook: Path, html: Path, show_code: bool = False) -> Path:
     return write_text(html, body)
 
 
+def kernel_config():
+    """The kernel manager's settings for papermill: CurveZMQ keys for the kernel's local
+    TCP channels where pyzmq supports them. Without keys, ipykernel (>= 7) warns on every
+    start that the kernel "is running over TCP without encryption"."""
+    import zmq
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {
+        "transport_encryption": "auto" if zmq.has("curve") else "disabled"}})
+
+
+def streams(log_output: bool) -> dict[str, Any]:
+    """papermill's options to pass the kernel's stdout and stderr through as written (its
+    `log_output` logs each write as a line of its own, with a blank line after each)."""
+    return {"stdout_file": sys.stdout, "stderr_file": sys.stderr} if log_output else {}
+
+
+@contextlib.contextmanager
+def kernel_environment():
+    """The kernel papermill starts inherits this process's environment: its progress bars
+    print plain periodic lines (papermill streams each write of a bar as a new line)."""
+    before = os.environ.get(progress.MODE_VARIABLE)
+    os.environ.setdefault(progress.MODE_VARIABLE, "lines")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(progress.MODE_VARIABLE, None)
+
+
 def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | None = None,
               log_output: bool = True, show_code: bool = False) -> Path:
     """Execute one stage's notebook on a profile; returns the executed notebook's path."""
@@ -95,9 +127,11 @@ def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | Non
     failed = out_dir / f"{stage.name}.failed.ipynb"
     with atomic_path(executed) as tmp:
         try:
-            papermill.execute_notebook(str(stage.notebook), str(tmp), parameters=cfg.to_dict(),
-                                       cwd=str(stage.notebook.parent), kernel_name="python3",
-                                       log_output=log_output, progress_bar=False)
+            with kernel_environment():
+                papermill.execute_notebook(
+                    str(stage.notebook), str(tmp), parameters=cfg.to_dict(),
+                    cwd=str(stage.notebook.parent), kernel_name="python3", progress_bar=False,
+                    config=kernel_config(), **streams(log_output))
         except Exception as exc:  # PapermillExecutionError, DeadKernelError, ...
             kept = None
             if tmp.exists():  # papermill saved the notebook with the error before raising
