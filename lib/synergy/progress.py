@@ -73,6 +73,8 @@ def progress_bar(iterable=None, **kwargs):
         first line and the last, from `close`, always)."""
 
         def refresh(self, *args, **kw):
+            if self.disable:
+                return super().refresh(*args, **kw)
             if getattr(self, "_printed", False) and \
                     self._time() - self.last_print_t < self.mininterval:
                 return False
