@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from synergy import progress, stages
 from synergy.config import PROFILE_PARAMETER, ConfigError, load_profile, profile_section
 from synergy.files import atomic_path, write_text
-from synergy.runs import Run
+from synergy.runs import EXECUTED_BY_RUNNER, EXECUTED_BY_VARIABLE, Run
 from synergy.stages import Stage
 
 STAGES = stages.STAGES
@@ -61,6 +62,12 @@ def check_notebook_matches(stage: Stage) -> None:
             f"unknown {sorted(declared - expected)}")
 
 
+# plotly's notebook renderer loads MathJax 3 from a CDN in every figure (our figures have no
+# LaTeX); the page works offline without it, and nbconvert's template has its own.
+PLOTLY_MATHJAX = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/3'
+                            r'[^"]*"></script>')
+
+
 def render_html(notebook: Path, html: Path, show_code: bool = False) -> Path:
     """The executed notebook as one self-contained page to share (plotly.js inlined once,
     no CDN): by default its narrative and outputs only, without code, parameter cells,
@@ -78,7 +85,7 @@ def render_html(notebook: Path, html: Path, show_code: bool = False) -> Path:
     hide = not show_code
     body, _ = HTMLExporter(exclude_input=hide, exclude_input_prompt=hide,
                            exclude_output_prompt=hide).from_notebook_node(nb)
-    return write_text(html, body)
+    return write_text(html, PLOTLY_MATHJAX.sub("", body))
 
 
 def kernel_config():
@@ -101,14 +108,20 @@ def streams(log_output: bool) -> dict[str, Any]:
 @contextlib.contextmanager
 def kernel_environment():
     """The kernel papermill starts inherits this process's environment: its progress bars
-    print plain periodic lines (papermill streams each write of a bar as a new line)."""
-    before = os.environ.get(progress.MODE_VARIABLE)
-    os.environ.setdefault(progress.MODE_VARIABLE, "lines")
+    print plain periodic lines (papermill streams each write of a bar as a new line), and
+    its manifest records that the runner executed it (`runs.EXECUTED_BY_VARIABLE`)."""
+    settings = {progress.MODE_VARIABLE: os.environ.get(progress.MODE_VARIABLE, "lines"),
+                EXECUTED_BY_VARIABLE: EXECUTED_BY_RUNNER}
+    before = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(progress.MODE_VARIABLE, None)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | None = None,

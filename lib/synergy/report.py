@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from synergy import stages, strategies
+from synergy import stages, staleness, strategies
 from synergy.config import StageConfig
 from synergy.findings import (CONTROL_ROLE, MERGE_PATTERN, STATUSES, STRATEGY_PREFIX,
                               checklist, evidence, is_strategy, paper_results, paper_vs_run,
@@ -297,6 +297,16 @@ def verdict(checklist: pd.DataFrame, paper: dict) -> str:
     return f"**Verdict:** {answer}. Of the paper's {len(checklist)} findings: {tally}."
 
 
+def staleness_note(table: pd.DataFrame) -> str:
+    """Markdown under the verdict: the stages out of date (`staleness.warnings`), or ""."""
+    lines = staleness.warnings(table)
+    if not lines:
+        return ""
+    return ("**Out of date:** rerun these stages for a consistent report "
+            "(`python -m synergy run --profile <profile> --run-name <run> --stages ...`):\n"
+            + "\n".join(f"- {line}" for line in lines))
+
+
 # --- other tables -------------------------------------------------------------------------
 
 def strategies_table(paper: dict, roles: pd.DataFrame, headlines: dict[str, str] | None,
@@ -486,6 +496,7 @@ class ReportResult(StageResult):
     strategy_roles: pd.DataFrame      # strategy_roles: 05's models on 05's questions
     colors: dict                      # report_figures.model_colors: one colour per model
     verdict: str                      # verdict: the report's first line
+    stale: str                        # staleness_note: the stages out of date, or ""
     accuracy_png: bytes               # static_accuracy_png, also saved beside the report
 
 
@@ -526,7 +537,10 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
                   rl_runs=rl_runs, rl_curves=rl_curves, budget=budget)
     checks = checklist(paper, ev)
     own = strategy_roles(levels)
-    return {"paper": paper, "status": stage_status(run), "levels": levels, "roles": roles,
+    stale = staleness.staleness(run)
+    status = stage_status(run).merge(stale.drop(columns="finished"), on="stage", how="left")
+    return {"paper": paper, "status": status, "levels": levels, "roles": roles,
+            "stale": staleness_note(stale),
             "paper_vs_run": paper_vs_run(paper, roles, headlines),
             "checklist": checks, "verdict": verdict(checks, paper), "weights": weights,
             "curves": curves, "merge_curves": merge_curves,
