@@ -36,6 +36,15 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n > 4 ? 4 :
 test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
+# JupyterLab at the project root (notebooks/ and outputs/ side by side), served on this
+# machine only. Jupyter refuses to start as root unless told: --allow-root is passed when
+# (and only when) the user is root, as in containers. Kernels get CurveZMQ keys for their
+# local channels (no "running over TCP without encryption" warning). LAB_ARGS adds options
+# (LAB_ARGS="--no-browser --port 8899").
+LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_ARGS ?=
+
 lab: install
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --ServerApp.ip=127.0.0.1 $(LAB_ROOT_FLAG) \
+		--KernelManager.transport_encryption=auto $(LAB_ARGS)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 from synergy import pipeline
-from synergy.config import RUN_SECTION, ConfigError, load_profile, profile_section
+from synergy.config import (PROFILE_PARAMETER, RUN_SECTION, ConfigError, load_profile,
+                            profile_section)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((ROOT / "params").glob("*.yaml"))
@@ -24,7 +25,10 @@ STAGE_IDS = [s.name for s in pipeline.STAGES]
 
 
 def notebook_defaults(stage: pipeline.Stage) -> dict:
-    return {k: ast.literal_eval(v) for k, v in pipeline.notebook_parameters(stage.notebook).items()}
+    """The parameters cell's values, but `profile` (empty: the cell's own values hold)."""
+    found = {k: ast.literal_eval(v) for k, v in pipeline.notebook_parameters(stage.notebook).items()}
+    assert found.pop(PROFILE_PARAMETER) == ""
+    return found
 
 
 # --- the three mirrors ----------------------------------------------------------------------
@@ -51,7 +55,7 @@ def test_notebook_exists_with_one_parameters_cell(stage):
 @pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
 @pytest.mark.parametrize("stage", pipeline.STAGES, ids=STAGE_IDS)
 def test_notebook_config_and_profile_have_the_same_keys(stage, profile):
-    notebook = list(pipeline.notebook_parameters(stage.notebook))
+    notebook = list(notebook_defaults(stage))
     fields = stage.config.keys()
     data = load_profile(profile)
     yaml_keys = set(data[RUN_SECTION]) | set(data[stage.config.SECTION])

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import run_stages
 from synergy import findings, report
+from synergy import report_figures as figures
 
 PAYLOAD = "<script>alert('pwned')</script><b>bold</b>"
 
@@ -285,30 +286,125 @@ def test_tables_render_without_index():
     assert "<th>rank</th>" in report.escaped_html(report.top_pivotal_tokens(tokens, 2)).data
 
 
-def test_headline_figure_and_weight_table():
-    roles = _roles(SFT, BASE, BASE, merges=[("05_strategies/progressive-cosine", BASE, 20),
-                                            ("05_strategies/data_mixing", SFT, 20),
-                                            ("05_strategies/router", [1.0] * 5, 20)])
-    picked = report.headline_roles(roles)
-    assert list(dict.fromkeys(picked["role"])) == ["base", "sft", "rl",
-                                                  "05_strategies/data_mixing"]
-    fig = report.headline_figure(roles)
-    assert len(fig.data) == 4 and fig.data[0].error_y.array is not None
+def _levels(stage, models, questions):
+    """A crafted `run_levels` table: one stage's models (name -> accuracy per level L1..L5)
+    on `questions` questions."""
+    return pd.DataFrame([{"stage": stage, "model": m, "level": lv, "accuracy": a,
+                          "mean_length": 10.0, "questions": questions}
+                         for m, accs in models.items()
+                         for lv, a in [*zip(findings.LEVELS, accs),
+                                       ("all", sum(accs) / len(accs))]])
+
+
+def test_every_comparison_on_one_question_set():
+    """The headline and 05's table compare 05's models with the parents 05 evaluated (its
+    200 questions), never with 06's merge subset; merges are judged against 06's parents."""
+    rl = [0.95, 0.75, 0.55, 0.35, 0.12]
+    levels = pd.concat([
+        _levels("05_strategies", {"base": BASE, "sft": SFT, "rl": rl, "data_mixing": SFT,
+                                  "progressive-cosine": BASE, "router": [1.0] * 5}, 200),
+        _levels("06_merging", {"base": BASE, "sft": [a + 0.1 for a in SFT], "rl": rl,
+                               "linear-0.5": [a + 0.05 for a in SFT]}, 80),
+        _levels("07_pivotal_tokens", {"base": BASE, "sft": SFT, "rl": rl}, 200)])
+    roles = report.role_levels(levels)
+    parents = roles[roles["role"].isin(["base", "sft", "rl"])]
+    assert set(parents["stage"]) == {"07_pivotal_tokens"}  # the whole evaluation set
+    own = roles[roles["role"].str.startswith("06_merging/")]
+    assert set(own["role"]) == {"06_merging/base", "06_merging/sft", "06_merging/rl"}
+    ev = _ev(roles)
+    assert ev.parents_of("linear-0.5") == ("06_merging/sft", "06_merging/rl")
+    assert ev.parents_of("05_strategies/data_mixing") == ("sft", "rl")
+    # linear-0.5 is above 07's SFT but below 06's own SFT: on its questions, no synergy
+    table = findings.synergy_table(ev).set_index("model")
+    assert not table.at["linear-0.5", "synergy"]
+
+    headline = report.headline_roles(roles, levels)
+    assert set(headline["stage"]) == {"05_strategies"}
+    assert list(dict.fromkeys(headline["role"])) == ["base", "sft", "rl",
+                                                    "05_strategies/data_mixing"]
+    fig = figures.headline_figure(headline)
+    assert "05_strategies, 200 questions" in fig.layout.title.text
     assert "best strategy: data_mixing" in {t.name for t in fig.data}
+    strategies = report.strategies_table(findings.paper_results(),
+                                         report.strategy_roles(levels), {}, 0.02)
+    row = strategies.set_index("model").loc["data_mixing"]
+    assert row["questions"] == 200 and row["run vs SFT"] == 0.0  # 05's SFT, not 06's
+    # without 05, the headline is base, SFT and RL on one stage's questions
+    alone = report.role_levels(levels[levels["stage"] == "06_merging"])
+    assert set(report.headline_roles(alone, levels.iloc[:0])["stage"]) == {"06_merging"}
+
+
+def test_one_colour_per_model_in_every_figure():
+    levels = pd.concat([_levels("05_strategies", {"base": BASE, "sft": SFT, "rl": SFT,
+                                                  "adaptive": SFT}, 200),
+                        _levels("06_merging", {"base": BASE, "sft": SFT, "rl": SFT,
+                                               "linear-0.5": SFT}, 80)])
+    roles = report.role_levels(levels)
+    curves = pd.DataFrame({"stage": ["04_grpo", "05_strategies"], "source": "curves.csv",
+                           "run": ["rl-beta0.005", "adaptive"], "step": 1, "metric": "reward",
+                           "value": 0.5})
+    series = figures.curve_series(curves)
+    colors = figures.model_colors([*roles["role"], *series], {"04_grpo/rl-beta0.005": "rl"})
+    assert colors["04_grpo/rl-beta0.005"] == colors["rl"] == colors["06_merging/rl"]
+    assert colors["06_merging/sft"] == colors["sft"] != colors["rl"]
+    assert len({colors[r] for r in ("base", "sft", "rl", "linear-0.5",
+                                    "05_strategies/adaptive")}) == 5
+    drawn = {}
+    for fig in (figures.accuracy_figure(roles, colors=colors),
+                figures.training_figure(curves, colors),
+                figures.tradeoff_figure(roles, colors)):
+        for t in fig.data:
+            color = t.line.color if getattr(t, "mode", None) == "lines" else t.marker.color
+            drawn.setdefault(t.name, set()).add(color)
+    assert drawn["05_strategies/adaptive"] == {colors["05_strategies/adaptive"]}
+    assert drawn["04_grpo/rl-beta0.005"] == {colors["rl"]}
+
+
+def test_every_model_figure_has_one_facet_per_question_set():
+    levels = pd.concat([_levels("05_strategies", {"base": BASE, "sft": SFT, "rl": SFT,
+                                                  "adaptive": SFT, "router": SFT}, 200),
+                        _levels("06_merging", {"base": BASE, "sft": SFT, "rl": SFT,
+                                               "linear-0.5": SFT}, 80)])
+    fig = figures.accuracy_figure(report.role_levels(levels))
+    titles = {a.text for a in fig.layout.annotations}
+    assert titles == {"05_strategies, 200 questions", "06_merging, 80 questions"}
+    # bars are grouped per facet: a facet reserves no slot for another facet's models
+    assert len({t.alignmentgroup for t in fig.data}) == 2
+
+
+def test_headline_figure_and_weight_table():
+    roles = _roles(SFT, BASE, BASE)
+    fig = figures.headline_figure(roles[roles["role"].isin(["base", "sft", "rl"])])
+    assert len(fig.data) == 3 and fig.data[0].error_y.array is not None
+    assert "06_merging, 50 questions" in fig.layout.title.text
     table = report.weight_table(_weights(0.38).assign(stage="03_sft", model=["careful", "rl"],
                                                       learning_rate=[2e-3, 3e-5]))
     assert table["moved (all weights, %)"].tolist()[:2] == ["38.0", "1.7"]
     assert table.iloc[-1]["model"].startswith("paper")
 
 
-def test_training_figure_splits_the_paper_metrics():
-    curves = pd.DataFrame({"stage": "04_grpo", "source": "curves.csv", "run": "rl",
-                           "step": [1, 1, 1], "metric": ["reward", "kl", "grad_norm"],
-                           "value": [0.5, 0.1, 2.0]})
-    main = {a.text for a in report.training_figure(curves).layout.annotations}
-    other = {a.text for a in report.training_figure(curves, paper_metrics=False)
-             .layout.annotations}
-    assert main == {"reward", "KL to start"} and other == {"grad_norm"}
+def test_training_figures_split_the_paper_metrics():
+    curves = pd.DataFrame({"stage": ["04_grpo"] * 3 + ["00_world"] * 2, "source": "x.csv",
+                           "run": ["rl"] * 3 + ["00_world"] * 2, "step": [1, 1, 1, 1, 600],
+                           "metric": ["reward", "kl", "grad_norm", "loss", "loss"],
+                           "value": [0.5, 0.1, 2.0, 3.0, 1.0]})
+    main = figures.training_figure(curves)
+    assert {a.text for a in main.layout.annotations} == {"reward", "KL to start"}
+    assert main.layout.xaxis.matches is None  # each panel on its own steps
+    other = figures.other_logs_figure(curves)
+    labels = [b.label for b in other.layout.updatemenus[0].buttons]
+    assert labels == ["00_world: loss", "04_grpo: grad_norm"]  # only what was logged
+    assert [t.visible for t in other.data] == [True, False]
+    assert list(other.layout.updatemenus[0].buttons[1].args[0]["visible"]) == [False, True]
+
+
+def test_verdict_leads_with_the_dilemma():
+    paper = findings.paper_results()
+    checks = pd.DataFrame({"finding": list(paper["findings"].values()),
+                           "status": ["reproduced"] * 12 + ["not run"]})
+    line = report.verdict(checks, paper)
+    assert line.startswith("**Verdict:** no combination of SFT and RL beats both parents")
+    assert "12 reproduced, 1 not run" in line and "\n" not in line
 
 
 def test_checklist_and_tables_with_stages_missing(smoke_root, tmp_path):

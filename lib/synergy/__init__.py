@@ -19,9 +19,10 @@ def setup_notebook() -> None:
     import pandas as pd
     import plotly.io as pio
 
-    # "notebook" embeds plotly.js once, so the HTML rendering works offline;
-    # the plotly_mimetype default is dropped by nbconvert.
-    pio.renderers.default = "notebook"
+    # Each figure carries two outputs: plotly's own mimetype, which JupyterLab draws without
+    # trusting the notebook, and HTML for nbconvert (plotly.js inlined once by "notebook",
+    # no CDN: the HTML works offline; nbconvert drops the mimetype).
+    pio.renderers.default = "notebook+plotly_mimetype"
     pd.set_option("display.max_colwidth", 200)
     pd.set_option("display.precision", 3)
     warnings.filterwarnings("ignore", message=".*IProgress not found.*")

@@ -2,6 +2,7 @@
 
     python -m synergy run --profile params/tiny.yaml [--stages 00 01] [--run-name x]
     python -m synergy report --run tiny                      # re-render one run's report
+    python -m synergy status --run tiny                      # stages out of date
     python -m synergy train sft --profile P --run-name R     # a stage's training only
     accelerate launch [--config_file accelerate/zero3.yaml] -m synergy train grpo --profile P
     python -m synergy eval --model owner/name --model 03_sft --profile P --run-name R
@@ -34,10 +35,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", nargs="*", help="stage names or numbers (default: all)")
     run.add_argument("--run-name", help="override run.run_name")
     run.add_argument("--quiet", action="store_true", help="do not stream cell output")
+    run.add_argument("--show-code", action="store_true",
+                     help="keep code cells in the HTML (default: narrative and outputs)")
     report = sub.add_parser("report", help="re-render the HTML report of a finished run")
     report.add_argument("--run", required=True, dest="run_name", help="the run's name")
     report.add_argument("--profile", default="params/tiny.yaml")
     report.add_argument("--quiet", action="store_true", help="do not stream cell output")
+    report.add_argument("--show-code", action="store_true",
+                        help="keep code cells in the HTML (default: narrative and outputs)")
+    status = sub.add_parser("status", help="which stages of a run are stale against their "
+                                           "upstream or ran by hand since their HTML")
+    status.add_argument("--run", required=True, dest="run_name", help="the run's name")
+    status.add_argument("--profile", default="params/tiny.yaml", help="for its output_root")
     train = sub.add_parser("train", help="train a stage's models (every process of an "
                                          "`accelerate launch`), without evaluating them")
     train.add_argument("stage", help="a training stage: sft / 03, grpo / 04")
@@ -72,6 +81,24 @@ def stage_config(stage: stages.Stage, profile: str, run_name: str | None):
     values = profile_section(load_profile(profile), stage.section, profile)
     return stage.config.from_mapping({**values, **({"run_name": run_name} if run_name else {})},
                                      profile)
+
+
+def stale_lines(profile: str, run_name: str | None) -> tuple[str, list[str]]:
+    """The `staleness` table of a run (as text) and its warnings."""
+    from synergy import staleness
+    from synergy.runs import Run
+
+    run = Run.of(stage_config(stages.STAGES[0], profile, run_name))
+    table = staleness.staleness(run)
+    return table.to_string(index=False), staleness.warnings(table)
+
+
+def status(args) -> int:
+    table, lines = stale_lines(args.profile, args.run_name)
+    print(table)
+    for line in lines or ["[synergy] every stage is current"]:
+        print(f"[synergy] {line}" if not line.startswith("[") else line)
+    return 0
 
 
 def train(args) -> int:
@@ -158,13 +185,15 @@ def main(argv: list[str] | None = None) -> int:
             return train(args)
         if args.command == "eval":
             return evaluate(args)
+        if args.command == "status":
+            return status(args)
         if args.command == "report":
             args.stages = [stages.REPORT.name]
         from synergy import pipeline
 
         overrides = {"run_name": args.run_name} if args.run_name else None
         paths = pipeline.run_series(args.profile, args.stages, overrides,
-                                    log_output=not args.quiet)
+                                    log_output=not args.quiet, show_code=args.show_code)
     except pipeline.StageFailed as exc:  # one line, then where to look
         print(f"synergy: {exc}", file=sys.stderr)
         if exc.notebook:
@@ -179,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"[synergy] done: {len(paths)} notebook(s); last report: "
           f"{paths[-1].with_suffix('.html')}")
+    for line in stale_lines(args.profile, args.run_name)[1]:
+        print(f"[synergy] warning: {line}")
     reports = [p for p in paths if p.stem == stages.REPORT.name]
     if reports:
         print(f"[synergy] run report: {reports[-1].with_suffix('.html')}")

@@ -28,6 +28,10 @@ RUN_OPTIONAL = {"threads": 0}
 RESERVED_RUN_NAMES = ("cache",)
 # The comment papermill writes at the top of the cell it injects (`papermill -p`, the runner).
 INJECTED_HEADER = "# Parameters"
+# The one notebook parameter that is no config key: a profile whose values replace every
+# parameter left at its default (`with_profile`). The defaults are DEFAULT_PROFILE's values.
+PROFILE_PARAMETER = "profile"
+DEFAULT_PROFILE = "params/tiny.yaml"
 
 
 class ConfigError(ValueError):
@@ -157,7 +161,8 @@ class StageConfig:
         A parameter papermill injected that the config does not know (`papermill -p typo 3`,
         which papermill only warns about) is an error naming it: otherwise the notebook would
         run on its defaults and overwrite the stage's results."""
-        unknown = sorted(set(injected_parameters(namespace)) - set(cls.keys()))
+        injected = injected_parameters(namespace)
+        unknown = sorted(set(injected) - set(cls.keys()) - {PROFILE_PARAMETER})
         if unknown:
             raise ConfigError(f"{source}: parameter(s) {unknown} are not declared by the "
                               f"notebook's parameters cell (stage '{cls.SECTION}'); "
@@ -165,7 +170,26 @@ class StageConfig:
         missing = [k for k in cls.keys() if k not in namespace]
         if missing:
             raise ConfigError(f"{source}: missing parameter(s) {missing}")
-        return _build(cls, source, {k: namespace[k] for k in cls.keys()})
+        values = {k: namespace[k] for k in cls.keys()}
+        profile = namespace.get(PROFILE_PARAMETER) or ""
+        if profile:
+            values, source = cls.with_profile(values, profile, set(injected)), str(profile)
+        return _build(cls, source, values)
+
+    @classmethod
+    def with_profile(cls, values: Mapping[str, Any], profile: str | Path,
+                     keep: set[str] = frozenset()) -> dict[str, Any]:
+        """A notebook's parameters on `profile`: every parameter still at its default (the
+        value DEFAULT_PROFILE gives it, as the parameters cell does) takes the profile's
+        value, the values `synergy run --profile` would use; one changed by hand, or named
+        in `keep` (those papermill injected), stays."""
+        root = project_root()
+        defaults = profile_section(load_profile(root / DEFAULT_PROFILE), cls.SECTION,
+                                   DEFAULT_PROFILE)
+        chosen = profile_section(load_profile(root / profile), cls.SECTION, profile)
+        defaults, chosen = {**RUN_OPTIONAL, **defaults}, {**RUN_OPTIONAL, **chosen}
+        return {k: v if k in keep or k not in chosen or v != defaults.get(k) else chosen[k]
+                for k, v in values.items()}
 
     @classmethod
     def from_profile(cls, path: str | Path):

@@ -20,6 +20,7 @@ import pandas as pd
 from synergy.config import StageConfig
 from synergy.files import atomic_path, clean_interrupted, content_hash, set_aside
 from synergy.generation import SamplingSpec, chat_prompt
+from synergy.progress import progress_bar
 
 StopRule = Callable[[int, int], bool]  # (n_correct, n_drawn) -> no more samples needed
 
@@ -121,14 +122,12 @@ def sample_questions(engine, prompts: list[str], answers: list[str], spec: Sampl
     """
     from collections import defaultdict
 
-    from tqdm.auto import tqdm
-
     from synergy.verify import is_correct
 
     keys = [prompt_key(p, images[i] if images is not None else None)
             for i, p in enumerate(prompts)]
-    bar = tqdm(total=len(prompts) * n_samples, desc="sampling", unit="sample",
-               disable=not progress, mininterval=1.0)
+    bar = progress_bar(total=len(prompts) * n_samples, desc="sampling", unit="sample",
+                       disable=not progress, mininterval=1.0)
     drawn: list[list[dict]] = [[] for _ in prompts]
     settled: set[int] = set()
     while True:

@@ -235,13 +235,22 @@ class Evidence:
     def rl_for(self, role: str) -> str:
         """The RL model a combination is judged against: for 05's GRPO strategies the RL
         control trained at their budget, when 05 trained one (`strategies.rl_reference`);
-        for merges (of 03's and 04's models), the blends of 04's samples and otherwise
-        04's RL parent."""
+        for merges (of 03's and 04's models) 04's RL parent on the merges' questions
+        (`parents_of`), for the blends of 04's samples 04's RL parent."""
         if not is_strategy(role):
-            return "rl"
+            return self.parents_of(role)[1]
         ref = strategies.rl_reference(role[len(STRATEGY_PREFIX):],
                                       CONTROL_ROLE in self.acc.index)
         return CONTROL_ROLE if ref == CONTROL else "rl"
+
+    def parents_of(self, role: str) -> tuple[str, str]:
+        """(SFT, RL) roles a combination is compared with on its own questions: a merge's
+        are 06's parents where the report gives them apart ("06_merging/sft", when base,
+        SFT and RL come from a stage with more questions); else "sft" and `rl_for`."""
+        own = tuple(f"{stages.MERGING.name}/{p}" for p in ("sft", "rl"))
+        if MERGE_PATTERN.match(role) and not self.missing(*own):
+            return own
+        return "sft", self.rl_for(role) if is_strategy(role) else "rl"
 
     def budget_note(self) -> str:
         """Which budget the combinations are compared at (from 05's budget table)."""
@@ -440,11 +449,11 @@ def synergy_table(ev: Evidence) -> pd.DataFrame:
 
     long = ev.acc.reset_index().melt(id_vars="role", var_name="level", value_name="accuracy")
     long = long.rename(columns={"role": "model"})
-    groups: dict[str, list[str]] = {}
+    groups: dict[tuple[str, str], list[str]] = {}
     for combo in ev.combinations():
-        groups.setdefault(ev.rl_for(combo), []).append(combo)
-    parts = [synergy_check(long, combos, ("sft", rl), margin=ev.margin)
-             for rl, combos in groups.items()]
+        groups.setdefault(ev.parents_of(combo), []).append(combo)
+    parts = [synergy_check(long, combos, parents, margin=ev.margin)
+             for parents, combos in groups.items()]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -459,7 +468,7 @@ def no_synergy(ev: Evidence) -> Verdict:
     # one of the levels where it is above both.
     winners = [m for m in table.index[table["synergy"]]
                if any(all(ev.difference(m, p, [lv]).gain(margin)
-                          for p in ("sft", ev.rl_for(m)))
+                          for p in ev.parents_of(m))
                       for lv in table.at[m, "above_both"].split(", "))]
     unclear = [m for m in table.index[table["synergy"]] if m not in winners]
     text = (f"{ev.budget_note()}: {len(winners)} of {len(combos)} combinations beat both "
@@ -485,7 +494,7 @@ def below_rl(ev: Evidence) -> Verdict:
     text = (f"{ev.budget_note()}: closest to its RL {best} {100 * ev.acc.at[best, 'all']:.1f}% "
             f"vs {rl} {100 * ev.acc.at[rl, 'all']:.1f}% ({diffs[best]}); clearly above "
             f"their RL: {', '.join(above) or 'none'}")
-    if rl != "rl":  # the strategies against 04's RL parent too (unequal budgets)
+    if is_strategy(best) and rl != "rl":  # against 04's RL parent too (unequal budgets)
         text += (f"; against 04's RL parent ({100 * ev.acc.at['rl', 'all']:.1f}%, more "
                  f"steps): {best} {ev.difference(best, 'rl', ['all']).short()} points")
     if above:
@@ -522,7 +531,7 @@ def interpolation_gaps(ev: Evidence, methods: tuple[str, ...]) -> np.ndarray:
         m = MERGE_PATTERN.match(r)
         if m and m.group(1) in methods:
             t = float(m.group(2))
-            sft, rl = ev.acc.loc["sft", lv], ev.acc.loc["rl", lv]
+            sft, rl = (ev.acc.loc[p, lv] for p in ev.parents_of(r))
             expect = t * sft + (1 - t) * rl
             lo, hi = np.minimum(sft, rl) - ev.margin, np.maximum(sft, rl) + ev.margin
             rows += [(abs(ev.acc.at[r, c] - expect[c]), lo[c] <= ev.acc.at[r, c] <= hi[c])

@@ -36,6 +36,7 @@ import pandas as pd
 
 from synergy import training
 from synergy.evaluation import EvaluatingConfig
+from synergy.progress import show_training
 from synergy.runs import StageResult
 from synergy.training import ReportTo, TrainerBackend
 
@@ -444,6 +445,7 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
         train_dataset=dataset, processing_class=processing, peft_config=peft,
         callbacks=[training.log_callback(out_dir / "curves.jsonl", label), replicas,
                    *callbacks], **trainer_kwargs)
+    show_training(trainer, label, progress)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0

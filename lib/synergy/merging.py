@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from synergy.evaluation import EvaluatingConfig
+from synergy.progress import progress_bar
 from synergy.runs import StageResult
 
 Method = Literal["linear", "slerp", "ties", "dare_ties"]
@@ -228,8 +229,6 @@ def run(cfg: MergingConfig, progress: bool = True) -> MergingResult:
     Writes `merges/<method>-<ratio>/model`, `merges.csv`, `eval/`, `per_level.csv`,
     `synergy_check.csv` and the manifest (`model_paths`: every merge).
     """
-    from tqdm.auto import tqdm
-
     from synergy import evaluation, stages, stratify
     from synergy.files import write_text
     from synergy.runs import stage_run
@@ -241,7 +240,8 @@ def run(cfg: MergingConfig, progress: bool = True) -> MergingResult:
                                     ("base", cfg.base_model))}
         rows = []
         plan = [(m, r) for m in cfg.methods for r in cfg.sft_ratios]
-        for method, ratio in tqdm(plan, desc="merging", unit="merge", disable=not progress):
+        for method, ratio in progress_bar(plan, desc="merging", unit="merge",
+                                          disable=not progress):
             config = mergekit_config(method, ratio, paths["sft"], paths["rl"], paths["base"],
                                      density=cfg.density, dtype=cfg.dtype)
             name = merge_name(method, ratio)

@@ -8,15 +8,18 @@ executed notebook kept as `<stage>.failed.ipynb` beside the stage's outputs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from synergy import stages
-from synergy.config import ConfigError, load_profile, profile_section
+from synergy import progress, stages
+from synergy.config import PROFILE_PARAMETER, ConfigError, load_profile, profile_section
 from synergy.files import atomic_path, write_text
-from synergy.runs import Run
+from synergy.runs import EXECUTED_BY_RUNNER, EXECUTED_BY_VARIABLE, Run
 from synergy.stages import Stage
 
 STAGES = stages.STAGES
@@ -50,7 +53,7 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 
 def check_notebook_matches(stage: Stage) -> None:
     """The parameters cell must hold exactly the config's keys."""
-    declared = set(notebook_parameters(stage.notebook))
+    declared = set(notebook_parameters(stage.notebook)) - {PROFILE_PARAMETER}
     expected = set(stage.config.keys())
     if declared != expected:
         raise ConfigError(
@@ -59,19 +62,70 @@ def check_notebook_matches(stage: Stage) -> None:
             f"unknown {sorted(declared - expected)}")
 
 
-def render_html(notebook: Path, html: Path, exclude_input: bool = False) -> Path:
+# plotly's notebook renderer loads MathJax 3 from a CDN in every figure (our figures have no
+# LaTeX); the page works offline without it, and nbconvert's template has its own.
+PLOTLY_MATHJAX = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/3'
+                            r'[^"]*"></script>')
+
+
+def render_html(notebook: Path, html: Path, show_code: bool = False) -> Path:
+    """The executed notebook as one self-contained page to share (plotly.js inlined once,
+    no CDN): by default its narrative and outputs only, without code, parameter cells,
+    prompts or stderr (progress bars and warnings stay in the .ipynb); with `show_code`,
+    the code too. Never papermill's injected cell: its `output_root` is a path on the
+    machine that ran the stage, and the manifest records the parameters."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    # Without code, the In/Out prompts are noise too (the run report).
-    body, _ = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
-                           exclude_output_prompt=exclude_input).from_notebook_node(
-        nbformat.read(notebook, as_version=4))
-    return write_text(html, body)
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if o.get("name") != "stderr"]
+    hide = not show_code
+    body, _ = HTMLExporter(exclude_input=hide, exclude_input_prompt=hide,
+                           exclude_output_prompt=hide).from_notebook_node(nb)
+    return write_text(html, PLOTLY_MATHJAX.sub("", body))
+
+
+def kernel_config():
+    """The kernel manager's settings for papermill: CurveZMQ keys for the kernel's local
+    TCP channels where pyzmq supports them. Without keys, ipykernel (>= 7) warns on every
+    start that the kernel "is running over TCP without encryption"."""
+    import zmq
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {
+        "transport_encryption": "auto" if zmq.has("curve") else "disabled"}})
+
+
+def streams(log_output: bool) -> dict[str, Any]:
+    """papermill's options to pass the kernel's stdout and stderr through as written (its
+    `log_output` logs each write as a line of its own, with a blank line after each)."""
+    return {"stdout_file": sys.stdout, "stderr_file": sys.stderr} if log_output else {}
+
+
+@contextlib.contextmanager
+def kernel_environment():
+    """The kernel papermill starts inherits this process's environment: its progress bars
+    print plain periodic lines (papermill streams each write of a bar as a new line), and
+    its manifest records that the runner executed it (`runs.EXECUTED_BY_VARIABLE`)."""
+    settings = {progress.MODE_VARIABLE: os.environ.get(progress.MODE_VARIABLE, "lines"),
+                EXECUTED_BY_VARIABLE: EXECUTED_BY_RUNNER}
+    before = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | None = None,
-              log_output: bool = True, exclude_input: bool = False) -> Path:
+              log_output: bool = True, show_code: bool = False) -> Path:
     """Execute one stage's notebook on a profile; returns the executed notebook's path."""
     import papermill
 
@@ -86,9 +140,11 @@ def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | Non
     failed = out_dir / f"{stage.name}.failed.ipynb"
     with atomic_path(executed) as tmp:
         try:
-            papermill.execute_notebook(str(stage.notebook), str(tmp), parameters=cfg.to_dict(),
-                                       cwd=str(stage.notebook.parent), kernel_name="python3",
-                                       log_output=log_output, progress_bar=False)
+            with kernel_environment():
+                papermill.execute_notebook(
+                    str(stage.notebook), str(tmp), parameters=cfg.to_dict(),
+                    cwd=str(stage.notebook.parent), kernel_name="python3", progress_bar=False,
+                    config=kernel_config(), **streams(log_output))
         except Exception as exc:  # PapermillExecutionError, DeadKernelError, ...
             kept = None
             if tmp.exists():  # papermill saved the notebook with the error before raising
@@ -98,8 +154,7 @@ def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | Non
                              getattr(exc, "evalue", str(exc)))
             raise StageFailed(stage, cause, kept) from None
     failed.unlink(missing_ok=True)
-    render_html(executed, out_dir / f"{stage.name}.html",
-                exclude_input=exclude_input or stage.hide_code)
+    render_html(executed, out_dir / f"{stage.name}.html", show_code)
     print(f"[synergy] {stage.name}: {time.perf_counter() - t0:.1f}s -> "
           f"{out_dir / (stage.name + '.html')}", flush=True)
     return executed
@@ -115,7 +170,8 @@ def time_table(seconds: dict[str, float]) -> str:
 
 
 def run_series(profile: str | Path, names: list[str] | None = None,
-               overrides: dict[str, Any] | None = None, log_output: bool = True) -> list[Path]:
+               overrides: dict[str, Any] | None = None, log_output: bool = True,
+               show_code: bool = False) -> list[Path]:
     chosen = [find_stage(s) for s in names] if names else STAGES
     for stage in chosen:  # fail on any parameter problem before the first long stage
         check_notebook_matches(stage)
@@ -123,7 +179,7 @@ def run_series(profile: str | Path, names: list[str] | None = None,
     paths, seconds = [], {}
     for stage in chosen:
         t0 = time.perf_counter()
-        paths.append(run_stage(stage, profile, overrides, log_output))
+        paths.append(run_stage(stage, profile, overrides, log_output, show_code))
         seconds[stage.name] = time.perf_counter() - t0
     print(time_table(seconds), flush=True)
     return paths

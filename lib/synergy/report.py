@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 import html
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from synergy import stages, strategies
+from synergy import stages, staleness, strategies
 from synergy.config import StageConfig, run_name_problem
-from synergy.findings import (CONTROL_ROLE, LEVELS, MERGE_PATTERN, STRATEGY_PREFIX, checklist,
-                              evidence, is_strategy, kl_too_short, paper_results, paper_vs_run,
-                              wide)
+from synergy.findings import (CONTROL_ROLE, MERGE_PATTERN, STATUSES, STRATEGY_PREFIX,
+                              checklist, evidence, is_strategy, kl_too_short, paper_results,
+                              paper_vs_run, wide)
+from synergy.report_figures import PARENTS, curve_series, model_colors, static_accuracy_png
 from synergy.runs import EXTERNAL, Run, StageResult
 from synergy.strategies import CONTROL
 
-# Where each role's per-level numbers come from, best first: 06, 07 and 05 evaluate base,
-# SFT and RL with one sampling spec, so their numbers compare directly.
-ROLE_SOURCES = [stages.MERGING.name, stages.PIVOTAL.name, stages.STRATEGIES.name,
+# Where base, SFT and RL's per-level numbers come from, best first: 07 and 05 evaluate all
+# three on the run's whole evaluation set (04's questions) with one sampling spec, so their
+# numbers compare with 04's and 05's models; 06 evaluates them on its merge subset, where
+# the merges are compared with 06's own parents (roles "06_merging/base", ".../sft", ...).
+ROLE_SOURCES = [stages.PIVOTAL.name, stages.STRATEGIES.name, stages.MERGING.name,
                 stages.GRPO.name, stages.SFT.name, stages.STRATIFY.name]
 # Stages whose other models (teachers, sweeps, KL ablations, strategies) the report lists,
 # and the models from outside the run that `synergy eval` evaluated on its benchmark.
@@ -208,36 +210,44 @@ def rl_training(run: Run) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
 
 def role_levels(levels: pd.DataFrame,
                 mains: dict[str, list[str]] | None = None) -> pd.DataFrame:
-    """Base, SFT and RL (from one stage where possible) plus every combination model.
+    """Base, SFT and RL (from one stage where possible: `ROLE_SOURCES`) plus every
+    combination model, and 06's parents on 06's questions when base, SFT and RL come from
+    another stage.
 
     `mains` names the SFT and RL models of stages 03 and 04 (`main_models`), used when 06
     and 07 (which evaluate base, SFT and RL side by side) have not run.
 
     Adds a `role` column: base, sft, rl, a merge name ("linear-0.25") or `<stage>/<model>`
-    for 05 strategies and other models. Merges at ratio 0 or 1 are the parents: left out.
+    for 06's parents, 05 strategies and other models. Merges at ratio 0 or 1 are the parents: left out.
     """
     own_stage = {"sft": stages.SFT.name, "rl": stages.GRPO.name}
-    picked = []
+    parents = []
     for role, sources in (("base", ROLE_SOURCES), ("sft", ROLE_SOURCES[:3] + [own_stage["sft"]]),
                           ("rl", ROLE_SOURCES[:3] + [own_stage["rl"]])):
         for stage in sources:
             part = levels[levels["stage"] == stage]
             if role in set(part["model"]):
-                picked.append(part[part["model"] == role].assign(role=role))
+                parents.append(part[part["model"] == role].assign(role=role))
                 break
             names = (mains or {}).get(stage, []) if own_stage.get(role) == stage else []
             own = next((n for n in names if n in set(part["model"])), None)
             if own:
-                picked.append(part[part["model"] == own].assign(role=role))
+                parents.append(part[part["model"] == own].assign(role=role))
                 break
     names = levels["model"].astype(str)
     ratio = names.str.extract(MERGE_PATTERN)[1].astype(float)
     merges = levels.loc[(levels["stage"] == stages.MERGING.name) & ratio.notna()
                         & ~ratio.isin([0.0, 1.0])]
-    picked.append(merges.assign(role=merges["model"]))
+    picked = [*parents, merges.assign(role=merges["model"])]
+    if len(merges) and {p["stage"].iloc[0] for p in parents} != {stages.MERGING.name}:
+        # The merges' parents on the merges' own questions (findings.Evidence.parents_of).
+        own = levels[(levels["stage"] == stages.MERGING.name) & names.isin(PARENTS)]
+        picked.append(own.assign(role=stages.MERGING.name + "/" + own["model"]))
     # The other SFT / RL models (teachers, sweeps, KL ablations), 05's strategies, router,
-    # oracle; not the parents a stage re-evaluated (base, init, sft-*, 05's sft and rl).
-    taken = {(p["stage"].iloc[0], p["model"].iloc[0]) for p in picked[:-1] if len(p)}
+    # oracle; not the parents a stage re-evaluated (base, init, sft-*, 05's sft and rl), nor
+    # 03's and 04's main models, which are "sft" and "rl".
+    taken = {(p["stage"].iloc[0], p["model"].iloc[0]) for p in parents}
+    taken |= {(stage, found[0]) for stage, found in (mains or {}).items() if found}
     others = levels[levels["stage"].isin(MODEL_STAGE_FOLDERS)
                     & ~levels["model"].astype(str).str.match(r"^(base|init|sft|rl|sft-.*)$")]
     others = others.loc[np.array([(s, m) not in taken for s, m in
@@ -249,6 +259,56 @@ def role_levels(levels: pd.DataFrame,
 
 
 
+def stage_roles(levels: pd.DataFrame, stage: str) -> pd.DataFrame:
+    """One stage's models on its own questions, in the checklist's role vocabulary: base,
+    sft and rl as themselves, every other model as "<stage>/<model>"."""
+    part = levels[levels["stage"] == stage]
+    own = part["model"].astype(str)
+    return part.assign(role=own.where(own.isin(PARENTS), stage + "/" + own))
+
+
+def headline_roles(roles: pd.DataFrame, levels: pd.DataFrame) -> pd.DataFrame:
+    """Base, SFT, RL and the best of 05's combination strategies (by accuracy over all
+    levels), all on one question set: 05's, when 05 evaluated SFT and RL beside its
+    strategies; otherwise base, SFT and RL as `role_levels` picked them."""
+    own = stage_roles(levels, stages.STRATEGIES.name)
+    combos = own[own["role"].map(is_strategy).astype(bool) & (own["level"] == "all")]
+    if combos.empty or not {"sft", "rl"} <= set(own["role"]):
+        return roles[roles["role"].isin(PARENTS)]
+    best = combos.loc[combos["accuracy"].idxmax(), "role"]
+    return own[own["role"].isin([*PARENTS, best])].reset_index(drop=True)
+
+
+def strategy_roles(levels: pd.DataFrame) -> pd.DataFrame:
+    """05's models and the parents 05 evaluated beside them (its own question set)."""
+    return stage_roles(levels, stages.STRATEGIES.name)
+
+
+def verdict(checklist: pd.DataFrame, paper: dict) -> str:
+    """The report's first line (markdown): the synergy finding's status, and how many of
+    the paper's findings this run reproduces."""
+    status = dict(zip(checklist["finding"], checklist["status"]))
+    counts = checklist["status"].value_counts()
+    tally = ", ".join(f"{counts[s]} {s}" for s in STATUSES if s in counts)
+    dilemma = status.get(paper["findings"]["no_synergy"], "not run")
+    answer = {"reproduced": "no combination of SFT and RL beats both parents here, as in the "
+                            "paper",
+              "not reproduced": "a combination beats both SFT and RL here, unlike the paper",
+              "not run": "not answered yet (needs SFT, RL and a combination)"}.get(
+        dilemma, dilemma)
+    return f"**Verdict:** {answer}. Of the paper's {len(checklist)} findings: {tally}."
+
+
+def staleness_note(table: pd.DataFrame) -> str:
+    """Markdown under the verdict: the stages out of date (`staleness.warnings`), or ""."""
+    lines = staleness.warnings(table)
+    if not lines:
+        return ""
+    return ("**Out of date:** rerun these stages for a consistent report "
+            "(`python -m synergy run --profile <profile> --run-name <run> --stages ...`):\n"
+            + "\n".join(f"- {line}" for line in lines))
+
+
 # --- other tables -------------------------------------------------------------------------
 
 def strategies_table(paper: dict, roles: pd.DataFrame, headlines: dict[str, str] | None,
@@ -256,7 +316,9 @@ def strategies_table(paper: dict, roles: pd.DataFrame, headlines: dict[str, str]
     """Every 05 model beside the paper's number for the strategy it stands for: overall
     accuracy and its difference to SFT, to 04's RL and to the RL control at the strategies'
     budget (paper: average over five benchmarks; this run: all levels), and where it beats
-    both SFT and its RL model (the control when 05 trained one) or falls below the better."""
+    both SFT and its RL model (the control when 05 trained one) or falls below the better.
+    `roles`: 05's models and parents on 05's questions (`strategy_roles`), counted in the
+    "questions" column."""
     from synergy.merging import synergy_check
 
     acc = wide(roles)
@@ -264,6 +326,7 @@ def strategies_table(paper: dict, roles: pd.DataFrame, headlines: dict[str, str]
     if not names:
         return _not_run_table(stages.STRATEGIES)
     avg = {m["role"]: m["avg"] for m in paper["models"]}
+    sizes = roles[roles["level"] == "all"].set_index("role")["questions"]
     parents = all(p in acc.index for p in ("sft", "rl"))
     control = CONTROL_ROLE in acc.index
     check = pd.DataFrame()
@@ -282,7 +345,8 @@ def strategies_table(paper: dict, roles: pd.DataFrame, headlines: dict[str, str]
                "paper Avg %": avg.get(role, np.nan),
                "paper vs SFT": round(avg[role] - avg["sft"], 1) if role in avg else np.nan,
                "paper vs RL": round(avg[role] - avg["rl"], 1) if role in avg else np.nan,
-               "run all %": round(100 * acc.at[name, "all"], 1)}
+               "run all %": round(100 * acc.at[name, "all"], 1),
+               "questions": int(sizes.get(name, 0))}
         if parents:
             row["run vs SFT"] = round(100 * (acc.at[name, "all"] - acc.at["sft", "all"]), 1)
             row["run vs RL"] = round(100 * (acc.at[name, "all"] - acc.at["rl", "all"]), 1)
@@ -412,160 +476,6 @@ def category_counts(counts: pd.DataFrame | None) -> pd.DataFrame:
     return _not_run_table(stages.PIVOTAL) if counts is None else category_table(counts)
 
 
-# --- figures ------------------------------------------------------------------------------
-
-def _placeholder(title: str, note: str):
-    import plotly.graph_objects as go
-
-    fig = go.Figure().update_layout(title=title, xaxis_visible=False, yaxis_visible=False,
-                                    height=250)
-    return fig.add_annotation(text=note, showarrow=False, font_size=16)
-
-
-def accuracy_figure(roles: pd.DataFrame, title: str = "Accuracy by difficulty level, every "
-                                                        "model of the run"):
-    """Accuracy per level for base, SFT, RL and every combination, in one figure."""
-    from synergy.evaluation import accuracy_figure as bars
-
-    if roles.empty:
-        return _placeholder("Accuracy by level", "no evaluated models yet")
-    return bars(roles.drop(columns="model").rename(columns={"role": "model"}), title)
-
-
-def headline_roles(roles: pd.DataFrame) -> pd.DataFrame:
-    """Base, SFT, RL and the best of 05's combination strategies (by accuracy over all
-    levels): the models the report leads with."""
-    main = roles[roles["role"].isin(["base", "sft", "rl"])]
-    combos = roles[roles["role"].map(is_strategy) & (roles["level"] == "all")]
-    if combos.empty:
-        return main
-    best = combos.loc[combos["accuracy"].idxmax(), "role"]
-    return pd.concat([main, roles[roles["role"] == best]], ignore_index=True)
-
-
-def headline_figure(roles: pd.DataFrame):
-    """Accuracy per level of base, SFT, RL and the best combination strategy, with the
-    95% interval of each bar (`accuracy_low`, `accuracy_high`) where the stage saved one."""
-    import plotly.express as px
-
-    data = headline_roles(roles)
-    if data.empty:
-        return _placeholder("Accuracy by level", "base, SFT and RL not evaluated yet")
-    names = {"base": "base", "sft": "SFT", "rl": "RL"}
-    data = data.assign(model=data["role"].map(
-        lambda r: names.get(r, f"best strategy: {r[len(STRATEGY_PREFIX):]}")))
-    bars = {}
-    if "accuracy_low" in data and data["accuracy_low"].notna().any():
-        data = data.assign(above=100 * (data["accuracy_high"] - data["accuracy"]),
-                           below=100 * (data["accuracy"] - data["accuracy_low"]))
-        bars = {"error_y": "above", "error_y_minus": "below"}
-    data = data.assign(accuracy=100 * data["accuracy"])
-    return px.bar(data, x="level", y="accuracy", color="model", barmode="group",
-                  range_y=[0, 100], category_orders={"level": LEVELS + ["all"]},
-                  hover_data=["stage", "questions", "mean_length"],
-                  labels={"accuracy": "accuracy (%)", "level": "difficulty level (L1 easiest)"},
-                  title="Base, SFT, RL and the best combination, per level (95% intervals)",
-                  **bars)
-
-
-def strategy_roles(roles: pd.DataFrame) -> pd.DataFrame:
-    """Base, SFT, RL and 05's models (the strategies section's figure)."""
-    keep = roles["role"].isin(["base", "sft", "rl"]) | roles["role"].str.startswith(
-        STRATEGY_PREFIX)
-    return roles[keep]
-
-
-def tradeoff_figure(roles: pd.DataFrame):
-    """Accuracy vs mean response length per model and level: the long-CoT trade-off."""
-    import plotly.express as px
-
-    if roles.empty:
-        return _placeholder("Accuracy vs length", "no evaluated models yet")
-    return px.scatter(roles, x="mean_length", y="accuracy", color="role", facet_col="level",
-                      facet_col_wrap=3, log_x=True, hover_data=["stage", "questions"],
-                      title="Accuracy vs mean response length (tokens), per level")
-
-
-# The RL curves the paper discusses (collapse without KL, truncation of two-stage runs).
-PAPER_CURVES = {"reward": "reward", "rewards/accuracy_reward/mean": "accuracy reward",
-                "kl": "KL to start", "entropy": "entropy",
-                "completions/mean_length": "completion length",
-                "completions/clipped_ratio": "clipped ratio"}
-
-
-def training_figure(curves: pd.DataFrame, paper_metrics: bool = True):
-    """The six curves the paper discusses (`PAPER_CURVES`), or with `paper_metrics=False`
-    every other metric the run logged (losses, learning rates, norms, ...)."""
-    import plotly.express as px
-
-    chosen = curves["metric"].isin(list(PAPER_CURVES)) if len(curves) else []
-    keep = curves[chosen if paper_metrics else ~chosen] if len(curves) else curves
-    title = "Training curves" if paper_metrics else "Other training logs"
-    if keep.empty:
-        return _placeholder(title, "no training stage has run")
-    keep = keep.assign(series=keep["stage"] + " " + keep["run"].astype(str),
-                       metric=keep["metric"].map(lambda m: PAPER_CURVES.get(m, m)))
-    order = [m for m in PAPER_CURVES.values() if m in set(keep["metric"])] or sorted(
-        set(keep["metric"]))
-    wrap = 3 if paper_metrics else 4
-    fig = px.line(keep, x="step", y="value", color="series", facet_col="metric",
-                  facet_col_wrap=wrap, category_orders={"metric": order}, title=title,
-                  height=(330 if paper_metrics else 220) * -(-len(order) // wrap),
-                  facet_row_spacing=0.08 if paper_metrics else 0.04)
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
-    return fig.update_yaxes(matches=None, showticklabels=True, title=None)
-
-
-def merge_figure(merge_curves: pd.DataFrame | None):
-    from synergy import merging
-
-    if merge_curves is None:
-        return _placeholder("Merge curves", f"{stages.MERGING.name} not run")
-    return merging.merge_curve_figure(merge_curves)
-
-
-def static_accuracy_png(roles: pd.DataFrame, path: str | Path) -> bytes:
-    """Paper-style static bars (seaborn) of base / SFT / RL per level, saved as a PNG at
-    `path`; returns the PNG's bytes."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from synergy.files import atomic_path
-
-    data = roles[roles["role"].isin(["base", "sft", "rl"]) & roles["level"].isin(LEVELS)]
-    fig, ax = plt.subplots(figsize=(6.5, 3.2), dpi=120)
-    if data.empty:
-        ax.text(0.5, 0.5, "base / SFT / RL not evaluated yet", ha="center", va="center")
-        ax.set_axis_off()
-    else:
-        sns.barplot(data=data.assign(accuracy=100 * data["accuracy"]), x="level", y="accuracy",
-                    hue="role", hue_order=[r for r in ("base", "sft", "rl")
-                                           if r in set(data["role"])],
-                    order=LEVELS, palette="deep", ax=ax)
-        ax.set(ylabel="accuracy (%)", xlabel="difficulty level (L1 easiest)", ylim=(0, 100))
-        ax.legend(title="model", frameon=False)
-        sns.despine(ax=ax)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-    return buf.getvalue()
-
-
-def png(data: bytes):
-    """A PNG for display in the notebook."""
-    from IPython.display import Image
-
-    return Image(data=data, format="png")
-
-
 # --- the stage ----------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -584,6 +494,11 @@ class ReportResult(StageResult):
     counts: pd.DataFrame | None       # 07's category counts
     tokens: pd.DataFrame | None       # 07's KL per token
     examples: pd.DataFrame            # response_examples
+    headline: pd.DataFrame            # headline_roles: one question set
+    strategy_roles: pd.DataFrame      # strategy_roles: 05's models on 05's questions
+    colors: dict                      # report_figures.model_colors: one colour per model
+    verdict: str                      # verdict: the report's first line
+    stale: str                        # staleness_note: the stages out of date, or ""
     accuracy_png: bytes               # static_accuracy_png, also saved beside the report
 
 
@@ -595,7 +510,8 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
 
     paper = paper_results()
     levels = run_levels(run)
-    roles = role_levels(levels, main_models(run))
+    mains = main_models(run)
+    roles = role_levels(levels, mains)
     headlines, two_stage, budget = {}, None, None
     if run.has_run(stages.STRATEGIES):
         res = strategies.load(str(run.output_root), run.name)
@@ -617,21 +533,31 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
         other = Run(run.output_root, cfg.kl_run)  # the KL ablation's home (tiny-long)
         if other.has_run(stages.GRPO):
             (rl_runs, rl_curves), kl_from = rl_training(other), cfg.kl_run
+    curves = training_curves(run)
+    aliases = {f"{stage}/{names[0]}": role for stage, role in
+               ((stages.SFT.name, "sft"), (stages.GRPO.name, "rl"))
+               for names in [mains.get(stage)] if names}
     ev = evidence(roles, cfg.margin, cfg.long_ratio, paper=paper,
                   counts=piv.counts if piv else None, two_stage=two_stage,
                   answers=role_answers(run, roles),
                   weights=weights if "relative_distance" in weights else None,
                   rl_runs=rl_runs, rl_curves=rl_curves, kl_run=cfg.kl_run, kl_from=kl_from,
                   budget=budget)
-    return {"paper": paper, "status": stage_status(run), "levels": levels, "roles": roles,
+    checks = checklist(paper, ev)
+    own = strategy_roles(levels)
+    stale = staleness.staleness(run)
+    status = stage_status(run).merge(stale.drop(columns="finished"), on="stage", how="left")
+    return {"paper": paper, "status": status, "levels": levels, "roles": roles,
+            "stale": staleness_note(stale),
             "paper_vs_run": paper_vs_run(paper, roles, headlines),
-            "checklist": checklist(paper, ev), "weights": weights,
-            "curves": training_curves(run), "merge_curves": merge_curves,
-            "strategies": strategies_table(paper, roles, headlines, cfg.margin),
+            "checklist": checks, "verdict": verdict(checks, paper), "weights": weights,
+            "curves": curves, "merge_curves": merge_curves,
+            "strategies": strategies_table(paper, own, headlines, cfg.margin),
             "budget": budget if budget is not None else _not_run_table(stages.STRATEGIES),
             "counts": piv.counts if piv else None, "tokens": piv.tokens if piv else None,
-            "examples": response_examples(run, cfg.n_examples, cfg.seed)}
-
+            "examples": response_examples(run, cfg.n_examples, cfg.seed),
+            "headline": headline_roles(roles, levels), "strategy_roles": own,
+            "colors": model_colors([*roles["role"], *curve_series(curves)], aliases)}
 
 def run(cfg: ReportConfig, progress: bool = True) -> ReportResult:
     """Collect the run's numbers; writes paper_vs_run.csv, checklist.csv, a PNG, manifest."""
@@ -657,6 +583,7 @@ def load(output_root: str, run_name: str) -> ReportResult:
     manifest, folder = r.manifest(stages.REPORT), r.dir(stages.REPORT)
     parts = gather(r, ReportConfig.from_mapping(manifest["params"], f"{stages.REPORT.name} manifest"))
     parts["checklist"] = pd.read_csv(folder / "checklist.csv")
+    parts["verdict"] = verdict(parts["checklist"], parts["paper"])
     parts["paper_vs_run"] = pd.read_csv(folder / "paper_vs_run.csv")
     return ReportResult(manifest, folder, accuracy_png=(folder / "accuracy_by_level.png")
                         .read_bytes(), **parts)

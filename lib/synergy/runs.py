@@ -30,6 +30,11 @@ PACKAGES = ["synergy", "torch", "transformers", "trl", "peft", "accelerate", "da
             "evaluate", "math-verify", "tokenizers", "papermill", "plotly", "seaborn",
             "mergekit", "vllm", "numpy", "pandas"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# How a stage ran, recorded in its manifest (`executed_by`): the runner sets this variable
+# for the kernels it starts, whose executed notebook and HTML are then the stage's record;
+# anything else (JupyterLab, papermill by hand, a script) is "by hand" (`staleness`).
+EXECUTED_BY_VARIABLE = "SYNERGY_EXECUTED_BY"
+EXECUTED_BY_RUNNER = "synergy run"
 
 
 def set_seed(seed: int) -> None:
@@ -326,6 +331,7 @@ def write_manifest(out_dir: str | Path, cfg: StageConfig, *, started: str,
         "device": device_info(),
         "started": started,
         "finished": now(),
+        "executed_by": os.environ.get(EXECUTED_BY_VARIABLE, "by hand"),
         **(extra or {}),
     }
     write_json(Path(out_dir) / MANIFEST, manifest)

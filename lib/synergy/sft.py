@@ -27,6 +27,7 @@ import pandas as pd
 from synergy import training
 from synergy.evaluation import EvaluatingConfig
 from synergy.files import atomic_path
+from synergy.progress import show_training
 from synergy.runs import StageResult
 from synergy.training import LrScheduler, ReportTo, TrainerBackend
 from synergy.vlm import VISION_PARTS, vision_weights_equal
@@ -295,6 +296,7 @@ def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
                          processing_class=processing, peft_config=peft,
                          callbacks=[training.log_callback(out_dir / "log.jsonl"),
                                     training.keep_last_optimizer(), replicas, *callbacks])
+    show_training(trainer, out_dir.name, progress)
     trainer.frozen_parameters, trainer.resumed_from = frozen, resume
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.replica_digests = replicas.digests

@@ -21,7 +21,6 @@ class Stage:
     module: str             # synergy.<module> holds the config, run() and load()
     config_name: str        # the config class in that module
     role: str = ""          # what a model of this stage stands for in comparisons
-    hide_code: bool = False  # render the HTML without code cells (the run report)
 
     @property
     def number(self) -> str:
@@ -53,7 +52,7 @@ STRATEGIES = Stage("05_strategies", "strategies", "strategies", "StrategiesConfi
                    role="strategy")
 MERGING = Stage("06_merging", "merging", "merging", "MergingConfig", role="merge")
 PIVOTAL = Stage("07_pivotal_tokens", "pivotal", "pivotal", "PivotalConfig")
-REPORT = Stage("08_report", "report", "report", "ReportConfig", hide_code=True)
+REPORT = Stage("08_report", "report", "report", "ReportConfig")
 
 STAGES = [WORLD, STRATIFY, DISTILL, SFT, GRPO, STRATEGIES, MERGING, PIVOTAL, REPORT]
 # Stages whose manifests list models (`model_paths`, `main_model`) for later stages.

@@ -30,6 +30,7 @@ import pandas as pd
 from synergy.config import StageConfig
 from synergy.files import content_hash
 from synergy.generation import chat_prompt
+from synergy.progress import progress_bar
 from synergy.runs import StageResult
 
 THINK_OPEN, THINK_CLOSE, BOXED = "<think>", "</think>", "\\boxed{"
@@ -367,7 +368,6 @@ def train_base(cfg: WorldConfig, model, tokenizer,
     """Train the base from scratch on fresh random questions; returns the loss log.
     `tokenizer` is the image world's processor when `cfg.kind` is "image"."""
     import torch
-    from tqdm.auto import tqdm
 
     rng = random.Random(cfg.seed)
     held_out = {q.text for q in eval_questions(cfg)}
@@ -377,7 +377,8 @@ def train_base(cfg: WorldConfig, model, tokenizer,
         opt, lambda s: cosine_lr(s, cfg.train_steps, cfg.warmup_steps))
     model.train()
     rows, t0 = [], time.perf_counter()
-    bar = tqdm(range(cfg.train_steps), desc="training base", unit="step", disable=not progress)
+    bar = progress_bar(range(cfg.train_steps), desc="training base", unit="step",
+                       disable=not progress)
     for step in bar:
         qs, responses = training_rows(cfg, rng, held_out)
         opt.zero_grad()
