@@ -11,19 +11,23 @@ in every process when started by `accelerate launch`; the stage's notebook (`run
 reuses what was trained and evaluates it. `eval` evaluates any models on the run's
 stratified benchmark and adds them to its report.
 
-Exit codes: 0 done; 2 a bad parameter, profile or missing upstream, found before any stage
-ran; 1 a stage failed (one line `synergy: <stage>: <cause>`, then the executed notebook's
-path); 130 interrupted.
+Exit codes: 0 done; 2 a bad parameter, profile or missing upstream, or a stage another
+process is working on, found before any stage ran; 1 a stage failed (one line
+`synergy: <stage>: <cause>`, then the executed notebook's path) or a file could not be
+written (the path named); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from synergy import stages
 from synergy.config import ConfigError
 from synergy.files import ArtifactError
+from synergy.runs import Run, stage_lock
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,7 +87,11 @@ def train(args) -> int:
     if fn is None:
         raise ConfigError(f"stage {stage.name} trains nothing; stages that train: "
                           f"{[s.name for s in stages.STAGES if hasattr(s.load_module(), 'train_models')]}")
-    records = fn(stage_config(stage, args.profile, args.run_name), progress=not args.quiet)
+    cfg = stage_config(stage, args.profile, args.run_name)
+    # One process per stage: rank 0 of a launch holds the stage's lock for all its ranks.
+    with stage_lock(Run.of(cfg).dir(stage)) if os.environ.get("RANK", "0") == "0" \
+            else contextlib.nullcontext():
+        records = fn(cfg, progress=not args.quiet)
     main = training.is_main_process()
     training.leave_process_group()
     if main:
@@ -173,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ArtifactError) as exc:  # before any stage ran
         print(f"synergy: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a folder that cannot be written: the path named
+        print(f"synergy: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("synergy: interrupted; the same command resumes where it stopped",
               file=sys.stderr)
