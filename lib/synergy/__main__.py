@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 
-from synergy import stages
+from synergy import pipeline, stages
 from synergy.config import ConfigError
 from synergy.files import ArtifactError
 from synergy.runs import Run, stage_lock
@@ -125,8 +126,6 @@ def evaluate(args) -> int:
     if args.judge_url:
         judge_models(args, run, {label: results[label] for label in models.labels(args.models)})
     if not args.no_report and run.has_run(stages.REPORT):
-        from synergy import pipeline
-
         pipeline.run_series(args.profile, [stages.REPORT.name], {"run_name": cfg.run_name},
                             log_output=False)
     print(f"[synergy] evaluated {len(args.models)} model(s) -> {run.external}")
@@ -159,6 +158,22 @@ def judge_models(args, run, results) -> None:
     print(summary.drop(columns="judge").to_string(index=False))
 
 
+INTERRUPTED = "synergy: interrupted; the same command resumes where it stopped"
+
+
+def _interrupted(signum, frame):
+    """Ctrl-C in the command line: say the one line, then keep the shutdown quiet (the
+    notebook client's "Kernel died" and asyncio's unretrieved-task tracebacks)."""
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    _interrupted.said = True
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise KeyboardInterrupt
+
+
+_interrupted.said = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -168,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
             return evaluate(args)
         if args.command == "report":
             args.stages = [stages.REPORT.name]
-        from synergy import pipeline
-
         overrides = {"run_name": args.run_name} if args.run_name else None
         paths = pipeline.run_series(args.profile, args.stages, overrides,
                                     log_output=not args.quiet)
@@ -185,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synergy: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("synergy: interrupted; the same command resumes where it stopped",
-              file=sys.stderr)
+        if not _interrupted.said:
+            print(INTERRUPTED, file=sys.stderr)
         return 130
     print(f"[synergy] done: {len(paths)} notebook(s); last report: "
           f"{paths[-1].with_suffix('.html')}")
@@ -197,4 +210,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _interrupted)
     sys.exit(main())

@@ -276,6 +276,16 @@ def _alive(holder: dict[str, Any]) -> bool | None:
     return started is None or holder.get("pid_start") in (None, started)
 
 
+def _command_line() -> str:
+    """This process's command line on one line (its start, for a lock holder's message)."""
+    try:
+        argv = [a.decode(errors="replace") for a in
+                Path("/proc/self/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        argv = [sys.executable, *sys.argv]
+    return " ".join(shlex.join(argv).split())[:300]
+
+
 def lock_holder(folder: str | Path) -> dict[str, Any] | None:
     """The process working on a stage folder, when another live one (or one on another
     host) holds its lock; None when free, held by this process or one above it, or stale."""
@@ -309,7 +319,7 @@ def stage_lock(folder: str | Path) -> Iterator[None]:
     path = folder / LOCK
     mine = {"pid": os.getpid(), "pid_start": _start_time(os.getpid()),
             "host": socket.gethostname(), "started": now(),
-            "command": shlex.join(sys.argv)[:300] or sys.executable}
+            "command": _command_line()}
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
