@@ -142,8 +142,11 @@ def judge_models(args, run, results) -> None:
 
     if not args.judge_model:
         raise ConfigError("--judge-url needs --judge-model (the model name at the endpoint)")
+    # The profile's endpoint keys (distill.api_timeout, api_retries, api_max_failures).
+    endpoint_keys = judge.client_settings(stage_config(stages.DISTILL, args.profile,
+                                                       args.run_name))
     client = judge.Client(judge.Endpoint(args.judge_url, args.judge_model, args.judge_key_env),
-                          run.root / "cache" / "judge")
+                          run.root / "cache" / "judge", **endpoint_keys)
     rows = []
     for label, df in results.items():
         judged = judge.judge_results(client, df, check_decided=args.judge_check)
