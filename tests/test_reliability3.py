@@ -11,8 +11,10 @@ well under a second each.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import io
 import json
 import os
 import signal
@@ -22,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT, SMOKE
@@ -509,8 +510,6 @@ def _progress_while_waiting(server, tmp_path):
     client, requests = ask(server, tmp_path, n=2, timeout=10)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(judge, "PROGRESS_EVERY", 0.2)
-        import contextlib
-        import io
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             answers = client.complete(requests)
