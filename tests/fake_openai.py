@@ -1,7 +1,9 @@
 """TEST HELPER: a small OpenAI-compatible chat-completions server on 127.0.0.1.
 
 `reply(body) -> dict` decides each answer ({"content", "reasoning_content"?, "tokens"?,
-"finish_reason"?} or {"status": code}); every request is kept in `requests` with the
+"finish_reason"?} or {"status": code}, or {"raw": text, "content_type"?, "status"?} for a
+body that is not a chat completion (an HTML page, cut JSON), with "sleep": seconds before
+answering (a hanging endpoint)); every request is kept in `requests` with the
 Authorization header it carried.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -23,7 +26,12 @@ class FakeOpenAI:
                 owner.requests.append({"path": self.path, "body": body,
                                        "authorization": self.headers.get("Authorization")})
                 answer = owner.reply(body)
+                time.sleep(answer.get("sleep", 0))
                 status = answer.get("status", 200)
+                if "raw" in answer:
+                    self._send(status, answer["raw"].encode(),
+                               answer.get("content_type", "text/html"))
+                    return
                 payload = {"error": {"message": "refused"}} if status != 200 else {
                     "id": "x", "object": "chat.completion", "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": answer.get("finish_reason", "stop"),
@@ -31,12 +39,17 @@ class FakeOpenAI:
                                              **({"reasoning_content": answer["reasoning_content"]}
                                                 if "reasoning_content" in answer else {})}}],
                     "usage": {"completion_tokens": answer.get("tokens", 7)}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._send(status, json.dumps(payload).encode(), "application/json")
+
+            def _send(self, status, data, content_type):
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a timeout test)
 
             def log_message(self, *args):
                 pass

@@ -12,19 +12,24 @@ in every process when started by `accelerate launch`; the stage's notebook (`run
 reuses what was trained and evaluates it. `eval` evaluates any models on the run's
 stratified benchmark and adds them to its report.
 
-Exit codes: 0 done; 2 a bad parameter, profile or missing upstream, found before any stage
-ran; 1 a stage failed (one line `synergy: <stage>: <cause>`, then the executed notebook's
-path); 130 interrupted.
+Exit codes: 0 done; 2 a bad parameter, profile or missing upstream, or a stage another
+process is working on, found before any stage ran; 1 a stage failed (one line
+`synergy: <stage>: <cause>`, then the executed notebook's path) or a file could not be
+written (the path named); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 
-from synergy import stages
+from synergy import pipeline, stages
 from synergy.config import ConfigError
 from synergy.files import ArtifactError
+from synergy.runs import Run, stage_lock
 
 
 def parser() -> argparse.ArgumentParser:
@@ -110,7 +115,11 @@ def train(args) -> int:
     if fn is None:
         raise ConfigError(f"stage {stage.name} trains nothing; stages that train: "
                           f"{[s.name for s in stages.STAGES if hasattr(s.load_module(), 'train_models')]}")
-    records = fn(stage_config(stage, args.profile, args.run_name), progress=not args.quiet)
+    cfg = stage_config(stage, args.profile, args.run_name)
+    # One process per stage: rank 0 of a launch holds the stage's lock for all its ranks.
+    with stage_lock(Run.of(cfg).dir(stage)) if os.environ.get("RANK", "0") == "0" \
+            else contextlib.nullcontext():
+        records = fn(cfg, progress=not args.quiet)
     main = training.is_main_process()
     training.leave_process_group()
     if main:
@@ -144,8 +153,6 @@ def evaluate(args) -> int:
     if args.judge_url:
         judge_models(args, run, {label: results[label] for label in models.labels(args.models)})
     if not args.no_report and run.has_run(stages.REPORT):
-        from synergy import pipeline
-
         pipeline.run_series(args.profile, [stages.REPORT.name], {"run_name": cfg.run_name},
                             log_output=False)
     print(f"[synergy] evaluated {len(args.models)} model(s) -> {run.external}")
@@ -162,8 +169,11 @@ def judge_models(args, run, results) -> None:
 
     if not args.judge_model:
         raise ConfigError("--judge-url needs --judge-model (the model name at the endpoint)")
+    # The profile's endpoint keys (distill.api_timeout, api_retries, api_max_failures).
+    endpoint_keys = judge.client_settings(stage_config(stages.DISTILL, args.profile,
+                                                       args.run_name))
     client = judge.Client(judge.Endpoint(args.judge_url, args.judge_model, args.judge_key_env),
-                          run.root / "cache" / "judge")
+                          run.root / "cache" / "judge", **endpoint_keys)
     rows = []
     for label, df in results.items():
         judged = judge.judge_results(client, df, check_decided=args.judge_check)
@@ -178,6 +188,22 @@ def judge_models(args, run, results) -> None:
     print(summary.drop(columns="judge").to_string(index=False))
 
 
+INTERRUPTED = "synergy: interrupted; the same command resumes where it stopped"
+
+
+def _interrupted(signum, frame):
+    """Ctrl-C in the command line: say the one line, then keep the shutdown quiet (the
+    notebook client's "Kernel died" and asyncio's unretrieved-task tracebacks)."""
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    _interrupted.said = True
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise KeyboardInterrupt
+
+
+_interrupted.said = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -189,8 +215,6 @@ def main(argv: list[str] | None = None) -> int:
             return status(args)
         if args.command == "report":
             args.stages = [stages.REPORT.name]
-        from synergy import pipeline
-
         overrides = {"run_name": args.run_name} if args.run_name else None
         paths = pipeline.run_series(args.profile, args.stages, overrides,
                                     log_output=not args.quiet, show_code=args.show_code)
@@ -202,9 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ArtifactError) as exc:  # before any stage ran
         print(f"synergy: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a folder that cannot be written: the path named
+        print(f"synergy: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("synergy: interrupted; the same command resumes where it stopped",
-              file=sys.stderr)
+        if not _interrupted.said:
+            print(INTERRUPTED, file=sys.stderr)
         return 130
     print(f"[synergy] done: {len(paths)} notebook(s); last report: "
           f"{paths[-1].with_suffix('.html')}")
@@ -217,4 +244,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _interrupted)
     sys.exit(main())

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import errno
 import math
+import os
 import types
+import unicodedata
 import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -26,6 +29,9 @@ RUN_SECTION = "run"
 RUN_OPTIONAL = {"threads": 0}
 # Folders of an output root that are not runs: a run may not be called so.
 RESERVED_RUN_NAMES = ("cache",)
+# The longest file name most filesystems take (ext4, xfs, btrfs: 255 bytes), where
+# `os.pathconf` cannot tell.
+NAME_MAX = 255
 # The comment papermill writes at the top of the cell it injects (`papermill -p`, the runner).
 INJECTED_HEADER = "# Parameters"
 # The one notebook parameter that is no config key: a profile whose values replace every
@@ -114,6 +120,11 @@ class StageConfig:
         self.require(self.threads >= 0, "threads", "must be >= 0 (0: auto)")
         problem = run_name_problem(self.run_name)
         self.require(problem is None, "run_name", problem or "")
+        for f in dataclasses.fields(self):  # a model or data path that never resolves
+            value = getattr(self, f.name)
+            loop = path_loop_problem(value) if isinstance(value, str) else None
+            if loop:
+                raise ConfigError(f"{self._key(f.name)}: {loop}")
         # Relative to the project, not the kernel's folder (JupyterLab runs in notebooks/).
         self.output_root = str(project_root() / self.output_root)
         self.validate()
@@ -227,8 +238,47 @@ def run_name_problem(name: str) -> str | None:
         return "must be a plain folder name, not starting with '.'"
     if any(sep in name for sep in ("/", "\\", "\0")):
         return "must be a plain folder name without a path separator"
+    control = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+    if control:
+        return (f"must not hold control characters (found {control[0]!r}; a newline "
+                "breaks every path and log line that names the run)")
     if name in RESERVED_RUN_NAMES:
         return f"is reserved for the output root's {name}/ folder"
+    # Stage files add up to ~40 bytes to the name (`.<name>.tmp-<pid>-<random>`).
+    if len(name.encode()) > NAME_MAX - 64:
+        return (f"is {len(name.encode())} bytes long; at most {NAME_MAX - 64} fit the "
+                f"filesystem's {NAME_MAX}-byte file names")
+    return None
+
+
+def output_root_problem(output_root: str | Path, run_name: str) -> str | None:
+    """Why a run cannot be written under `output_root` (None: it can): a file where a folder
+    must be, or a folder this user may not write (read-only mount, another owner)."""
+    root = Path(output_root)
+    for path in (root / run_name, root):
+        if path.exists() and not path.is_dir():
+            return f"{path} is a file, not a folder"
+    existing = next((p for p in (root / run_name, root, *root.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable (read-only, or owned by another user)"
+    return None
+
+
+def path_loop_problem(value: str) -> str | None:
+    """A symlink loop at a path a parameter names (None: none there)."""
+    if not value or "\n" in value or len(value) > 4096:
+        return None
+    path = Path(value).expanduser()
+    for candidate in ((path,) if path.is_absolute() else (project_root() / path, path)):
+        try:
+            if not os.path.islink(candidate):
+                continue
+            os.stat(candidate)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"{candidate}: symlink loop ({exc.strerror})"
+        except ValueError:
+            pass
     return None
 
 

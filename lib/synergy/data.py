@@ -17,6 +17,7 @@ so detection skips it for MathVision; pass `level_column=` to name the column ex
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import json
 import re
@@ -26,6 +27,7 @@ from typing import Any, Callable, NamedTuple
 import pandas as pd
 
 from synergy.files import ArtifactError
+from synergy.vlm import image_problem
 
 WORLD = "world"
 REQUIRED = ("qid", "question", "answer")
@@ -41,7 +43,19 @@ _LEVEL = re.compile(r"(?:L|level\s*)?([1-5])(?:\.0)?", re.IGNORECASE)
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
 
 
-def load_benchmark(benchmark: str, run, max_skipped_share: float = 0.02) -> "Loaded":
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one row may cost, checked when it is loaded, before any work (01_stratify's
+    `max_question_chars` and `max_image_pixels`; these defaults elsewhere): a longer
+    question, or an image that is larger or does not decode, makes its row a skipped row
+    under `max_skipped_share`. A question's tokens are at most its UTF-8 bytes (byte-level
+    BPE), so the character bound bounds its prompt too."""
+    question_chars: int = 20_000
+    image_pixels: int = 40_000_000
+
+
+def load_benchmark(benchmark: str, run, max_skipped_share: float = 0.02,
+                   limits: Limits = Limits()) -> "Loaded":
     """The evaluation questions of a stage (table, upstream id, skipped rows): `world` (the
     run's own task), a local table in the common schema, or `name:source[:split]` with a
     name from NORMALIZERS (bad rows skipped and counted, see `Loaded`); source `world` is
@@ -58,8 +72,8 @@ def load_benchmark(benchmark: str, run, max_skipped_share: float = 0.02) -> "Loa
         if ":" in rest:
             source, split = rest.rsplit(":", 1)
         return load_named_benchmark(name.lower(), world_source(source, run, name.lower()),
-                                    split, max_skipped_share=max_skipped_share)
-    return load_common(benchmark, max_skipped_share)
+                                    split, max_skipped_share=max_skipped_share, limits=limits)
+    return load_common(benchmark, max_skipped_share, limits)
 
 
 def world_source(source: str | Path, run, schema: str) -> str | Path:
@@ -84,7 +98,8 @@ def world_source(source: str | Path, run, schema: str) -> str | Path:
     return path
 
 
-def load_common(path: str | Path, max_skipped_share: float = 0.02) -> "Loaded":
+def load_common(path: str | Path, max_skipped_share: float = 0.02,
+                limits: Limits = Limits()) -> "Loaded":
     """A local table already in the common schema (qid, question, answer, ...), by the
     rule of every loader: answers as written, and a row without id, question or answer, or
     with a repeated id, skipped and reported (too many, or none left, is an error)."""
@@ -97,6 +112,7 @@ def load_common(path: str | Path, max_skipped_share: float = 0.02) -> "Loaded":
 
     rows, skipped = _good_rows(raw, Path(path).name, _ids(raw["qid"]), row)
     table = pd.DataFrame(rows, columns=list(raw.columns))
+    table, skipped = _bounded(table, skipped, Path(path).name, limits, Path(path).parent)
     _check_skipped(Path(path).name, table, skipped, len(raw), path, max_skipped_share)
     return Loaded(table, f"file:{Path(path).resolve()}", skipped)
 
@@ -290,6 +306,36 @@ def _good_rows(raw: pd.DataFrame, name: str, qids: list[str | None],
     return rows, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
 
 
+def _bounded(table: pd.DataFrame, skipped: pd.DataFrame, name: str, limits: Limits,
+             base: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows within `limits`, and the skipped ones with those beyond (question length,
+    every image's pixels and decoding), each named with its reason."""
+    keep, over = [], []
+    for i, row in enumerate(table.to_dict("records")):
+        problem = None
+        question = row.get("question")
+        if isinstance(question, str) and len(question) > limits.question_chars:
+            problem = (f"question of {len(question):,} characters, above "
+                       f"max_question_chars={limits.question_chars:,}")
+        images = row.get("images")
+        if problem is None and isinstance(images, (list, tuple)):
+            for image in images:
+                if isinstance(image, str) and base is not None and (base / image).exists():
+                    image = base / image  # a common-schema table's own folder
+                problem = image_problem(image, limits.image_pixels)
+                if problem:
+                    break
+        if problem:
+            over.append((name, str(row.get("qid", f"row {i}")), problem))
+        else:
+            keep.append(i)
+    if not over:
+        return table, skipped
+    more = pd.DataFrame(over, columns=SKIPPED_COLUMNS)
+    return (table.iloc[keep].reset_index(drop=True),
+            pd.concat([skipped, more], ignore_index=True) if len(skipped) else more)
+
+
 def _ids(values: pd.Series) -> list[str | None]:
     return [None if _missing(v) else str(v).strip() for v in values]
 
@@ -328,6 +374,8 @@ def _image(value: Any, base: Path | None):
             return Image.open(io.BytesIO(value["bytes"]))
         except UnidentifiedImageError as exc:
             raise BadRow(f"stored image is not an image ({exc})") from exc
+        except (Image.DecompressionBombError, OSError) as exc:
+            raise BadRow(f"stored image is unreadable ({exc})") from exc
     raw = value.get("path") if isinstance(value, dict) else str(value)
     path = Path(raw.removeprefix("file://"))
     if not path.is_absolute() and base is not None:
@@ -670,7 +718,7 @@ def level_column_for(raw: pd.DataFrame, benchmark: str, level_column: str | None
 
 def load_named_benchmark(name: str, source: str | Path, split: str | None = None, *,
                          level_column: str | None = "auto",
-                         max_skipped_share: float = 0.02) -> Loaded:
+                         max_skipped_share: float = 0.02, limits: Limits = Limits()) -> Loaded:
     """Benchmark `name` from a local copy or hub id: (normalized table, upstream id, skipped).
 
     Bad rows (an answer that is no option or matches two, no answer, a missing image,
@@ -686,6 +734,7 @@ def load_named_benchmark(name: str, source: str | Path, split: str | None = None
     column = level_column_for(raw, name, level_column,
                               required="_with_difficulty_level" in str(source))
     table, skipped = normalize(raw, base, column)
+    table, skipped = _bounded(table, skipped, name, limits)
     _check_skipped(name, table, skipped, len(raw), source, max_skipped_share)
     return Loaded(table, f"{name}:{source_id}", skipped)
 
@@ -726,6 +775,7 @@ def _trace_set(raw: pd.DataFrame, name: str, qids: list[str | None],
     rows, skipped = _good_rows(raw, name, qids, make_row)
     table = pd.DataFrame(rows, columns=["qid", "question", "answer", "messages", "images",
                                         "source"])
+    table, skipped = _bounded(table, skipped, name, Limits())
     _check_skipped(name, table, skipped, len(raw), source, max_skipped_share)
     return Loaded(table, source_id, skipped)
 

@@ -48,7 +48,6 @@ from synergy.world import (
     careful_trace,
     parse_question,
     slip,
-    step_text,
 )
 
 TEACHERS = ("careful", "lowquality", "sampled", "api", "traces")
@@ -80,6 +79,9 @@ class DistillConfig(StageConfig):
     api_url: str
     api_model: str
     api_key_env: str
+    api_timeout: float     # seconds per request (the judge of `synergy eval` uses these too)
+    api_retries: int
+    api_max_failures: int  # failed attempts in all before the stage stops
     n_examples: int
 
     def validate(self) -> None:
@@ -99,6 +101,9 @@ class DistillConfig(StageConfig):
                          "must be set when teachers include 'api'")
         self.require(self.api_url == "" or self.api_url.startswith(("http://", "https://")),
                      "api_url", "must be an http(s) URL up to /v1")
+        self.require(self.api_timeout > 0, "api_timeout", "must be > 0 seconds")
+        self.require(self.api_retries >= 0, "api_retries", "must be >= 0")
+        self.require(self.api_max_failures >= 1, "api_max_failures", "must be >= 1")
         pooled = sorted(set(self.teachers) & {"careful", "lowquality", *SAMPLING_TEACHERS})
         self.require(not pooled or self.train_questions != "", "train_questions",
                      f"must be 'world' or a file: teachers {pooled} write traces for it")
@@ -189,8 +194,13 @@ def api_engine(cfg: DistillConfig):
     key read from `api_key_env` at request time, never stored)."""
     from synergy import judge
 
+    from synergy.runs import Run
+
     endpoint = judge.Endpoint(cfg.api_url, cfg.api_model, cfg.api_key_env)
-    return judge.ChatEngine(judge.Client(endpoint), cfg.batch_rows)
+    # Every answer cached as it arrives: a stage stopped by a failing endpoint resumes.
+    client = judge.Client(endpoint, Run.of(cfg).root / "cache" / "api",
+                          **judge.client_settings(cfg))
+    return judge.ChatEngine(client, cfg.batch_rows)
 
 
 def trace_set(cfg: DistillConfig, run=None) -> pd.DataFrame:

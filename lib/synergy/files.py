@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -40,13 +41,28 @@ def content_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+# A full disk, a quota, a read-only filesystem: the write failed for want of room or right.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """The same error, naming the artifact that could not be written (not its temporary
+    sibling, which is gone)."""
+    return OSError(exc.errno, f"{exc.strerror}; could not write", str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success rename it over `path` (file or folder)."""
+    """Yield a temporary sibling path; on success rename it over `path` (file or folder).
+
+    A full disk (or quota, or read-only filesystem) is an OSError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.tmp-{os.getpid()}-"
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent)) / path.name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{path.name}.tmp-{os.getpid()}-"
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent)) / path.name
+    except OSError as exc:
+        raise (_named(exc, path) if exc.errno in _NO_ROOM else exc) from exc
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
@@ -55,6 +71,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.rename(path)
         else:
             os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in _NO_ROOM:
+            raise _named(exc, path) from exc
+        raise
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 

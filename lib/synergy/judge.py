@@ -25,8 +25,10 @@ import dataclasses
 import io
 import json
 import os
+import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,15 @@ from synergy.files import content_hash
 from synergy.generation import Completion, SamplingSpec, sample_seed
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+# Defaults of the profile keys `api_timeout`, `api_retries`, `api_max_failures` (distill),
+# which the judge of `synergy eval` uses too.
+TIMEOUT, RETRIES, MAX_FAILURES = 300.0, 2, 8
+PROGRESS_EVERY = 15.0  # seconds without an answer before a line says what is awaited
 
 
-class EndpointError(RuntimeError):
-    """An endpoint refused or failed a request (after retries)."""
+class EndpointError(ConnectionError):
+    """An endpoint refused or failed a request (after retries), or the batch's failure
+    budget is spent; one line naming the endpoint and the cause."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,37 +68,59 @@ class Client:
     `calls` counts requests sent, `cached` those answered from the cache."""
 
     def __init__(self, endpoint: Endpoint, cache_root: str | Path | None = None, *,
-                 concurrency: int = 8, timeout: float = 600.0, retries: int = 3):
+                 concurrency: int = 8, timeout: float = TIMEOUT, retries: int = RETRIES,
+                 max_failures: int = MAX_FAILURES):
         import httpx
 
         self.endpoint, self.concurrency, self.retries = endpoint, concurrency, retries
+        self.timeout, self.max_failures = timeout, max_failures
         self.cache = (SampleCache(Path(cache_root) / content_hash(endpoint.id))
                       if cache_root is not None else None)
-        self.calls = self.cached = 0
-        self._http = httpx.Client(timeout=timeout)
+        self.calls = self.cached = self.failures = 0
+        self._lock = threading.Lock()
+        self._stop: str | None = None  # set when the failure budget is spent
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
 
     def _headers(self) -> dict[str, str]:
         key = os.environ.get(self.endpoint.key_env, "") if self.endpoint.key_env else ""
         return {"Authorization": f"Bearer {key}"} if key else {}
 
+    def _fail(self, error: str) -> None:
+        """Count a failed attempt; past the budget, stop the whole batch."""
+        with self._lock:
+            self.failures += 1
+            if self.failures >= self.max_failures and self._stop is None:
+                self._stop = (f"{self.failures} failed attempts (api_max_failures="
+                              f"{self.max_failures}); last: {error}")
+
     def _post(self, body: dict) -> dict:
         import httpx
 
         url = self.endpoint.url.rstrip("/") + "/chat/completions"
+        error = "not sent"
         for attempt in range(self.retries + 1):
+            if self._stop:
+                break
             try:
                 response = self._http.post(url, json=body, headers=self._headers())
+            except httpx.TimeoutException:
+                error = f"no answer within {self.timeout:g} s (api_timeout)"
             except httpx.TransportError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             else:
                 if response.status_code == 200:
-                    return response.json()
-                error = f"HTTP {response.status_code}: {response.text[:300]}"
-                if response.status_code < 500 and response.status_code != 429:
-                    break  # a refused request does not get better by asking again
-            if attempt < self.retries:
+                    reply, error = _reply(response)
+                    if reply is not None:
+                        return reply
+                else:
+                    error = f"HTTP {response.status_code}: {_snippet(response.text)}"
+                    if response.status_code < 500 and response.status_code != 429:
+                        self._fail(error)
+                        break  # a refused request does not get better by asking again
+            self._fail(error)
+            if attempt < self.retries and not self._stop:
                 time.sleep(min(30.0, 2.0 ** attempt))
-        raise EndpointError(f"{self.endpoint.id}: {error}")
+        raise EndpointError(f"{self.endpoint.id}: {self._stop or error}")
 
     def _ask(self, messages: list[dict], params: dict) -> dict:
         reply = self._post({"model": self.endpoint.model, "messages": messages, **params})
@@ -121,20 +150,63 @@ class Client:
                 self.cached += 1
             else:
                 todo.append(i)
-        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
-            futures = {pool.submit(self._ask, *requests[i]): i for i in todo}
-            done = []
-            for future in as_completed(futures):
-                i = futures[future]
-                out[i] = {"key": keys[i], "index": 0, **future.result()}
-                self.calls += 1
-                done.append(out[i])
-                if self.cache is not None and len(done) >= 32:
-                    self.cache.add(done)
-                    done = []
-            if self.cache is not None:
-                self.cache.add(done)
+        pool = ThreadPoolExecutor(max_workers=max(1, self.concurrency))
+        futures = {pool.submit(self._ask, *requests[i]): i for i in todo}
+        done: list[dict] = []
+        pending, t0 = set(futures), time.perf_counter()
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=PROGRESS_EVERY,
+                                         return_when=FIRST_COMPLETED)
+                if not finished:
+                    print(f"[synergy] {self.endpoint.id}: waiting for answers "
+                          f"({len(todo) - len(pending)}/{len(todo)} answered, "
+                          f"{time.perf_counter() - t0:.0f} s, {self.failures} failed attempts, "
+                          f"api_timeout {self.timeout:g} s)", file=sys.stderr, flush=True)
+                for future in finished:
+                    i = futures[future]
+                    out[i] = {"key": keys[i], "index": 0, **future.result()}
+                    self.calls += 1
+                    done.append(out[i])
+                    if self.cache is not None and len(done) >= 32:
+                        self.cache.add(done)
+                        done = []
+        except BaseException:
+            self._stop = self._stop or "stopped"  # requests not yet sent are not sent
+            for future in pending:
+                future.cancel()
+            raise
+        finally:
+            if self.cache is not None and done:
+                self.cache.add(done)  # what was answered is kept: the same call resumes
+            # Requests in flight on a failed batch end on their own (api_timeout at most).
+            pool.shutdown(wait=not self._stop, cancel_futures=True)
         return [out[i] for i in range(len(requests))]
+
+
+def _snippet(text: str) -> str:
+    """The start of a response body, on one line (an HTML page says what it is)."""
+    return " ".join(text.split())[:200] or "(empty body)"
+
+
+def _reply(response) -> tuple[dict | None, str]:
+    """(the parsed chat-completions reply, "") or (None, what is wrong with it)."""
+    try:
+        reply = response.json()
+    except ValueError:
+        kind = response.headers.get("content-type", "?").split(";")[0]
+        return None, f"HTTP 200 but the body is not JSON ({kind}): {_snippet(response.text)}"
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None, f"HTTP 200 but no choices in the reply: {_snippet(response.text)}"
+    return reply, ""
+
+
+def client_settings(cfg) -> dict[str, Any]:
+    """The Client keywords of a config holding `api_timeout`, `api_retries` and
+    `api_max_failures`."""
+    return {"timeout": cfg.api_timeout, "retries": cfg.api_retries,
+            "max_failures": cfg.api_max_failures}
 
 
 # --- the API teacher: an endpoint behind the sampling-engine interface ----------------------

@@ -9,6 +9,7 @@ executed notebook kept as `<stage>.failed.ipynb` beside the stage's outputs.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from synergy import progress, stages
-from synergy.config import PROFILE_PARAMETER, ConfigError, load_profile, profile_section
+from synergy.config import (PROFILE_PARAMETER, ConfigError, load_profile, output_root_problem,
+                            profile_section)
 from synergy.files import atomic_path, write_text
-from synergy.runs import EXECUTED_BY_RUNNER, EXECUTED_BY_VARIABLE, Run
+from synergy.runs import (EXECUTED_BY_RUNNER, EXECUTED_BY_VARIABLE, MANIFEST, Run, StageBusy,
+                          busy_message, lock_holder, stage_lock)
 from synergy.stages import Stage
 
 STAGES = stages.STAGES
@@ -34,8 +37,12 @@ class StageFailed(RuntimeError):
         super().__init__(f"{stage.name}: {cause}")
 
 
+# The kernel's own log stays quiet: on Ctrl-C it would print a 20-line zmq traceback of its
+# shutdown (user code's errors reach the notebook and `StageFailed`, not this log).
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
+
 # Our own errors already name the key or file; the class name would only add noise.
-_PLAIN_ERRORS = ("ConfigError", "ArtifactError")
+_PLAIN_ERRORS = ("ConfigError", "ArtifactError", "StageBusy")
 
 
 def one_line(ename: str, evalue: str, limit: int = 600) -> str:
@@ -124,6 +131,13 @@ def kernel_environment():
                 os.environ[key] = value
 
 
+def check_output_root(cfg) -> None:
+    """The run's folder can be made and written (else a ConfigError naming the key)."""
+    problem = output_root_problem(cfg.output_root, cfg.run_name)
+    if problem:
+        raise ConfigError(f"run.output_root: {problem}")
+
+
 def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | None = None,
               log_output: bool = True, show_code: bool = False) -> Path:
     """Execute one stage's notebook on a profile; returns the executed notebook's path."""
@@ -138,26 +152,44 @@ def run_stage(stage: Stage, profile: str | Path, overrides: dict[str, Any] | Non
     executed = out_dir / f"{stage.name}.ipynb"
     t0 = time.perf_counter()
     failed = out_dir / f"{stage.name}.failed.ipynb"
-    with atomic_path(executed) as tmp:
+    with stage_lock(out_dir), atomic_path(executed) as tmp:  # the kernel shares the lock
         try:
             with kernel_environment():
                 papermill.execute_notebook(
                     str(stage.notebook), str(tmp), parameters=cfg.to_dict(),
                     cwd=str(stage.notebook.parent), kernel_name="python3", progress_bar=False,
-                    config=kernel_config(), **streams(log_output))
+                    config=kernel_config(), extra_arguments=KERNEL_ARGS,
+                    **streams(log_output))
         except Exception as exc:  # PapermillExecutionError, DeadKernelError, ...
-            kept = None
-            if tmp.exists():  # papermill saved the notebook with the error before raising
-                os.replace(tmp, failed)
-                kept = failed
+            # Failed after its results (a later cell, a full disk): not done.
+            (out_dir / MANIFEST).unlink(missing_ok=True)
             cause = one_line(getattr(exc, "ename", type(exc).__name__),
                              getattr(exc, "evalue", str(exc)))
-            raise StageFailed(stage, cause, kept) from None
+            kept, problem = keep_failed(tmp, failed)
+            raise StageFailed(stage, cause + problem, kept) from None
+        except BaseException:  # Ctrl-C: the stage is not done either
+            (out_dir / MANIFEST).unlink(missing_ok=True)
+            raise
     failed.unlink(missing_ok=True)
     render_html(executed, out_dir / f"{stage.name}.html", show_code)
     print(f"[synergy] {stage.name}: {time.perf_counter() - t0:.1f}s -> "
           f"{out_dir / (stage.name + '.html')}", flush=True)
     return executed
+
+
+def keep_failed(tmp: Path, failed: Path) -> tuple[Path | None, str]:
+    """Keep the notebook papermill saved with the error as `failed` (renamed whole: never a
+    truncated file). Returns (its path or None, "" or why it could not be kept)."""
+    if not tmp.exists():
+        return None, "; the executed notebook was not written"
+    try:
+        json.loads(tmp.read_text())
+        os.replace(tmp, failed)
+    except (OSError, ValueError) as exc:  # cut short by a full disk, or not renamed
+        failed.unlink(missing_ok=True)  # an older one would describe another execution
+        return None, (f"; the executed notebook could not be written to {failed} "
+                      f"({' '.join(str(exc).split())[:200]})")
+    return failed, ""
 
 
 def time_table(seconds: dict[str, float]) -> str:
@@ -175,7 +207,14 @@ def run_series(profile: str | Path, names: list[str] | None = None,
     chosen = [find_stage(s) for s in names] if names else STAGES
     for stage in chosen:  # fail on any parameter problem before the first long stage
         check_notebook_matches(stage)
-        stage.config.from_profile(profile)
+        values = {**profile_section(load_profile(profile), stage.config.SECTION, profile),
+                  **(overrides or {})}
+        cfg = stage.config.from_mapping(values, str(profile))
+        check_output_root(cfg)
+        folder = Run.of(cfg).dir(stage)
+        holder = lock_holder(folder)
+        if holder is not None:  # another process works on this stage: stop before any work
+            raise StageBusy(busy_message(folder, holder))
     paths, seconds = [], {}
     for stage in chosen:
         t0 = time.perf_counter()

@@ -11,10 +11,14 @@ import contextlib
 import dataclasses
 import datetime as dt
 import importlib.metadata
+import json
 import os
 import platform
 import random
+import shlex
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -25,6 +29,7 @@ from synergy.config import ConfigError, StageConfig, run_name_problem
 from synergy.files import ArtifactError, clean_interrupted, content_hash, read_json, write_json
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"  # in a stage's folder while a process works on it (`stage_lock`)
 EXTERNAL = "external"  # the folder of `Run.external`, and its models' stage in reports
 PACKAGES = ["synergy", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
             "evaluate", "math-verify", "tokenizers", "papermill", "plotly", "seaborn",
@@ -227,6 +232,131 @@ class Run:
         return models.resolve(self, spec)
 
 
+# --- one process per stage: the stage lock -------------------------------------------------
+
+class StageBusy(ArtifactError):
+    """Another live process holds the stage's lock."""
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, /proc/<pid>/stat), which tells a
+    live holder from a later process that got its pid; None where /proc does not say."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return os.getppid() if pid == os.getpid() else None
+
+
+def _ancestors() -> set[int]:
+    """This process and every process above it (a runner above its notebook kernel, a
+    kernel above the training processes it forks): they share the lock of the one above."""
+    out, pid = set(), os.getpid()
+    while pid and pid not in out:
+        out.add(pid)
+        pid = _parent(pid)
+    return out
+
+
+def _alive(holder: dict[str, Any]) -> bool | None:
+    """Whether the lock's process still runs: None when it ran on another host."""
+    if holder.get("host") != socket.gethostname():
+        return None
+    pid = int(holder.get("pid", 0))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    except (OverflowError, ValueError):
+        return False
+    started = _start_time(pid)
+    return started is None or holder.get("pid_start") in (None, started)
+
+
+def _command_line() -> str:
+    """This process's command line on one line (its start, for a lock holder's message)."""
+    try:
+        argv = [a.decode(errors="replace") for a in
+                Path("/proc/self/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        argv = [sys.executable, *sys.argv]
+    return " ".join(shlex.join(argv).split())[:300]
+
+
+def lock_holder(folder: str | Path) -> dict[str, Any] | None:
+    """The process working on a stage folder, when another live one (or one on another
+    host) holds its lock; None when free, held by this process or one above it, or stale."""
+    path = Path(folder) / LOCK
+    try:
+        holder = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None  # a lock cut short by a kill: stale
+    if int(holder.get("pid", 0)) in _ancestors() and holder.get("host") == socket.gethostname():
+        return None
+    return None if _alive(holder) is False else holder
+
+
+def busy_message(folder: str | Path, holder: dict[str, Any]) -> str:
+    where = "" if holder.get("host") == socket.gethostname() else f" on host {holder.get('host')}"
+    return (f"{folder}: in use by pid {holder.get('pid')}{where} since {holder.get('started')} "
+            f"({holder.get('command')}); wait for it to finish, or, if that process is gone, "
+            f"remove {Path(folder) / LOCK}")
+
+
+@contextlib.contextmanager
+def stage_lock(folder: str | Path) -> Iterator[None]:
+    """Hold a stage folder's lock (`<stage>/.lock`: pid, command, host, start time) while
+    working on it. Another live process holding it is a `StageBusy` naming it; a lock left
+    by a process that is gone (same host) is taken over; one this process or a process
+    above it holds (the runner above its kernel) is shared."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    mine = {"pid": os.getpid(), "pid_start": _start_time(os.getpid()),
+            "host": socket.gethostname(), "started": now(),
+            "command": _command_line()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock_holder(folder)
+            if holder is not None:
+                raise StageBusy(busy_message(folder, holder)) from None
+            try:
+                found = json.loads(path.read_text())
+                shared = (found.get("pid") in _ancestors()
+                          and found.get("host") == socket.gethostname())
+            except (OSError, ValueError):
+                shared = False
+            if shared:  # held by this process or one above it
+                yield
+                return
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(mine, fh)
+        try:
+            yield
+        finally:
+            try:
+                if json.loads(path.read_text()).get("pid") == os.getpid():
+                    path.unlink()
+            except (OSError, ValueError):
+                pass
+        return
+    raise StageBusy(f"{path}: could not take the lock (it keeps reappearing)")
+
+
 @dataclasses.dataclass
 class StageResult:
     """What every stage's `run(cfg)` returns and `load(output_root, run_name)` reads back.
@@ -307,13 +437,13 @@ def stage_run(cfg: StageConfig, stage, artifact_id: str | None = None) -> Iterat
     A stage that fails leaves no manifest, so later stages see it as not run."""
     ctx = StageRun(cfg, stage)
     set_seed(cfg.seed)
-    ctx.dir.mkdir(parents=True, exist_ok=True)
-    (ctx.dir / MANIFEST).unlink(missing_ok=True)
-    clean_interrupted(ctx.run.root)  # temporary folders of writes a kill interrupted
-    with torch_threads(cfg.threads) as threads:
-        ctx.extra["threads"] = threads
-        yield ctx
-    ctx.finish(artifact_id)
+    with stage_lock(ctx.dir):  # one process per stage: nothing sealed that another trained
+        (ctx.dir / MANIFEST).unlink(missing_ok=True)
+        clean_interrupted(ctx.run.root)  # temporary folders of writes a kill interrupted
+        with torch_threads(cfg.threads) as threads:
+            ctx.extra["threads"] = threads
+            yield ctx
+        ctx.finish(artifact_id)
 
 
 def write_manifest(out_dir: str | Path, cfg: StageConfig, *, started: str,

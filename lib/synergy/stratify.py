@@ -38,6 +38,8 @@ class StratifyConfig(StageConfig):
     max_new_tokens: int
     prompt_suffix: str
     max_skipped_share: float
+    max_question_chars: int   # longer questions are skipped rows (bounded before any work)
+    max_image_pixels: int     # larger or unreadable images are skipped rows
     backend: Literal["hf", "vllm"]
     batch_rows: int
     early_stop: bool
@@ -56,6 +58,8 @@ class StratifyConfig(StageConfig):
             self.require(getattr(self, key) >= 1, key, "must be >= 1")
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
         self.require(0 <= self.max_skipped_share <= 1, "max_skipped_share", "must be in [0, 1]")
+        self.require(self.max_question_chars >= 1, "max_question_chars", "must be >= 1")
+        self.require(self.max_image_pixels >= 1, "max_image_pixels", "must be >= 1")
 
     @property
     def spec(self) -> SamplingSpec:
@@ -186,7 +190,8 @@ def run(cfg: StratifyConfig, progress: bool = True) -> StratifyResult:
     with stage_run(cfg, stages.STRATIFY) as ctx:
         model = ctx.model(cfg.model, "model", lengths={"max_new_tokens": cfg.max_new_tokens})
         questions, ctx.upstream["benchmark"], skipped = data.load_benchmark(
-            cfg.benchmark, ctx.run, cfg.max_skipped_share)
+            cfg.benchmark, ctx.run, cfg.max_skipped_share,
+            data.Limits(cfg.max_question_chars, cfg.max_image_pixels))
         write_text(ctx.dir / "skipped_rows.csv", skipped.to_csv(index=False))
         engine = make_engine(model.path, cfg.backend, cfg.batch_rows)
         df = level_questions(engine, model.path, questions, cfg, ctx.dir / "cache", progress)

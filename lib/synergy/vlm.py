@@ -19,6 +19,7 @@ Processor quirks met on the way (see `load_processor`):
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -191,3 +192,37 @@ def vision_weights_equal(a: str | Path, b: str | Path) -> bool | None:
     if not va and not vb:
         return None
     return va.keys() == vb.keys() and all(torch.equal(va[k], vb[k]) for k in va)
+
+
+# --- images a stage can afford to read --------------------------------------------------------
+
+def image_problem(image, max_pixels: int) -> str | None:
+    """None when `image` (a PIL image or a file path) decodes whole within `max_pixels`
+    (width x height); else why not: more pixels than the limit (checked from the header,
+    before decoding: a decompression bomb never expands), an empty file, not an image, or
+    truncated data."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = Path(image).name if isinstance(image, (str, Path)) else "stored image"
+    try:
+        if isinstance(image, (str, Path)) and Path(image).stat().st_size == 0:
+            return f"{name}: empty file (0 bytes)"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = image if isinstance(image, Image.Image) else Image.open(image)
+            try:
+                width, height = opened.size
+                if width * height > max_pixels:
+                    return (f"{name}: {width}x{height} = {width * height:,} pixels, above "
+                            f"max_image_pixels={max_pixels:,}")
+                opened.load()
+            finally:
+                if opened is not image:
+                    opened.close()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return f"{name}: decompression bomb ({exc})"
+    except UnidentifiedImageError:
+        return f"{name}: not an image PIL can read"
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or damaged data
+        return f"{name}: unreadable ({' '.join(str(exc).split())[:200]})"
+    return None
