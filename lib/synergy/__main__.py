@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from synergy import stages
+from synergy import pipeline, stages
 from synergy.config import ConfigError
 from synergy.files import ArtifactError
 
@@ -117,8 +117,6 @@ def evaluate(args) -> int:
     if args.judge_url:
         judge_models(args, run, {label: results[label] for label in models.labels(args.models)})
     if not args.no_report and run.has_run(stages.REPORT):
-        from synergy import pipeline
-
         pipeline.run_series(args.profile, [stages.REPORT.name], {"run_name": cfg.run_name},
                             log_output=False)
     print(f"[synergy] evaluated {len(args.models)} model(s) -> {run.external}")
@@ -160,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
             return evaluate(args)
         if args.command == "report":
             args.stages = [stages.REPORT.name]
-        from synergy import pipeline
-
         overrides = {"run_name": args.run_name} if args.run_name else None
         paths = pipeline.run_series(args.profile, args.stages, overrides,
                                     log_output=not args.quiet)

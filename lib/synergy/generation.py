@@ -223,21 +223,32 @@ class HFEngine:
                     u = keyed_uniform(seeds[alive], step, scores.shape[-1])
                     scores = scores + (-torch.log(-torch.log(u))).to(scores)
                 nxt = scores.argmax(-1)
-                for r, t in zip(alive.tolist(), nxt.tolist()):
+                tokens = nxt.tolist()
+                for r, t in zip(alive.tolist(), tokens):
                     out[r].append(t)
                     ended[r] = t == eos
-                keep = (nxt != eos).nonzero().squeeze(-1)
-                if len(keep) == 0 or step == max_new_tokens - 1:
+                keep = [i for i, t in enumerate(tokens) if t != eos]
+                if not keep or step == max_new_tokens - 1:
                     break
                 if len(keep) < len(alive):
-                    alive, nxt, mask, position = alive[keep], nxt[keep], mask[keep], position[keep]
-                    cache.reorder_cache(keep.to(mask.device))
+                    alive, (nxt, mask, position) = compact(alive, keep, nxt, mask, position)
+                    cache.reorder_cache(torch.tensor(keep, device=mask.device))
                 mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
                 position = position + 1
                 logits = self.model(input_ids=nxt[:, None].to(mask.device), attention_mask=mask,
                                     position_ids=position, use_cache=True,
                                     **{cache_kw: cache}).logits[:, -1, :]
         return [(r, e) for r, e in zip(out, ended)]
+
+
+def compact(alive, keep: list[int], *on_device):
+    """The rows `keep` (positions in the batch) of the CPU row ids `alive` and of each
+    tensor `on_device` (the model's device), each indexed on its own device: a CUDA index
+    into a CPU tensor raises, which broke every GPU as soon as one row finished early."""
+    import torch
+
+    return (alive[torch.tensor(keep, dtype=torch.long)],
+            tuple(t[torch.tensor(keep, dtype=torch.long, device=t.device)] for t in on_device))
 
 
 def _until_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:

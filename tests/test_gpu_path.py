@@ -1,0 +1,162 @@
+"""What a GPU box would meet first, checked on the CPU: device placement in the HF engine,
+the vLLM engine's arguments and cache key, the GRPO/vLLM arguments, process groups, LoRA
+targets, DeepSpeed checkpoints, the command line's errors (issue 20's predicted failures)."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from synergy.config import load_profile, profile_section
+from synergy.generation import HFEngine, SamplingSpec, chat_prompt
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "params" / "smoke.yaml"
+
+
+# --- 1. the HF engine on an accelerator: every index on the indexed tensor's device ---------
+
+class OnAccelerator(torch.Tensor):
+    """A CPU tensor playing one on a CUDA device (it says so); `SimulatedCuda` moves it."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+def _on_accelerator(x) -> bool:
+    return isinstance(x, OnAccelerator)
+
+
+def _flat(index):
+    return [i for part in index for i in _flat(part)] if isinstance(index, (tuple, list)) \
+        else [index]
+
+
+class SimulatedCuda(TorchFunctionMode):
+    """CUDA's device rules on the CPU: `.to("cuda")`, `device="cuda"` and `.to(t)` for such a
+    `t` give `OnAccelerator` tensors (computed on the CPU, results stay on the accelerator),
+    and indexing a CPU tensor with an accelerator index raises, as it does on a GPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu):
+            return self._move(func, args, kwargs)
+        if func in (torch.Tensor.__getitem__, torch.Tensor.index_select, torch.index_select):
+            source = args[0]
+            index = args[1] if func is torch.Tensor.__getitem__ else args[2]
+            if not _on_accelerator(source) and any(map(_on_accelerator, _flat(index))):
+                raise RuntimeError("indices should be either on cpu or on the same device as "
+                                   "the indexed tensor (cpu)")
+        device = kwargs.get("device")
+        if device is not None and torch.device(device).type == "cuda":
+            kwargs["device"] = "cpu"
+            return func(*args, **kwargs).as_subclass(OnAccelerator)
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _move(func, args, kwargs):
+        tensor, rest = args[0], list(args[1:]) + list(kwargs.values())
+        target, dtype = None, None
+        if func is torch.Tensor.cuda:
+            target = "cuda"
+        elif func is torch.Tensor.cpu:
+            target = "cpu"
+        for a in rest:
+            if isinstance(a, torch.Tensor):
+                target, dtype = a.device.type, a.dtype
+            elif isinstance(a, (str, torch.device)):
+                target = torch.device(a).type
+            elif isinstance(a, torch.dtype):
+                dtype = a
+        plain = tensor.as_subclass(torch.Tensor)
+        plain = plain.to(dtype) if dtype is not None else plain.clone()
+        on = _on_accelerator(tensor) if target is None else target == "cuda"
+        return plain.as_subclass(OnAccelerator) if on else plain
+
+
+class ModelOnAccelerator(torch.nn.Module):
+    """A CPU model that reports a CUDA device and returns its logits there; end-of-turn is
+    made likely (+3 on its logit) so rows finish early and the decoder compacts the batch."""
+
+    def __init__(self, model, eos: int, simulated: bool = True):
+        super().__init__()
+        self.inner, self.config, self.eos, self.simulated = model, model.config, eos, simulated
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0) if self.simulated else torch.device("cpu")
+
+    def forward(self, **kwargs):
+        plain = {k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v
+                 for k, v in kwargs.items()}
+        logits = self.inner(**plain).logits.as_subclass(torch.Tensor).clone()
+        logits[..., self.eos] += 3.0
+        return types.SimpleNamespace(
+            logits=logits.as_subclass(OnAccelerator) if self.simulated else logits)
+
+
+@pytest.fixture(scope="module")
+def random_world():
+    """An untrained smoke-size world model and its tokenizer (no smoke run needed)."""
+    from synergy import world
+
+    cfg = world.WorldConfig.from_mapping(
+        {**profile_section(load_profile(SMOKE), "world", SMOKE), "run_name": "gpu-path",
+         "output_root": "outputs"}, str(SMOKE))
+    torch.manual_seed(0)
+    tokenizer = world.build_tokenizer(cfg.vocab_size, world.tokenizer_corpus(cfg, 300))
+    return cfg, world.build_model(cfg, tokenizer).eval(), tokenizer
+
+
+def test_hf_engine_on_an_accelerator_compacts_on_each_tensors_device(random_world):
+    """Predicted failure 1: the CPU row ids were indexed with the model device's `keep`
+    mask as soon as one row ended (the first line of bench/gpu_check.py on every GPU).
+    Under `SimulatedCuda` the old decoder raises here; the samples must equal a plain CPU
+    run's, and rows must really have left the batch early."""
+    from synergy import world
+
+    cfg, model, tokenizer = random_world
+    engines = [HFEngine(ModelOnAccelerator(model, tokenizer.eos_token_id, simulated), tokenizer)
+               for simulated in (False, True)]
+    questions = world.eval_questions(cfg)[:3]
+    prompts = [chat_prompt(tokenizer, q.text) for q in questions]
+    keys = [f"q{i}" for i in range(3)]
+    spec = SamplingSpec(1.0, 1.0, 0, 24)
+    with torch.no_grad():
+        on_cpu = engines[0].generate(prompts, keys, 0, 8, spec, 0)
+        with SimulatedCuda():
+            simulated = engines[1].generate(prompts, keys, 0, 8, spec, 0)
+    assert simulated == on_cpu
+    lengths = [c.n_tokens for row in on_cpu for c in row]
+    assert min(lengths) < max(lengths) == 24  # some rows ended while others went on
+
+
+def test_simulated_cuda_catches_a_cpu_tensor_indexed_on_the_accelerator():
+    """The simulation can fail: the old decoder's expression raises under it."""
+    alive = torch.arange(4)
+    with SimulatedCuda():
+        nxt = torch.tensor([5, 1, 5, 5]).to("cuda")
+        keep = (nxt != 1).nonzero().squeeze(-1)
+        assert keep.device.type == "cuda"
+        with pytest.raises(RuntimeError, match="indices should be"):
+            alive[keep]
+        assert alive[keep.cpu()].tolist() == [0, 2, 3]
+
+
+# --- the command line: `train` and `eval` errors are one line and exit 2 --------------------
+
+@pytest.mark.parametrize("argv", [["train", "sft"], ["eval", "--model", "world"]])
+def test_train_and_eval_errors_exit_2_in_one_line(argv, tmp_path, capsys):
+    """`pipeline` was imported only on the `run` branch, so every error of `train` and `eval`
+    (this ConfigError included) became `UnboundLocalError: ... 'pipeline'`."""
+    from synergy.__main__ import main
+
+    assert main([*argv, "--profile", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("synergy: ") and "missing.yaml" in err
+    assert len(err.strip().splitlines()) == 1
