@@ -183,3 +183,83 @@ def test_package_versions_find_a_module_installed_under_another_name(tmp_path, m
             "nothing-here": None}
     finally:
         runs._module_providers.cache_clear()
+
+
+# --- the vLLM engine's arguments and the sample cache's key --------------------------------
+
+def test_engine_arguments_default_to_float32_and_a_small_kv_cache_on_a_cpu():
+    from synergy.generation import CPU_KV_CACHE_BYTES, engine_arguments
+
+    assert engine_arguments(on_cpu=True, machine={}) == {
+        "dtype": "float32", "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+    assert engine_arguments(on_cpu=False, machine={}) == {}  # vLLM's own GPU defaults
+    # The profile's keys win over the machine's SYNERGY_VLLM_ARGS; a share replaces the cache.
+    machine = {"dtype": "float16", "tensor_parallel_size": 4, "kv_cache_memory_bytes": 7}
+    assert engine_arguments("bfloat16", 0.4, on_cpu=True, machine=machine) == {
+        "dtype": "bfloat16", "tensor_parallel_size": 4, "gpu_memory_utilization": 0.4}
+    assert engine_arguments(on_cpu=True, machine={"gpu_memory_utilization": 0.2}) == {
+        "dtype": "float32", "gpu_memory_utilization": 0.2}
+
+
+class CountingEngine:
+    """An engine that answers "1" to everything and counts the samples it drew."""
+
+    def __init__(self, tokenizer, settings):
+        self.template = self.tokenizer = tokenizer
+        self.sample_settings, self.batch_rows, self.drawn = settings, 512, 0
+
+    def generate(self, prompts, keys, first, n, spec, seed, images=None):
+        from synergy.generation import Completion
+
+        self.drawn += len(prompts) * n
+        return [[Completion("\\boxed{1}", 3, False)] * n for _ in prompts]
+
+
+def test_switching_the_backend_or_an_engine_setting_draws_new_samples(random_world, tmp_path):
+    """The cache key had no backend or engine settings: 01 switched from hf to vllm drew
+    no new samples while its manifest said vllm."""
+    import pandas as pd
+
+    from synergy.evaluation import cache_for, sample_table
+    from synergy.files import content_hash
+    from synergy.models import fingerprint
+
+    cfg, model, tokenizer = random_world
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    questions = pd.DataFrame({"question": ["1 +0", "2 +1"], "answer": ["1", "3"]})
+    spec = SamplingSpec(1.0, 1.0, 0, 8)
+    vllm_f32 = {"backend": "vllm", "dtype": "float32"}
+    counts = []
+    for settings in (None, None, vllm_f32, vllm_f32, {**vllm_f32, "dtype": "bfloat16"}):
+        engine = CountingEngine(tokenizer, settings)
+        sample_table(engine, str(tmp_path / "m"), questions, spec, n_samples=2, seed=0,
+                     cache_root=tmp_path / "cache", progress=False)
+        counts.append(engine.drawn)
+    assert counts == [4, 0, 4, 0, 4]
+    # The HF engine's folders keep their names (caches of earlier runs stay valid).
+    assert cache_for(tmp_path / "cache", str(tmp_path / "m"), spec, 0).root.name == \
+        f"{fingerprint(tmp_path / 'm')}-{content_hash([spec.as_dict(), 0])}"
+
+
+def test_vllm_engine_sample_settings_leave_out_speed_and_memory():
+    from synergy.generation import VLLMEngine
+
+    engine = object.__new__(VLLMEngine)
+    engine.llm_kwargs = {"dtype": "float32", "kv_cache_memory_bytes": 1, "quantization": "awq",
+                         "gpu_memory_utilization": 0.3, "max_model_len": 4096}
+    assert engine.sample_settings == {"backend": "vllm", "dtype": "float32",
+                                      "quantization": "awq"}
+
+
+def test_image_paths_reach_vllm_as_images(tmp_path):
+    """Predicted failure 9: vLLM's processor wants images, not their paths."""
+    from PIL import Image
+
+    from synergy.generation import open_images
+
+    Image.new("L", (8, 6), 200).save(tmp_path / "a.png")
+    kept = Image.new("RGB", (4, 4))
+    opened = open_images([str(tmp_path / "a.png"), f"file://{tmp_path / 'a.png'}", kept])
+    assert [im.size for im in opened] == [(8, 6), (8, 6), (4, 4)]
+    assert opened[0].mode == "RGB" and opened[2] is kept

@@ -503,9 +503,9 @@ def static_filter(cfg: GRPOStageConfig, questions: pd.DataFrame, model_path: str
     """Sample the starting model `num_generations` times per question (the training
     rollout settings) and mark the questions it solves every time (`easiest`)."""
     from synergy.evaluation import sample_table
-    from synergy.generation import SamplingSpec, make_engine
+    from synergy.generation import SamplingSpec, engine_for
 
-    engine = make_engine(model_path, cfg.backend, cfg.batch_rows)
+    engine = engine_for(cfg, model_path)
     spec = SamplingSpec(cfg.temperature, 1.0, 0, cfg.max_completion_length)
     # Under a launch every process samples its share into the shared cache (data parallel).
     processes = training.process_state() if training.world_size() > 1 else None

@@ -303,13 +303,14 @@ def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
 
 def validation_accuracy(model_dir: str | Path, val: pd.DataFrame, max_new_tokens: int,
                         prompt_suffix: str, seed: int, backend: str = "hf",
-                        batch_rows: int = 512) -> float:
+                        batch_rows: int = 512, vllm_dtype: str = "auto",
+                        vllm_memory: float = 0.0) -> float:
     """Greedy accuracy of a checkpoint on the validation questions (with their images)."""
     from synergy.evaluation import build_prompts
     from synergy.generation import SamplingSpec, make_engine
     from synergy.verify import is_correct
 
-    engine = make_engine(model_dir, backend, batch_rows)
+    engine = make_engine(model_dir, backend, batch_rows, vllm_dtype, vllm_memory)
     prompts, images = build_prompts(engine, val, prompt_suffix)
     out = engine.generate(prompts, list(val["qid"]), 0, 1,
                           SamplingSpec(0.0, 1.0, 0, max_new_tokens), seed, images=images)
@@ -433,7 +434,8 @@ def train_one(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
     if cfg.lora_r > 0:  # merge adapters so every later stage loads a plain model
         ckpts = [merge_lora(c, model_path) for c in ckpts]
     scores = [validation_accuracy(c, val, cfg.eval_max_new_tokens, prompt_suffix, cfg.seed,
-                                  cfg.backend, cfg.batch_rows) for c in ckpts]
+                                  cfg.backend, cfg.batch_rows, cfg.vllm_dtype, cfg.vllm_memory)
+              for c in ckpts]
     best = int(np.argmax(scores))  # earliest among ties
     record = {**trained, "name": spec.name, **dataclasses.asdict(spec),
               "train_rows": len(train_rows), "val_rows": len(val),
