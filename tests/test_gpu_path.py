@@ -263,3 +263,38 @@ def test_image_paths_reach_vllm_as_images(tmp_path):
     opened = open_images([str(tmp_path / "a.png"), f"file://{tmp_path / 'a.png'}", kept])
     assert [im.size for im in opened] == [(8, 6), (8, 6), (4, 4)]
     assert opened[0].mode == "RGB" and opened[2] is kept
+
+
+# --- GRPO with vLLM on paper-1gpu ------------------------------------------------------------
+
+def test_vllm_context_is_the_longest_prompt_plus_the_completion(random_world):
+    """Predicted failure 2: without `vllm_max_model_length` vLLM sizes for the model's 128k
+    context and refuses to start within `vllm_gpu_memory_utilization` 0.3."""
+    import datasets
+
+    from synergy.grpo import vllm_model_length
+
+    _, _, tokenizer = random_world
+    prompts = [[{"role": "user", "content": q}] for q in ("1 +2", "3 +4 *2 -1 +5 *3 -2")]
+    dataset = datasets.Dataset.from_dict({"prompt": prompts, "answer": ["3", "9"]})
+    longest = max(len(tokenizer(tokenizer.apply_chat_template(
+        p, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+        for p in prompts)
+    assert longest > 10
+    assert vllm_model_length(tokenizer, dataset, 4096) == longest + 4096
+
+
+def test_paper_1gpu_grpo_loads_the_lora_base_in_bf16():
+    """Predicted failure 3: TRL's default float32 7B (~31 GiB) beside vLLM at 0.45 of 80 GB."""
+    from synergy import grpo
+
+    one_gpu = grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper-1gpu.yaml")
+    paper = grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper.yaml")
+    assert one_gpu.lora_r > 0 and one_gpu.vllm_mode == "colocate"
+    bf16 = {"model_init_kwargs": {"dtype": "bfloat16"}}
+    assert grpo.policy_loading(one_gpu, bf16=True, deepspeed=False) == bf16
+    assert grpo.policy_loading(paper, bf16=True, deepspeed=True) == bf16   # ZeRO-3, 8 GPUs
+    assert grpo.policy_loading(paper, bf16=True, deepspeed=False) == {}    # fp32 masters
+    assert grpo.policy_loading(one_gpu, bf16=False, deepspeed=False) == {}  # CPU, old GPUs
+    # On this CPU the arguments TRL gets carry no dtype (float32, as before).
+    assert grpo.training_args(one_gpu, 0.0, num_processes=1).model_init_kwargs is None

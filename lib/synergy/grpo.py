@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import shutil
 import time
 from pathlib import Path
@@ -367,6 +368,7 @@ def training_args(cfg: GRPOStageConfig, beta: float, num_processes: int | None =
         use_vllm=True, vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         vllm_server_base_url=cfg.vllm_server_url or None)
+    bf16 = cuda and torch.cuda.is_bf16_supported()
     return GRPOConfig(
         output_dir="checkpoints",  # `train` puts it inside the policy's folder
         seed=cfg.seed, data_seed=cfg.seed,
@@ -384,10 +386,26 @@ def training_args(cfg: GRPOStageConfig, beta: float, num_processes: int | None =
         save_total_limit=1, report_to=cfg.report_to,
         # CPU: bf16/fp16 off (bf16 errors, use_cpu autocasts and crawls) and no activation
         # checkpointing; on a GPU, bf16 where it exists and checkpointing for long rollouts.
-        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
+        bf16=bf16, fp16=False,
         gradient_checkpointing=cuda, use_cpu=cpu_processes(processes),
         # Extra dataset columns (answer, choices, expert traces) must reach the trainer.
-        remove_unused_columns=False, dataloader_num_workers=0, **vllm)
+        remove_unused_columns=False, dataloader_num_workers=0, **vllm,
+        **policy_loading(cfg, bf16, _uses_deepspeed()))
+
+
+def policy_loading(cfg: GRPOStageConfig, bf16: bool, deepspeed: bool) -> dict:
+    """TRL's `model_init_kwargs`: TRL loads the policy in float32 unless told, which for the
+    7B is ~31 GiB of frozen LoRA base beside vLLM on paper-1gpu (an OOM). bf16 where the GPU
+    has it and the weights are frozen (LoRA) or DeepSpeed keeps the float32 master copy;
+    full fine-tuning without DeepSpeed keeps float32 weights (AdamW on bf16 weights drifts)."""
+    if bf16 and (cfg.lora_r > 0 or deepspeed):
+        return {"model_init_kwargs": {"dtype": "bfloat16"}}
+    return {}
+
+
+def _uses_deepspeed() -> bool:
+    """Under `accelerate launch` with a DeepSpeed config (accelerate/zero3.yaml)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
 
 
 def peft_config(cfg: GRPOStageConfig):
@@ -438,6 +456,11 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
             lora_r=peft.r if peft else 0, lora_alpha=peft.lora_alpha if peft else 0,
             seed=args.seed)
         peft = None  # the adapters are in place
+    if getattr(args, "use_vllm", False) and args.vllm_max_model_length is None:
+        # Else vLLM sizes its cache for the model's whole context (128k for Qwen2.5-VL) and
+        # refuses to start within `vllm_gpu_memory_utilization`.
+        args.vllm_max_model_length = vllm_model_length(processing, dataset,
+                                                       args.max_completion_length)
     replicas = training.replica_digests()
     trainer = (trainer_cls or trainer_class())(
         model=model, reward_funcs=reward_funcs or reward_functions(), args=args,
@@ -463,6 +486,29 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
     release(trainer)
     return {**training.mark_done(out_dir, record, out_dir / "model"), "model_path": model_path,
             "reused": False}
+
+
+def vllm_model_length(processing, dataset, max_completion_length: int) -> int:
+    """vLLM's context for GRPO rollouts: the longest prompt of `dataset` as the policy sees
+    it (chat template and, for a VLM, its image tokens) plus `max_completion_length`."""
+    from synergy.generation import open_images
+    from synergy.models import tokenizer_of
+
+    tokenizer = tokenizer_of(processing)
+    longest = 0
+    for row in dataset:
+        images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
+        if images and processing is not tokenizer:
+            text = processing.apply_chat_template(row["prompt"], tokenize=False,
+                                                  add_generation_prompt=True)
+            n = processing(text=[text], images=[open_images(images)],
+                           return_tensors="pt")["input_ids"].shape[1]
+        else:
+            text = tokenizer.apply_chat_template(row["prompt"], tokenize=False,
+                                                 add_generation_prompt=True)
+            n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        longest = max(longest, n)
+    return longest + max_completion_length
 
 
 def release(trainer) -> None:
