@@ -298,3 +298,55 @@ def test_paper_1gpu_grpo_loads_the_lora_base_in_bf16():
     assert grpo.policy_loading(one_gpu, bf16=False, deepspeed=False) == {}  # CPU, old GPUs
     # On this CPU the arguments TRL gets carry no dtype (float32, as before).
     assert grpo.training_args(one_gpu, 0.0, num_processes=1).model_init_kwargs is None
+
+
+# --- 03 on one GPU: the trainer's memory is freed before an engine starts --------------------
+
+def test_sft_frees_its_trainer_before_the_checkpoints_are_evaluated(monkeypatch, tmp_path):
+    """Predicted failure 4: 03 trained, then started a vLLM engine per checkpoint in the same
+    process while the trainer (and the previous engine) still held the GPU."""
+    import pandas as pd
+
+    from synergy import generation, sft, training
+
+    events = []
+
+    class Trainer:
+        state = types.SimpleNamespace(log_history=[{"loss": 1.0}])
+        processing_class = types.SimpleNamespace(save_pretrained=lambda path: None)
+        resumed_from, frozen_parameters, replica_digests = None, [], {}
+        budget = types.SimpleNamespace(record=lambda: {})
+
+    class Engine:
+        template = tokenizer = None
+
+        def __init__(self, path):
+            self.path = path
+            events.append(f"start {Path(path).name}")
+
+        def generate(self, prompts, *args, **kwargs):
+            raise RuntimeError("out of memory")  # the engine is closed all the same
+
+        def close(self):
+            events.append(f"close {Path(self.path).name}")
+
+    monkeypatch.setattr(sft, "train", lambda *a, **k: (Trainer(), types.SimpleNamespace(
+        global_step=3, training_loss=1.0)))
+    monkeypatch.setattr(training, "release", lambda trainer: events.append("release"))
+    monkeypatch.setattr(training, "mark_trained", lambda run_dir, record: record)
+    monkeypatch.setattr(generation, "make_engine", lambda path, *a: Engine(path))
+    monkeypatch.setattr("synergy.evaluation.build_prompts", lambda engine, val, suffix:
+                        (["p"], None))
+    cfg = sft.SftConfig.from_mapping({**profile_section(load_profile(SMOKE), "sft", SMOKE),
+                                      "output_root": str(tmp_path), "run_name": "r"},
+                                     str(SMOKE))
+    spec = types.SimpleNamespace(name="m")
+    planned = types.SimpleNamespace(spec=spec, key="k", train=pd.DataFrame({"qid": [1]}))
+    sft.fit(planned, cfg, "base", tmp_path)
+    assert events == ["release"]
+    val = pd.DataFrame({"qid": ["q"], "question": ["1 +1"], "answer": ["2"]})
+    for checkpoint in ("checkpoint-1", "checkpoint-2"):
+        with pytest.raises(RuntimeError):
+            sft.validation_accuracy(tmp_path / checkpoint, val, 8, "", 0, "vllm")
+    assert events == ["release", "start checkpoint-1", "close checkpoint-1",
+                      "start checkpoint-2", "close checkpoint-2"]

@@ -256,10 +256,16 @@ def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec,
     from synergy.generation import make_engine
     from synergy.verify import format_ok
 
+    own = engine is None
     engine = engine or make_engine(model_path, backend, batch_rows, vllm_dtype, vllm_memory)
-    drawn = sample_table(engine, model_path, questions, spec, n_samples=n_samples, seed=seed,
-                         cache_root=cache_root, prompt_suffix=prompt_suffix, progress=progress,
-                         processes=processes, response_prefix=response_prefix)
+    try:
+        drawn = sample_table(engine, model_path, questions, spec, n_samples=n_samples,
+                             seed=seed, cache_root=cache_root, prompt_suffix=prompt_suffix,
+                             progress=progress, processes=processes,
+                             response_prefix=response_prefix)
+    finally:
+        if own:  # the next model's engine needs the memory (vLLM reserves a share)
+            engine.close()
     out = questions.copy().reset_index(drop=True)
     out["samples"] = [[s["text"] for s in d] for d in drawn]
     out["correct"] = [[bool(s["correct"]) for s in d] for d in drawn]

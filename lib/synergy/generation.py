@@ -125,6 +125,9 @@ class HFEngine:
     # fingerprint), the sampling parameters and the seed alone: no more to key its cache by.
     sample_settings = None
 
+    def close(self) -> None:
+        """Nothing held beyond the model, which goes with the engine."""
+
     @classmethod
     def from_path(cls, path: str | Path, batch_rows: int = 512, device: str | None = None):
         import torch
@@ -389,6 +392,21 @@ class VLLMEngine:
         the backend and every engine argument that is not only speed or memory."""
         return {"backend": "vllm", "dtype": "auto",
                 **{k: v for k, v in sorted(self.llm_kwargs.items()) if k not in RESOURCE_ARGS}}
+
+    def close(self) -> None:
+        """Stop the engine and free its memory (its KV cache reserves a share of the GPU:
+        the next engine or trainer in this process would not find it)."""
+        import gc
+
+        import torch
+
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def generate(self, prompts, keys, first, n, spec, seed, images=None):
         params = [self._vllm.SamplingParams(

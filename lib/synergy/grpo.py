@@ -483,7 +483,7 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
               "generation_batch_size": args.generation_batch_size,
               "replica_weights": replicas.digests,
               "budget": {"questions": len(dataset), **trainer.budget.record()}}
-    release(trainer)
+    training.release(trainer)
     return {**training.mark_done(out_dir, record, out_dir / "model"), "model_path": model_path,
             "reused": False}
 
@@ -509,20 +509,6 @@ def vllm_model_length(processing, dataset, max_completion_length: int) -> int:
             n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         longest = max(longest, n)
     return longest + max_completion_length
-
-
-def release(trainer) -> None:
-    """Free the trainer's GPU memory (a colocated vLLM engine included) before this process
-    evaluates or trains the next policy."""
-    import gc
-
-    import torch
-
-    trainer.vllm_generation = None  # TRL's vLLM engine, when rollouts use one
-    trainer.model = trainer.model_wrapped = trainer.ref_model = None
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -555,9 +541,13 @@ def static_filter(cfg: GRPOStageConfig, questions: pd.DataFrame, model_path: str
     spec = SamplingSpec(cfg.temperature, 1.0, 0, cfg.max_completion_length)
     # Under a launch every process samples its share into the shared cache (data parallel).
     processes = training.process_state() if training.world_size() > 1 else None
-    drawn = sample_table(engine, model_path, questions, spec, n_samples=cfg.num_generations,
-                         seed=cfg.seed, cache_root=cache_root, prompt_suffix=cfg.prompt_suffix,
-                         progress=progress, processes=processes)
+    try:
+        drawn = sample_table(engine, model_path, questions, spec,
+                             n_samples=cfg.num_generations, seed=cfg.seed,
+                             cache_root=cache_root, prompt_suffix=cfg.prompt_suffix,
+                             progress=progress, processes=processes)
+    finally:
+        engine.close()  # training (with its colocated vLLM) comes next in this process
     correct = [[bool(s["correct"]) for s in d] for d in drawn]
     return questions.assign(base_pass_rate=[float(np.mean(c)) for c in correct],
                             easiest=base_all_correct(correct))

@@ -311,9 +311,12 @@ def validation_accuracy(model_dir: str | Path, val: pd.DataFrame, max_new_tokens
     from synergy.verify import is_correct
 
     engine = make_engine(model_dir, backend, batch_rows, vllm_dtype, vllm_memory)
-    prompts, images = build_prompts(engine, val, prompt_suffix)
-    out = engine.generate(prompts, list(val["qid"]), 0, 1,
-                          SamplingSpec(0.0, 1.0, 0, max_new_tokens), seed, images=images)
+    try:
+        prompts, images = build_prompts(engine, val, prompt_suffix)
+        out = engine.generate(prompts, list(val["qid"]), 0, 1,
+                              SamplingSpec(0.0, 1.0, 0, max_new_tokens), seed, images=images)
+    finally:
+        engine.close()  # one engine per checkpoint: each frees its share for the next
     return float(np.mean([is_correct(c[0].text, str(a)) for c, a in zip(out, val["answer"])]))
 
 
@@ -393,14 +396,16 @@ def fit(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
     # The loss from the logs of every step (a resumed trainer's own average sees only the
     # steps after the checkpoint).
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return training.mark_trained(run_dir, {
+    record = {
         "key": key, "steps": int(result.global_step),
         "resumed_from": trainer.resumed_from.name if trainer.resumed_from else None,
         "train_loss": float(np.mean(losses)) if losses else float(result.training_loss),
         "train_seconds": time.perf_counter() - t0, **training.batch_record(args),
         "budget": {"questions": int(planned.train["qid"].nunique()), **trainer.budget.record()},
         "frozen_parameters": len(trainer.frozen_parameters),
-        "replica_weights": trainer.replica_digests})
+        "replica_weights": trainer.replica_digests}
+    training.release(trainer)  # before the checkpoints' evaluation starts an engine
+    return training.mark_trained(run_dir, record)
 
 
 def train_models(cfg: SftConfig, progress: bool = True) -> list[dict[str, Any]]:

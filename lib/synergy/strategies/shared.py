@@ -81,9 +81,12 @@ def grpo_dataset(questions: pd.DataFrame, tokenizer, prompt_suffix: str):
 def sampled(cfg: StrategiesConfig, model_path: str, questions: pd.DataFrame, n: int,
             spec: SamplingSpec, cache_root: Path, suffix: str, progress: bool) -> pd.DataFrame:
     """`questions` with `n` samples of the model each (texts, correctness, lengths)."""
-    drawn = sample_table(engine_for(cfg, model_path), model_path,
-                         questions, spec, n_samples=n, seed=cfg.seed, cache_root=cache_root,
-                         prompt_suffix=suffix, progress=progress)
+    engine = engine_for(cfg, model_path)
+    try:
+        drawn = sample_table(engine, model_path, questions, spec, n_samples=n, seed=cfg.seed,
+                             cache_root=cache_root, prompt_suffix=suffix, progress=progress)
+    finally:
+        engine.close()  # training comes next in this process
     return questions.assign(samples=[[s["text"] for s in d] for d in drawn],
                             correct=[[bool(s["correct"]) for s in d] for d in drawn],
                             lengths=[[int(s["n_tokens"]) for s in d] for d in drawn])
