@@ -350,3 +350,27 @@ def test_sft_frees_its_trainer_before_the_checkpoints_are_evaluated(monkeypatch,
             sft.validation_accuracy(tmp_path / checkpoint, val, 8, "", 0, "vllm")
     assert events == ["release", "start checkpoint-1", "close checkpoint-1",
                       "start checkpoint-2", "close checkpoint-2"]
+
+
+# --- LoRA on a VLM: adapters on the language model only ------------------------------------
+
+def test_lora_leaves_the_vision_tower_without_adapters(random_world):
+    """Predicted failure 12: `target_modules="all-linear"` also adapted the vision tower and
+    merger that SFT keeps frozen."""
+    from peft import get_peft_model
+
+    from synergy import grpo, sft, vlm, world
+
+    cfg, _, _ = random_world
+    tokenizer = world.build_tokenizer(cfg.vocab_size, world.tokenizer_corpus(cfg, 300))
+    model, _ = vlm.tiny_vlm(tokenizer)
+    visual_linear = [n for n, m in model.named_modules()
+                     if ".visual." in f".{n}." and isinstance(m, torch.nn.Linear)]
+    assert visual_linear  # the tower has linear layers that "all-linear" would take
+    one = grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper-1gpu.yaml")
+    for config in (sft.lora_config(8, 16), grpo.peft_config(one)):
+        adapted = get_peft_model(model, config)
+        names = [n for n, _ in adapted.named_parameters() if "lora_" in n]
+        assert names and not [n for n in names if ".visual." in n]
+        assert any("language_model" in n or "layers" in n for n in names)
+        adapted.unload()

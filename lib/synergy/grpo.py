@@ -411,12 +411,9 @@ def _uses_deepspeed() -> bool:
 def peft_config(cfg: GRPOStageConfig):
     """LoRA on every linear layer when `lora_r > 0` (TRL then scores the reference with the
     adapters off: no second model in memory), else None."""
-    if cfg.lora_r <= 0:
-        return None
-    from peft import LoraConfig
+    from synergy.sft import lora_config
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    return lora_config(cfg.lora_r, cfg.lora_alpha) if cfg.lora_r > 0 else None
 
 
 def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, label: str,
