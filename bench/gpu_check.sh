@@ -16,12 +16,13 @@ start=$(date +%s)
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" - <<'PYEOF'
-import importlib.metadata as md
 import torch
+from synergy.runs import package_versions
 assert torch.cuda.is_available(), "no CUDA device visible to torch"
 print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))
-for name in ("vllm", "transformers", "trl", "accelerate"):
-    print(name, md.version(name))
+for name, version in package_versions(["vllm", "transformers", "trl", "accelerate",
+                                       "peft", "deepspeed", "unsloth"]).items():
+    print(name, version or "not installed")
 PYEOF
 
 timeout 420 "$PY" bench/gpu_check.py engines --out "$OUT"

@@ -243,7 +243,9 @@ def test_vllm_engine_keeps_per_sample_seeds_the_cache_and_early_stopping(
     monkeypatch.setitem(sys.modules, "vllm", fake.module)
     monkeypatch.setenv(generation.VLLM_ARGS_ENV, '{"tensor_parallel_size": 2}')
     engine = generation.make_engine(smoke_world[1], "vllm", batch_rows=64)
-    assert fake.kwargs == {"tensor_parallel_size": 2}
+    # The machine's arguments, with this CPU's defaults (float32, a bounded KV cache) added.
+    assert fake.kwargs == {"tensor_parallel_size": 2, "dtype": "float32",
+                           "kv_cache_memory_bytes": generation.CPU_KV_CACHE_BYTES}
     spec = generation.SamplingSpec(1.0, 1.0, 0, 16)
     out = engine.generate(["p0", "p1"], ["k0", "k1"], 3, 2, spec, seed=7)
     requests, params = fake.calls[-1]

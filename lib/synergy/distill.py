@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from synergy.config import StageConfig
+from synergy.generation import VllmDtype
 from synergy.runs import StageResult
 from synergy.world import (
     BOXED,
@@ -74,6 +75,8 @@ class DistillConfig(StageConfig):
     teacher_max_new_tokens: int
     backend: Literal["hf", "vllm"]
     batch_rows: int
+    vllm_dtype: VllmDtype
+    vllm_memory: float
     trace_source: str
     trace_set: Literal["s1k-deepseek", "s1k-gemini", "eureka-distill"]
     api_url: str
@@ -94,6 +97,7 @@ class DistillConfig(StageConfig):
         self.require_sampling("teacher_")
         self.require(self.teacher_max_new_tokens >= 1, "teacher_max_new_tokens", "must be >= 1")
         self.require(self.batch_rows >= 1, "batch_rows", "must be >= 1")
+        self.require(0 <= self.vllm_memory < 1, "vllm_memory", "must be in [0, 1) (0: auto)")
         self.require("traces" not in self.teachers or self.trace_source != "", "trace_source",
                      "must name a file or hub dataset when teachers include 'traces'")
         for key in ("api_url", "api_model"):
@@ -241,7 +245,7 @@ def level_pool(pool: pd.DataFrame, base_path: str, run, batch_rows: int,
     from synergy.generation import make_engine
 
     scfg = stratify.config_of(run)
-    engine = make_engine(base_path, scfg.backend, batch_rows)
+    engine = make_engine(base_path, scfg.backend, batch_rows, scfg.vllm_dtype, scfg.vllm_memory)
     leveled = stratify.level_questions(engine, base_path, pool, scfg, run.samples_cache,
                                        progress)
     return pool.assign(base_pass_rate=leveled["pass_rate"].to_numpy(),
@@ -286,7 +290,7 @@ def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
     from synergy import stages, stratify
     from synergy.evaluation import to_dataset
     from synergy.files import save_dataset, write_text
-    from synergy.generation import make_engine
+    from synergy.generation import engine_for
     from synergy.runs import stage_run
 
     with stage_run(cfg, stages.DISTILL) as ctx:
@@ -316,7 +320,7 @@ def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
                                                 cfg.lowquality_error_rate)
                 frames.append(trace_rows(pool, responses, teacher, "programmatic", tokenizer))
             elif teacher == "sampled":
-                engine = make_engine(sampler.path, cfg.backend, cfg.batch_rows)
+                engine = engine_for(cfg, sampler.path)
                 kept = sampled_traces(engine, pool, cfg, ctx.run.samples_cache, sampler.path,
                                       suffix, progress)
                 frames.append(trace_rows(pool, [k["text"] if k else None for k in kept],

@@ -19,7 +19,7 @@ import pandas as pd
 
 from synergy.config import StageConfig
 from synergy.files import atomic_path, clean_interrupted, content_hash, set_aside
-from synergy.generation import SamplingSpec, chat_prompt
+from synergy.generation import SamplingSpec, VllmDtype, chat_prompt
 from synergy.progress import progress_bar
 
 StopRule = Callable[[int, int], bool]  # (n_correct, n_drawn) -> no more samples needed
@@ -83,11 +83,15 @@ def _image_digest(image) -> str:
     return digest([image])
 
 
-def cache_for(root: str | Path, model_path: str, spec: SamplingSpec, seed: int) -> SampleCache:
+def cache_for(root: str | Path, model_path: str, spec: SamplingSpec, seed: int,
+              engine_settings: dict | None = None) -> SampleCache:
+    """The samples of (model, sampling parameters, seed) and, for an engine whose samples
+    depend on more (vLLM: its backend, dtype, quantization, ...), its `sample_settings`.
+    The HF engine has none: its folders keep the names they always had."""
     from synergy.models import fingerprint
 
-    return SampleCache(Path(root) / f"{fingerprint(model_path)}-"
-                       f"{content_hash([spec.as_dict(), seed])}")
+    key = [spec.as_dict(), seed] + ([engine_settings] if engine_settings else [])
+    return SampleCache(Path(root) / f"{fingerprint(model_path)}-{content_hash(key)}")
 
 
 def samples_needed(n_correct: int, n_drawn: int, n_total: int, stop: StopRule | None,
@@ -230,7 +234,8 @@ def sample_table(engine, model_path: str, questions: pd.DataFrame, spec: Samplin
     prompts, images = build_prompts(engine, questions, prompt_suffix, response_prefix)
     return sample_questions(engine, prompts, [str(a) for a in questions["answer"]], spec,
                             n_samples=n_samples, round_size=round_size or n_samples,
-                            seed=seed, cache=cache_for(cache_root, model_path, spec, seed),
+                            seed=seed, cache=cache_for(cache_root, model_path, spec, seed,
+                                                       getattr(engine, "sample_settings", None)),
                             stop=stop, progress=progress, images=images,
                             choices=choices_of(questions), scoring=scoring_of(questions))
 
@@ -238,21 +243,28 @@ def sample_table(engine, model_path: str, questions: pd.DataFrame, spec: Samplin
 def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec, *,
                    n_samples: int, seed: int, cache_root: str | Path, prompt_suffix: str = "",
                    backend: str = "hf", batch_rows: int = 512, engine=None,
-                   progress: bool = True, processes=None,
-                   response_prefix: str = "") -> pd.DataFrame:
+                   progress: bool = True, processes=None, response_prefix: str = "",
+                   vllm_dtype: str = "auto", vllm_memory: float = 0.0) -> pd.DataFrame:
     """One row per question: samples, correctness, lengths, format, accuracy (mean of samples).
 
     `questions` carries `question`, `answer` and whatever else (qid, level) the caller keeps;
     `processes`: data parallel sampling under a launch (see `sample_table`);
-    `response_prefix`: text every answer starts with (not part of the samples' text).
+    `response_prefix`: text every answer starts with (not part of the samples' text);
+    `vllm_dtype`, `vllm_memory`: the vLLM engine's (`generation.engine_arguments`).
     """
     from synergy.generation import make_engine
     from synergy.verify import format_ok
 
-    engine = engine or make_engine(model_path, backend, batch_rows)
-    drawn = sample_table(engine, model_path, questions, spec, n_samples=n_samples, seed=seed,
-                         cache_root=cache_root, prompt_suffix=prompt_suffix, progress=progress,
-                         processes=processes, response_prefix=response_prefix)
+    own = engine is None
+    engine = engine or make_engine(model_path, backend, batch_rows, vllm_dtype, vllm_memory)
+    try:
+        drawn = sample_table(engine, model_path, questions, spec, n_samples=n_samples,
+                             seed=seed, cache_root=cache_root, prompt_suffix=prompt_suffix,
+                             progress=progress, processes=processes,
+                             response_prefix=response_prefix)
+    finally:
+        if own:  # the next model's engine needs the memory (vLLM reserves a share)
+            engine.close()
     out = questions.copy().reset_index(drop=True)
     out["samples"] = [[s["text"] for s in d] for d in drawn]
     out["correct"] = [[bool(s["correct"]) for s in d] for d in drawn]
@@ -315,11 +327,14 @@ class EvaluatingConfig(StageConfig):
     eval_max_new_tokens: int
     backend: Literal["hf", "vllm"]
     batch_rows: int
+    vllm_dtype: VllmDtype
+    vllm_memory: float
 
     def validate(self) -> None:
         self.require_sampling("eval_")
         for key in ("eval_samples", "eval_max_new_tokens", "batch_rows"):
             self.require(getattr(self, key) >= 1, key, "must be >= 1")
+        self.require(0 <= self.vllm_memory < 1, "vllm_memory", "must be in [0, 1) (0: auto)")
 
 
 def eval_spec(cfg) -> SamplingSpec:
@@ -337,7 +352,8 @@ def evaluate_for(cfg: EvaluatingConfig, model_path: str, questions: pd.DataFrame
                           seed=cfg.seed, cache_root=Run.of(cfg).samples_cache,
                           prompt_suffix=prompt_suffix, backend=cfg.backend,
                           batch_rows=cfg.batch_rows, progress=progress,
-                          response_prefix=response_prefix)
+                          response_prefix=response_prefix, vllm_dtype=cfg.vllm_dtype,
+                          vllm_memory=cfg.vllm_memory)
 
 
 def evaluate_external(cfg: EvaluatingConfig, specs: list[str], questions: pd.DataFrame,
@@ -360,7 +376,8 @@ def evaluate_external(cfg: EvaluatingConfig, specs: list[str], questions: pd.Dat
                                    n_samples=cfg.eval_samples, seed=cfg.seed,
                                    cache_root=run.samples_cache, prompt_suffix=prompt_suffix,
                                    backend=cfg.backend, batch_rows=cfg.batch_rows,
-                                   progress=progress, processes=processes)
+                                   progress=progress, processes=processes,
+                                   vllm_dtype=cfg.vllm_dtype, vllm_memory=cfg.vllm_memory)
              for label, ref in refs.items()}
     earlier = load_results(out) if (out / "eval").is_dir() else {}
     results = {**earlier, **fresh}

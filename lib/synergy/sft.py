@@ -230,13 +230,22 @@ def training_args(cfg: SftConfig, n_train: int, num_processes: int | None = None
 
 
 def peft_config(cfg: SftConfig):
-    """LoRA on every linear layer when `lora_r > 0`, else None (full fine-tuning)."""
-    if cfg.lora_r <= 0:
-        return None
+    """LoRA on every linear layer of the language model when `lora_r > 0`, else None (full
+    fine-tuning)."""
+    return lora_config(cfg.lora_r, cfg.lora_alpha) if cfg.lora_r > 0 else None
+
+
+# A VLM's vision tower and merger (`model.visual.*` in Qwen2.5-VL): "all-linear" would put
+# adapters there too, and train what SFT keeps frozen.
+LORA_EXCLUDE = r".*\bvisual\b.*"
+
+
+def lora_config(r: int, alpha: int):
+    """PEFT's LoRA on every linear layer but the vision tower's (SFT and GRPO)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear",
+                      exclude_modules=LORA_EXCLUDE, task_type="CAUSAL_LM")
 
 
 @functools.cache
@@ -305,16 +314,20 @@ def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
 
 def validation_accuracy(model_dir: str | Path, val: pd.DataFrame, max_new_tokens: int,
                         prompt_suffix: str, seed: int, backend: str = "hf",
-                        batch_rows: int = 512) -> float:
+                        batch_rows: int = 512, vllm_dtype: str = "auto",
+                        vllm_memory: float = 0.0) -> float:
     """Greedy accuracy of a checkpoint on the validation questions (with their images)."""
     from synergy.evaluation import build_prompts
     from synergy.generation import SamplingSpec, make_engine
     from synergy.verify import is_correct
 
-    engine = make_engine(model_dir, backend, batch_rows)
-    prompts, images = build_prompts(engine, val, prompt_suffix)
-    out = engine.generate(prompts, list(val["qid"]), 0, 1,
-                          SamplingSpec(0.0, 1.0, 0, max_new_tokens), seed, images=images)
+    engine = make_engine(model_dir, backend, batch_rows, vllm_dtype, vllm_memory)
+    try:
+        prompts, images = build_prompts(engine, val, prompt_suffix)
+        out = engine.generate(prompts, list(val["qid"]), 0, 1,
+                              SamplingSpec(0.0, 1.0, 0, max_new_tokens), seed, images=images)
+    finally:
+        engine.close()  # one engine per checkpoint: each frees its share for the next
     return float(np.mean([is_correct(c[0].text, str(a)) for c, a in zip(out, val["answer"])]))
 
 
@@ -394,14 +407,16 @@ def fit(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
     # The loss from the logs of every step (a resumed trainer's own average sees only the
     # steps after the checkpoint).
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return training.mark_trained(run_dir, {
+    record = {
         "key": key, "steps": int(result.global_step),
         "resumed_from": trainer.resumed_from.name if trainer.resumed_from else None,
         "train_loss": float(np.mean(losses)) if losses else float(result.training_loss),
         "train_seconds": time.perf_counter() - t0, **training.batch_record(args),
         "budget": {"questions": int(planned.train["qid"].nunique()), **trainer.budget.record()},
         "frozen_parameters": len(trainer.frozen_parameters),
-        "replica_weights": trainer.replica_digests})
+        "replica_weights": trainer.replica_digests}
+    training.release(trainer)  # before the checkpoints' evaluation starts an engine
+    return training.mark_trained(run_dir, record)
 
 
 def train_models(cfg: SftConfig, progress: bool = True) -> list[dict[str, Any]]:
@@ -435,7 +450,8 @@ def train_one(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
     if cfg.lora_r > 0:  # merge adapters so every later stage loads a plain model
         ckpts = [merge_lora(c, model_path) for c in ckpts]
     scores = [validation_accuracy(c, val, cfg.eval_max_new_tokens, prompt_suffix, cfg.seed,
-                                  cfg.backend, cfg.batch_rows) for c in ckpts]
+                                  cfg.backend, cfg.batch_rows, cfg.vllm_dtype, cfg.vllm_memory)
+              for c in ckpts]
     best = int(np.argmax(scores))  # earliest among ties
     record = {**trained, "name": spec.name, **dataclasses.asdict(spec),
               "train_rows": len(train_rows), "val_rows": len(val),

@@ -20,7 +20,7 @@ import pandas as pd
 
 from synergy.config import StageConfig
 from synergy.evaluation import sample_table, save_audit, to_dataset
-from synergy.generation import SamplingSpec
+from synergy.generation import ENGINE_DEFAULTS, SamplingSpec, VllmDtype
 from synergy.runs import StageResult
 
 
@@ -42,6 +42,8 @@ class StratifyConfig(StageConfig):
     max_image_pixels: int     # larger or unreadable images are skipped rows
     backend: Literal["hf", "vllm"]
     batch_rows: int
+    vllm_dtype: VllmDtype
+    vllm_memory: float
     early_stop: bool
     round_size: int
     n_examples: int
@@ -60,6 +62,7 @@ class StratifyConfig(StageConfig):
         self.require(0 <= self.max_skipped_share <= 1, "max_skipped_share", "must be in [0, 1]")
         self.require(self.max_question_chars >= 1, "max_question_chars", "must be >= 1")
         self.require(self.max_image_pixels >= 1, "max_image_pixels", "must be >= 1")
+        self.require(0 <= self.vllm_memory < 1, "vllm_memory", "must be in [0, 1) (0: auto)")
 
     @property
     def spec(self) -> SamplingSpec:
@@ -184,7 +187,7 @@ def run(cfg: StratifyConfig, progress: bool = True) -> StratifyResult:
     """Stratify the benchmark with the base model; saves `levels/` and the manifest."""
     from synergy import data, stages
     from synergy.files import save_dataset, write_text
-    from synergy.generation import make_engine
+    from synergy.generation import engine_for
     from synergy.runs import stage_run
 
     with stage_run(cfg, stages.STRATIFY) as ctx:
@@ -193,7 +196,7 @@ def run(cfg: StratifyConfig, progress: bool = True) -> StratifyResult:
             cfg.benchmark, ctx.run, cfg.max_skipped_share,
             data.Limits(cfg.max_question_chars, cfg.max_image_pixels))
         write_text(ctx.dir / "skipped_rows.csv", skipped.to_csv(index=False))
-        engine = make_engine(model.path, cfg.backend, cfg.batch_rows)
+        engine = engine_for(cfg, model.path)
         df = level_questions(engine, model.path, questions, cfg, ctx.dir / "cache", progress)
         save_dataset(to_dataset(df), ctx.dir / "levels")
         save_audit(ctx.dir, {"base": df}, ctx.record)
@@ -221,7 +224,9 @@ def config_of(run) -> StratifyConfig:
     """The stratification settings a run used (later stages level and prompt the same way)."""
     from synergy import stages
 
-    return StratifyConfig.from_mapping(run.manifest(stages.STRATIFY)["params"],
+    params = run.manifest(stages.STRATIFY)["params"]
+    # A manifest written before the vLLM engine keys existed gets their defaults.
+    return StratifyConfig.from_mapping({**ENGINE_DEFAULTS, **params},
                                        f"{stages.STRATIFY.name} manifest")
 
 

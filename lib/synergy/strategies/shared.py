@@ -17,7 +17,7 @@ import pandas as pd
 from synergy import grpo, reuse, sft, stages, training
 from synergy.evaluation import SamplingSpec, sample_table
 from synergy.files import content_hash
-from synergy.generation import make_engine, user_text
+from synergy.generation import engine_for, user_text
 from synergy.strategies.config import (
     GRPO_KEYS,
     GRPO_SHAPING,
@@ -81,9 +81,12 @@ def grpo_dataset(questions: pd.DataFrame, tokenizer, prompt_suffix: str):
 def sampled(cfg: StrategiesConfig, model_path: str, questions: pd.DataFrame, n: int,
             spec: SamplingSpec, cache_root: Path, suffix: str, progress: bool) -> pd.DataFrame:
     """`questions` with `n` samples of the model each (texts, correctness, lengths)."""
-    drawn = sample_table(make_engine(model_path, cfg.backend, cfg.batch_rows), model_path,
-                         questions, spec, n_samples=n, seed=cfg.seed, cache_root=cache_root,
-                         prompt_suffix=suffix, progress=progress)
+    engine = engine_for(cfg, model_path)
+    try:
+        drawn = sample_table(engine, model_path, questions, spec, n_samples=n, seed=cfg.seed,
+                             cache_root=cache_root, prompt_suffix=suffix, progress=progress)
+    finally:
+        engine.close()  # training comes next in this process
     return questions.assign(samples=[[s["text"] for s in d] for d in drawn],
                             correct=[[bool(s["correct"]) for s in d] for d in drawn],
                             lengths=[[int(s["n_tokens"]) for s in d] for d in drawn])
