@@ -441,10 +441,11 @@ def test_notebook_08_on_smoke(smoke_series, tmp_path):
     from synergy.files import save_dataset
 
     shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")  # the hostile text stays here
-    eval_dir = tmp_path / "smoke" / "06_merging" / "eval" / "sft"
-    df = datasets.load_from_disk(str(eval_dir)).to_pandas()
-    df["samples"] = [[f"{PAYLOAD} \\boxed{{1}}"] * len(s) for s in df["samples"]]
-    save_dataset(datasets.Dataset.from_pandas(df, preserve_index=False), eval_dir)
+    # wherever the report's examples come from (report.ROLE_SOURCES)
+    for eval_dir in (tmp_path / "smoke").glob("0[5-7]_*/eval/sft"):
+        df = datasets.load_from_disk(str(eval_dir)).to_pandas()
+        df["samples"] = [[f"{PAYLOAD} \\boxed{{1}}"] * len(s) for s in df["samples"]]
+        save_dataset(datasets.Dataset.from_pandas(df, preserve_index=False), eval_dir)
     run_stages(tmp_path, "08")
     rep = report.load(str(tmp_path), "smoke")
     html = (tmp_path / "smoke" / "08_report" / "08_report.html").read_text()

@@ -389,7 +389,7 @@ def response_examples(run: Run, n: int, seed: int = 0) -> pd.DataFrame:
     from synergy.evaluation import load_results
     from synergy.files import ArtifactError
 
-    for stage in ROLE_SOURCES[:2]:
+    for stage in ROLE_SOURCES[:3]:  # 07, 05, 06: each evaluates base, SFT and RL
         try:
             results = load_results(run.root / stage)
         except ArtifactError:
@@ -401,7 +401,8 @@ def response_examples(run: Run, n: int, seed: int = 0) -> pd.DataFrame:
                 rows.append({"model": model, "level": f"L{row['level']}",
                              "question": row["question"], "answer": row["answer"],
                              "response": row["samples"][0], "correct": bool(row["correct"][0])})
-        return pd.DataFrame(rows)
+        if rows:  # a stage whose results name none of the three: the next source
+            return pd.DataFrame(rows)
     return pd.DataFrame(columns=["model", "level", "question", "answer", "response", "correct"])
 
 
