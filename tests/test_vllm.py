@@ -170,7 +170,6 @@ def test_data_parallel_sampling_fills_the_shared_cache(text_engine, text_world, 
     whole: the same samples as one process, and nothing drawn twice."""
     from synergy import stratify
     from synergy.evaluation import sample_table
-    from synergy.runs import Run
 
     profile, root, model = text_world
     questions = stratify.benchmark_questions(stratify.load(str(root), "vllm32").levels)
