@@ -120,7 +120,9 @@ class Client:
             self._fail(error)
             if attempt < self.retries and not self._stop:
                 time.sleep(min(30.0, 2.0 ** attempt))
-        raise EndpointError(f"{self.endpoint.id}: {self._stop or error}")
+        with self._lock:  # this request failed, so the batch fails: send nothing more
+            self._stop = self._stop or error
+        raise EndpointError(f"{self.endpoint.id}: {self._stop}")
 
     def _ask(self, messages: list[dict], params: dict) -> dict:
         reply = self._post({"model": self.endpoint.model, "messages": messages, **params})
