@@ -151,6 +151,14 @@ def test_rl_all_statuses():
     hurt = _ev(_roles(SFT, [0.4, 0.7, 0.7, 0.7, 0.7], base))
     status, text = findings.rl_all(hurt)
     assert status == "not reproduced" and "below the base on L1" in text
+    direct, traced = ("\\boxed{3}", 8), ("<think> a: 1+2=3.</think>\\boxed{3}", 24)
+    answers = {"base": _answers([[direct, direct], [direct, traced]]).assign(accuracy=0.0,
+                                                                             level=3),
+               "rl": _answers([[traced, traced], [traced, traced]]).assign(level=3)}
+    status, text = findings.rl_all(_ev(_roles(SFT, [0.55, 0.6, 0.8, 0.55, 0.55], base),
+                                       answers=answers))
+    assert status == findings.DIRECTION_ONLY
+    assert "the base opens a <think> trace in 25% of its answers, RL in 100%" in text
     unclear = _ev(_roles(SFT, [0.53] * 5, base, width=0.05))  # +3 inside +-10
     assert findings.rl_all(unclear)[0] == findings.UNDECIDED
     no_rl = _roles(SFT, [0.55] * 5, base)
@@ -208,13 +216,33 @@ def test_interpolate_statuses():
                                   weights=far))[0] == "reproduced"
     status, text = findings.interpolate(_ev(_roles(SFT, BASE, BASE, merges=_merges(False)),
                                           weights=far))
-    assert status == findings.NOT_APPLICABLE and "moved its weights 38%" in text
-    assert "RL 1.7%" in text
+    assert status == findings.NOT_APPLICABLE and "SFT 38.0%, RL 1.7%" in text
+    assert "0% of linear/SLERP (ratio, level) points are not clearly outside" in text
     assert findings.interpolate(_ev(_roles(SFT, BASE, BASE, merges=_merges(False)),
                                   weights=near))[0] == "not reproduced"
     assert findings.interpolate(_ev(_roles(SFT, BASE, BASE, merges=_merges(False))))[0] == \
         "not reproduced"  # distances unknown: judged as before
     assert findings.interpolate(_ev(_roles(SFT, BASE, BASE)))[0] == "not run"
+
+
+def test_interpolate_reads_the_merges_intervals():
+    """A merge just outside the parents' band by its point estimate, but whose interval
+    reaches into the band, is not clearly outside; one whose interval lies wholly outside
+    is."""
+    near = _weights(0.05)
+    just = [(f"linear-{t}", [max(s, r) + 0.04 for s, r in zip(SFT, BASE)], 20)
+            for t in (0.25, 0.5, 0.75)]
+    status, text = findings.interpolate(_ev(_roles(SFT, BASE, BASE, merges=just, width=0.03),
+                                            weights=near))
+    assert status == "reproduced"
+    assert text.startswith("100% of linear/SLERP (ratio, level) points are not clearly outside")
+    assert "0% between them by the point estimate" in text and "SFT 5.0%, RL 1.7%" in text
+    status, _ = findings.interpolate(_ev(_roles(SFT, BASE, BASE, merges=just, width=0.01),
+                                         weights=near))
+    assert status == "not reproduced"  # +4 points, +-1: clearly outside the +-2 band
+    gaps = findings.interpolation_gaps(_ev(_roles(SFT, BASE, BASE, merges=just, width=None)),
+                                       ("linear",))
+    assert gaps.shape == (15, 3) and gaps[:, 2].all()  # no interval: the point decides
 
 
 def _curves(label, rewards, entropy=0.3):
@@ -248,6 +276,11 @@ def test_kl_collapse_statuses():
     status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
                                             rl_curves=short, kl_run="tiny-long"))
     assert status == "not run" and "04_grpo of run 'tiny-long'" in text
+    # A run that trains no KL pair at all (tiny: one beta) points at the same run.
+    status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs.iloc[1:],
+                                            rl_curves=short, kl_run="tiny-long"))
+    assert status == "not run" and "04_grpo of run 'tiny-long'" in text
+    assert "policies at beta 0 and at a beta > 0" in text
     status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
                                             rl_curves=long, kl_run="tiny-long",
                                             kl_from="tiny-long"))
@@ -271,6 +304,37 @@ def test_no_easiest_statuses():
     assert findings.no_easiest(_ev(_with_static([0.9, 0.8, 0.7, 0.58, 0.48], width=0.1)))[0] \
         == findings.UNDECIDED  # too uncertain to call it "about as well" or not
     assert findings.no_easiest(_ev(_roles(SFT, BASE, BASE)))[0] == "not run"
+
+
+def test_no_easiest_against_04s_own_rl():
+    """Where "rl" comes from a later stage's questions, the ablation is compared with 04's
+    RL parent as 04 evaluated it (the same questions and samples as the ablation)."""
+    roles = _with_static([0.9, 0.8, 0.7, 0.58, 0.48])
+    own = roles[roles["role"] == "rl"].assign(role=findings.OWN_RL, stage="04_grpo",
+                                              model="rl-beta0.005")
+    later = roles.copy()
+    later.loc[later["role"] == "rl", ["accuracy", "accuracy_low", "accuracy_high"]] -= 0.3
+    status, text = findings.no_easiest(_ev(pd.concat([later, own], ignore_index=True)))
+    assert status == "reproduced" and "RL (04's evaluation) overall: -0.8 points" in text
+    assert findings.no_easiest(_ev(later))[0] == "not reproduced"  # against the other set
+
+
+def test_role_levels_adds_04s_own_rl():
+    def rows(stage, model, acc):
+        return [{"stage": stage, "model": model, "level": lv, "accuracy": acc}
+                for lv in ("L1", "all")]
+    later = "07_pivotal_tokens"
+    levels = pd.DataFrame(rows(later, "base", 0.4) + rows(later, "sft", 0.6)
+                          + rows(later, "rl", 0.8) + rows("04_grpo", "rl-beta0.005", 0.9)
+                          + rows("04_grpo", "rl-beta0.005-static", 0.88))
+    roles = report.role_levels(levels, {"04_grpo": ["rl-beta0.005"], "03_sft": []})
+    by = roles.groupby("role")["stage"].first()
+    assert by["rl"] == "07_pivotal_tokens" and by[findings.OWN_RL] == "04_grpo"
+    assert "04_grpo/rl-beta0.005-static" in by.index
+    assert (roles["model"] == "rl-beta0.005").sum() == 2  # once, as 04's own RL
+    alone = report.role_levels(levels[levels["stage"] == "04_grpo"],
+                               {"04_grpo": ["rl-beta0.005"]})
+    assert findings.OWN_RL not in set(alone["role"])  # rl is 04's own already
 
 
 def test_tables_render_without_index():

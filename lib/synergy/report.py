@@ -18,7 +18,7 @@ import pandas as pd
 
 from synergy import stages, staleness, strategies
 from synergy.config import StageConfig, run_name_problem
-from synergy.findings import (CONTROL_ROLE, MERGE_PATTERN, STATUSES, STRATEGY_PREFIX,
+from synergy.findings import (CONTROL_ROLE, MERGE_PATTERN, OWN_RL, STATUSES, STRATEGY_PREFIX,
                               checklist, evidence, is_strategy, kl_too_short, paper_results,
                               paper_vs_run, wide)
 from synergy.report_figures import PARENTS, curve_series, model_colors, static_accuracy_png
@@ -234,6 +234,11 @@ def role_levels(levels: pd.DataFrame,
             if own:
                 parents.append(part[part["model"] == own].assign(role=role))
                 break
+    rl = next((p for p in parents if p["role"].iloc[0] == "rl"), None)
+    own_rl = _own_rl(levels, mains)
+    if rl is not None and own_rl is not None and rl["stage"].iloc[0] != stages.GRPO.name:
+        # 04's RL parent on 04's own questions, beside 04's ablations (findings.no_easiest).
+        parents.append(own_rl.assign(role=OWN_RL))
     names = levels["model"].astype(str)
     ratio = names.str.extract(MERGE_PATTERN)[1].astype(float)
     merges = levels.loc[(levels["stage"] == stages.MERGING.name) & ratio.notna()
@@ -257,6 +262,14 @@ def role_levels(levels: pd.DataFrame,
     picked.append(others.assign(role=others["stage"] + "/" + others["model"]))
     return pd.concat(picked, ignore_index=True)
 
+
+
+def _own_rl(levels: pd.DataFrame, mains: dict[str, list[str]] | None) -> pd.DataFrame | None:
+    """04's main RL model as 04 evaluated it (None when 04 did not)."""
+    part = levels[levels["stage"] == stages.GRPO.name]
+    own = next((n for n in (mains or {}).get(stages.GRPO.name, []) if n in set(part["model"])),
+               None)
+    return part[part["model"] == own] if own else None
 
 
 def stage_roles(levels: pd.DataFrame, stage: str) -> pd.DataFrame:
