@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from synergy import data
+from synergy import data, trace_sets
 from synergy.runs import ArtifactError
 from synergy.verify import is_correct
 
@@ -42,7 +42,7 @@ def test_one_reader_for_traces(tmp_path):
     path = tmp_path / "s1k.jsonl"
     path.write_text('{"question": "q", "solution": 3.10, "deepseek_thinking_trajectory": "t", '
                     '"deepseek_attempt": "3.10"}\n')
-    table = data.load_s1(path).table
+    table = trace_sets.load_s1(path).table
     assert table["answer"].tolist() == ["3.10"]
 
 
@@ -312,8 +312,8 @@ def test_hub_id_offline_says_to_use_a_local_copy(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     for load, hub_id in ((lambda s: data.load_named_benchmark("mathvista", s), "AI4Math/MathVista"),
-                         (data.load_mm_eureka, "FanqingM/MM-Eureka-Dataset"),
-                         (data.load_eureka_distill, "JierunChen/Eureka-Distill")):
+                         (trace_sets.load_mm_eureka, "FanqingM/MM-Eureka-Dataset"),
+                         (trace_sets.load_eureka_distill, "JierunChen/Eureka-Distill")):
         with pytest.raises(ArtifactError, match=f"{hub_id}: could not load.*Hub access is "
                                                 "needed.*pass a local copy"):
             load(hub_id)
@@ -329,13 +329,13 @@ def test_s1_bad_rows_skipped(tmp_path):
             {"question": "3+3?", "solution": "", "deepseek_thinking_trajectory": "t",
              "deepseek_attempt": "\\boxed{6}"}]
     path = write_jsonl(tmp_path / "s1k11.jsonl", rows)
-    table, upstream, skipped = data.load_s1(path, max_skipped_share=0.7)
+    table, upstream, skipped = trace_sets.load_s1(path, max_skipped_share=0.7)
     assert table["qid"].tolist() == ["s1K-1.1-0000"] and upstream.startswith("file:")
     assert skipped_of(skipped) == [("s1K-1.1-0001", "no deepseek trace"),
                                    ("s1K-1.1-0002", "no answer")]
     assert set(skipped["benchmark"]) == {"s1K-1.1"}
     with pytest.raises(ArtifactError, match=r"^s1K-1\.1: 2 of 3 rows skipped \(66\.7%\)"):
-        data.load_s1(path)
+        trace_sets.load_s1(path)
 
 
 def eureka_message(text: str, images=(), reply: str | None = None) -> str:
@@ -377,7 +377,7 @@ def test_mm_eureka_any_local_copy_with_bad_rows(tmp_path, layout):
         source = tmp_path
         datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(
             str(source))
-    table, _, skipped = data.load_mm_eureka(source, prompt_suffix="Think.",
+    table, _, skipped = trace_sets.load_mm_eureka(source, prompt_suffix="Think.",
                                             max_skipped_share=0.8)
     assert table["qid"].tolist() == ["1", "2"] and table["answer"].tolist() == ["12", "3.10"]
     assert table["messages"][0] == [{"role": "user", "content": "Find the area. Think."}]
@@ -402,7 +402,7 @@ def test_eureka_distill_chat_rows(tmp_path):
          "answer": "3"},
     ]
     path = write_jsonl(tmp_path / "eureka_distill.jsonl", rows)
-    table, upstream, skipped = data.load_eureka_distill(path, prompt_suffix="Think.",
+    table, upstream, skipped = trace_sets.load_eureka_distill(path, prompt_suffix="Think.",
                                                         max_skipped_share=0.7)
     assert list(table.columns) == ["qid", "question", "answer", "messages", "images", "source"]
     assert table["qid"].tolist() == ["e1", "e2"] and table["answer"].tolist() == ["12", "007"]
@@ -425,7 +425,7 @@ def test_eureka_distill_messages_column_with_images_column(tmp_path):
     rows = {"messages": [[user, reply]] * 2,
             "images": [[IMG], []], "answer": ["12", "12"]}
     path = to_parquet(rows, tmp_path / "train.parquet")
-    table, _, skipped = data.load_eureka_distill(path, max_skipped_share=0.5)
+    table, _, skipped = trace_sets.load_eureka_distill(path, max_skipped_share=0.5)
     assert table["qid"].tolist() == ["eureka-distill-00000"]
     assert isinstance(table["images"][0][0], Image.Image)
     assert table["messages"][0][1] == {"role": "assistant", "content": trace}
