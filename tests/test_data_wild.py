@@ -378,7 +378,7 @@ def test_mm_eureka_any_local_copy_with_bad_rows(tmp_path, layout):
         datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(
             str(source))
     table, _, skipped = trace_sets.load_mm_eureka(source, prompt_suffix="Think.",
-                                            max_skipped_share=0.8)
+                                                  max_skipped_share=0.8)
     assert table["qid"].tolist() == ["1", "2"] and table["answer"].tolist() == ["12", "3.10"]
     assert table["messages"][0] == [{"role": "user", "content": "Find the area. Think."}]
     assert table["images"][0] == [str(tmp_path / "imgs" / "a.png")] and table["images"][1] == []
@@ -403,7 +403,7 @@ def test_eureka_distill_chat_rows(tmp_path):
     ]
     path = write_jsonl(tmp_path / "eureka_distill.jsonl", rows)
     table, upstream, skipped = trace_sets.load_eureka_distill(path, prompt_suffix="Think.",
-                                                        max_skipped_share=0.7)
+                                                              max_skipped_share=0.7)
     assert list(table.columns) == ["qid", "question", "answer", "messages", "images", "source"]
     assert table["qid"].tolist() == ["e1", "e2"] and table["answer"].tolist() == ["12", "007"]
     assert table["messages"][0] == [{"role": "user", "content": "Find the area. Think."},
@@ -418,7 +418,7 @@ def test_eureka_distill_chat_rows(tmp_path):
 
 def test_eureka_distill_messages_column_with_images_column(tmp_path):
     """A TRL-style copy: a `messages` list with {"type": "image"} placeholders, an `images`
-    column, no `id` (rows are numbered)."""
+    column, no `id` (each row gets its content's id)."""
     trace = "<think>3 x 4</think> \\boxed{12}"
     user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Area?"}]}
     reply = {"role": "assistant", "content": [{"type": "text", "text": trace}]}
@@ -426,8 +426,57 @@ def test_eureka_distill_messages_column_with_images_column(tmp_path):
             "images": [[IMG], []], "answer": ["12", "12"]}
     path = to_parquet(rows, tmp_path / "train.parquet")
     table, _, skipped = trace_sets.load_eureka_distill(path, max_skipped_share=0.5)
-    assert table["qid"].tolist() == ["eureka-distill-00000"]
+    qids = [trace_sets.content_id(r, "eureka-distill") for _, r in pd.read_parquet(path).iterrows()]
+    assert table["qid"].tolist() == qids[:1] and qids[0] != qids[1]
     assert isinstance(table["images"][0][0], Image.Image)
     assert table["messages"][0][1] == {"role": "assistant", "content": trace}
-    assert skipped_of(skipped) == [("eureka-distill-00001",
-                                    "1 image placeholder(s) but 0 stored image(s)")]
+    assert skipped_of(skipped) == [(qids[1], "1 image placeholder(s) but 0 stored image(s)")]
+
+
+def test_eureka_distill_without_id_gets_a_stable_content_id(tmp_path):
+    """The same row gets the same id in every run and file order: a hash of its question
+    text and image references; a repeated question with the same images is a duplicate."""
+    write_png(tmp_path / "imgs" / "a.png")
+    trace = "<think>3 x 4</think> \\boxed{12}"
+    rows = [{"message": eureka_message("Area?", ["imgs/a.png"], trace), "answer": "12"},
+            {"message": eureka_message("Area?", [], trace), "answer": "12"},
+            {"message": eureka_message("Width?", ["imgs/a.png"], trace), "answer": "3"},
+            {"message": eureka_message("Area?", ["imgs/a.png"], "<think>again</think> 12"),
+             "answer": "12"},
+            {"message": "[{not json", "answer": "1"}]
+    first = trace_sets.load_eureka_distill(write_jsonl(tmp_path / "a.jsonl", rows),
+                                           max_skipped_share=0.5)
+    again = trace_sets.load_eureka_distill(write_jsonl(tmp_path / "b.jsonl", rows[2::-1]),
+                                           max_skipped_share=0.5)
+    ids = first.table["qid"].tolist()
+    assert len(set(ids)) == 3 and all(q.startswith("eureka-distill-") for q in ids)
+    assert sorted(again.table["qid"]) == sorted(ids)
+    assert dict(zip(again.table["qid"], again.table["question"])) == dict(
+        zip(first.table["qid"], first.table["question"]))
+    assert skipped_of(first.skipped) == [(ids[0], "duplicate id"),
+                                         ("eureka-distill-row-4", "`message` is not JSON")]
+
+
+def test_mm_eureka_absolute_image_paths_are_rebased_onto_the_local_folder(tmp_path):
+    """MM-Eureka's rows name images by absolute `file:///` paths on the machine that built
+    the set; here they are found under the file's folder by their trailing parts."""
+    write_png(tmp_path / "MM-Eureka" / "images" / "geo" / "1.png")
+    write_png(tmp_path / "MM-Eureka" / "2.png")
+    built = "/mnt/builder/datasets/MM-Eureka"
+    rows = [{"id": 1, "message": eureka_message("A?", [f"{built}/images/geo/1.png"]),
+             "answer": "1"},
+            {"id": 2, "message": eureka_message("B?", [f"{built}/elsewhere/2.png"]),
+             "answer": "2"},
+            {"id": 3, "message": eureka_message("C?", [f"{built}/images/geo/3.png"]),
+             "answer": "3"},
+            {"id": 4, "message": eureka_message("D?", [str(tmp_path / "MM-Eureka" / "2.png")]),
+             "answer": "4"}]
+    source = write_jsonl(tmp_path / "MM-Eureka" / "train.jsonl", rows)
+    table, _, skipped = trace_sets.load_mm_eureka(source, max_skipped_share=0.5)
+    here = tmp_path / "MM-Eureka"
+    assert table["qid"].tolist() == ["1", "2", "4"]
+    assert table["images"].tolist() == [[str(here / "images" / "geo" / "1.png")],
+                                        [str(here / "2.png")], [str(here / "2.png")]]
+    assert skipped["qid"].tolist() == ["3"] and skipped["reason"][0].startswith(
+        f"image 'file://{built}/images/geo/3.png' not found (not at {built}/images/geo/3.png, "
+        f"nor under {here} by its trailing path parts;")

@@ -365,7 +365,9 @@ def is_missing(value: Any) -> bool:
 
 
 def resolve_image(value: Any, base: Path | None):
-    """A PIL image (from an Image object or stored bytes) or an existing file's path."""
+    """A PIL image (from an Image object or stored bytes) or an existing file's path: a
+    relative path starts from `base`; an absolute one (or `file:///...`) that does not exist
+    here is looked up under `base` by its trailing parts (`_rebased`)."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(value, Image.Image):
@@ -378,13 +380,30 @@ def resolve_image(value: Any, base: Path | None):
         except (Image.DecompressionBombError, OSError) as exc:
             raise BadRow(f"stored image is unreadable ({exc})") from exc
     raw = value.get("path") if isinstance(value, dict) else str(value)
-    path = Path(raw.removeprefix("file://"))
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    if not path.exists():
-        raise BadRow(f"image '{raw}' not found (looked at {path}; "
-                     "unzip the images next to the table)")
-    return str(path)
+    written = Path(raw.removeprefix("file://"))
+    path = base / written if not written.is_absolute() and base is not None else written
+    if path.exists():
+        return str(path)
+    if written.is_absolute() and base is not None:
+        found = _rebased(written, base)
+        if found is not None:
+            return str(found)
+        raise BadRow(f"image '{raw}' not found (not at {path}, nor under {base} by its "
+                     "trailing path parts; unzip the images next to the table)")
+    raise BadRow(f"image '{raw}' not found (looked at {path}; "
+                 "unzip the images next to the table)")
+
+
+def _rebased(path: Path, base: Path) -> Path | None:
+    """An absolute path written on the machine that built a dataset (MM-Eureka's
+    `file:///.../images/geo/1.png`), found under the local folder `base` by its trailing
+    parts, the longest that exists: base/.../images/geo/1.png, ..., base/1.png."""
+    parts = path.parts[1:]
+    for start in range(len(parts)):
+        candidate = base.joinpath(*parts[start:])
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _images(row: pd.Series, columns: list[str], base: Path | None) -> list:

@@ -8,6 +8,7 @@ shared rules (`data.good_rows`, `data.within_limits`, `data.check_skipped`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -128,6 +129,37 @@ def _user_turn(turns: list[dict], r: pd.Series, base: Path | None) -> tuple[str,
     return question, [data.resolve_image(ref, base) for ref in refs]
 
 
+def content_id(r: pd.Series, prefix: str) -> str | None:
+    """`<prefix>-<hash>` of a row's question text and image references (as written, or
+    the stored images' bytes), or None when the row has no readable user turn (its row
+    function then says why)."""
+    try:
+        users = [t for t in _turns(r) if t.get("role") == "user"]
+        parts = _parts(users[0].get("content")) if len(users) == 1 else []
+    except data.BadRow:
+        return None
+    text = "\n".join(str(p.get("text", "")) for p in parts if p.get("type") == "text").strip()
+    if not text:
+        return None
+    refs = [_image_ref(p) for p in parts if p.get("type") in ("image", "image_url")]
+    if any(ref is None for ref in refs):
+        refs = [_image_key(v) for v in ([] if data.is_missing(r.get("images"))
+                                        else r["images"])]
+    digest = hashlib.sha256(json.dumps([text, refs], default=str).encode("utf-8")).hexdigest()
+    return f"{prefix}-{digest[:16]}"
+
+
+def _image_key(value: Any) -> str:
+    """A stored image as text for `content_id`: its bytes' hash, or its path."""
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return hashlib.sha256(value["bytes"]).hexdigest()
+    if isinstance(value, dict):
+        return str(value.get("path"))
+    if hasattr(value, "tobytes"):  # a PIL image
+        return hashlib.sha256(value.tobytes()).hexdigest()
+    return str(value)
+
+
 def _text_of(content: Any) -> str:
     return "".join(str(p.get("text", "")) for p in _parts(content) if p.get("type") == "text")
 
@@ -135,7 +167,9 @@ def _text_of(content: Any) -> str:
 def load_mm_eureka(source: str | Path, prompt_suffix: str | None = None, split: str = "train",
                    *, max_skipped_share: float = 0.02) -> data.Loaded:
     """MM-Eureka queries (no trace: `messages` is the user turn, plus an assistant turn only
-    if the row has one). Image paths `file://...` resolve relative to the file's folder."""
+    if the row has one). Image paths `file://...` resolve relative to the file's folder; the
+    published rows' absolute paths (the builder's machine) are found there by their trailing
+    parts (`data.resolve_image`)."""
     raw, base, source_id = data.read_source(source, split)
     data.require_columns(raw, ("id", "answer"), str(source))
     data.require_one_of(raw, ("message", "messages"), str(source))
@@ -159,8 +193,10 @@ def load_eureka_distill(source: str | Path, prompt_suffix: str | None = None,
     """Eureka-Distill-style SFT traces (`JierunChen/Eureka-Distill`; its schema is not
     documented): chat rows as MM-Eureka's (`message` JSON string or `messages` list; user
     text + `file://` images; `answer`), each with exactly one assistant turn holding a
-    `<think> ... </think>` trace. Rows without `id` are numbered `eureka-distill-00000`, ...
-    System turns are not carried (the stages add their own prompt suffix)."""
+    `<think> ... </think>` trace. A row without `id` gets its content's id (`content_id`),
+    the same in every run and every file order; rows repeating a question with the same
+    images share it, and the first is kept. System turns are not carried (the stages add
+    their own prompt suffix)."""
     raw, base, source_id = data.read_source(source, split)
     data.require_columns(raw, ("answer",), str(source))
     data.require_one_of(raw, ("message", "messages"), str(source))
@@ -180,6 +216,7 @@ def load_eureka_distill(source: str | Path, prompt_suffix: str | None = None,
 
     raw = raw.reset_index(drop=True)
     qids = (data.row_ids(raw["id"]) if "id" in raw.columns
-            else [f"eureka-distill-{i:05d}" for i in range(len(raw))])
+            else [content_id(r, "eureka-distill") or f"eureka-distill-row-{i}"
+                  for i, (_, r) in enumerate(raw.iterrows())])
     return _trace_set(raw, "eureka-distill", qids, row, source_id, source, max_skipped_share)
 
