@@ -246,6 +246,40 @@ def test_mathverse_parquet_with_bad_rows(tmp_path):
     assert not is_correct("<think>x</think> \\boxed{1}", df["answer"][0], df["choices"][0])
 
 
+def test_mathverse_answer_written_as_one_options_text_gets_its_letter(tmp_path):
+    """The real testmini writes some golds as the option's text ('090^\\circ T', 'False'):
+    the one option with that text (as written, or up to space, case, `$` and a closing
+    period) gives the letter; text matching several options, or none, is skipped."""
+    path = to_parquet({
+        "sample_index": ["1", "2", "3", "4", "5"],
+        "question": ["Bearing?\nChoices:\nA:270^\\circ T\nB:090^\\circ T",
+                     "True?\nChoices:\nA:True\nB:False",
+                     "Which?\n(A) $x$ (B) $y$.",
+                     "Which?\n(A) yes (B) Yes",
+                     "Which?\n(A) 1 (B) 2"],
+        "image": [""] * 5,
+        "answer": ["090^\\circ T", "False", " y. ", "YES", "3"],
+        "question_type": ["multi-choice"] * 5,
+    }, tmp_path / "testmini.parquet")
+    df, _, skipped = data.load_named_benchmark("mathverse", path, max_skipped_share=0.5)
+    assert df["qid"].tolist() == ["1", "2", "3"] and df["answer"].tolist() == ["B", "B", "B"]
+    assert skipped_of(skipped) == [
+        ("4", "answer 'YES' matches 2 of the choices ['yes', 'Yes']; need exactly one"),
+        ("5", "multiple-choice answer '3' is not a letter of the choices ['1', '2']")]
+
+
+@pytest.mark.parametrize("answer, choices, key", [
+    ("False", ["True", "False"], "B"),
+    ("  $\\frac{1}{2}$. ", ["1", "\\frac{1}{2}"], "B"),
+    ("the  Circle", ["The circle", "A square"], "A"),
+    ("Yes", ["Yes", "yes"], "A"),  # as written first: one option matches exactly
+    ("YES", ["Yes", "yes"], None),  # two once normalised
+    ("3", ["1", "2"], None), ("A", None, None),
+])
+def test_option_key(answer, choices, key):
+    assert data.option_key(answer, choices) == key
+
+
 MMMU_FEATURES = {"id": datasets.Value("string"), "question": datasets.Value("string"),
                  "options": datasets.Value("string"), "answer": datasets.Value("string"),
                  "question_type": datasets.Value("string"),

@@ -432,18 +432,45 @@ def _choices(value: Any) -> list[str] | None:
 
 
 def _gold_letter(answer: Any, choices: list[str] | None, *, by_text: bool = False) -> str:
-    """The gold letter: the answer's own letter, or (by_text) the letter of the option it equals."""
+    """The gold letter: the answer's own letter, else the letter of the one option whose text
+    the answer is (`option_key`: MathVerse writes some golds as the option's text). `by_text`
+    (MathVista, whose gold is always the option text) skips reading a letter."""
     a = answer_text(answer)
-    if by_text:
-        hits = [i for i, c in enumerate(choices or []) if c.strip() == a]
-        if len(hits) == 1:
-            return LETTERS[hits[0]]
+    if not by_text:
+        m = _LETTER.fullmatch(a)
+        if m and (not choices or LETTERS.index(m.group(1)) < len(choices)):
+            return m.group(1)
+    hits = _option_hits(a, choices)
+    if len(hits) == 1:
+        return LETTERS[hits[0]]
+    if by_text or hits:
         raise BadRow(f"answer {a!r} matches {len(hits)} of the choices {choices}; "
                      "need exactly one")
-    m = _LETTER.fullmatch(a)
-    if m and (not choices or LETTERS.index(m.group(1)) < len(choices)):
-        return m.group(1)
-    raise BadRow(f"multiple-choice answer {a!r} is not a letter of the choices {choices}")
+    raise BadRow(f"multiple-choice answer {a!r} is not a letter of the choices {choices} "
+                 "(nor the text of one of them)")
+
+
+def option_key(answer: Any, choices: list[str] | None) -> str | None:
+    """The letter of the one option whose text is `answer`: compared as written, else as
+    `_option_text` normalises both; None when no option or several match."""
+    hits = _option_hits(str(answer), choices)
+    return LETTERS[hits[0]] if len(hits) == 1 else None
+
+
+def _option_hits(answer: str, choices: list[str] | None) -> list[int]:
+    options = [str(c).strip() for c in choices or []]
+    exact = [i for i, c in enumerate(options) if c == answer.strip()]
+    if exact:
+        return exact
+    wanted = _option_text(answer)
+    return [i for i, c in enumerate(options) if _option_text(c) == wanted]
+
+
+def _option_text(text: str) -> str:
+    """`text` without what does not change an option: surrounding whitespace and `$`, a
+    closing period, runs of spaces, and case."""
+    text = text.strip().removesuffix(".").strip().strip("$").strip().removesuffix(".")
+    return " ".join(text.split()).casefold()
 
 
 def answer_text(value: Any) -> str:
