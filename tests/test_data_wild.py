@@ -489,6 +489,9 @@ def test_eureka_distill_without_id_gets_a_stable_content_id(tmp_path):
         zip(first.table["qid"], first.table["question"]))
     assert skipped_of(first.skipped) == [(ids[0], "duplicate id"),
                                          ("eureka-distill-row-4", "`message` is not JSON")]
+    some = [{"id": "e1", **rows[0]}, {"id": None, **rows[2]}]  # an id column with a gap
+    table = trace_sets.load_eureka_distill(write_jsonl(tmp_path / "c.jsonl", some)).table
+    assert table["qid"].tolist() == ["e1", ids[2]]
 
 
 def test_mm_eureka_absolute_image_paths_are_rebased_onto_the_local_folder(tmp_path):

@@ -193,10 +193,10 @@ def load_eureka_distill(source: str | Path, prompt_suffix: str | None = None,
     """Eureka-Distill-style SFT traces (`JierunChen/Eureka-Distill`; its schema is not
     documented): chat rows as MM-Eureka's (`message` JSON string or `messages` list; user
     text + `file://` images; `answer`), each with exactly one assistant turn holding a
-    `<think> ... </think>` trace. A row without `id` gets its content's id (`content_id`),
-    the same in every run and every file order; rows repeating a question with the same
-    images share it, and the first is kept. System turns are not carried (the stages add
-    their own prompt suffix)."""
+    `<think> ... </think>` trace. A row without `id` (no column, or an empty one) gets its
+    content's id (`content_id`), the same in every run and every file order; rows repeating
+    a question with the same images share it, and the first is kept. System turns are not
+    carried (the stages add their own prompt suffix)."""
     raw, base, source_id = data.read_source(source, split)
     data.require_columns(raw, ("answer",), str(source))
     data.require_one_of(raw, ("message", "messages"), str(source))
@@ -215,8 +215,8 @@ def load_eureka_distill(source: str | Path, prompt_suffix: str | None = None,
                 "images": images, "source": "eureka-distill"}
 
     raw = raw.reset_index(drop=True)
-    qids = (data.row_ids(raw["id"]) if "id" in raw.columns
-            else [content_id(r, "eureka-distill") or f"eureka-distill-row-{i}"
-                  for i, (_, r) in enumerate(raw.iterrows())])
+    given = data.row_ids(raw["id"]) if "id" in raw.columns else [None] * len(raw)
+    qids = [qid or content_id(r, "eureka-distill") or f"eureka-distill-row-{i}"
+            for i, (qid, (_, r)) in enumerate(zip(given, raw.iterrows()))]
     return _trace_set(raw, "eureka-distill", qids, row, source_id, source, max_skipped_share)
 
