@@ -1,5 +1,6 @@
 """The GPU box's first check (one GPU, under 10 minutes); run through bench/gpu_check.sh.
 
+    python bench/gpu_check.py cuda                # the driver's CUDA against torch's
     python bench/gpu_check.py engines --out DIR   # tiny world: vLLM vs the HF engine
     python bench/gpu_check.py grpo --out DIR      # a few GRPO steps with vLLM colocate
 
@@ -14,6 +15,10 @@
    question by question by sampling noise while each engine alone stays reproducible,
    resumable and exact under early stopping;
 3. generation throughput of both engines on the same prompts x samples, and the ratio.
+`cuda` compares the CUDA version the NVIDIA driver supports (nvidia-smi's "CUDA Version")
+with the one torch was built for (`torch.version.cuda`; PyPI's torch 2.13 / 2.14 are CUDA
+13.0 builds, environment.yml): a driver older than torch's CUDA major version cannot run
+it, and the message says so, with what to do, before anything else fails less clearly.
 `grpo` writes a tiny GRPO profile with `vllm_mode: colocate` and runs
 `python -m synergy train grpo` on it (8 optimizer steps), then prints its record.
 """
@@ -23,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -133,11 +140,69 @@ def grpo(out: Path) -> None:
           f"reward by step: {[round(c.get('reward', float('nan')), 3) for c in curves]}")
 
 
+# The oldest driver branch that supports each CUDA major version (NVIDIA's release notes).
+DRIVER_FOR_CUDA = {12: "R525", 13: "R580"}
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (text.strip().split(".") + ["0"])[:2]
+    return int(major), int(minor)
+
+
+def cuda_verdict(driver_cuda: str | None, torch_cuda: str | None,
+                 torch_version: str) -> tuple[bool, str]:
+    """(whether torch's CUDA build can run on this driver, one line saying so)."""
+    if torch_cuda is None:
+        return False, (f"torch {torch_version} is not a CUDA build (torch.version.cuda is "
+                       "None): install the CUDA 13.0 build (conda env create -f "
+                       "environment.yml)")
+    if driver_cuda is None:
+        return False, ("no NVIDIA driver found (nvidia-smi is missing or printed no "
+                       f"'CUDA Version'), but torch {torch_version} is built for CUDA "
+                       f"{torch_cuda}")
+    have, need = _version(driver_cuda), _version(torch_cuda)
+    if have[0] < need[0]:
+        branch = DRIVER_FOR_CUDA.get(need[0], "a newer driver")
+        return False, (f"the NVIDIA driver is too old: it supports CUDA {driver_cuda}, but "
+                       f"torch {torch_version} is built for CUDA {torch_cuda}. Update the "
+                       f"driver ({branch} or newer for CUDA {need[0]}.x), or install a torch "
+                       f"built for CUDA {have[0]}.x")
+    if have < need:
+        return True, (f"the driver supports CUDA {driver_cuda}, torch is built for CUDA "
+                      f"{torch_cuda}: it runs under CUDA's minor-version compatibility, but "
+                      "kernels compiled from PTX at run time may fail; update the driver if "
+                      "they do")
+    return True, (f"the driver supports CUDA {driver_cuda}, torch {torch_version} is built "
+                  f"for CUDA {torch_cuda}: ok")
+
+
+def driver_cuda() -> str | None:
+    """The CUDA version the installed driver supports, from nvidia-smi's header."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    done = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=60)
+    m = re.search(r"CUDA Version:\s*(\d+\.\d+)", done.stdout)
+    return m.group(1) if m else None
+
+
+def cuda() -> None:
+    import torch
+
+    ok, line = cuda_verdict(driver_cuda(), torch.version.cuda, torch.__version__)
+    print(f"[gpu-check] cuda: {line}")
+    if not ok:
+        sys.exit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["engines", "grpo"])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("what", choices=["cuda", "engines", "grpo"])
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.what == "cuda":
+        return cuda()
+    if args.out is None:
+        parser.error(f"{args.what} needs --out DIR")
     args.out.mkdir(parents=True, exist_ok=True)
     {"engines": engines, "grpo": grpo}[args.what](args.out)
 

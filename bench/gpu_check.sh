@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What a GPU box runs first: one GPU, under 10 minutes, after `pip install -e '.[gpu]'`
 # (or '.[vllm]'). It
+#   0. checks that the NVIDIA driver supports the CUDA that torch was built for;
 #   1. trains (or reuses) the tiny profile's world and runs its 200 questions through the
 #      vLLM backend and the HF engine: greedy agreement, levels of both (identical levels
 #      are not expected: the difference is explained in the output), throughput ratio;
@@ -15,6 +16,7 @@ export PYTHONPATH="$PWD/lib${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=f
 start=$(date +%s)
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" bench/gpu_check.py cuda   # stops here when the driver is too old for torch's CUDA
 "$PY" - <<'PYEOF'
 import torch
 from synergy.runs import package_versions

@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 import pytest
 from PIL import Image
-from synergy import data
+from synergy import data, trace_sets
 from synergy.files import ArtifactError
 from synergy.verify import is_correct
 
@@ -220,21 +220,21 @@ def test_s1_traces(tmp_path):
                        "gemini_attempt": ["\\boxed{2}", "\\boxed{4}"],
                        "deepseek_thinking_trajectory": ["d1", "d2"],
                        "deepseek_attempt": ["\\boxed{2}", "\\boxed{4}"]}, tmp_path / "s11.parquet")
-    df = data.load_s1(path, prompt_suffix=data.PAPER_PROMPT_SUFFIX).table
+    df = trace_sets.load_s1(path, prompt_suffix=data.PAPER_PROMPT_SUFFIX).table
     assert df["qid"].tolist() == ["s1K-1.1-0000", "s1K-1.1-0001"] and df["answer"][1] == "4"
     user, assistant = df["messages"][0]
     assert user == {"role": "user", "content": f"1+1? {data.PAPER_PROMPT_SUFFIX}"}
     assert assistant == {"role": "assistant", "content": "<think>\nd1\n</think>\n\n\\boxed{2}"}
     assert df["source"][0] == "s1K-1.1/deepseek" and df["images"][0] == []
-    gemini = data.load_s1(path, teacher="gemini").table
+    gemini = trace_sets.load_s1(path, teacher="gemini").table
     assert gemini["messages"][1][0]["content"] == "2+2?"
     assert gemini["messages"][1][1]["content"].startswith("<think>\ng2\n")
     old = to_parquet({"question": ["1+1?"], "solution": ["2"], "thinking_trajectories": [["t"]],
                       "attempt": ["\\boxed{2}"]}, tmp_path / "s1.parquet")
-    assert data.load_s1(old, teacher="gemini").table["messages"][0][1]["content"].startswith(
+    assert trace_sets.load_s1(old, teacher="gemini").table["messages"][0][1]["content"].startswith(
         "<think>\nt\n</think>")
     with pytest.raises(ArtifactError, match="Gemini traces only"):
-        data.load_s1(old)
+        trace_sets.load_s1(old)
 
 
 def test_mm_eureka_queries(tmp_path):
@@ -247,7 +247,7 @@ def test_mm_eureka_queries(tmp_path):
     lines = [{"id": 7, "message": json.dumps(message), "answer": "12"}]
     path = tmp_path / "eureka.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    df = data.load_mm_eureka(path, prompt_suffix="Think.").table
+    df = trace_sets.load_mm_eureka(path, prompt_suffix="Think.").table
     assert df["qid"].tolist() == ["7"] and df["answer"][0] == "12"
     assert df["messages"][0] == [{"role": "user", "content": "Find the area. Think."}]
     assert df["images"][0] == [str(tmp_path / "imgs" / "a.png"), str(absolute)]
@@ -255,4 +255,4 @@ def test_mm_eureka_queries(tmp_path):
     path.write_text(json.dumps({"id": 8, "message": json.dumps(message), "answer": "1"}) + "\n")
     with pytest.raises(ArtifactError, match="eureka.jsonl: no good mm-eureka rows .*"
                                             "8: image 'file://imgs/missing.png' not found"):
-        data.load_mm_eureka(path)
+        trace_sets.load_mm_eureka(path)

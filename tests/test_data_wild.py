@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from synergy import data
+from synergy import data, trace_sets
 from synergy.runs import ArtifactError
 from synergy.verify import is_correct
 
@@ -42,7 +42,7 @@ def test_one_reader_for_traces(tmp_path):
     path = tmp_path / "s1k.jsonl"
     path.write_text('{"question": "q", "solution": 3.10, "deepseek_thinking_trajectory": "t", '
                     '"deepseek_attempt": "3.10"}\n')
-    table = data.load_s1(path).table
+    table = trace_sets.load_s1(path).table
     assert table["answer"].tolist() == ["3.10"]
 
 
@@ -246,6 +246,40 @@ def test_mathverse_parquet_with_bad_rows(tmp_path):
     assert not is_correct("<think>x</think> \\boxed{1}", df["answer"][0], df["choices"][0])
 
 
+def test_mathverse_answer_written_as_one_options_text_gets_its_letter(tmp_path):
+    """The real testmini writes some golds as the option's text ('090^\\circ T', 'False'):
+    the one option with that text (as written, or up to space, case, `$` and a closing
+    period) gives the letter; text matching several options, or none, is skipped."""
+    path = to_parquet({
+        "sample_index": ["1", "2", "3", "4", "5"],
+        "question": ["Bearing?\nChoices:\nA:270^\\circ T\nB:090^\\circ T",
+                     "True?\nChoices:\nA:True\nB:False",
+                     "Which?\n(A) $x$ (B) $y$.",
+                     "Which?\n(A) yes (B) Yes",
+                     "Which?\n(A) 1 (B) 2"],
+        "image": [""] * 5,
+        "answer": ["090^\\circ T", "False", " y. ", "YES", "3"],
+        "question_type": ["multi-choice"] * 5,
+    }, tmp_path / "testmini.parquet")
+    df, _, skipped = data.load_named_benchmark("mathverse", path, max_skipped_share=0.5)
+    assert df["qid"].tolist() == ["1", "2", "3"] and df["answer"].tolist() == ["B", "B", "B"]
+    assert skipped_of(skipped) == [
+        ("4", "answer 'YES' matches 2 of the choices ['yes', 'Yes']; need exactly one"),
+        ("5", "multiple-choice answer '3' is not a letter of the choices ['1', '2']")]
+
+
+@pytest.mark.parametrize("answer, choices, key", [
+    ("False", ["True", "False"], "B"),
+    ("  $\\frac{1}{2}$. ", ["1", "\\frac{1}{2}"], "B"),
+    ("the  Circle", ["The circle", "A square"], "A"),
+    ("Yes", ["Yes", "yes"], "A"),  # as written first: one option matches exactly
+    ("YES", ["Yes", "yes"], None),  # two once normalised
+    ("3", ["1", "2"], None), ("A", None, None),
+])
+def test_option_key(answer, choices, key):
+    assert data.option_key(answer, choices) == key
+
+
 MMMU_FEATURES = {"id": datasets.Value("string"), "question": datasets.Value("string"),
                  "options": datasets.Value("string"), "answer": datasets.Value("string"),
                  "question_type": datasets.Value("string"),
@@ -312,8 +346,8 @@ def test_hub_id_offline_says_to_use_a_local_copy(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     for load, hub_id in ((lambda s: data.load_named_benchmark("mathvista", s), "AI4Math/MathVista"),
-                         (data.load_mm_eureka, "FanqingM/MM-Eureka-Dataset"),
-                         (data.load_eureka_distill, "JierunChen/Eureka-Distill")):
+                         (trace_sets.load_mm_eureka, "FanqingM/MM-Eureka-Dataset"),
+                         (trace_sets.load_eureka_distill, "JierunChen/Eureka-Distill")):
         with pytest.raises(ArtifactError, match=f"{hub_id}: could not load.*Hub access is "
                                                 "needed.*pass a local copy"):
             load(hub_id)
@@ -329,13 +363,13 @@ def test_s1_bad_rows_skipped(tmp_path):
             {"question": "3+3?", "solution": "", "deepseek_thinking_trajectory": "t",
              "deepseek_attempt": "\\boxed{6}"}]
     path = write_jsonl(tmp_path / "s1k11.jsonl", rows)
-    table, upstream, skipped = data.load_s1(path, max_skipped_share=0.7)
+    table, upstream, skipped = trace_sets.load_s1(path, max_skipped_share=0.7)
     assert table["qid"].tolist() == ["s1K-1.1-0000"] and upstream.startswith("file:")
     assert skipped_of(skipped) == [("s1K-1.1-0001", "no deepseek trace"),
                                    ("s1K-1.1-0002", "no answer")]
     assert set(skipped["benchmark"]) == {"s1K-1.1"}
     with pytest.raises(ArtifactError, match=r"^s1K-1\.1: 2 of 3 rows skipped \(66\.7%\)"):
-        data.load_s1(path)
+        trace_sets.load_s1(path)
 
 
 def eureka_message(text: str, images=(), reply: str | None = None) -> str:
@@ -377,8 +411,8 @@ def test_mm_eureka_any_local_copy_with_bad_rows(tmp_path, layout):
         source = tmp_path
         datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(
             str(source))
-    table, _, skipped = data.load_mm_eureka(source, prompt_suffix="Think.",
-                                            max_skipped_share=0.8)
+    table, _, skipped = trace_sets.load_mm_eureka(source, prompt_suffix="Think.",
+                                                  max_skipped_share=0.8)
     assert table["qid"].tolist() == ["1", "2"] and table["answer"].tolist() == ["12", "3.10"]
     assert table["messages"][0] == [{"role": "user", "content": "Find the area. Think."}]
     assert table["images"][0] == [str(tmp_path / "imgs" / "a.png")] and table["images"][1] == []
@@ -402,8 +436,8 @@ def test_eureka_distill_chat_rows(tmp_path):
          "answer": "3"},
     ]
     path = write_jsonl(tmp_path / "eureka_distill.jsonl", rows)
-    table, upstream, skipped = data.load_eureka_distill(path, prompt_suffix="Think.",
-                                                        max_skipped_share=0.7)
+    table, upstream, skipped = trace_sets.load_eureka_distill(path, prompt_suffix="Think.",
+                                                              max_skipped_share=0.7)
     assert list(table.columns) == ["qid", "question", "answer", "messages", "images", "source"]
     assert table["qid"].tolist() == ["e1", "e2"] and table["answer"].tolist() == ["12", "007"]
     assert table["messages"][0] == [{"role": "user", "content": "Find the area. Think."},
@@ -418,16 +452,68 @@ def test_eureka_distill_chat_rows(tmp_path):
 
 def test_eureka_distill_messages_column_with_images_column(tmp_path):
     """A TRL-style copy: a `messages` list with {"type": "image"} placeholders, an `images`
-    column, no `id` (rows are numbered)."""
+    column, no `id` (each row gets its content's id)."""
     trace = "<think>3 x 4</think> \\boxed{12}"
     user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Area?"}]}
     reply = {"role": "assistant", "content": [{"type": "text", "text": trace}]}
     rows = {"messages": [[user, reply]] * 2,
             "images": [[IMG], []], "answer": ["12", "12"]}
     path = to_parquet(rows, tmp_path / "train.parquet")
-    table, _, skipped = data.load_eureka_distill(path, max_skipped_share=0.5)
-    assert table["qid"].tolist() == ["eureka-distill-00000"]
+    table, _, skipped = trace_sets.load_eureka_distill(path, max_skipped_share=0.5)
+    qids = [trace_sets.content_id(r, "eureka-distill") for _, r in pd.read_parquet(path).iterrows()]
+    assert table["qid"].tolist() == qids[:1] and qids[0] != qids[1]
     assert isinstance(table["images"][0][0], Image.Image)
     assert table["messages"][0][1] == {"role": "assistant", "content": trace}
-    assert skipped_of(skipped) == [("eureka-distill-00001",
-                                    "1 image placeholder(s) but 0 stored image(s)")]
+    assert skipped_of(skipped) == [(qids[1], "1 image placeholder(s) but 0 stored image(s)")]
+
+
+def test_eureka_distill_without_id_gets_a_stable_content_id(tmp_path):
+    """The same row gets the same id in every run and file order: a hash of its question
+    text and image references; a repeated question with the same images is a duplicate."""
+    write_png(tmp_path / "imgs" / "a.png")
+    trace = "<think>3 x 4</think> \\boxed{12}"
+    rows = [{"message": eureka_message("Area?", ["imgs/a.png"], trace), "answer": "12"},
+            {"message": eureka_message("Area?", [], trace), "answer": "12"},
+            {"message": eureka_message("Width?", ["imgs/a.png"], trace), "answer": "3"},
+            {"message": eureka_message("Area?", ["imgs/a.png"], "<think>again</think> 12"),
+             "answer": "12"},
+            {"message": "[{not json", "answer": "1"}]
+    first = trace_sets.load_eureka_distill(write_jsonl(tmp_path / "a.jsonl", rows),
+                                           max_skipped_share=0.5)
+    again = trace_sets.load_eureka_distill(write_jsonl(tmp_path / "b.jsonl", rows[2::-1]),
+                                           max_skipped_share=0.5)
+    ids = first.table["qid"].tolist()
+    assert len(set(ids)) == 3 and all(q.startswith("eureka-distill-") for q in ids)
+    assert sorted(again.table["qid"]) == sorted(ids)
+    assert dict(zip(again.table["qid"], again.table["question"])) == dict(
+        zip(first.table["qid"], first.table["question"]))
+    assert skipped_of(first.skipped) == [(ids[0], "duplicate id"),
+                                         ("eureka-distill-row-4", "`message` is not JSON")]
+    some = [{"id": "e1", **rows[0]}, {"id": None, **rows[2]}]  # an id column with a gap
+    table = trace_sets.load_eureka_distill(write_jsonl(tmp_path / "c.jsonl", some)).table
+    assert table["qid"].tolist() == ["e1", ids[2]]
+
+
+def test_mm_eureka_absolute_image_paths_are_rebased_onto_the_local_folder(tmp_path):
+    """MM-Eureka's rows name images by absolute `file:///` paths on the machine that built
+    the set; here they are found under the file's folder by their trailing parts."""
+    write_png(tmp_path / "MM-Eureka" / "images" / "geo" / "1.png")
+    write_png(tmp_path / "MM-Eureka" / "2.png")
+    built = "/mnt/builder/datasets/MM-Eureka"
+    rows = [{"id": 1, "message": eureka_message("A?", [f"{built}/images/geo/1.png"]),
+             "answer": "1"},
+            {"id": 2, "message": eureka_message("B?", [f"{built}/elsewhere/2.png"]),
+             "answer": "2"},
+            {"id": 3, "message": eureka_message("C?", [f"{built}/images/geo/3.png"]),
+             "answer": "3"},
+            {"id": 4, "message": eureka_message("D?", [str(tmp_path / "MM-Eureka" / "2.png")]),
+             "answer": "4"}]
+    source = write_jsonl(tmp_path / "MM-Eureka" / "train.jsonl", rows)
+    table, _, skipped = trace_sets.load_mm_eureka(source, max_skipped_share=0.5)
+    here = tmp_path / "MM-Eureka"
+    assert table["qid"].tolist() == ["1", "2", "4"]
+    assert table["images"].tolist() == [[str(here / "images" / "geo" / "1.png")],
+                                        [str(here / "2.png")], [str(here / "2.png")]]
+    assert skipped["qid"].tolist() == ["3"] and skipped["reason"][0].startswith(
+        f"image 'file://{built}/images/geo/3.png' not found (not at {built}/images/geo/3.png, "
+        f"nor under {here} by its trailing path parts;")

@@ -374,3 +374,45 @@ def test_lora_leaves_the_vision_tower_without_adapters(random_world):
         assert names and not [n for n in names if ".visual." in n]
         assert any("language_model" in n or "layers" in n for n in names)
         adapted.unload()
+
+
+# --- the driver against torch's CUDA build (bench/gpu_check.py cuda) ------------------------
+
+def gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("driver, built, ok, says", [
+    ("13.0", "13.0", True, "the driver supports CUDA 13.0, torch 2.13.0 is built for CUDA 13.0: ok"),
+    ("13.1", "13.0", True, ": ok"),
+    ("12.4", "13.0", False, "the NVIDIA driver is too old: it supports CUDA 12.4, but torch "
+                            "2.13.0 is built for CUDA 13.0. Update the driver (R580 or newer "
+                            "for CUDA 13.x), or install a torch built for CUDA 12.x"),
+    ("13.0", "13.2", True, "minor-version compatibility"),
+    (None, "13.0", False, "no NVIDIA driver found"),
+    ("13.0", None, False, "torch 2.13.0 is not a CUDA build"),
+])
+def test_gpu_check_cuda_compares_the_driver_with_torchs_build(driver, built, ok, says):
+    verdict, line = gpu_check().cuda_verdict(driver, built, "2.13.0")
+    assert verdict is ok and says in line and "\n" not in line
+
+
+def test_gpu_check_cuda_reads_the_driver_from_nvidia_smi(monkeypatch, capsys):
+    check = gpu_check()
+    header = ("| NVIDIA-SMI 550.54.15    Driver Version: 550.54.15    CUDA Version: 12.4     |\n")
+    monkeypatch.setattr(check.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(check.subprocess, "run",
+                        lambda *a, **k: types.SimpleNamespace(stdout=header, returncode=0))
+    assert check.driver_cuda() == "12.4"
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    with pytest.raises(SystemExit) as stop:
+        check.cuda()
+    assert stop.value.code == 1
+    assert "[gpu-check] cuda: the NVIDIA driver is too old" in capsys.readouterr().out
+    monkeypatch.setattr(check.shutil, "which", lambda name: None)
+    assert check.driver_cuda() is None

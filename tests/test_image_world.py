@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synergy import data, stages, world
+from synergy import data, stages, trace_sets, world
 from synergy.files import ArtifactError
 from synergy.runs import Run, write_manifest
 from synergy.verify import is_correct
@@ -66,13 +66,13 @@ def test_task_files_load_through_the_real_loaders(tmp_path):
     assert all(Path(x[0]).name == f"start-{q.start}.png" and Path(x[0]).is_file()
                for x, q in zip(bench["images"], evals))
 
-    queries, _, skipped = data.load_mm_eureka(files["mm_eureka"])
+    queries, _, skipped = trace_sets.load_mm_eureka(files["mm_eureka"])
     assert skipped.empty and len(queries) > 3 * len(evals)
     assert not set(queries["qid"]) & set(bench["qid"])  # training questions are fresh
     assert all(m == [{"role": "user", "content": q}]
                for m, q in zip(queries["messages"], queries["question"]))
 
-    traces, _, skipped = data.load_eureka_distill(files["eureka_distill"])
+    traces, _, skipped = trace_sets.load_eureka_distill(files["eureka_distill"])
     assert skipped.empty and traces["qid"].tolist() == queries["qid"].tolist()
     replies = [m[-1]["content"] for m in traces["messages"]]
     assert all(is_correct(r, a) for r, a in zip(replies, traces["answer"]))

@@ -10,12 +10,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
+import types
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import ROOT, SMOKE
-from synergy import grpo, sft, stages
+from synergy import grpo, sft, stages, training
 from synergy.config import ConfigError, load_profile, profile_section
 from synergy.training import read_jsonl
 
@@ -189,6 +191,58 @@ def test_unsloth_without_cuda_fails_before_any_work(module, cls, section, tmp_pa
     assert list(tmp_path.iterdir()) == []  # nothing was started
     with pytest.raises(ConfigError, match="single-GPU"):
         smoke(section, cls, trainer_backend="unsloth", num_processes=2)
+
+
+def test_import_unsloth_says_which_of_three_things_is_wrong(monkeypatch):
+    """Not installed (the install command), too old (no FastVisionModel: the version found
+    and the one needed) and failing to import (the underlying error): one line each."""
+    monkeypatch.setitem(sys.modules, "unsloth", None)
+    with pytest.raises(ImportError) as missing:
+        training.import_unsloth()
+    assert "unsloth is not installed: pip install -e '.[unsloth]'" in str(missing.value)
+
+    old = types.ModuleType("unsloth")
+    old.FastLanguageModel = object
+    monkeypatch.setitem(sys.modules, "unsloth", old)
+    monkeypatch.setattr(training.metadata, "version", lambda name: "2024.8")
+    with pytest.raises(ImportError) as too_old:
+        training.import_unsloth()
+    assert str(too_old.value).startswith(
+        "unsloth 2024.8 is too old (it has no FastVisionModel): this project needs "
+        f"{training.UNSLOTH_REQUIREMENT}; pip install -e '.[unsloth]'")
+
+    def failing(name):
+        raise NotImplementedError("Unsloth cannot find any torch accelerator?\nmore text")
+
+    monkeypatch.setattr(training.importlib, "import_module", failing)
+    with pytest.raises(ImportError) as broken:
+        training.import_unsloth()
+    assert str(broken.value) == ("unsloth is installed but failed to import: "
+                                 "NotImplementedError: Unsloth cannot find any torch accelerator?")
+
+    def missing_dependency(name):
+        raise ModuleNotFoundError("No module named 'unsloth_zoo'", name="unsloth_zoo")
+
+    monkeypatch.setattr(training.importlib, "import_module", missing_dependency)
+    with pytest.raises(ImportError, match="installed but failed to import: ModuleNotFoundError: "
+                                          "No module named 'unsloth_zoo'"):
+        training.import_unsloth()
+    for error in (missing, too_old, broken):
+        assert "\n" not in str(error.value)
+
+    new = types.ModuleType("unsloth")
+    new.FastVisionModel = new.FastLanguageModel = object
+    monkeypatch.setattr(training.importlib, "import_module", lambda name: new)
+    assert training.import_unsloth() is new
+
+
+def test_the_unsloth_extra_is_its_own_and_matches_the_messages():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert extras["unsloth"] == [training.UNSLOTH_REQUIREMENT]
+    assert not any("unsloth" in r for r in extras["gpu"])  # pip would take unsloth 2024.8
+    env = yaml.safe_load((ROOT / "environment-unsloth.yml").read_text())
+    assert "-e .[unsloth,dev]" in env["dependencies"][-1]["pip"]
 
 
 def test_vllm_rollouts_without_vllm_name_the_extra(monkeypatch, tmp_path):

@@ -25,7 +25,7 @@ from synergy.verify import (
     [
         (r"so \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
         (r"\boxed{\sqrt{\frac{a}{b}}}", r"\sqrt{\frac{a}{b}}"),
-        (r"first \boxed{1}, then \boxed{2}", "2"),
+        (r"first \boxed{1}, then \boxed{2}", "1,2"),  # math-verify reads {1, 2} too
         (r"\fbox{7}", "7"),
         (r"\boxed {\{1,2\}}", r"\{1,2\}"),  # escaped braces are content, not nesting
         (r"\boxed{\left\{ x \right.}", r"\left\{ x \right."),  # unpaired escaped brace
@@ -35,6 +35,36 @@ from synergy.verify import (
 )
 def test_extract_boxed(text, expected):
     assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"The solutions are \boxed{2} and \boxed{-3}.", "2,-3"),
+        (r"$x = \boxed{2}$ or $x = \boxed{3}$", "2,3"),
+        (r"\boxed{1}, \boxed{2}, \boxed{ 3 }", "1,2,3"),
+        (r"\boxed{5} = \boxed{5}", "5"),  # one answer written twice
+        (r"tried \boxed{4} in a long detour that goes on and on for quite a while, then at last, finally \boxed{5}", "5"),
+        (r"tried \boxed{4}, then thought about it more, much more. Now I am sure: \boxed{5}", "4,5"),
+        (r"tried \boxed{4} but I thought it over once more to find my slip. So \boxed{5}", "5"),
+        (r"tried \boxed{4} then \boxed{4}", "4"),
+        (r"<think>maybe \boxed{3}</think> \boxed{4}", "4"),  # never across </think>
+        (r"<think>\boxed{3}</think>\boxed{4} and \boxed{5}", "4,5"),
+    ],
+)
+def test_extract_boxed_joins_the_boxes_math_verify_reads_as_one_answer(text, expected):
+    """The join rule is math-verify's own (latex2sympy2_extended's extract_boxed_content),
+    except that it never reaches into the <think> trace, which math-verify does not know."""
+    from math_verify import parse
+
+    assert extract_boxed(text) == expected
+    if "</think>" not in text:  # the same value as math-verify reads from the whole text
+        assert parse(text)[0] == parse(f"\\boxed{{{expected}}}")[0]
+
+
+def test_an_answer_in_several_boxes_is_scored_as_a_set():
+    assert is_correct(r"<think>x</think> The roots are \boxed{2} and \boxed{-3}.", "-3, 2")
+    assert not is_correct(r"<think>x \boxed{2}</think> The root is \boxed{-3}.", "-3, 2")
 
 
 @pytest.mark.parametrize("text", ["", "no box here", r"\boxed{\frac{1}{2}", r"\boxed{5} then \boxed{6"])

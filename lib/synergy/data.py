@@ -1,11 +1,12 @@
-"""Where stages get their inputs: the embedded world, real benchmarks, trace sets and models.
+"""Where evaluation stages get their questions: the embedded world and real benchmarks, and
+the reading and bad-row rules that the training sets (`trace_sets`) share.
 
 Every benchmark comes out in one schema: `qid`, `question` (the text the model sees, options
 formatted in for multiple choice), `answer` (the gold LETTER for multiple choice), `choices`
 (list or None), `images` (PIL images or resolved paths), `benchmark`, and `level` when the
 source carries the paper's difficulty level. `load_benchmark` takes `"world"`, a local
 table, or `"<name>:<path-or-hub-id>[:split]"` with a name from `NORMALIZERS`; the source
-`world` there (and in the trace and RL loaders' stage keys) is the image world's file of
+`world` there (and in `trace_sets`' stage keys) is the image world's file of
 that schema, which 00_world writes (`world_source`).
 
 Difficulty levels (the paper's `JierunChen/<Benchmark>_with_difficulty_level` copies): the
@@ -104,16 +105,16 @@ def load_common(path: str | Path, max_skipped_share: float = 0.02,
     rule of every loader: answers as written, and a row without id, question or answer, or
     with a repeated id, skipped and reported (too many, or none left, is an error)."""
     raw = read_table(path).reset_index(drop=True)
-    _require(raw, REQUIRED, str(path))
+    require_columns(raw, REQUIRED, str(path))
 
     def row(r: pd.Series, qid: str) -> dict:
-        return {**r.to_dict(), "qid": qid, "question": _question(r["question"]),
-                "answer": _answer(r["answer"])}
+        return {**r.to_dict(), "qid": qid, "question": question_text(r["question"]),
+                "answer": answer_text(r["answer"])}
 
-    rows, skipped = _good_rows(raw, Path(path).name, _ids(raw["qid"]), row)
+    rows, skipped = good_rows(raw, Path(path).name, row_ids(raw["qid"]), row)
     table = pd.DataFrame(rows, columns=list(raw.columns))
-    table, skipped = _bounded(table, skipped, Path(path).name, limits, Path(path).parent)
-    _check_skipped(Path(path).name, table, skipped, len(raw), path, max_skipped_share)
+    table, skipped = within_limits(table, skipped, Path(path).name, limits, Path(path).parent)
+    check_skipped(Path(path).name, table, skipped, len(raw), path, max_skipped_share)
     return Loaded(table, f"file:{Path(path).resolve()}", skipped)
 
 
@@ -285,7 +286,7 @@ def no_skips() -> pd.DataFrame:
     return pd.DataFrame(columns=SKIPPED_COLUMNS)
 
 
-def _good_rows(raw: pd.DataFrame, name: str, qids: list[str | None],
+def good_rows(raw: pd.DataFrame, name: str, qids: list[str | None],
                make_row: Callable[[pd.Series, str], dict]) -> tuple[list[dict], pd.DataFrame]:
     """The rows `make_row(row, qid)` builds, and the skipped ones (it raised BadRow).
 
@@ -306,7 +307,7 @@ def _good_rows(raw: pd.DataFrame, name: str, qids: list[str | None],
     return rows, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
 
 
-def _bounded(table: pd.DataFrame, skipped: pd.DataFrame, name: str, limits: Limits,
+def within_limits(table: pd.DataFrame, skipped: pd.DataFrame, name: str, limits: Limits,
              base: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows within `limits`, and the skipped ones with those beyond (question length,
     every image's pixels and decoding), each named with its reason."""
@@ -336,25 +337,25 @@ def _bounded(table: pd.DataFrame, skipped: pd.DataFrame, name: str, limits: Limi
             pd.concat([skipped, more], ignore_index=True) if len(skipped) else more)
 
 
-def _ids(values: pd.Series) -> list[str | None]:
-    return [None if _missing(v) else str(v).strip() for v in values]
+def row_ids(values: pd.Series) -> list[str | None]:
+    return [None if is_missing(v) else str(v).strip() for v in values]
 
 
 # --- helpers shared by the normalizers ----------------------------------------------------
 
-def _require(df: pd.DataFrame, columns, what: str) -> None:
+def require_columns(df: pd.DataFrame, columns, what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ArtifactError(f"{what}: missing column(s) {missing}; have {list(df.columns)}")
 
 
-def _require_one(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+def require_one_of(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
     if not any(c in df.columns for c in columns):
         raise ArtifactError(f"{what}: needs one of the columns {list(columns)}; "
                             f"have {list(df.columns)}")
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     """None, NaN, pd.NA, a blank string or an empty Image entry."""
     if isinstance(value, str):
         return not value.strip()
@@ -363,8 +364,10 @@ def _missing(value: Any) -> bool:
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
-def _image(value: Any, base: Path | None):
-    """A PIL image (from an Image object or stored bytes) or an existing file's path."""
+def resolve_image(value: Any, base: Path | None):
+    """A PIL image (from an Image object or stored bytes) or an existing file's path: a
+    relative path starts from `base`; an absolute one (or `file:///...`) that does not exist
+    here is looked up under `base` by its trailing parts (`_rebased`)."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(value, Image.Image):
@@ -377,17 +380,34 @@ def _image(value: Any, base: Path | None):
         except (Image.DecompressionBombError, OSError) as exc:
             raise BadRow(f"stored image is unreadable ({exc})") from exc
     raw = value.get("path") if isinstance(value, dict) else str(value)
-    path = Path(raw.removeprefix("file://"))
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    if not path.exists():
-        raise BadRow(f"image '{raw}' not found (looked at {path}; "
-                     "unzip the images next to the table)")
-    return str(path)
+    written = Path(raw.removeprefix("file://"))
+    path = base / written if not written.is_absolute() and base is not None else written
+    if path.exists():
+        return str(path)
+    if written.is_absolute() and base is not None:
+        found = _rebased(written, base)
+        if found is not None:
+            return str(found)
+        raise BadRow(f"image '{raw}' not found (not at {path}, nor under {base} by its "
+                     "trailing path parts; unzip the images next to the table)")
+    raise BadRow(f"image '{raw}' not found (looked at {path}; "
+                 "unzip the images next to the table)")
+
+
+def _rebased(path: Path, base: Path) -> Path | None:
+    """An absolute path written on the machine that built a dataset (MM-Eureka's
+    `file:///.../images/geo/1.png`), found under the local folder `base` by its trailing
+    parts, the longest that exists: base/.../images/geo/1.png, ..., base/1.png."""
+    parts = path.parts[1:]
+    for start in range(len(parts)):
+        candidate = base.joinpath(*parts[start:])
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _images(row: pd.Series, columns: list[str], base: Path | None) -> list:
-    return [_image(row[c], base) for c in columns if c in row and not _missing(row[c])]
+    return [resolve_image(row[c], base) for c in columns if c in row and not is_missing(row[c])]
 
 
 def _first_image(row: pd.Series, base: Path | None) -> list:
@@ -398,7 +418,7 @@ def _first_image(row: pd.Series, base: Path | None) -> list:
 def _choices(value: Any) -> list[str] | None:
     """The options as strings, None for none; a string holding a Python list (MMMU's
     layout) is parsed."""
-    if _missing(value):
+    if is_missing(value):
         return None
     parsed = value
     if isinstance(value, str):
@@ -412,28 +432,55 @@ def _choices(value: Any) -> list[str] | None:
 
 
 def _gold_letter(answer: Any, choices: list[str] | None, *, by_text: bool = False) -> str:
-    """The gold letter: the answer's own letter, or (by_text) the letter of the option it equals."""
-    a = _answer(answer)
-    if by_text:
-        hits = [i for i, c in enumerate(choices or []) if c.strip() == a]
-        if len(hits) == 1:
-            return LETTERS[hits[0]]
+    """The gold letter: the answer's own letter, else the letter of the one option whose text
+    the answer is (`option_key`: MathVerse writes some golds as the option's text). `by_text`
+    (MathVista, whose gold is always the option text) skips reading a letter."""
+    a = answer_text(answer)
+    if not by_text:
+        m = _LETTER.fullmatch(a)
+        if m and (not choices or LETTERS.index(m.group(1)) < len(choices)):
+            return m.group(1)
+    hits = _option_hits(a, choices)
+    if len(hits) == 1:
+        return LETTERS[hits[0]]
+    if by_text or hits:
         raise BadRow(f"answer {a!r} matches {len(hits)} of the choices {choices}; "
                      "need exactly one")
-    m = _LETTER.fullmatch(a)
-    if m and (not choices or LETTERS.index(m.group(1)) < len(choices)):
-        return m.group(1)
-    raise BadRow(f"multiple-choice answer {a!r} is not a letter of the choices {choices}")
+    raise BadRow(f"multiple-choice answer {a!r} is not a letter of the choices {choices} "
+                 "(nor the text of one of them)")
 
 
-def _answer(value: Any) -> str:
-    if _missing(value):
+def option_key(answer: Any, choices: list[str] | None) -> str | None:
+    """The letter of the one option whose text is `answer`: compared as written, else as
+    `_option_text` normalises both; None when no option or several match."""
+    hits = _option_hits(str(answer), choices)
+    return LETTERS[hits[0]] if len(hits) == 1 else None
+
+
+def _option_hits(answer: str, choices: list[str] | None) -> list[int]:
+    options = [str(c).strip() for c in choices or []]
+    exact = [i for i, c in enumerate(options) if c == answer.strip()]
+    if exact:
+        return exact
+    wanted = _option_text(answer)
+    return [i for i, c in enumerate(options) if _option_text(c) == wanted]
+
+
+def _option_text(text: str) -> str:
+    """`text` without what does not change an option: surrounding whitespace and `$`, a
+    closing period, runs of spaces, and case."""
+    text = text.strip().removesuffix(".").strip().strip("$").strip().removesuffix(".")
+    return " ".join(text.split()).casefold()
+
+
+def answer_text(value: Any) -> str:
+    if is_missing(value):
         raise BadRow("no answer")
     return str(value).strip()
 
 
-def _question(value: Any) -> str:
-    if _missing(value):
+def question_text(value: Any) -> str:
+    if is_missing(value):
         raise BadRow("no question text")
     return str(value)
 
@@ -535,20 +582,20 @@ def _normalize(raw: pd.DataFrame, benchmark: str, id_column: str,
             out["level"] = _row_level(r[level_column], level_column)
         return out
 
-    rows, skipped = _good_rows(raw, benchmark, _ids(raw[id_column]), row)
+    rows, skipped = good_rows(raw, benchmark, row_ids(raw[id_column]), row)
     return _frame(rows, benchmark), skipped
 
 
 def _mathvision_row(r: pd.Series, qid: str, base: Path | None) -> dict:
     choices = _choices(r["options"])
-    answer = _gold_letter(r["answer"], choices) if choices else _answer(r["answer"])
-    return _row(qid, format_choices(_question(r["question"]), choices), answer, choices,
+    answer = _gold_letter(r["answer"], choices) if choices else answer_text(r["answer"])
+    return _row(qid, format_choices(question_text(r["question"]), choices), answer, choices,
                 _first_image(r, base), subject=r.get("subject"), mathvision_level=r.get("level"))
 
 
 def normalize_mathvision(raw: pd.DataFrame, base: Path | None = None,
                          level_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    _require(raw, ("id", "question", "options", "answer"), "MathVision")
+    require_columns(raw, ("id", "question", "options", "answer"), "MathVision")
     return _normalize(raw, "mathvision", "id", _mathvision_row, base, level_column)
 
 
@@ -562,15 +609,15 @@ def _mathvista_row(r: pd.Series, qid: str, base: Path | None) -> dict:
             raise BadRow("multi_choice question without choices")
         answer = _gold_letter(r["answer"], choices, by_text=True)
     else:
-        choices, answer = None, _answer(r["answer"])
-    return _row(qid, format_choices(_question(r["question"]), choices), answer, choices,
+        choices, answer = None, answer_text(r["answer"])
+    return _row(qid, format_choices(question_text(r["question"]), choices), answer, choices,
                 _first_image(r, base), **_scoring_fields(r))
 
 
 def _scoring_fields(r: pd.Series) -> dict:
     """MathVista's per-question scoring fields, None when absent: the verifier rounds a
     float answer to `precision` (a number, though JSON copies carry it as text)."""
-    fields = {c: None if c not in r or _missing(r[c]) else r[c] for c in SCORING_FIELDS}
+    fields = {c: None if c not in r or is_missing(r[c]) else r[c] for c in SCORING_FIELDS}
     if fields["precision"] is not None:
         try:
             fields["precision"] = float(fields["precision"])
@@ -581,7 +628,7 @@ def _scoring_fields(r: pd.Series) -> dict:
 
 def normalize_mathvista(raw: pd.DataFrame, base: Path | None = None,
                         level_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    _require(raw, ("pid", "question", "choices", "answer", "question_type"), "MathVista")
+    require_columns(raw, ("pid", "question", "choices", "answer", "question_type"), "MathVista")
     table, skipped = _normalize(raw, "mathvista", "pid", _mathvista_row, base, level_column)
     for c in SCORING_FIELDS if len(table) else ():  # None when absent, not pandas' NaN
         table[c] = table[c].astype(object).where(table[c].notna(), None)
@@ -592,7 +639,7 @@ def _mathverse_row(r: pd.Series, qid: str, base: Path | None) -> dict:
     """`question` is what the model sees (options already inside; empty for Vision Only,
     where the whole problem is in the image). `question_for_eval` is the full text for a
     judge and must not be shown to the model."""
-    text = "" if _missing(r["question"]) else str(r["question"]).strip()
+    text = "" if is_missing(r["question"]) else str(r["question"]).strip()
     choices = None
     if r["question_type"] == "multi-choice":
         choices = parse_options(text)
@@ -600,7 +647,7 @@ def _mathverse_row(r: pd.Series, qid: str, base: Path | None) -> dict:
             raise BadRow("multiple-choice options not found in the question text")
         answer = _gold_letter(r["answer"], choices)
     else:
-        answer = _answer(r["answer"])
+        answer = answer_text(r["answer"])
     return _row(qid, text or "Answer the question shown in the image.", answer, choices,
                 _images(r, ["image"], base),
                 **_extras(r, ("problem_index", "problem_version", "question_type",
@@ -609,7 +656,7 @@ def _mathverse_row(r: pd.Series, qid: str, base: Path | None) -> dict:
 
 def normalize_mathverse(raw: pd.DataFrame, base: Path | None = None,
                         level_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    _require(raw, ("sample_index", "question", "answer", "question_type"), "MathVerse")
+    require_columns(raw, ("sample_index", "question", "answer", "question_type"), "MathVerse")
     return _normalize(raw, "mathverse", "sample_index", _mathverse_row, base, level_column)
 
 
@@ -617,10 +664,10 @@ def _mmmu_row(r: pd.Series, qid: str, base: Path | None) -> dict:
     """Options are a string holding a Python list; images are image_1..image_7 in tag order."""
     choices = _choices(r["options"])
     multi = r.get("question_type", "multiple-choice") == "multiple-choice"
-    answer = _gold_letter(r["answer"], choices) if multi else _answer(r["answer"])
-    question = format_choices(_question(r["question"]), choices if multi else None)
+    answer = _gold_letter(r["answer"], choices) if multi else answer_text(r["answer"])
+    question = format_choices(question_text(r["question"]), choices if multi else None)
     present = [f"image_{k}" for k in range(1, 8)
-               if f"image_{k}" in r and not _missing(r[f"image_{k}"])]
+               if f"image_{k}" in r and not is_missing(r[f"image_{k}"])]
     absent = {f"image_{k}" for k in map(int, _IMAGE_TAG.findall(question))} - set(present)
     if absent:
         raise BadRow(f"text refers to {sorted(absent)} but they are empty")
@@ -630,13 +677,13 @@ def _mmmu_row(r: pd.Series, qid: str, base: Path | None) -> dict:
 
 def normalize_mmmu(raw: pd.DataFrame, base: Path | None = None,
                    level_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    _require(raw, ("id", "question", "options", "answer"), "MMMU")
+    require_columns(raw, ("id", "question", "options", "answer"), "MMMU")
     return _normalize(raw, "mmmu", "id", _mmmu_row, base, level_column)
 
 
 def _mmstar_row(r: pd.Series, qid: str, base: Path | None) -> dict:
     """The options are inside the question text (shown as is); `choices` parses them out."""
-    question = _question(r["question"])
+    question = question_text(r["question"])
     choices = parse_options(question)
     if choices is None:
         raise BadRow("options not found in the question text")
@@ -646,7 +693,7 @@ def _mmstar_row(r: pd.Series, qid: str, base: Path | None) -> dict:
 
 def normalize_mmstar(raw: pd.DataFrame, base: Path | None = None,
                      level_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    _require(raw, ("index", "question", "answer", "image"), "MMStar")
+    require_columns(raw, ("index", "question", "answer", "image"), "MMStar")
     return _normalize(raw, "mmstar", "index", _mmstar_row, base, level_column)
 
 
@@ -669,7 +716,7 @@ def _level(value: Any) -> int | None:
 
 
 def _row_level(value: Any, column: str) -> int:
-    if _missing(value):
+    if is_missing(value):
         raise BadRow(f"no level in column '{column}'")
     if _level(value) is None:
         raise BadRow(f"level {value!r} in column '{column}' is not 1-5 / L1-L5")
@@ -677,7 +724,7 @@ def _row_level(value: Any, column: str) -> int:
 
 
 def _holds_levels(values: pd.Series) -> bool:
-    present = [v for v in values if not _missing(v)]
+    present = [v for v in values if not is_missing(v)]
     return bool(present) and all(_level(v) is not None for v in present)
 
 
@@ -734,12 +781,12 @@ def load_named_benchmark(name: str, source: str | Path, split: str | None = None
     column = level_column_for(raw, name, level_column,
                               required="_with_difficulty_level" in str(source))
     table, skipped = normalize(raw, base, column)
-    table, skipped = _bounded(table, skipped, name, limits)
-    _check_skipped(name, table, skipped, len(raw), source, max_skipped_share)
+    table, skipped = within_limits(table, skipped, name, limits)
+    check_skipped(name, table, skipped, len(raw), source, max_skipped_share)
     return Loaded(table, f"{name}:{source_id}", skipped)
 
 
-def _check_skipped(name: str, table: pd.DataFrame, skipped: pd.DataFrame, total: int,
+def check_skipped(name: str, table: pd.DataFrame, skipped: pd.DataFrame, total: int,
                    source: str | Path, max_skipped_share: float) -> None:
     reasons = "; ".join(f"{q}: {r}" for q, r in zip(skipped["qid"][:5], skipped["reason"][:5]))
     if table.empty:
@@ -751,174 +798,3 @@ def _check_skipped(name: str, table: pd.DataFrame, skipped: pd.DataFrame, total:
             f"{name}: {len(skipped)} of {total} rows skipped ({share:.1%}), above "
             f"max_skipped_share={max_skipped_share:.1%}; first reasons: {reasons} "
             "(pass a larger max_skipped_share to accept them)")
-
-
-# --- SFT trace sets and RL query sets -------------------------------------------------------
-#
-# Rows: qid, question, answer, messages (user turn, plus the assistant's trace), images,
-# source. Bad rows are skipped and reported as for benchmarks.
-
-_THINK = re.compile(r"<think>.*?\S.*?</think>", re.DOTALL)  # a non-empty trace
-
-
-def _user_text(question: str, suffix: str | None) -> str:
-    return f"{question} {suffix}".strip() if suffix else question  # as generation.chat_prompt
-
-
-def _trace(thinking: str, attempt: str) -> str:
-    return f"<think>\n{thinking.strip()}\n</think>\n\n{attempt.strip()}"
-
-
-def _trace_set(raw: pd.DataFrame, name: str, qids: list[str | None],
-               make_row: Callable[[pd.Series, str], dict], source_id: str,
-               source: str | Path, max_skipped_share: float) -> Loaded:
-    rows, skipped = _good_rows(raw, name, qids, make_row)
-    table = pd.DataFrame(rows, columns=["qid", "question", "answer", "messages", "images",
-                                        "source"])
-    table, skipped = _bounded(table, skipped, name, Limits())
-    _check_skipped(name, table, skipped, len(raw), source, max_skipped_share)
-    return Loaded(table, source_id, skipped)
-
-
-def load_s1(source: str | Path, teacher: str = "deepseek", split: str = "train",
-            prompt_suffix: str | None = None, *, max_skipped_share: float = 0.02) -> Loaded:
-    """s1K-1.1 (teacher "deepseek" or "gemini") or s1K (Gemini only) as chat-format SFT rows.
-
-    `answer` is the set's `solution` (a reference solution, not always a short answer).
-    Rows are numbered `<set>-0000`, ... in file order (the sets carry no id).
-    """
-    raw, _, source_id = read_source(source, split)
-    if "thinking_trajectories" in raw.columns:
-        _require(raw, ("question", "solution", "attempt"), "s1K")
-        if teacher != "gemini":
-            raise ArtifactError(f"s1K holds Gemini traces only; teacher '{teacher}' needs s1K-1.1")
-        tag, thinking_col, attempt_col = "s1K", "thinking_trajectories", "attempt"
-    else:
-        if teacher not in ("deepseek", "gemini"):
-            raise ArtifactError(f"teacher must be 'deepseek' or 'gemini', not '{teacher}'")
-        thinking_col, attempt_col = f"{teacher}_thinking_trajectory", f"{teacher}_attempt"
-        _require(raw, ("question", "solution", thinking_col, attempt_col), "s1K-1.1")
-        tag = "s1K-1.1"
-
-    def row(r: pd.Series, qid: str) -> dict:
-        thinking = r[thinking_col]
-        if thinking_col == "thinking_trajectories":
-            if _missing(thinking) or len(thinking) != 1:
-                raise BadRow("expected one thinking trajectory")
-            thinking = thinking[0]
-        if _missing(thinking) or _missing(r[attempt_col]):
-            raise BadRow(f"no {teacher} trace")
-        question = _question(r["question"])
-        return {"qid": qid, "question": question, "answer": _answer(r["solution"]),
-                "messages": [{"role": "user", "content": _user_text(question, prompt_suffix)},
-                             {"role": "assistant",
-                              "content": _trace(str(thinking), str(r[attempt_col]))}],
-                "images": [], "source": f"{tag}/{teacher}"}
-
-    raw = raw.reset_index(drop=True)
-    return _trace_set(raw, tag, [f"{tag}-{i:04d}" for i in range(len(raw))], row, source_id,
-                      source, max_skipped_share)
-
-
-def _image_ref(part: dict) -> str | None:
-    ref = part.get("image") or part.get("image_url")
-    return ref.get("url") if isinstance(ref, dict) else ref
-
-
-def _turns(r: pd.Series) -> list[dict]:
-    """The chat turns of a row: `message` (a JSON string, MM-Eureka) or `messages` (a list)."""
-    value = r.get("message")
-    if _missing(value):
-        value = r.get("messages")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise BadRow(f"`message` is not JSON ({exc})") from exc
-    if _missing(value) or isinstance(value, dict) or not all(isinstance(t, dict) for t in value):
-        raise BadRow("no chat turns")
-    return list(value)
-
-
-def _parts(content: Any) -> list[dict]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if content is None or isinstance(content, dict):
-        raise BadRow(f"turn content {content!r} is neither text nor a list of parts")
-    return [p for p in content if isinstance(p, dict)]
-
-
-def _user_turn(turns: list[dict], r: pd.Series, base: Path | None) -> tuple[str, list]:
-    """(question text, images) of the one user turn; images `file://...` resolve from `base`."""
-    users = [t for t in turns if t.get("role") == "user"]
-    if len(users) != 1:
-        raise BadRow(f"expected one user turn, found {len(users)}")
-    parts = _parts(users[0].get("content"))
-    question = "\n".join(str(p.get("text", "")) for p in parts if p.get("type") == "text").strip()
-    if not question:
-        raise BadRow("no question text")
-    refs = [_image_ref(p) for p in parts if p.get("type") in ("image", "image_url")]
-    if any(ref is None for ref in refs):
-        # TRL's layout: {"type": "image"} placeholders, the images in an `images` column.
-        stored = [] if _missing(r.get("images")) else list(r["images"])
-        if len(stored) != len(refs):
-            raise BadRow(f"{len(refs)} image placeholder(s) but {len(stored)} stored image(s)")
-        return question, [_image(v, base) for v in stored]
-    return question, [_image(ref, base) for ref in refs]
-
-
-def _text_of(content: Any) -> str:
-    return "".join(str(p.get("text", "")) for p in _parts(content) if p.get("type") == "text")
-
-
-def load_mm_eureka(source: str | Path, prompt_suffix: str | None = None, split: str = "train",
-                   *, max_skipped_share: float = 0.02) -> Loaded:
-    """MM-Eureka queries (no trace: `messages` is the user turn, plus an assistant turn only
-    if the row has one). Image paths `file://...` resolve relative to the file's folder."""
-    raw, base, source_id = read_source(source, split)
-    _require(raw, ("id", "answer"), str(source))
-    _require_one(raw, ("message", "messages"), str(source))
-
-    def row(r: pd.Series, qid: str) -> dict:
-        turns = _turns(r)
-        question, images = _user_turn(turns, r, base)
-        messages = [{"role": "user", "content": _user_text(question, prompt_suffix)}]
-        messages += [{"role": "assistant", "content": _text_of(t.get("content"))}
-                     for t in turns if t.get("role") == "assistant"]
-        return {"qid": qid, "question": question, "answer": _answer(r["answer"]),
-                "messages": messages, "images": images, "source": "mm-eureka"}
-
-    raw = raw.reset_index(drop=True)
-    return _trace_set(raw, "mm-eureka", _ids(raw["id"]), row, source_id, source,
-                      max_skipped_share)
-
-
-def load_eureka_distill(source: str | Path, prompt_suffix: str | None = None,
-                        split: str = "train", *, max_skipped_share: float = 0.02) -> Loaded:
-    """Eureka-Distill-style SFT traces (`JierunChen/Eureka-Distill`; its schema is not
-    documented): chat rows as MM-Eureka's (`message` JSON string or `messages` list; user
-    text + `file://` images; `answer`), each with exactly one assistant turn holding a
-    `<think> ... </think>` trace. Rows without `id` are numbered `eureka-distill-00000`, ...
-    System turns are not carried (the stages add their own prompt suffix)."""
-    raw, base, source_id = read_source(source, split)
-    _require(raw, ("answer",), str(source))
-    _require_one(raw, ("message", "messages"), str(source))
-
-    def row(r: pd.Series, qid: str) -> dict:
-        turns = _turns(r)
-        question, images = _user_turn(turns, r, base)
-        replies = [_text_of(t.get("content")) for t in turns if t.get("role") == "assistant"]
-        if len(replies) != 1:
-            raise BadRow(f"expected one assistant turn, found {len(replies)}")
-        if not _THINK.search(replies[0]):
-            raise BadRow("the assistant turn has no <think> ... </think> trace")
-        return {"qid": qid, "question": question, "answer": _answer(r["answer"]),
-                "messages": [{"role": "user", "content": _user_text(question, prompt_suffix)},
-                             {"role": "assistant", "content": replies[0]}],
-                "images": images, "source": "eureka-distill"}
-
-    raw = raw.reset_index(drop=True)
-    qids = (_ids(raw["id"]) if "id" in raw.columns
-            else [f"eureka-distill-{i:05d}" for i in range(len(raw))])
-    return _trace_set(raw, "eureka-distill", qids, row, source_id, source, max_skipped_share)
-

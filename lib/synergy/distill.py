@@ -211,13 +211,13 @@ def trace_set(cfg: DistillConfig, run=None) -> pd.DataFrame:
     """The `traces` teacher's rows: an s1K / s1K-1.1 set (`trace_set` picks the teacher:
     DeepSeek-R1 = the paper's s1.1-R1, Gemini = s1-Gemini2), or Eureka-Distill with its
     images (`trace_source` "world": the image world's Eureka-Distill-style file of `run`)."""
-    from synergy import data
+    from synergy import data, trace_sets
 
     if cfg.trace_set == "eureka-distill":
-        rows = data.load_eureka_distill(data.world_source(cfg.trace_source, run,
-                                                          "eureka_distill")).table
+        rows = trace_sets.load_eureka_distill(data.world_source(cfg.trace_source, run,
+                                                                "eureka_distill")).table
     else:
-        rows = data.load_s1(cfg.trace_source, teacher=cfg.trace_set.split("-", 1)[1]).table
+        rows = trace_sets.load_s1(cfg.trace_source, teacher=cfg.trace_set.split("-", 1)[1]).table
         rows = rows.drop(columns="images")  # text-only sets
     return rows.assign(response=[m[-1]["content"] for m in rows["messages"]]).drop(
         columns="messages")

@@ -280,7 +280,7 @@ def require_vllm(what: str = "backend 'vllm'"):
     except ImportError as exc:
         raise ImportError(
             f"{what} needs vllm, which is not installed; install the GPU extra on a CUDA "
-            "machine (pip install -e '.[vllm]', or '.[gpu]' for vllm, unsloth and deepspeed), "
+            "machine (pip install -e '.[vllm]', or '.[gpu]' for vllm and deepspeed), "
             "or use backend 'hf'") from exc
     return vllm
 

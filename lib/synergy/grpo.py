@@ -515,7 +515,7 @@ def vllm_model_length(processing, dataset, max_completion_length: int) -> int:
 def training_questions(cfg: GRPOStageConfig, run) -> tuple[pd.DataFrame, str]:
     """(training questions, upstream id): fresh world questions (disjoint from the eval
     split) or MM-Eureka queries (`mm_eureka:<file or hub id>`, first n in a seeded order)."""
-    from synergy import data, world
+    from synergy import data, trace_sets, world
 
     if cfg.train_source == data.WORLD:
         world_cfg = world.config_of(run)
@@ -524,7 +524,7 @@ def training_questions(cfg: GRPOStageConfig, run) -> tuple[pd.DataFrame, str]:
         return (world.questions_frame(qs, world_cfg.kind),
                 f"{world_cfg.world_id()}:train:{cfg.seed + 4004}")
     source = cfg.train_source.partition(":")[2]  # "world": the image world's MM-Eureka file
-    rows = data.load_mm_eureka(data.world_source(source, run, "mm_eureka")).table
+    rows = trace_sets.load_mm_eureka(data.world_source(source, run, "mm_eureka")).table
     rows = rows.sample(frac=1.0, random_state=cfg.seed).head(cfg.n_train_questions)
     return rows.drop(columns=["messages"]).reset_index(drop=True), f"mm_eureka:{source}"
 

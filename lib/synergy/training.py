@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import shutil
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -180,12 +182,45 @@ def require_backend(backend: str, num_processes: int = 1) -> None:
         raise RuntimeError("trainer_backend 'unsloth' is the single-GPU path: run it with "
                            "num_processes 1 (use trainer_backend: hf with accelerate for "
                            "several GPUs)")
+    import_unsloth()
+
+
+# The `unsloth` extra (pyproject.toml; a test checks they agree). unsloth caps trl and
+# transformers, so it lives in an environment of its own (environment-unsloth.yml): inside
+# the `gpu` extra pip would settle on unsloth 2024.8, which has no FastVisionModel.
+UNSLOTH_REQUIREMENT = "unsloth>=2026.10.1,<2026.11"
+UNSLOTH_INSTALL = ("pip install -e '.[unsloth]' on a CUDA machine "
+                   "(or conda env create -f environment-unsloth.yml)")
+
+
+def import_unsloth():
+    """The unsloth module, or an ImportError of one line saying which of three things is
+    wrong: it is not installed, it is too old (no `FastVisionModel`), or it is installed
+    but fails to import (the underlying error)."""
     try:
-        import unsloth  # noqa: F401
-    except ImportError as exc:
-        raise ImportError("trainer_backend 'unsloth' selected but unsloth is not installed; "
-                          "install the extra on a CUDA machine (pip install -e '.[unsloth]'), "
-                          "or use trainer_backend: hf") from exc
+        module = importlib.import_module("unsloth")
+    except ModuleNotFoundError as exc:
+        if exc.name != "unsloth":  # one of unsloth's own imports is missing
+            raise ImportError(f"unsloth is installed but failed to import: {_one_line(exc)}"
+                              ) from exc
+        raise ImportError("trainer_backend 'unsloth' selected but unsloth is not installed: "
+                          f"{UNSLOTH_INSTALL}, or use trainer_backend: hf") from exc
+    except Exception as exc:  # unsloth checks the GPU, driver and versions as it imports
+        raise ImportError(f"unsloth is installed but failed to import: {_one_line(exc)}"
+                          ) from exc
+    if not hasattr(module, "FastVisionModel"):
+        try:
+            found = metadata.version("unsloth")
+        except metadata.PackageNotFoundError:
+            found = getattr(module, "__version__", "of unknown version")
+        raise ImportError(f"unsloth {found} is too old (it has no FastVisionModel): this "
+                          f"project needs {UNSLOTH_REQUIREMENT}; {UNSLOTH_INSTALL}")
+    return module
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def unsloth_model(path: str | Path, *, max_length: int, lora_r: int, lora_alpha: int,
@@ -193,9 +228,9 @@ def unsloth_model(path: str | Path, *, max_length: int, lora_r: int, lora_alpha:
     """(model, processing) loaded by unsloth: `FastVisionModel` for a vision-language model,
     `FastLanguageModel` otherwise; LoRA adapters on every linear layer when `lora_r > 0`,
     else every weight trainable. Call `require_backend("unsloth")` first."""
-    import unsloth
-
     from synergy.models import is_vision_language
+
+    unsloth = import_unsloth()
 
     vision = is_vision_language(path)
     fast = unsloth.FastVisionModel if vision else unsloth.FastLanguageModel

@@ -45,9 +45,19 @@ _ANSWER_IS_TEXT = re.compile(r"(?i:the\s+(?:final\s+)?answer\s+is|answer\s*:)[\s
 _WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\{([^{}]*)\}")
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last top-level `\\boxed{...}`/`\\fbox{...}`; None if absent or unbalanced."""
-    result, pos = None, 0
+# math-verify reads boxes written one after another as one answer, a set ("\boxed{2} and
+# \boxed{-3}" is {2, -3}): walking back from the last box, it joins the one before when
+# under 10 characters lie between them, or under 70 holding "and", "or", "," or ";" and the
+# two differ (latex2sympy2_extended's extract_boxed_content, which math-verify calls).
+_JOIN_CLOSE = 10
+_JOIN_SEPARATED = 70
+_JOIN_SEPARATOR = re.compile(r"\b(?:and|or)\b|,|;")
+
+
+def _boxes(text: str) -> list[tuple[int, int, str]] | None:
+    """(start, end, content) of each top-level `\\boxed{...}`/`\\fbox{...}`; None when the
+    last one is unbalanced."""
+    boxes, pos = [], 0
     while (m := _BOXED_START.search(text, pos)) is not None:
         depth, i = 1, m.end()
         while i < len(text) and depth:
@@ -59,8 +69,37 @@ def extract_boxed(text: str) -> str | None:
             i += 1
         if depth:
             return None  # a truncated final box means there is no final answer
-        result, pos = text[m.end() : i - 1], i
-    return result
+        boxes.append((m.start(), i, text[m.end() : i - 1]))
+        pos = i
+    return boxes
+
+
+def _joined(text: str, earlier: tuple[int, int, str], later: tuple[int, int, str]) -> bool:
+    between = text[earlier[1] : later[0]]
+    if "</think>" in between:
+        return False  # a box inside the reasoning is not part of the answer
+    if len(between) < _JOIN_CLOSE:
+        return True
+    return (earlier[2].strip() != later[2].strip() and len(between) < _JOIN_SEPARATED
+            and bool(_JOIN_SEPARATOR.search(between)))
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last top-level `\\boxed{...}`/`\\fbox{...}`, joined with the boxes just
+    before it that math-verify reads as one answer ("\\boxed{2} and \\boxed{-3}" -> "2,-3"),
+    never across `</think>`; None if absent or the last box is unbalanced."""
+    boxes = _boxes(text)
+    if not boxes:
+        return None
+    answer = [boxes[-1]]
+    for box in reversed(boxes[:-1]):
+        if not _joined(text, box, answer[0]):
+            break
+        answer.insert(0, box)
+    if len(answer) == 1:
+        return answer[0][2]
+    parts = [b[2].strip() for b in answer]
+    return ",".join(p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1])
 
 
 def _strip_wrappers(s: str) -> str:
