@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import shutil
 import time
 from pathlib import Path
@@ -391,7 +390,7 @@ def training_args(cfg: GRPOStageConfig, beta: float, num_processes: int | None =
         gradient_checkpointing=cuda, use_cpu=cpu_processes(processes),
         # Extra dataset columns (answer, choices, expert traces) must reach the trainer.
         remove_unused_columns=False, dataloader_num_workers=0, **vllm,
-        **policy_loading(cfg, bf16, _uses_deepspeed()))
+        **policy_loading(cfg, bf16, training.uses_deepspeed()))
 
 
 def policy_loading(cfg: GRPOStageConfig, bf16: bool, deepspeed: bool) -> dict:
@@ -402,11 +401,6 @@ def policy_loading(cfg: GRPOStageConfig, bf16: bool, deepspeed: bool) -> dict:
     if bf16 and (cfg.lora_r > 0 or deepspeed):
         return {"model_init_kwargs": {"dtype": "bfloat16"}}
     return {}
-
-
-def _uses_deepspeed() -> bool:
-    """Under `accelerate launch` with a DeepSpeed config (accelerate/zero3.yaml)."""
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
 
 
 def peft_config(cfg: GRPOStageConfig):
