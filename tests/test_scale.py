@@ -165,6 +165,70 @@ def test_global_batch_is_split_over_the_processes():
         smoke("grpo", grpo.GRPOStageConfig, num_processes=4)
 
 
+def test_ddp_timeout_reaches_the_trainers():
+    assert sft.training_args(smoke("sft", sft.SftConfig), 16, num_processes=1).ddp_timeout \
+        == 1800
+    paper = grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper.yaml")
+    assert paper.ddp_timeout_s == 10800
+    assert grpo.training_args(paper, 0.005, num_processes=8).ddp_timeout == 10800
+    with pytest.raises(ConfigError, match="sft.ddp_timeout_s"):
+        smoke("sft", sft.SftConfig, ddp_timeout_s=0)
+    with pytest.raises(ConfigError, match="ddp_timeout_s"):
+        smoke("grpo", grpo.GRPOStageConfig, ddp_timeout_s="long")
+
+
+def test_join_process_group_passes_the_timeout(tmp_path, monkeypatch):
+    """Under a launcher's environment the first join creates the process group with the
+    timeout (here a real one-member gloo group: the arguments are those of the launch)."""
+    import datetime
+
+    import torch.distributed as dist
+    from accelerate import PartialState
+    from synergy import training
+
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                        "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500", "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    calls, real = [], dist.init_process_group
+
+    def record(backend=None, **kwargs):
+        calls.append({"backend": backend, **kwargs})
+        real(backend=backend, init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1,
+             timeout=kwargs["timeout"])
+
+    monkeypatch.setattr(dist, "init_process_group", record)
+    saved = dict(PartialState._shared_state)
+    PartialState._shared_state.clear()
+    try:
+        state = training.join_process_group(7200)
+        assert state.is_main_process and training.process_state() is not None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        PartialState._shared_state.clear()
+        PartialState._shared_state.update(saved)
+    assert len(calls) == 1  # the later process_state shares the group
+    assert calls[0]["backend"] == "gloo" and calls[0]["world_size"] == 2
+    assert calls[0]["timeout"] == datetime.timedelta(seconds=7200)
+
+
+@pytest.mark.parametrize("section, module, cls", [("sft", sft, sft.SftConfig),
+                                                  ("grpo", grpo, grpo.GRPOStageConfig)])
+def test_train_models_joins_first_with_its_timeout(section, module, cls, monkeypatch):
+    from synergy import training
+
+    class Joined(Exception):
+        pass
+
+    def join(timeout_s):
+        raise Joined(timeout_s)
+
+    monkeypatch.setattr(training, "join_process_group", join)
+    with pytest.raises(Joined, match="^1234$"):
+        module.train_models(smoke(section, cls, ddp_timeout_s=1234))
+
+
 def test_paper_grpo_asks_trl_for_vllm_rollouts():
     args = grpo.training_args(grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper.yaml"),
                               0.005, num_processes=8)

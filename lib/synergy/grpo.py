@@ -108,6 +108,7 @@ class GRPOStageConfig(PolicyKeys, EvaluatingConfig):
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"]
     trainer_backend: TrainerBackend
     num_processes: int
+    ddp_timeout_s: int
     lora_r: int
     lora_alpha: int
     vllm_mode: Literal["none", "colocate", "server"]
@@ -126,6 +127,7 @@ class GRPOStageConfig(PolicyKeys, EvaluatingConfig):
                      and len(set(self.betas)) == len(self.betas), "betas",
                      "must be a non-empty list of distinct values >= 0")
         self.require(self.num_processes >= 1, "num_processes", "must be >= 1")
+        self.require(self.ddp_timeout_s >= 1, "ddp_timeout_s", "must be >= 1 (seconds)")
         self.require((self.prompts_per_step * self.num_generations)
                      % (self.micro_batch * self.num_processes) == 0, "micro_batch",
                      "x num_processes must divide prompts_per_step x num_generations")
@@ -389,7 +391,8 @@ def training_args(cfg: GRPOStageConfig, beta: float, num_processes: int | None =
         bf16=bf16, fp16=False,
         gradient_checkpointing=cuda, use_cpu=cpu_processes(processes),
         # Extra dataset columns (answer, choices, expert traces) must reach the trainer.
-        remove_unused_columns=False, dataloader_num_workers=0, **vllm,
+        remove_unused_columns=False, dataloader_num_workers=0,
+        ddp_timeout=cfg.ddp_timeout_s, **vllm,
         **policy_loading(cfg, bf16, training.uses_deepspeed()))
 
 
@@ -639,6 +642,7 @@ NOT_IN_KEY = (
     "save_steps", "logging_steps", "report_to",
     "backend", "batch_rows",                              # sampling speed (static filter)
     "num_processes", "vllm_server_url", "vllm_gpu_memory_utilization",  # where rollouts run
+    "ddp_timeout_s",                                      # how long collectives may wait
     "eval_samples", "eval_temperature", "eval_top_p", "eval_top_k", "eval_max_new_tokens",
     "n_examples")
 TRAIN_CODE = ("torch", "transformers", "trl")
@@ -766,6 +770,7 @@ def train_models(cfg: GRPOStageConfig, progress: bool = True) -> list[dict[str, 
     from synergy.runs import Run, torch_threads
 
     require_engines(cfg)
+    training.join_process_group(cfg.ddp_timeout_s)
     run = Run.of(cfg)
     with torch_threads(cfg.threads):
         return train_policies(cfg, training_plan(cfg, run, progress), run, progress)

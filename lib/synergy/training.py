@@ -37,6 +37,8 @@ RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt")
 # holding its model and optimizer state files (no optimizer.pt).
 DEEPSPEED_LATEST = "latest"
 DONE_FILE = "done.json"
+# How long collectives wait where no section says (`ddp_timeout_s`): TrainingArguments' default.
+DDP_TIMEOUT_S = 1800
 # A training that finished but whose model is still to be chosen among its checkpoints (SFT).
 TRAINED_FILE = "trained.json"
 
@@ -54,13 +56,27 @@ def uses_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
 
 
-def process_state():
-    """accelerate's `PartialState` of this process; under a launcher it joins the process
-    group (gloo on a machine without CUDA)."""
+def join_process_group(timeout_s: int):
+    """accelerate's `PartialState` of this process. Under a launcher the first call joins
+    the process group (gloo on a machine without CUDA; NCCL, or DeepSpeed's, on GPUs) with
+    collectives that wait up to `timeout_s` seconds: NCCL's own default (10 minutes) is
+    shorter than the barrier after data-parallel long-CoT sampling can wait. Later calls
+    share that group whatever their timeout, so what a launcher runs (`train_models`) joins
+    first, with its section's `ddp_timeout_s`; TrainingArguments' `ddp_timeout` is the same.
+    A plain process joins nothing."""
+    import datetime
+
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available(),
+                        timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def process_state():
+    """The `PartialState` this process joined (`join_process_group`); where nothing joined
+    before, joined with transformers' default `ddp_timeout`."""
+    return join_process_group(DDP_TIMEOUT_S)
 
 
 def is_main_process() -> bool:
