@@ -913,15 +913,16 @@ def policy_drift(results: dict[str, pd.DataFrame], models: dict[str, str], ref_p
     from synergy.evaluation import build_prompts
     from synergy.scoring import mean_kl_entropy, token_kl
 
-    ref, processing = registry.load(ref_path)
+    ref, processing = registry.load_for_scoring(ref_path)
     rows = []
     for name, path in models.items():
         df = results[name].explode("samples").head(max_samples)
         prompts, images = build_prompts(SimpleNamespace(template=processing), df,
                                         prompt_suffix)
-        model, _ = registry.load(path)
-        kl = token_kl(model.eval(), ref.eval(), processing, prompts, list(df["samples"]),
-                      images, batch)
+        model, _ = registry.load_for_scoring(path)
+        kl = token_kl(model, ref, processing, prompts, list(df["samples"]), images, batch)
+        del model  # the next policy takes its place on the device
+        training.release_memory()
         stats = mean_kl_entropy(kl)
         rows.append({"model": name, "kl_to_init": stats["kl"], "entropy": stats["entropy"],
                      "tokens": stats["tokens"]})

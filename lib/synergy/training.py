@@ -524,14 +524,20 @@ def release(trainer) -> None:
     """Free the trainer's GPU memory (a colocated vLLM engine included) before this process
     evaluates or trains the next policy: a vLLM engine started beside a trainer's reserved
     memory does not find the share it asks for (03 on one GPU)."""
-    import gc
-
-    import torch
-
     trainer.vllm_generation = None  # TRL's vLLM engine, when rollouts use one
     trainer.model = trainer.model_wrapped = trainer.ref_model = None
     trainer.optimizer = trainer.lr_scheduler = None
     trainer.accelerator.free_memory()  # accelerate's own references to model and optimizer
+    release_memory()
+
+
+def release_memory() -> None:
+    """Return what dropped models and tensors held to the device (a GPU's cached blocks
+    included) before the next model loads."""
+    import gc
+
+    import torch
+
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
