@@ -905,10 +905,12 @@ def drift_table(curves: pd.DataFrame, window: int = 3) -> pd.DataFrame:
 
 
 def policy_drift(results: dict[str, pd.DataFrame], models: dict[str, str], ref_path: str,
-                 prompt_suffix: str = "", max_samples: int = 400, batch: int = 64) -> pd.DataFrame:
+                 prompt_suffix: str = "", max_samples: int = 400, batch: int = 4) -> pd.DataFrame:
     """Per model: mean per-token KL(model || reference) and the model's entropy, measured on
-    the model's own evaluation responses (`scoring.token_kl`). Unlike TRL's logged `kl`
-    (only when beta != 0), this measures every policy the same way, beta 0 included."""
+    the model's own evaluation responses (`scoring.token_kl`, `batch` responses per forward
+    pass, as 07's `kl_batch_size` in the paper profiles: 64 responses of ~8k tokens make one
+    ~19 GiB MLP activation in the 7B). Unlike TRL's logged `kl` (only when beta != 0),
+    this measures every policy the same way, beta 0 included."""
     from synergy import models as registry
     from synergy.evaluation import build_prompts
     from synergy.scoring import mean_kl_entropy, token_kl
