@@ -12,6 +12,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -309,8 +310,6 @@ def test_deepspeed_state_and_launcher_must_agree(tiny_model, tmp_path, monkeypat
 
 
 def test_older_checkpoints_lose_their_deepspeed_state(tiny_model, tmp_path):
-    from types import SimpleNamespace
-
     run = tmp_path / "run"
     training.prepare(run, "k")
     old, new = (fake_checkpoint(run, s, tiny_model, optimizer=False) for s in (2, 4))

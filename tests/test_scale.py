@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, SMOKE
-from synergy import grpo, sft, stages
+from synergy import grpo, sft, stages, training
 from synergy.config import ConfigError, load_profile, profile_section
 from synergy.training import read_jsonl
 
@@ -184,7 +184,6 @@ def test_join_process_group_passes_the_timeout(tmp_path, monkeypatch):
 
     import torch.distributed as dist
     from accelerate import PartialState
-    from synergy import training
 
     for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
                         "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
@@ -232,8 +231,6 @@ def test_launched_processes_wait_ddp_timeout_s(tmp_path):
 @pytest.mark.parametrize("section, module, cls", [("sft", sft, sft.SftConfig),
                                                   ("grpo", grpo, grpo.GRPOStageConfig)])
 def test_train_models_joins_first_with_its_timeout(section, module, cls, monkeypatch):
-    from synergy import training
-
     class Joined(Exception):
         pass
 
