@@ -213,19 +213,20 @@ def test_join_process_group_passes_the_timeout(tmp_path, monkeypatch):
 
 
 def test_launched_processes_wait_ddp_timeout_s(tmp_path):
-    """Two processes under `accelerate launch` (gloo): the group each joins has the timeout."""
+    """Two processes under `accelerate launch` (gloo): the group each joins has the timeout
+    (each rank writes what it reads back from its group to a file of its own)."""
     script = tmp_path / "join.py"
     script.write_text(
-        "import torch, torch.distributed as dist\n"
+        "import pathlib, torch, torch.distributed as dist\n"
         "from synergy import training\n"
         "state = training.join_process_group(77)\n"
         "backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device('cpu'))\n"
-        "print('rank', state.process_index, 'of', state.num_processes, 'timeout',\n"
-        "      backend.options._timeout.total_seconds())\n"
+        f"pathlib.Path({str(tmp_path)!r}, f'rank{{state.process_index}}').write_text(\n"
+        "    f'{state.num_processes} {backend.options._timeout.total_seconds()}')\n"
         "training.leave_process_group()\n")
-    out = run_launched(str(script), timeout=120).stdout
-    assert sorted(line for line in out.splitlines() if line.startswith("rank")) == [
-        "rank 0 of 2 timeout 77.0", "rank 1 of 2 timeout 77.0"]
+    run_launched(str(script), timeout=120)
+    assert {p.name: p.read_text() for p in tmp_path.glob("rank*")} == {"rank0": "2 77.0",
+                                                                      "rank1": "2 77.0"}
 
 
 @pytest.mark.parametrize("section, module, cls", [("sft", sft, sft.SftConfig),
