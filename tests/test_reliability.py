@@ -12,6 +12,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -255,6 +256,71 @@ def test_no_resumable_checkpoint_trains_from_step_one(tiny_model, tmp_path):
     with pytest.warns(CorruptArtifact, match="from step 1"):
         assert training.prepare(run, "k") is None
     assert training.checkpoints(run) == []
+
+
+def fake_deepspeed_state(ckpt: Path, step: int, latest: str | None = None,
+                         files: tuple[str, ...] = ("mp_rank_00_model_states.pt",
+                                                   "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")):
+    """What DeepSpeed saves beside a checkpoint's model instead of optimizer.pt."""
+    folder = ckpt / f"global_step{step}"
+    folder.mkdir()
+    for name in files:
+        (folder / name).write_bytes(b"x")
+    (ckpt / training.DEEPSPEED_LATEST).write_text(latest or folder.name)
+    return folder
+
+
+def test_deepspeed_checkpoint_resumes_under_deepspeed(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    run = tmp_path / "run"
+    training.prepare(run, "k")
+    fake_deepspeed_state(fake_checkpoint(run, 2, tiny_model, optimizer=False), 2)
+    good = fake_checkpoint(run, 4, tiny_model, optimizer=False)
+    fake_deepspeed_state(good, 4)
+    # `latest` naming a folder that is missing, or one without its optimizer files: not
+    # resumable, so removed like any checkpoint without optimizer state.
+    fake_deepspeed_state(fake_checkpoint(run, 6, tiny_model, optimizer=False), 6,
+                         latest="global_step7")
+    fake_deepspeed_state(fake_checkpoint(run, 8, tiny_model, optimizer=False), 8,
+                         files=("mp_rank_00_model_states.pt",))
+    with pytest.warns(CorruptArtifact, match="from step 1"):
+        assert training.resume_point(run) is None  # checkpoint-8 is the newest: no resume
+    for step in (2, 4):
+        fake_deepspeed_state(fake_checkpoint(run, step, tiny_model, optimizer=False), step)
+    assert training.prepare(run, "k") == run / "checkpoints" / "checkpoint-4"
+    assert training.deepspeed_state(good) == good / "global_step4"
+
+
+def test_deepspeed_state_and_launcher_must_agree(tiny_model, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    training.prepare(run, "k")
+    ckpt = fake_checkpoint(run, 2, tiny_model, optimizer=False)
+    fake_deepspeed_state(ckpt, 2)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    with pytest.raises(RuntimeError, match=r"checkpoint-2.*saved by DeepSpeed \(global_step2/"):
+        training.prepare(run, "k")
+    assert ckpt.is_dir()  # kept: the error says how to resume it
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert training.prepare(run, "k") == ckpt
+    plain = fake_checkpoint(run, 4, tiny_model)
+    with pytest.raises(RuntimeError, match="checkpoint-4.*without DeepSpeed"):
+        training.prepare(run, "k")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    assert training.prepare(run, "k") == plain
+
+
+def test_older_checkpoints_lose_their_deepspeed_state(tiny_model, tmp_path):
+    run = tmp_path / "run"
+    training.prepare(run, "k")
+    old, new = (fake_checkpoint(run, s, tiny_model, optimizer=False) for s in (2, 4))
+    fake_deepspeed_state(old, 2), fake_deepspeed_state(new, 4)
+    (old / "rng_state_0.pth").write_bytes(b"x")
+    training.keep_last_optimizer().on_save(
+        SimpleNamespace(output_dir=str(run / "checkpoints")),
+        SimpleNamespace(is_world_process_zero=True), None)
+    assert not list(old.glob("global_step*")) and not (old / "latest").exists()
+    assert not (old / "rng_state_0.pth").exists() and (old / "model.safetensors").exists()
+    assert training.deepspeed_state(new) == new / "global_step4"
 
 
 def test_finished_training_is_reused_only_with_its_whole_model(tiny_model, tmp_path):

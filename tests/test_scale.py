@@ -167,6 +167,84 @@ def test_global_batch_is_split_over_the_processes():
         smoke("grpo", grpo.GRPOStageConfig, num_processes=4)
 
 
+def test_ddp_timeout_reaches_the_trainers():
+    assert sft.training_args(smoke("sft", sft.SftConfig), 16, num_processes=1).ddp_timeout \
+        == 1800
+    paper = grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper.yaml")
+    assert paper.ddp_timeout_s == 10800
+    assert grpo.training_args(paper, 0.005, num_processes=8).ddp_timeout == 10800
+    with pytest.raises(ConfigError, match="sft.ddp_timeout_s"):
+        smoke("sft", sft.SftConfig, ddp_timeout_s=0)
+    with pytest.raises(ConfigError, match="ddp_timeout_s"):
+        smoke("grpo", grpo.GRPOStageConfig, ddp_timeout_s="long")
+
+
+def test_join_process_group_passes_the_timeout(tmp_path, monkeypatch):
+    """Under a launcher's environment the first join creates the process group with the
+    timeout (here a real one-member gloo group: the arguments are those of the launch)."""
+    import datetime
+
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                        "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500", "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    calls, real = [], dist.init_process_group
+
+    def record(backend=None, **kwargs):
+        calls.append({"backend": backend, **kwargs})
+        real(backend=backend, init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1,
+             timeout=kwargs["timeout"])
+
+    monkeypatch.setattr(dist, "init_process_group", record)
+    saved = dict(PartialState._shared_state)
+    PartialState._shared_state.clear()
+    try:
+        state = training.join_process_group(7200)
+        assert state.is_main_process and training.process_state() is not None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        PartialState._shared_state.clear()
+        PartialState._shared_state.update(saved)
+    assert len(calls) == 1  # the later process_state shares the group
+    assert calls[0]["backend"] == "gloo" and calls[0]["world_size"] == 2
+    assert calls[0]["timeout"] == datetime.timedelta(seconds=7200)
+
+
+def test_launched_processes_wait_ddp_timeout_s(tmp_path):
+    """Two processes under `accelerate launch` (gloo): the group each joins has the timeout
+    (each rank writes what it reads back from its group to a file of its own)."""
+    script = tmp_path / "join.py"
+    script.write_text(
+        "import pathlib, torch, torch.distributed as dist\n"
+        "from synergy import training\n"
+        "state = training.join_process_group(77)\n"
+        "backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device('cpu'))\n"
+        f"pathlib.Path({str(tmp_path)!r}, f'rank{{state.process_index}}').write_text(\n"
+        "    f'{state.num_processes} {backend.options._timeout.total_seconds()}')\n"
+        "training.leave_process_group()\n")
+    run_launched(str(script), timeout=120)
+    assert {p.name: p.read_text() for p in tmp_path.glob("rank*")} == {"rank0": "2 77.0",
+                                                                      "rank1": "2 77.0"}
+
+
+@pytest.mark.parametrize("section, module, cls", [("sft", sft, sft.SftConfig),
+                                                  ("grpo", grpo, grpo.GRPOStageConfig)])
+def test_train_models_joins_first_with_its_timeout(section, module, cls, monkeypatch):
+    class Joined(Exception):
+        pass
+
+    def join(timeout_s):
+        raise Joined(timeout_s)
+
+    monkeypatch.setattr(training, "join_process_group", join)
+    with pytest.raises(Joined, match="^1234$"):
+        module.train_models(smoke(section, cls, ddp_timeout_s=1234))
+
+
 def test_paper_grpo_asks_trl_for_vllm_rollouts():
     args = grpo.training_args(grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper.yaml"),
                               0.005, num_processes=8)

@@ -140,7 +140,8 @@ def evaluate(args) -> int:
         raise ConfigError(f"--like {args.like}: section '{cfg.SECTION}' has no eval keys")
     run = Run.of(cfg)
     levels = stratify.load(cfg.output_root, cfg.run_name)
-    processes = training.process_state() if training.world_size() > 1 else None
+    timeout = getattr(cfg, "ddp_timeout_s", training.DDP_TIMEOUT_S)  # --like sft / grpo
+    processes = training.join_process_group(timeout) if training.world_size() > 1 else None
     results = evaluation.evaluate_external(
         cfg, args.models, stratify.benchmark_questions(levels.levels),
         stratify.config_of(run).prompt_suffix,

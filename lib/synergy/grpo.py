@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import shutil
 import time
 from pathlib import Path
@@ -109,6 +108,7 @@ class GRPOStageConfig(PolicyKeys, EvaluatingConfig):
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"]
     trainer_backend: TrainerBackend
     num_processes: int
+    ddp_timeout_s: int
     lora_r: int
     lora_alpha: int
     vllm_mode: Literal["none", "colocate", "server"]
@@ -127,6 +127,7 @@ class GRPOStageConfig(PolicyKeys, EvaluatingConfig):
                      and len(set(self.betas)) == len(self.betas), "betas",
                      "must be a non-empty list of distinct values >= 0")
         self.require(self.num_processes >= 1, "num_processes", "must be >= 1")
+        self.require(self.ddp_timeout_s >= 1, "ddp_timeout_s", "must be >= 1 (seconds)")
         self.require((self.prompts_per_step * self.num_generations)
                      % (self.micro_batch * self.num_processes) == 0, "micro_batch",
                      "x num_processes must divide prompts_per_step x num_generations")
@@ -390,8 +391,9 @@ def training_args(cfg: GRPOStageConfig, beta: float, num_processes: int | None =
         bf16=bf16, fp16=False,
         gradient_checkpointing=cuda, use_cpu=cpu_processes(processes),
         # Extra dataset columns (answer, choices, expert traces) must reach the trainer.
-        remove_unused_columns=False, dataloader_num_workers=0, **vllm,
-        **policy_loading(cfg, bf16, _uses_deepspeed()))
+        remove_unused_columns=False, dataloader_num_workers=0,
+        ddp_timeout=cfg.ddp_timeout_s, **vllm,
+        **policy_loading(cfg, bf16, training.uses_deepspeed()))
 
 
 def policy_loading(cfg: GRPOStageConfig, bf16: bool, deepspeed: bool) -> dict:
@@ -402,11 +404,6 @@ def policy_loading(cfg: GRPOStageConfig, bf16: bool, deepspeed: bool) -> dict:
     if bf16 and (cfg.lora_r > 0 or deepspeed):
         return {"model_init_kwargs": {"dtype": "bfloat16"}}
     return {}
-
-
-def _uses_deepspeed() -> bool:
-    """Under `accelerate launch` with a DeepSpeed config (accelerate/zero3.yaml)."""
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
 
 
 def peft_config(cfg: GRPOStageConfig):
@@ -645,6 +642,7 @@ NOT_IN_KEY = (
     "save_steps", "logging_steps", "report_to",
     "backend", "batch_rows",                              # sampling speed (static filter)
     "num_processes", "vllm_server_url", "vllm_gpu_memory_utilization",  # where rollouts run
+    "ddp_timeout_s",                                      # how long collectives may wait
     "eval_samples", "eval_temperature", "eval_top_p", "eval_top_k", "eval_max_new_tokens",
     "n_examples")
 TRAIN_CODE = ("torch", "transformers", "trl")
@@ -772,6 +770,7 @@ def train_models(cfg: GRPOStageConfig, progress: bool = True) -> list[dict[str, 
     from synergy.runs import Run, torch_threads
 
     require_engines(cfg)
+    training.join_process_group(cfg.ddp_timeout_s)
     run = Run.of(cfg)
     with torch_threads(cfg.threads):
         return train_policies(cfg, training_plan(cfg, run, progress), run, progress)
@@ -906,23 +905,26 @@ def drift_table(curves: pd.DataFrame, window: int = 3) -> pd.DataFrame:
 
 
 def policy_drift(results: dict[str, pd.DataFrame], models: dict[str, str], ref_path: str,
-                 prompt_suffix: str = "", max_samples: int = 400, batch: int = 64) -> pd.DataFrame:
+                 prompt_suffix: str = "", max_samples: int = 400, batch: int = 4) -> pd.DataFrame:
     """Per model: mean per-token KL(model || reference) and the model's entropy, measured on
-    the model's own evaluation responses (`scoring.token_kl`). Unlike TRL's logged `kl`
-    (only when beta != 0), this measures every policy the same way, beta 0 included."""
+    the model's own evaluation responses (`scoring.token_kl`, `batch` responses per forward
+    pass, as 07's `kl_batch_size` in the paper profiles: 64 responses of ~8k tokens make one
+    ~19 GiB MLP activation in the 7B). Unlike TRL's logged `kl` (only when beta != 0),
+    this measures every policy the same way, beta 0 included."""
     from synergy import models as registry
     from synergy.evaluation import build_prompts
     from synergy.scoring import mean_kl_entropy, token_kl
 
-    ref, processing = registry.load(ref_path)
+    ref, processing = registry.load_for_scoring(ref_path)
     rows = []
     for name, path in models.items():
         df = results[name].explode("samples").head(max_samples)
         prompts, images = build_prompts(SimpleNamespace(template=processing), df,
                                         prompt_suffix)
-        model, _ = registry.load(path)
-        kl = token_kl(model.eval(), ref.eval(), processing, prompts, list(df["samples"]),
-                      images, batch)
+        model, _ = registry.load_for_scoring(path)
+        kl = token_kl(model, ref, processing, prompts, list(df["samples"]), images, batch)
+        del model  # the next policy takes its place on the device
+        training.release_memory()
         stats = mean_kl_entropy(kl)
         rows.append({"model": name, "kl_to_init": stats["kl"], "entropy": stats["entropy"],
                      "tokens": stats["tokens"]})

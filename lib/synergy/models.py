@@ -186,9 +186,10 @@ def is_vision_language(config) -> bool:
     return getattr(config, "vision_config", None) is not None
 
 
-def load(path: str | Path, device: str | None = None):
+def load(path: str | Path, device: str | None = None, dtype: str = "auto"):
     """(model, processing class) of a saved model: a causal LM with its tokenizer, or a
-    vision-language model with its processor (image-only on CPU installs, see `vlm`)."""
+    vision-language model with its processor (image-only on CPU installs, see `vlm`), in
+    `dtype` ("auto": the checkpoint's)."""
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -199,12 +200,30 @@ def load(path: str | Path, device: str | None = None):
     if is_vision_language(AutoConfig.from_pretrained(path)):
         from synergy.vlm import load_processor
 
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto")
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
         processing = load_processor(path)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         processing = AutoTokenizer.from_pretrained(path)
     return (model.to(device) if device else model), processing
+
+
+def placement() -> tuple[str, str]:
+    """(device, dtype) to score models on (`scoring`): the CUDA device in bfloat16 where the
+    GPU has it (the 7B checkpoints are bf16; float32 only on older GPUs), else the CPU in
+    float32. Two 7B models in float32 on the CPU are ~60 GiB before any activation."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu", "float32"
+    return "cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+
+
+def load_for_scoring(path: str | Path):
+    """(model in eval mode, processing class), loaded where `placement` says."""
+    device, dtype = placement()
+    model, processing = load(path, device, dtype)
+    return model.eval(), processing
 
 
 def load_processing(path: str | Path):

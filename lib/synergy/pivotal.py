@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from synergy import training
 from synergy.evaluation import EvaluatingConfig
 from synergy.runs import StageResult
 
@@ -177,8 +178,6 @@ class PivotalResult(StageResult):
 
 def run(cfg: PivotalConfig, progress: bool = True) -> PivotalResult:
     """Evaluate reference and models, count categories, score KL; saves CSVs + manifest."""
-    import torch
-
     from synergy import evaluation, models, stages, stratify
     from synergy.files import write_text
     from synergy.runs import stage_run
@@ -201,21 +200,21 @@ def run(cfg: PivotalConfig, progress: bool = True) -> PivotalResult:
         write_text(ctx.dir / "category_counts.csv", counts.to_csv(index=False))
         write_text(ctx.dir / "pivotal_use.csv", use.to_csv(index=False))
 
-        ref_model, _ = models.load(paths[reference])
+        ref_model, _ = models.load_for_scoring(paths[reference])
         rng = np.random.default_rng(cfg.seed)
         tokens = []
         for name in [n for n in paths if n != reference]:
-            model, processor = models.load(paths[name])
+            model, processor = models.load_for_scoring(paths[name])
             rows = responses_frame({name: results[name]}).merge(
                 questions.drop(columns=["level"]), on="qid")
             rows = rows.iloc[np.sort(rng.permutation(len(rows))[:cfg.kl_responses])]
             prompts, images = evaluation.build_prompts(SimpleNamespace(template=processor),
                                                        rows, suffix)
-            kl = token_kl(model.eval(), ref_model.eval(), processor, prompts,
+            kl = token_kl(model, ref_model, processor, prompts,
                           list(rows["text"]), images, cfg.kl_batch_size)
             tokens.append(kl_by_token(kl).assign(model=name, reference=reference))
-            del model
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            del model  # the next model takes its place on the device
+            training.release_memory()
         tokens = pd.concat(tokens, ignore_index=True)
         write_text(ctx.dir / "kl_tokens.csv", tokens.to_csv(index=False))
         ctx.record(reference=reference, compared=list(paths))

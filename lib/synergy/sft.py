@@ -64,6 +64,7 @@ class SftConfig(EvaluatingConfig):
     report_to: ReportTo
     trainer_backend: TrainerBackend
     num_processes: int
+    ddp_timeout_s: int
     n_examples: int
 
     def validate(self) -> None:
@@ -88,6 +89,7 @@ class SftConfig(EvaluatingConfig):
             self.require(all(lv >= 0 for lv in getattr(self, key)), key,
                          "must hold levels >= 0 (L1 is the easiest; 0: rows without a level)")
         self.require(self.num_processes >= 1, "num_processes", "must be >= 1")
+        self.require(self.ddp_timeout_s >= 1, "ddp_timeout_s", "must be >= 1 (seconds)")
         self.require(self.batch_size >= 1
                      and self.batch_size % (self.grad_accum * self.num_processes) == 0,
                      "batch_size", f"must be >= 1 and divisible by grad_accum x num_processes "
@@ -226,7 +228,8 @@ def training_args(cfg: SftConfig, n_train: int, num_processes: int | None = None
         # `checkpoints` evenly spaced checkpoints, all kept: the best on validation is chosen.
         save_strategy="steps", save_steps=max(1, int(np.ceil(steps / cfg.checkpoints))),
         save_total_limit=None, seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
-        disable_tqdm=False, remove_unused_columns=True, dataloader_pin_memory=False)
+        disable_tqdm=False, remove_unused_columns=True, dataloader_pin_memory=False,
+        ddp_timeout=cfg.ddp_timeout_s)
 
 
 def peft_config(cfg: SftConfig):
@@ -340,7 +343,7 @@ NOT_IN_KEY = (
     "easy_share_sweep", "scale_sweep",
     "eval_samples", "eval_temperature", "eval_top_p", "eval_top_k",  # evaluation only
     "batch_rows", "report_to", "n_examples",     # speed, tracking, display
-    "num_processes")                             # the global batch is the same on any count
+    "num_processes", "ddp_timeout_s")            # the global batch is the same on any count
 # Packages whose version changes a trained model.
 TRAIN_CODE = ("torch", "transformers", "trl", "peft")
 
@@ -427,6 +430,7 @@ def train_models(cfg: SftConfig, progress: bool = True) -> list[dict[str, Any]]:
     from synergy.runs import Run, torch_threads
 
     training.require_backend(cfg.trainer_backend, cfg.num_processes)
+    training.join_process_group(cfg.ddp_timeout_s)
     run = Run.of(cfg)
     with torch_threads(cfg.threads):
         model = run.model(cfg.model).path

@@ -35,7 +35,12 @@ LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", 
 KEY_FILE = "key.json"
 # What a checkpoint holds beyond the model: needed to resume, only in the newest one.
 RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt")
+# DeepSpeed keeps its optimizer state apart: `latest` names the `global_step<N>` folder
+# holding its model and optimizer state files (no optimizer.pt).
+DEEPSPEED_LATEST = "latest"
 DONE_FILE = "done.json"
+# How long collectives wait where no section says (`ddp_timeout_s`): TrainingArguments' default.
+DDP_TIMEOUT_S = 1800
 # A training that finished but whose model is still to be chosen among its checkpoints (SFT).
 TRAINED_FILE = "trained.json"
 
@@ -48,13 +53,32 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def process_state():
-    """accelerate's `PartialState` of this process; under a launcher it joins the process
-    group (gloo on a machine without CUDA)."""
+def uses_deepspeed() -> bool:
+    """Under `accelerate launch` with a DeepSpeed config (accelerate/zero3.yaml)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
+
+
+def join_process_group(timeout_s: int):
+    """accelerate's `PartialState` of this process. Under a launcher the first call joins
+    the process group (gloo on a machine without CUDA; NCCL, or DeepSpeed's, on GPUs) with
+    collectives that wait up to `timeout_s` seconds: NCCL's own default (10 minutes) is
+    shorter than the barrier after data-parallel long-CoT sampling can wait. Later calls
+    share that group whatever their timeout, so what a launcher runs (`train_models`) joins
+    first, with its section's `ddp_timeout_s`; TrainingArguments' `ddp_timeout` is the same.
+    A plain process joins nothing."""
+    import datetime
+
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available(),
+                        timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def process_state():
+    """The `PartialState` this process joined (`join_process_group`); where nothing joined
+    before, joined with transformers' default `ddp_timeout`."""
+    return join_process_group(DDP_TIMEOUT_S)
 
 
 def is_main_process() -> bool:
@@ -357,11 +381,56 @@ def keep_last_optimizer():
             if not state.is_world_process_zero:
                 return
             for old in checkpoints(Path(args.output_dir).parent)[:-1]:
-                for pattern in RESUME_STATE:
-                    for f in old.glob(pattern):
-                        f.unlink()
+                drop_resume_state(old)
 
     return KeepLastOptimizer()
+
+
+def drop_resume_state(ckpt: Path) -> None:
+    """Remove what only resuming needs from a checkpoint, DeepSpeed's state included
+    (`global_step*` folders and `latest`); the model stays."""
+    for pattern in RESUME_STATE:
+        for f in ckpt.glob(pattern):
+            f.unlink()
+    for folder in ckpt.glob("global_step*"):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    (ckpt / DEEPSPEED_LATEST).unlink(missing_ok=True)
+
+
+def deepspeed_state(ckpt: str | Path) -> Path | None:
+    """The `global_step*` folder a checkpoint's `latest` file names, when it exists and holds
+    DeepSpeed's model and optimizer state files; else None."""
+    latest = Path(ckpt) / DEEPSPEED_LATEST
+    if not latest.is_file():
+        return None
+    name = latest.read_text().strip()
+    folder = Path(ckpt) / name
+    whole = (name.startswith("global_step") and folder.is_dir()
+             and any(folder.glob("*optim_states.pt")) and any(folder.glob("*model_states.pt")))
+    return folder if whole else None
+
+
+def resumable(ckpt: str | Path) -> bool:
+    """A checkpoint with optimizer state: `optimizer.pt`, or DeepSpeed's (`deepspeed_state`)."""
+    return (Path(ckpt) / "optimizer.pt").is_file() or deepspeed_state(ckpt) is not None
+
+
+def deepspeed_problem(ckpt: str | Path, deepspeed: bool) -> str | None:
+    """Why this run cannot resume from `ckpt`: its optimizer state was saved under DeepSpeed
+    and this run is not, or the reverse (each reads only its own); None when they agree."""
+    saved = deepspeed_state(ckpt)
+    if saved is not None and not deepspeed:
+        return (f"{ckpt}: its optimizer state was saved by DeepSpeed ({saved.name}/, named by "
+                f"'{DEEPSPEED_LATEST}') and this run is not under DeepSpeed; resume it under "
+                "the same launcher (accelerate launch --config_file accelerate/zero3.yaml), "
+                f"or delete {Path(ckpt).parent} to train again from step 1")
+    if saved is None and deepspeed:
+        return (f"{ckpt}: its optimizer state (optimizer.pt) was saved without DeepSpeed and "
+                "this run is under DeepSpeed, which resumes only from its own global_step*/ "
+                "state; resume it without DeepSpeed, or delete "
+                f"{Path(ckpt).parent} to train again from step 1")
+    return None
 
 
 def finished(run_dir: str | Path, key: str, model: str | Path) -> dict[str, Any] | None:
@@ -386,7 +455,8 @@ def prepare(run_dir: str | Path, key: str) -> Path | None:
     from (None: start at step 1). Checkpoints of another key are deleted, never resumed; a
     checkpoint a kill left half-written is removed, a damaged one set aside, and training
     resumes from the newest whole one. With several processes the main process prepares the
-    folder while the others wait."""
+    folder while the others wait; every process fails alike when the checkpoint's optimizer
+    state is DeepSpeed's and this run is not under DeepSpeed, or the reverse."""
     run_dir = Path(run_dir)
     if is_main_process():
         key_file = run_dir / KEY_FILE
@@ -401,12 +471,16 @@ def prepare(run_dir: str | Path, key: str) -> Path | None:
     if world_size() > 1:
         process_state().wait_for_everyone()
     last = checkpoints(run_dir)
+    problem = deepspeed_problem(last[-1], uses_deepspeed()) if last else None
+    if problem:
+        raise RuntimeError(problem)
     return last[-1] if last else None
 
 
 def resume_point(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint training can resume from (trainer state, optimizer and a whole
-    model); newer ones that cannot are cleared out of the way."""
+    """The newest checkpoint training can resume from (trainer state, optimizer state of its
+    own or DeepSpeed's, and a whole model); newer ones that cannot are cleared out of the
+    way."""
     import warnings
 
     from synergy.files import CorruptArtifact, check_files, set_aside
@@ -419,7 +493,7 @@ def resume_point(run_dir: str | Path) -> Path | None:
         if problem:
             set_aside(ckpt, problem)
             continue
-        if not (ckpt / "optimizer.pt").exists():
+        if not resumable(ckpt):
             # Only the newest keeps its optimizer (`keep_last_optimizer`): the newer ones
             # are gone, so no checkpoint can resume; the steps are retrained as they were.
             warnings.warn(f"{ckpt.parent}: no checkpoint with optimizer state to resume "
@@ -485,14 +559,20 @@ def release(trainer) -> None:
     """Free the trainer's GPU memory (a colocated vLLM engine included) before this process
     evaluates or trains the next policy: a vLLM engine started beside a trainer's reserved
     memory does not find the share it asks for (03 on one GPU)."""
-    import gc
-
-    import torch
-
     trainer.vllm_generation = None  # TRL's vLLM engine, when rollouts use one
     trainer.model = trainer.model_wrapped = trainer.ref_model = None
     trainer.optimizer = trainer.lr_scheduler = None
     trainer.accelerator.free_memory()  # accelerate's own references to model and optimizer
+    release_memory()
+
+
+def release_memory() -> None:
+    """Return what dropped models and tensors held to the device (a GPU's cached blocks
+    included) before the next model loads."""
+    import gc
+
+    import torch
+
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
