@@ -118,7 +118,8 @@ def model_key(cfg: StrategiesConfig, spec: Spec, start: str, data: Any,
 # --- GRPO ---------------------------------------------------------------------------------
 
 GRPO_INFRA = {"trainer_backend": "hf", "lora_r": 0, "lora_alpha": 16, "vllm_mode": "none",
-              "vllm_server_url": "", "vllm_gpu_memory_utilization": 0.3}
+              "vllm_server_url": "", "vllm_gpu_memory_utilization": 0.3,
+              "ddp_timeout_s": training.DDP_TIMEOUT_S}
 
 
 def grpo_settings(cfg: StrategiesConfig, run, **overrides) -> grpo.GRPOStageConfig:
