@@ -157,6 +157,21 @@ def test_progress_lines_mode_prints_a_line_per_interval():
     assert lines[-1].startswith("sampling: 100%")
 
 
+def test_progress_lines_of_an_iterated_bar_never_count_past_its_total():
+    """The world's training bar: iterated, with set_postfix every step (a refresh). Each
+    line's count is at most the total and never goes back (once it printed 645/600)."""
+    code = ("import time\nfrom synergy.progress import progress_bar\n"
+            "b = progress_bar(range(150), desc='training base', unit='step')\n"
+            "for i in b:\n    time.sleep(0.01); b.set_postfix(loss=f'{1 / (i + 1):.3f}')\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), progress.MODE_VARIABLE: "lines",
+           "SYNERGY_PROGRESS_INTERVAL": "0.2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120).stderr
+    counts = [int(m) for m in re.findall(r"\| *(\d+)/150 ", out)]
+    assert len(counts) >= 3 and "step [" not in out, out  # "645step [": past its total
+    assert counts == sorted(counts) and counts[-1] == 150, out
+
+
 def test_training_bar_shows_steps_loss_and_time_left(monkeypatch, capsys):
     monkeypatch.setenv(progress.MODE_VARIABLE, "terminal")
     bar = progress.training_bar("sft")

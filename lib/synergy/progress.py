@@ -70,16 +70,17 @@ def progress_bar(iterable=None, **kwargs):
 
     class Periodic(tqdm):
         """At most a line per `INTERVAL` seconds, even when the caller refreshes (the
-        first line and the last, from `close`, always)."""
+        first line and the last, from `close`, always). The gate keeps its own clock:
+        tqdm's `last_print_t` is the iterator's bookkeeping, and moving it from here made
+        an iterated bar whose caller refreshes (`set_postfix`) count steps twice."""
 
         def refresh(self, *args, **kw):
             if self.disable:
                 return super().refresh(*args, **kw)
-            if getattr(self, "_printed", False) and \
-                    self._time() - self.last_print_t < self.mininterval:
+            now, last = self._time(), getattr(self, "_line_t", None)
+            if last is not None and now - last < self.mininterval:
                 return False
-            self._printed = True
-            self.last_print_t = self._time()
+            self._line_t = now
             return super().refresh(*args, **kw)
 
     return Periodic(iterable, **{**kwargs, "file": _Lines(), "mininterval": INTERVAL,
