@@ -143,15 +143,20 @@ def test_readme_papermill_example_runs_as_written(tmp_path):
 
 # --- progress -------------------------------------------------------------------------------
 
+def _lines_mode_stderr(code: str, interval: float) -> str:
+    """What `code` writes to stderr in a process whose bars are in the lines mode."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), progress.MODE_VARIABLE: "lines",
+           "SYNERGY_PROGRESS_INTERVAL": str(interval)}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120).stderr
+
+
 def test_progress_lines_mode_prints_a_line_per_interval():
     code = ("import time\nfrom synergy.progress import progress_bar\n"
             "b = progress_bar(total=60, desc='sampling', mininterval=0.01)\n"
             "for i in range(60):\n    time.sleep(0.02); b.update(); b.refresh()\n"
             "b.close()\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), progress.MODE_VARIABLE: "lines",
-           "SYNERGY_PROGRESS_INTERVAL": "0.5"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=120).stderr
+    out = _lines_mode_stderr(code, interval=0.5)
     lines = out.splitlines()
     assert "\r" not in out and 2 <= len(lines) <= 6, out  # ~1.2 s at one line per 0.5 s
     assert lines[-1].startswith("sampling: 100%")
@@ -163,10 +168,7 @@ def test_progress_lines_of_an_iterated_bar_never_count_past_its_total():
     code = ("import time\nfrom synergy.progress import progress_bar\n"
             "b = progress_bar(range(150), desc='training base', unit='step')\n"
             "for i in b:\n    time.sleep(0.01); b.set_postfix(loss=f'{1 / (i + 1):.3f}')\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), progress.MODE_VARIABLE: "lines",
-           "SYNERGY_PROGRESS_INTERVAL": "0.2"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=120).stderr
+    out = _lines_mode_stderr(code, interval=0.2)
     counts = [int(m) for m in re.findall(r"\| *(\d+)/150 ", out)]
     assert len(counts) >= 3 and "step [" not in out, out  # "645step [": past its total
     assert counts == sorted(counts) and counts[-1] == 150, out
