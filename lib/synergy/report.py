@@ -229,13 +229,12 @@ def role_levels(levels: pd.DataFrame,
             if role in set(part["model"]):
                 parents.append(part[part["model"] == role].assign(role=role))
                 break
-            names = (mains or {}).get(stage, []) if own_stage.get(role) == stage else []
-            own = next((n for n in names if n in set(part["model"])), None)
-            if own:
-                parents.append(part[part["model"] == own].assign(role=role))
+            own = _stage_main(levels, mains, stage) if own_stage.get(role) == stage else None
+            if own is not None:
+                parents.append(own.assign(role=role))
                 break
     rl = next((p for p in parents if p["role"].iloc[0] == "rl"), None)
-    own_rl = _own_rl(levels, mains)
+    own_rl = _stage_main(levels, mains, stages.GRPO.name)
     if rl is not None and own_rl is not None and rl["stage"].iloc[0] != stages.GRPO.name:
         # 04's RL parent on 04's own questions, beside 04's ablations (findings.no_easiest).
         parents.append(own_rl.assign(role=OWN_RL))
@@ -264,11 +263,11 @@ def role_levels(levels: pd.DataFrame,
 
 
 
-def _own_rl(levels: pd.DataFrame, mains: dict[str, list[str]] | None) -> pd.DataFrame | None:
-    """04's main RL model as 04 evaluated it (None when 04 did not)."""
-    part = levels[levels["stage"] == stages.GRPO.name]
-    own = next((n for n in (mains or {}).get(stages.GRPO.name, []) if n in set(part["model"])),
-               None)
+def _stage_main(levels: pd.DataFrame, mains: dict[str, list[str]] | None,
+                stage: str) -> pd.DataFrame | None:
+    """A stage's main model (`main_models`) as that stage evaluated it (None if it did not)."""
+    part = levels[levels["stage"] == stage]
+    own = next((n for n in (mains or {}).get(stage, []) if n in set(part["model"])), None)
     return part[part["model"] == own] if own else None
 
 
