@@ -37,6 +37,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from synergy import data, trace_sets, world
 from synergy.config import StageConfig
 from synergy.generation import VllmDtype
 from synergy.runs import StageResult
@@ -211,7 +212,6 @@ def trace_set(cfg: DistillConfig, run=None) -> pd.DataFrame:
     """The `traces` teacher's rows: an s1K / s1K-1.1 set (`trace_set` picks the teacher:
     DeepSeek-R1 = the paper's s1.1-R1, Gemini = s1-Gemini2), or Eureka-Distill with its
     images (`trace_source` "world": the image world's Eureka-Distill-style file of `run`)."""
-    from synergy import data, trace_sets
 
     if cfg.trace_set == "eureka-distill":
         rows = trace_sets.load_eureka_distill(data.world_source(cfg.trace_source, run,
@@ -227,7 +227,6 @@ def trace_set(cfg: DistillConfig, run=None) -> pd.DataFrame:
 
 def question_pool(cfg: DistillConfig, run) -> tuple[pd.DataFrame, str]:
     """Training questions (qid, question, answer[, steps]) and their upstream id."""
-    from synergy import data, world
 
     if cfg.train_questions == data.WORLD:
         wcfg = world.config_of(run)

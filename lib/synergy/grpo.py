@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from synergy import training
+from synergy import data, trace_sets, training, world
 from synergy.evaluation import EvaluatingConfig
 from synergy.progress import show_training
 from synergy.runs import StageResult
@@ -512,7 +512,6 @@ def vllm_model_length(processing, dataset, max_completion_length: int) -> int:
 def training_questions(cfg: GRPOStageConfig, run) -> tuple[pd.DataFrame, str]:
     """(training questions, upstream id): fresh world questions (disjoint from the eval
     split) or MM-Eureka queries (`mm_eureka:<file or hub id>`, first n in a seeded order)."""
-    from synergy import data, trace_sets, world
 
     if cfg.train_source == data.WORLD:
         world_cfg = world.config_of(run)
