@@ -165,7 +165,9 @@ def test_progress_lines_mode_prints_a_line_per_interval():
 
 def test_progress_lines_of_an_iterated_bar_never_count_past_its_total():
     """The world's training bar: iterated, with set_postfix every step (a refresh). Each
-    line's count is at most the total and never goes back (once it printed 645/600)."""
+    line's count is at most the total, never goes back (once it printed 645/600) and never
+    repeats before the closing line (a refresh from set_postfix printed the count tqdm had
+    last synced: 365/600 twice, 15 s apart)."""
     code = ("import time\nfrom synergy.progress import progress_bar\n"
             "b = progress_bar(range(150), desc='training base', unit='step')\n"
             "for i in b:\n    time.sleep(0.01); b.set_postfix(loss=f'{1 / (i + 1):.3f}')\n")
@@ -173,6 +175,7 @@ def test_progress_lines_of_an_iterated_bar_never_count_past_its_total():
     counts = [int(m) for m in re.findall(r"\| *(\d+)/150 ", out)]
     assert len(counts) >= 3 and "step [" not in out, out  # "645step [": past its total
     assert counts == sorted(counts) and counts[-1] == 150, out
+    assert len(set(counts[:-1])) == len(counts[:-1]), out
 
 
 def test_training_bar_shows_steps_loss_and_time_left(monkeypatch, capsys):

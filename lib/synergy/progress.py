@@ -83,6 +83,13 @@ def progress_bar(iterable=None, **kwargs):
             self._line_t = now
             return super().refresh(*args, **kw)
 
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            """An iterated bar's own count is synced only when the iterator draws, so a
+            refresh from the caller would print a stale count with a fresh time ("365/600
+            [01:46" after "365/600 [01:30"): the postfix waits for the iterator's line."""
+            return super().set_postfix(ordered_dict, refresh=refresh and self.iterable is None,
+                                       **kwargs)
+
     return Periodic(iterable, **{**kwargs, "file": _Lines(), "mininterval": INTERVAL,
                                  "ascii": True, "ncols": 100, "dynamic_ncols": False})
 

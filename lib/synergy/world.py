@@ -391,7 +391,9 @@ def train_base(cfg: WorldConfig, model, tokenizer,
             row = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
                    "seconds": time.perf_counter() - t0}
             rows.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            # refresh=False: the iterator draws the bar (a refresh from here would print
+            # the step count tqdm last synced, not this step's).
+            bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
             if on_log:
                 on_log(row)
     model.eval()
