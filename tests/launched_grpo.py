@@ -6,7 +6,7 @@ move; a reward that varies inside a group shows that each process really trained
 
 import sys
 
-from synergy import grpo, stages
+from synergy import grpo, grpo_trainer, stages
 from synergy.__main__ import stage_config
 from synergy.verify import accuracy_reward
 
@@ -15,5 +15,5 @@ def length_reward(completions, **kwargs):
     return [len(c) / 16 for c in completions]
 
 
-grpo.reward_functions = lambda: [accuracy_reward, length_reward]
+grpo_trainer.reward_functions = lambda: [accuracy_reward, length_reward]
 grpo.train_models(stage_config(stages.GRPO, sys.argv[1], None), progress=False)

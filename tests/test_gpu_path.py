@@ -272,7 +272,7 @@ def test_vllm_context_is_the_longest_prompt_plus_the_completion(random_world):
     context and refuses to start within `vllm_gpu_memory_utilization` 0.3."""
     import datasets
 
-    from synergy.grpo import vllm_model_length
+    from synergy.grpo_trainer import vllm_model_length
 
     _, _, tokenizer = random_world
     prompts = [[{"role": "user", "content": q}] for q in ("1 +2", "3 +4 *2 -1 +5 *3 -2")]
@@ -286,18 +286,18 @@ def test_vllm_context_is_the_longest_prompt_plus_the_completion(random_world):
 
 def test_paper_1gpu_grpo_loads_the_lora_base_in_bf16():
     """Predicted failure 3: TRL's default float32 7B (~31 GiB) beside vLLM at 0.45 of 80 GB."""
-    from synergy import grpo
+    from synergy import grpo, grpo_trainer
 
     one_gpu = grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper-1gpu.yaml")
     paper = grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper.yaml")
     assert one_gpu.lora_r > 0 and one_gpu.vllm_mode == "colocate"
     bf16 = {"model_init_kwargs": {"dtype": "bfloat16"}}
-    assert grpo.policy_loading(one_gpu, bf16=True, deepspeed=False) == bf16
-    assert grpo.policy_loading(paper, bf16=True, deepspeed=True) == bf16   # ZeRO-3, 8 GPUs
-    assert grpo.policy_loading(paper, bf16=True, deepspeed=False) == {}    # fp32 masters
-    assert grpo.policy_loading(one_gpu, bf16=False, deepspeed=False) == {}  # CPU, old GPUs
+    assert grpo_trainer.policy_loading(one_gpu, bf16=True, deepspeed=False) == bf16
+    assert grpo_trainer.policy_loading(paper, bf16=True, deepspeed=True) == bf16   # ZeRO-3, 8 GPUs
+    assert grpo_trainer.policy_loading(paper, bf16=True, deepspeed=False) == {}    # fp32 masters
+    assert grpo_trainer.policy_loading(one_gpu, bf16=False, deepspeed=False) == {}  # CPU, old GPUs
     # On this CPU the arguments TRL gets carry no dtype (float32, as before).
-    assert grpo.training_args(one_gpu, 0.0, num_processes=1).model_init_kwargs is None
+    assert grpo_trainer.training_args(one_gpu, 0.0, num_processes=1).model_init_kwargs is None
 
 
 # --- 03 on one GPU: the trainer's memory is freed before an engine starts --------------------
@@ -359,7 +359,7 @@ def test_lora_leaves_the_vision_tower_without_adapters(random_world):
     merger that SFT keeps frozen."""
     from peft import get_peft_model
 
-    from synergy import grpo, sft, vlm, world
+    from synergy import grpo, grpo_trainer, training, vlm, world
 
     cfg, _, _ = random_world
     tokenizer = world.build_tokenizer(cfg.vocab_size, world.tokenizer_corpus(cfg, 300))
@@ -368,7 +368,7 @@ def test_lora_leaves_the_vision_tower_without_adapters(random_world):
                      if ".visual." in f".{n}." and isinstance(m, torch.nn.Linear)]
     assert visual_linear  # the tower has linear layers that "all-linear" would take
     one = grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper-1gpu.yaml")
-    for config in (sft.lora_config(8, 16), grpo.peft_config(one)):
+    for config in (training.lora_config(8, 16), grpo_trainer.peft_config(one)):
         adapted = get_peft_model(model, config)
         names = [n for n, _ in adapted.named_parameters() if "lora_" in n]
         assert names and not [n for n in names if ".visual." in n]

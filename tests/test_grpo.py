@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from synergy import grpo
+from synergy import grpo, grpo_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -24,9 +24,10 @@ def test_reward_is_point_nine_accuracy_plus_point_one_format():
                    "\\boxed{5}",                          # right, no think block
                    "<think> 2+3=4.</think> \\boxed{4}",  # wrong, formatted
                    "five"]                                # neither
-    funcs = grpo.reward_functions()
-    assert [f.__name__ for f in funcs] == list(grpo.REWARD_NAMES)
-    weights = grpo.training_args(grpo.GRPOStageConfig.from_profile(PAPER), 0.005).reward_weights
+    funcs = grpo_trainer.reward_functions()
+    assert [f.__name__ for f in funcs] == list(grpo_trainer.REWARD_NAMES)
+    weights = grpo_trainer.training_args(grpo.GRPOStageConfig.from_profile(PAPER),
+                                         0.005).reward_weights
     per_func = [f(completions=completions, answer=["5"] * 4) for f in funcs]
     total = [sum(w * r[i] for w, r in zip(weights, per_func)) for i in range(4)]
     assert total == pytest.approx([1.0, 0.9, 0.1, 0.0])
@@ -46,13 +47,13 @@ def crafted_batch():
 
 def test_easiest_groups_marks_only_all_correct_groups():
     accuracy, _ = crafted_batch()
-    drop = grpo.easiest_groups(accuracy, num_generations=4)
+    drop = grpo_trainer.easiest_groups(accuracy, num_generations=4)
     assert drop.tolist() == [True] * 4 + [False] * 8
 
 
 def test_drop_completions_masks_easiest_out_of_the_loss():
     accuracy, batch = crafted_batch()
-    out = grpo.drop_completions(batch, grpo.easiest_groups(accuracy, 4))
+    out = grpo_trainer.drop_completions(batch, grpo_trainer.easiest_groups(accuracy, 4))
     assert out["completion_mask"][:4].sum() == 0
     assert torch.equal(out["completion_mask"][4:], batch["completion_mask"][4:])
     assert torch.all(out["advantages"][:4] == 0)
@@ -70,11 +71,11 @@ def test_static_filter_keeps_questions_with_any_miss():
 
 def test_paper_batching_maps_onto_trl():
     cfg = grpo.GRPOStageConfig.from_profile(PAPER)
-    b = grpo.trl_batching(cfg)
+    b = grpo_trainer.trl_batching(cfg)
     assert b["completions_per_step"] == 64 * 8  # verl mini-batch of 64 prompts x 8 rollouts
     assert b["per_device_train_batch_size"] * b["gradient_accumulation_steps"] == 512
     assert b["steps_per_generation"] == 2 * b["gradient_accumulation_steps"]  # 128 / 64
-    assert grpo.trl_batching(cfg, num_processes=8)["gradient_accumulation_steps"] == 8
+    assert grpo_trainer.trl_batching(cfg, num_processes=8)["gradient_accumulation_steps"] == 8
 
 
 @pytest.mark.parametrize("key, value, names", [
@@ -150,7 +151,7 @@ def test_one_grpo_step_changes_the_weights(init_copy, tmp_path):
                       max_steps=1, beta=0.01, reward_weights=[0.9, 0.1], logging_steps=1,
                       save_strategy="no", report_to="none", bf16=False, fp16=False,
                       gradient_checkpointing=False, remove_unused_columns=False)
-    trainer = grpo.trainer_class()(
+    trainer = grpo_trainer.trainer_class()(
         model=str(init_copy), reward_funcs=[accuracy_reward, length_reward], args=args,
         train_dataset=grpo.training_dataset(questions, tok, ""), processing_class=tok,
         callbacks=[log_callback(tmp_path / "curves.jsonl", "t")],
@@ -183,9 +184,10 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(smoke_root, init_
     run_dir = tmp_path / "run"
 
     def train(**kw):
-        return grpo.train(str(init_copy), dataset, grpo.training_args(cfg, 0.01), run_dir,
-                          key="key", label="rl", progress=False,
-                          exclude_easiest_dynamic=True, **kw)
+        return grpo_trainer.train(str(init_copy), dataset,
+                                  grpo_trainer.training_args(cfg, 0.01), run_dir, key="key",
+                                  label="rl", progress=False, exclude_easiest_dynamic=True,
+                                  **kw)
 
     class Interrupt(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -253,10 +255,10 @@ def test_keyed_rollouts_do_not_depend_on_the_batch(init_copy, monkeypatch):
             for q in ("3 +4", "9 -2 *2 +11"))
     a, b = (list(x["input_ids"]) if isinstance(x, dict) or hasattr(x, "keys") else list(x)
             for x in (a, b))
-    both = grpo.keyed_rollouts(trainer, [a] * 4 + [b] * 4)
-    alone = grpo.keyed_rollouts(trainer, [b] * 4)
+    both = grpo_trainer.keyed_rollouts(trainer, [a] * 4 + [b] * 4)
+    alone = grpo_trainer.keyed_rollouts(trainer, [b] * 4)
     assert both[4:] == alone
     assert len(set(map(tuple, both[:4]))) > 1 or len(set(map(tuple, both[4:]))) > 1
     assert all(len(r) <= 12 for r in both)
     trainer.state.global_step = 1
-    assert grpo.keyed_rollouts(trainer, [b] * 4) != alone
+    assert grpo_trainer.keyed_rollouts(trainer, [b] * 4) != alone

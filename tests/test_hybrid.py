@@ -205,7 +205,7 @@ def test_one_hybrid_step_trains_both_loss_parts_and_logs_the_think_share(
 @pytest.mark.slow
 def test_grpo_budget_matches_trls_token_count_and_survives_a_resume(smoke_world, tmp_path,
                                                                     one_thread):
-    from synergy import grpo, models
+    from synergy import grpo, grpo_trainer, models
     from trl import GRPOConfig
 
     model_dir = tmp_path / "init"
@@ -225,8 +225,9 @@ def test_grpo_budget_matches_trls_token_count_and_survives_a_resume(smoke_world,
                           save_steps=1, report_to="none", bf16=False, fp16=False,
                           gradient_checkpointing=False, remove_unused_columns=False, seed=0)
 
-    first = grpo.trainer_class()(model=str(model_dir), reward_funcs=grpo.reward_functions(),
-                                 args=args(1), train_dataset=ds, processing_class=processing)
+    first = grpo_trainer.trainer_class()(
+        model=str(model_dir), reward_funcs=grpo_trainer.reward_functions(), args=args(1),
+        train_dataset=ds, processing_class=processing)
     first.train()
     counted = first.budget.record()
     # TRL's own count: prompt and completion tokens it has seen.
@@ -234,8 +235,9 @@ def test_grpo_budget_matches_trls_token_count_and_survives_a_resume(smoke_world,
     assert counted["rollouts"] == 8 and counted["optimizer_steps"] == 1
     assert counted["rl_completion_tokens"] + prompts == first.state.num_input_tokens_seen
     # A second trainer resumed from the checkpoint counts on from there: the whole run.
-    second = grpo.trainer_class()(model=str(model_dir), reward_funcs=grpo.reward_functions(),
-                                  args=args(2), train_dataset=ds, processing_class=processing)
+    second = grpo_trainer.trainer_class()(
+        model=str(model_dir), reward_funcs=grpo_trainer.reward_functions(), args=args(2),
+        train_dataset=ds, processing_class=processing)
     second.train(resume_from_checkpoint=str(tmp_path / "ckpt" / "checkpoint-1"))
     again = second.budget.record()
     assert again["complete"] and again["optimizer_steps"] == 2 and again["rollouts"] == 16

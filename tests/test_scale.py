@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, SMOKE
-from synergy import grpo, sft, stages, training
+from synergy import grpo, grpo_trainer, sft, stages, training
 from synergy.config import ConfigError, load_profile, profile_section
 from synergy.training import read_jsonl
 
@@ -100,12 +100,12 @@ def test_grpo_on_two_processes(two_process_profile):
     record = json.loads((run_dir / "done.json").read_text())
     # verl's batches hold across processes: 2 prompts x 4 rollouts per optimizer step,
     # 4 prompts x 4 rollouts per generation, micro-batches of 4 on each process.
-    batching = grpo.trl_batching(cfg, 2)
+    batching = grpo_trainer.trl_batching(cfg, 2)
     assert record["num_processes"] == 2
     assert record["global_batch"] == batching["completions_per_step"] == 8
     assert record["generation_batch_size"] == batching["completions_per_generation"] == 16
     assert record["per_device_train_batch_size"] == cfg.micro_batch
-    assert record["steps"] == grpo.optimizer_steps(cfg.n_train_questions, cfg) == 4
+    assert record["steps"] == grpo_trainer.optimizer_steps(cfg.n_train_questions, cfg) == 4
     replicas = record["replica_weights"]
     assert len(set(replicas["end"])) == 1 and replicas["start"][0] != replicas["end"][0]
     assert saved_digest(run_dir / "model") == replicas["end"][0]
@@ -159,7 +159,7 @@ def test_global_batch_is_split_over_the_processes():
     with pytest.raises(ConfigError, match="sft.batch_size"):
         smoke("sft", sft.SftConfig, batch_size=8, grad_accum=2, num_processes=3)
     g = smoke("grpo", grpo.GRPOStageConfig)
-    one, two = (grpo.training_args(g, 0.0, num_processes=n) for n in (1, 2))
+    one, two = (grpo_trainer.training_args(g, 0.0, num_processes=n) for n in (1, 2))
     assert (one.per_device_train_batch_size, one.gradient_accumulation_steps) == (4, 2)
     assert (two.per_device_train_batch_size, two.gradient_accumulation_steps) == (4, 1)
     assert two.steps_per_generation == 2 * two.gradient_accumulation_steps
@@ -172,7 +172,7 @@ def test_ddp_timeout_reaches_the_trainers():
         == 1800
     paper = grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper.yaml")
     assert paper.ddp_timeout_s == 10800
-    assert grpo.training_args(paper, 0.005, num_processes=8).ddp_timeout == 10800
+    assert grpo_trainer.training_args(paper, 0.005, num_processes=8).ddp_timeout == 10800
     with pytest.raises(ConfigError, match="sft.ddp_timeout_s"):
         smoke("sft", sft.SftConfig, ddp_timeout_s=0)
     with pytest.raises(ConfigError, match="ddp_timeout_s"):
@@ -246,8 +246,9 @@ def test_train_models_joins_first_with_its_timeout(section, module, cls, monkeyp
 
 
 def test_paper_grpo_asks_trl_for_vllm_rollouts():
-    args = grpo.training_args(grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper.yaml"),
-                              0.005, num_processes=8)
+    args = grpo_trainer.training_args(
+        grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper.yaml"), 0.005,
+        num_processes=8)
     assert (args.use_vllm, args.vllm_mode, args.vllm_gpu_memory_utilization) == \
         (True, "colocate", 0.3)
     assert args.gradient_accumulation_steps == 512 // (8 * 8)

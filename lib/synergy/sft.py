@@ -235,20 +235,7 @@ def training_args(cfg: SftConfig, n_train: int, num_processes: int | None = None
 def peft_config(cfg: SftConfig):
     """LoRA on every linear layer of the language model when `lora_r > 0`, else None (full
     fine-tuning)."""
-    return lora_config(cfg.lora_r, cfg.lora_alpha) if cfg.lora_r > 0 else None
-
-
-# A VLM's vision tower and merger (`model.visual.*` in Qwen2.5-VL): "all-linear" would put
-# adapters there too, and train what SFT keeps frozen.
-LORA_EXCLUDE = r".*\bvisual\b.*"
-
-
-def lora_config(r: int, alpha: int):
-    """PEFT's LoRA on every linear layer but the vision tower's (SFT and GRPO)."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear",
-                      exclude_modules=LORA_EXCLUDE, task_type="CAUSAL_LM")
+    return training.lora_config(cfg.lora_r, cfg.lora_alpha) if cfg.lora_r > 0 else None
 
 
 @functools.cache

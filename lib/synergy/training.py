@@ -2,7 +2,7 @@
 checkpoint, the JSONL training log, saving the final model atomically, and running on one
 process or many.
 
-SFT (`sft.train`), GRPO (`grpo.train`) and the combination strategies all train through
+SFT (`sft.train`), GRPO (`grpo_trainer.train`) and the combination strategies all train through
 these, so a run interrupted anywhere resumes the same way and logs the same way.
 
 Several processes (`accelerate launch -m synergy train <stage>`, or `launch` from a
@@ -576,3 +576,16 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+# A VLM's vision tower and merger (`model.visual.*` in Qwen2.5-VL): "all-linear" would put
+# adapters there too, and train what SFT keeps frozen.
+LORA_EXCLUDE = r".*\bvisual\b.*"
+
+
+def lora_config(r: int, alpha: int):
+    """PEFT's LoRA on every linear layer but the vision tower's (SFT and GRPO)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear",
+                      exclude_modules=LORA_EXCLUDE, task_type="CAUSAL_LM")

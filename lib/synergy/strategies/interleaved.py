@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from synergy import grpo, mixing
+from synergy import grpo_trainer, mixing
 from synergy.strategies import trainer
 from synergy.strategies.config import Spec, StrategiesConfig
 
@@ -37,7 +37,7 @@ def interleave(batch: dict[str, Any], accuracy, inputs: list[dict], num_generati
     zeroed); each one's expert trace becomes an SFT target on its first row (`same_step`)
     or joins the buffer (`buffered`). Returns (batch, targets per row, buffered targets)."""
     gated = mixing.gated_rows(accuracy, num_generations, gate)
-    batch = grpo.drop_completions(batch, gated)
+    batch = grpo_trainer.drop_completions(batch, gated)
     firsts = np.flatnonzero((gated & mixing.first_of_group(len(inputs), num_generations))
                             .numpy())
     targets: list = [None] * len(inputs)

@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from synergy import grpo, mixing
+from synergy import grpo_trainer, mixing
 from synergy.mixing import Schedule
 from synergy.models import tokenizer_of
 from synergy.strategies import trainer
@@ -72,7 +72,7 @@ def prefixed_rewards() -> list:
             return func(completions=completions, **kwargs)
         return scored
 
-    return [wrap(f) for f in grpo.reward_functions()]
+    return [wrap(f) for f in grpo_trainer.reward_functions()]
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 """What the families share: the training questions and their datasets, samples of a model,
 each model's reuse key, and the two ways a model of this stage trains (GRPO through
-`grpo.train`, SFT through `sft.train`), each reused when its content key is unchanged.
+`grpo_trainer.train`, SFT through `sft.train`), each reused when its content key is unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synergy import grpo, reuse, sft, stages, training
+from synergy import grpo, grpo_trainer, reuse, sft, stages, training
 from synergy.evaluation import SamplingSpec, sample_table
 from synergy.files import content_hash
 from synergy.generation import engine_for, user_text
@@ -148,7 +148,7 @@ def train_grpo(spec: Spec, cfg: StrategiesConfig, gcfg: grpo.GRPOStageConfig, st
     """GRPO of one spec from `start` on `dataset` with `gcfg`'s settings and `trainer_cls`
     (default: 04's trainer), `reward_funcs` and their `reward_weights` (default: 04's),
     reused when its key is unchanged."""
-    args = grpo.training_args(gcfg, cfg.beta, num_processes=1)
+    args = grpo_trainer.training_args(gcfg, cfg.beta, num_processes=1)
     if reward_weights is not None:
         args.reward_weights = list(reward_weights)
     key = model_key(cfg, spec, start, dataset,
@@ -156,10 +156,10 @@ def train_grpo(spec: Spec, cfg: StrategiesConfig, gcfg: grpo.GRPOStageConfig, st
                     grpo.TRAIN_CODE,
                     shaping={k: getattr(gcfg, k) if hasattr(gcfg, k) else getattr(cfg, k)
                              for k in GRPO_SHAPING})
-    record = grpo.train(start, dataset, args, out / "runs" / spec.name, key=key,
+    record = grpo_trainer.train(start, dataset, args, out / "runs" / spec.name, key=key,
                         label=spec.name, trainer_cls=trainer_cls, reward_funcs=reward_funcs,
                         progress=progress, backend=gcfg.trainer_backend,
-                        peft=grpo.peft_config(gcfg), **trainer_kwargs)
+                        peft=grpo_trainer.peft_config(gcfg), **trainer_kwargs)
     return {**record, "family": spec.family, "trainer": "grpo", "start": spec.start}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from synergy import grpo, mixing
+from synergy import grpo_trainer, mixing
 from synergy.models import tokenizer_of
 from synergy.vlm import encode_pairs
 
@@ -38,10 +38,10 @@ def sft_target_of(row: dict, n_tokens: int | None = None) -> dict:
 
 @functools.cache
 def trainer_class():
-    """`grpo.trainer_class()` (TRL's GRPOTrainer) with an SFT term on routed targets."""
+    """`grpo_trainer.trainer_class()` (TRL's GRPOTrainer) with an SFT term on routed targets."""
     import torch
 
-    class StrategyGRPOTrainer(grpo.trainer_class()):
+    class StrategyGRPOTrainer(grpo_trainer.trainer_class()):
         """GRPO plus a weighted SFT loss on the expert targets `route` picks. The dataset
         carries `expert` (the expert response) and `prefix` ("") beside TRL's `prompt` (and
         `images`)."""
