@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_stages
-from synergy import findings, report
+from synergy import findings, report, stats
 from synergy import report_figures as figures
 
 PAYLOAD = "<script>alert('pwned')</script><b>bold</b>"
@@ -116,20 +116,20 @@ def test_paired_difference_from_per_question_results():
 
 
 def test_undecided_names_the_questions_that_would_decide():
-    d = findings.Difference(1.0, -5.0, 7.0, questions=200)  # half-width 6
+    d = stats.Difference(1.0, -5.0, 7.0, questions=200)  # half-width 6
     assert d.within(-5.0, 5.0) is None and d.within(-10.0, 10.0) is True
     assert d.within(8.0, 20.0) is False
     # inside +-5 needs a half-width below 5 - 1 = 4: 200 * (6 / 4)^2 = 450 questions
     assert d.to_decide_within(-5.0, 5.0) == 450
     # a gain above 2 or none: the interval must end below 2, a half-width below 1
     assert d.exceeds(2.0) is None and d.to_decide_gain(2.0) == 7200
-    assert findings.Difference(3.0, 1.0, 5.0, 200).exceeds(2.0) is True
-    assert findings.Difference(1.0, 0.5, 1.5, 200).exceeds(2.0) is False  # clear but small
+    assert stats.Difference(3.0, 1.0, 5.0, 200).exceeds(2.0) is True
+    assert stats.Difference(1.0, 0.5, 1.5, 200).exceeds(2.0) is False  # clear but small
     status, text = findings.judged_within(d, -5.0, 5.0, "x - y")
     assert status == findings.UNDECIDED and "200 questions; about 450" in text
-    assert findings.judged_within(findings.Difference(1.0, -2.0, 4.0, 200), -5.0, 5.0,
+    assert findings.judged_within(stats.Difference(1.0, -2.0, 4.0, 200), -5.0, 5.0,
                                   "x")[0] == "reproduced"
-    assert findings.judged_within(findings.Difference(9.0, 6.0, 12.0, 200), -5.0, 5.0,
+    assert findings.judged_within(stats.Difference(9.0, 6.0, 12.0, 200), -5.0, 5.0,
                                   "x")[0] == "not reproduced"
     # the easiest-question ablation: +0.6 [-5.6, +6.9] on 200 questions is undecided
     q = pd.DataFrame({"qid": range(4), "level": [1, 2, 4, 5], "accuracy": [1.0, 0.5, 0.0, 0.5]})

@@ -3,10 +3,14 @@
 A level holds a few dozen questions, each answered `eval_samples` times; the samples of one
 question are not independent, so the question is the unit that is resampled. Differences
 between two models are paired (the same questions), which is what the checklist needs to
-call a finding reproduced only when the difference exceeds its uncertainty.
+call a finding reproduced only when the difference exceeds its uncertainty. `Difference`
+holds one such difference with its interval and the decisions it supports (a gain beyond a
+margin, lying inside a band, or undecided, with the questions that would decide it).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -50,3 +54,73 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, value: str = "accuracy",
     both = both.assign(diff=both[f"{value}_a"] - both[f"{value}_b"])
     out = level_intervals(both, "diff", seed)
     return out.assign(clear=(out["diff_low"] > 0) | (out["diff_high"] < 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """a - b in accuracy points over some levels, with its 95% interval (NaN: unknown)."""
+
+    points: float
+    low: float
+    high: float
+    questions: int = 0   # questions the interval rests on (0: not known)
+
+    def gain(self, margin: float) -> bool:
+        """Above `margin` (points) and, where the interval is known, clear of zero."""
+        return self.points > margin and (np.isnan(self.low) or self.low > 0)
+
+    def loss(self, margin: float) -> bool:
+        return self.points < -margin and (np.isnan(self.high) or self.high < 0)
+
+    def exceeds(self, margin: float) -> bool | None:
+        """Whether this is a gain of more than `margin` points: True when `gain`, False
+        when the interval lies below `margin` (or the gain is clear but smaller), None when
+        the interval holds both a gain above `margin` and none (undecided). Without an
+        interval the point estimate decides."""
+        if self.gain(margin):
+            return True
+        if np.isnan(self.low) or self.high < margin or self.low > 0:
+            return False
+        return None
+
+    def within(self, low: float, high: float) -> bool | None:
+        """Whether the difference lies in [low, high] points: True when its interval does,
+        False when the interval lies wholly outside, None when it holds both (undecided)."""
+        if np.isnan(self.low):
+            return low <= self.points <= high
+        if low <= self.low and self.high <= high:
+            return True
+        if self.high < low or self.low > high:
+            return False
+        return None
+
+    def negated(self) -> "Difference":
+        return Difference(-self.points, -self.high, -self.low, self.questions)
+
+    def questions_to_clear(self, bound: float) -> int | None:
+        """About how many questions would put the interval wholly on the point estimate's
+        side of `bound`, at today's spread per question (the interval narrows as
+        1/sqrt(questions)). None where unknown or the point sits on the bound."""
+        half, distance = (self.high - self.low) / 2, abs(self.points - bound)
+        if not self.questions or distance == 0 or np.isnan(half):
+            return None
+        return int(np.ceil(self.questions * (half / distance) ** 2))
+
+    def to_decide_gain(self, margin: float) -> int | None:
+        """Questions that would decide `exceeds(margin)`: clear of zero when the point is
+        above `margin`, below `margin` otherwise."""
+        return self.questions_to_clear(0.0 if self.points > margin else margin)
+
+    def to_decide_within(self, low: float, high: float) -> int | None:
+        """Questions that would decide `within(low, high)`: clear of the nearer bound."""
+        return self.questions_to_clear(min((low, high), key=lambda b: abs(self.points - b)))
+
+    def short(self) -> str:
+        if np.isnan(self.low):
+            return f"{self.points:+.1f}"
+        return f"{self.points:+.1f} [{self.low:+.1f}, {self.high:+.1f}]"
+
+    def __str__(self) -> str:
+        if np.isnan(self.low):
+            return f"{self.points:+.1f} points (no interval)"
+        return f"{self.points:+.1f} points [95% CI {self.low:+.1f}, {self.high:+.1f}]"
