@@ -121,7 +121,7 @@ def main() -> None:
                                                                         held_out=set()))
 
     def world_step(split: bool):
-        world.backward_mean_loss(train_model, world_batch, split=split)
+        world.backward_mean_loss(train_model, world_batch, groups=2 if split else 1)
         opt.step()
         opt.zero_grad()
 
