@@ -52,8 +52,8 @@ def main() -> None:
         total = 0
         for b in batches:
             lengths = b["attention_mask"].sum(-1).tolist()
-            parts = world.length_buckets(lengths, g) if g > 1 else [list(range(len(lengths)))]
-            total += sum(len(p) * max(lengths[i] for i in p) for p in parts)
+            total += sum(len(p) * max(lengths[i] for i in p)
+                         for p in world.length_buckets(lengths, g))
         positions[g] = total / len(batches)
 
     seconds: dict[int, list[float]] = {g: [] for g in args.groups}

@@ -26,9 +26,9 @@ import os
 import signal
 import sys
 
-from synergy import pipeline, stages
-from synergy.config import ConfigError
-from synergy.files import ArtifactError
+from synergy import evaluation, judge, models, pipeline, stages, staleness, stratify, training
+from synergy.config import ConfigError, load_profile, profile_section
+from synergy.files import ArtifactError, write_text
 from synergy.runs import Run, stage_lock
 
 
@@ -81,8 +81,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def stage_config(stage: stages.Stage, profile: str, run_name: str | None):
-    from synergy.config import load_profile, profile_section
-
     values = profile_section(load_profile(profile), stage.section, profile)
     return stage.config.from_mapping({**values, **({"run_name": run_name} if run_name else {})},
                                      profile)
@@ -90,9 +88,6 @@ def stage_config(stage: stages.Stage, profile: str, run_name: str | None):
 
 def stale_lines(profile: str, run_name: str | None) -> tuple[str, list[str]]:
     """The `staleness` table of a run (as text) and its warnings."""
-    from synergy import staleness
-    from synergy.runs import Run
-
     run = Run.of(stage_config(stages.STAGES[0], profile, run_name))
     table = staleness.staleness(run)
     return table.to_string(index=False), staleness.warnings(table)
@@ -108,8 +103,6 @@ def status(args) -> int:
 
 def train(args) -> int:
     """A stage's `train_models(cfg)` in this process (one of many under accelerate)."""
-    from synergy import training
-
     stage = stages.find(args.stage)
     fn = getattr(stage.load_module(), "train_models", None)
     if fn is None:
@@ -132,9 +125,6 @@ def train(args) -> int:
 
 def evaluate(args) -> int:
     """`evaluation.evaluate_external` on the run's stratified benchmark, then the judge."""
-    from synergy import evaluation, models, stratify, training
-    from synergy.runs import Run
-
     cfg = stage_config(stages.find(args.like), args.profile, args.run_name)
     if not isinstance(cfg, evaluation.EvaluatingConfig):
         raise ConfigError(f"--like {args.like}: section '{cfg.SECTION}' has no eval keys")
@@ -164,9 +154,6 @@ def judge_models(args, run, results) -> None:
     """The judge on each model's undecided answers; `external/judge/<label>.csv` and the
     rule-vs-judge agreement in `external/judge_summary.csv`."""
     import pandas as pd
-
-    from synergy import judge
-    from synergy.files import write_text
 
     if not args.judge_model:
         raise ConfigError("--judge-url needs --judge-model (the model name at the endpoint)")

@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple
 
 import pandas as pd
 
+from synergy import stages, world
 from synergy.files import ArtifactError
 from synergy.vlm import image_problem
 
@@ -62,8 +63,6 @@ def load_benchmark(benchmark: str, run, max_skipped_share: float = 0.02,
     name from NORMALIZERS (bad rows skipped and counted, see `Loaded`); source `world` is
     the image world's file of that schema (`world_source`)."""
     if benchmark == WORLD:
-        from synergy import world
-
         cfg = world.config_of(run)
         return Loaded(world.questions_frame(world.eval_questions(cfg), cfg.kind),
                       cfg.world_id(), no_skips())
@@ -83,8 +82,6 @@ def world_source(source: str | Path, run, schema: str) -> str | Path:
     `kind` is "image": the loaders then read the world as they read the real sets."""
     if str(source) != WORLD:
         return source
-    from synergy import stages, world
-
     if schema not in world.TASK_FILES:
         raise ArtifactError(f"source 'world': the image world writes {sorted(world.TASK_FILES)} "
                             f"files, no {schema!r} file")

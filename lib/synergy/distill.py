@@ -37,10 +37,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from synergy import data, trace_sets, world
+from synergy import data, judge, stages, stratify, trace_sets, world
 from synergy.config import StageConfig
-from synergy.generation import VllmDtype
-from synergy.runs import StageResult
+from synergy.evaluation import sample_table, to_dataset
+from synergy.files import load_dataset_dir, save_dataset, write_text
+from synergy.generation import SamplingSpec, VllmDtype, engine_for, make_engine, user_text
+from synergy.runs import Run, StageResult, stage_run
+from synergy.verify import format_ok, is_correct
 from synergy.world import (
     BOXED,
     THINK_CLOSE,
@@ -120,8 +123,6 @@ class DistillConfig(StageConfig):
 
     @property
     def teacher_spec(self):
-        from synergy.generation import SamplingSpec
-
         return SamplingSpec(self.teacher_temperature, self.teacher_top_p, self.teacher_top_k,
                             self.teacher_max_new_tokens)
 
@@ -186,8 +187,6 @@ def sampled_traces(engine, pool: pd.DataFrame, cfg: DistillConfig, cache_root: P
                    model_path: str, prompt_suffix: str,
                    progress: bool = True) -> list[dict | None]:
     """Draw `teacher_samples` per question; keep the shortest correct (None if none)."""
-    from synergy.evaluation import sample_table
-
     drawn = sample_table(engine, model_path, pool, cfg.teacher_spec,
                          n_samples=cfg.teacher_samples, seed=cfg.seed, cache_root=cache_root,
                          prompt_suffix=prompt_suffix, progress=progress)
@@ -197,10 +196,6 @@ def sampled_traces(engine, pool: pd.DataFrame, cfg: DistillConfig, cache_root: P
 def api_engine(cfg: DistillConfig):
     """The `api` teacher: `api_model` at `api_url` behind the sampling-engine interface (the
     key read from `api_key_env` at request time, never stored)."""
-    from synergy import judge
-
-    from synergy.runs import Run
-
     endpoint = judge.Endpoint(cfg.api_url, cfg.api_model, cfg.api_key_env)
     # Every answer cached as it arrives: a stage stopped by a failing endpoint resumes.
     client = judge.Client(endpoint, Run.of(cfg).root / "cache" / "api",
@@ -240,9 +235,6 @@ def question_pool(cfg: DistillConfig, run) -> tuple[pd.DataFrame, str]:
 def level_pool(pool: pd.DataFrame, base_path: str, run, batch_rows: int,
                progress: bool = True) -> pd.DataFrame:
     """Pass rate and level of each pool question under the base, with 01_stratify's settings."""
-    from synergy import stratify
-    from synergy.generation import make_engine
-
     scfg = stratify.config_of(run)
     engine = make_engine(base_path, scfg.backend, batch_rows, scfg.vllm_dtype, scfg.vllm_memory)
     leveled = stratify.level_questions(engine, base_path, pool, scfg, run.samples_cache,
@@ -254,8 +246,6 @@ def level_pool(pool: pd.DataFrame, base_path: str, run, batch_rows: int,
 def trace_rows(pool: pd.DataFrame, responses: list[str | None], teacher: str, source: str,
                tokenizer) -> pd.DataFrame:
     """Chat-format rows for the responses that exist (None: the teacher gave nothing)."""
-    from synergy.verify import format_ok, is_correct
-
     keep = [i for i, r in enumerate(responses) if r is not None]
     part = pool.iloc[keep].reset_index(drop=True)
     texts = [responses[i] for i in keep]
@@ -268,8 +258,6 @@ def trace_rows(pool: pd.DataFrame, responses: list[str | None], teacher: str, so
 
 
 def with_messages(df: pd.DataFrame, prompt_suffix: str) -> pd.DataFrame:
-    from synergy.generation import user_text
-
     user = [user_text(q, prompt_suffix) for q in df["question"]]
     return df.assign(messages=[[{"role": "user", "content": u},
                                 {"role": "assistant", "content": r}]
@@ -285,12 +273,6 @@ class DistillResult(StageResult):
 def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
     """Build every teacher's traces; saves `traces/` (a `datasets` dataset) and the manifest."""
     from transformers import AutoTokenizer
-
-    from synergy import stages, stratify
-    from synergy.evaluation import to_dataset
-    from synergy.files import save_dataset, write_text
-    from synergy.generation import engine_for
-    from synergy.runs import stage_run
 
     with stage_run(cfg, stages.DISTILL) as ctx:
         scfg = stratify.config_of(ctx.run)
@@ -354,10 +336,6 @@ def run(cfg: DistillConfig, progress: bool = True) -> DistillResult:
 
 def load(output_root: str, run_name: str) -> DistillResult:
     """What `run` returned, read back from disk."""
-    from synergy import stages
-    from synergy.files import load_dataset_dir
-    from synergy.runs import Run
-
     r = Run(output_root, run_name)
     folder = r.dir(stages.DISTILL)
     return DistillResult(r.manifest(stages.DISTILL), folder,

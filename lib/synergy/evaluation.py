@@ -17,10 +17,19 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 
+from synergy import models, verify
 from synergy.config import StageConfig
-from synergy.files import atomic_path, clean_interrupted, content_hash, set_aside
-from synergy.generation import SamplingSpec, VllmDtype, chat_prompt
+from synergy.files import (
+    ArtifactError, atomic_path, clean_interrupted, content_hash, load_dataset_dir, read_json,
+    save_dataset, set_aside, write_text,
+)
+from synergy.generation import SamplingSpec, VllmDtype, chat_prompt, make_engine
+from synergy.models import fingerprint
 from synergy.progress import progress_bar
+from synergy.reuse import digest, tree_digest
+from synergy.runs import EXTERNAL, MANIFEST, Run, now, write_manifest
+from synergy.stats import bootstrap_interval
+from synergy.verify import QUESTION_COLUMNS, audit, audit_summary, format_ok
 
 StopRule = Callable[[int, int], bool]  # (n_correct, n_drawn) -> no more samples needed
 
@@ -76,8 +85,6 @@ def prompt_key(prompt: str, images: list | None = None) -> str:
 
 def _image_digest(image) -> str:
     """An image (a PIL image or a file path) by content."""
-    from synergy.reuse import digest, tree_digest
-
     if isinstance(image, (str, Path)):
         return tree_digest(Path(image)) if Path(image).is_file() else str(image)
     return digest([image])
@@ -88,8 +95,6 @@ def cache_for(root: str | Path, model_path: str, spec: SamplingSpec, seed: int,
     """The samples of (model, sampling parameters, seed) and, for an engine whose samples
     depend on more (vLLM: its backend, dtype, quantization, ...), its `sample_settings`.
     The HF engine has none: its folders keep the names they always had."""
-    from synergy.models import fingerprint
-
     key = [spec.as_dict(), seed] + ([engine_settings] if engine_settings else [])
     return SampleCache(Path(root) / f"{fingerprint(model_path)}-{content_hash(key)}")
 
@@ -125,8 +130,6 @@ def sample_questions(engine, prompts: list[str], answers: list[str], spec: Sampl
     reach `is_correct`.
     """
     from collections import defaultdict
-
-    from synergy.verify import is_correct
 
     keys = [prompt_key(p, images[i] if images is not None else None)
             for i, p in enumerate(prompts)]
@@ -165,9 +168,10 @@ def sample_questions(engine, prompts: list[str], answers: list[str], spec: Sampl
             for i in members:
                 for j in range(first, first + n):
                     row = dict(cache.samples[(keys[i], j)])
-                    row["correct"] = is_correct(row["text"], answers[i],
-                                                choices[i] if choices is not None else None,
-                                                **(scoring[i] if scoring is not None else {}))
+                    # through the module: tests replace `verify.is_correct`
+                    row["correct"] = verify.is_correct(
+                        row["text"], answers[i], choices[i] if choices is not None else None,
+                        **(scoring[i] if scoring is not None else {}))
                     drawn[i].append(row)
         bar.refresh()
     bar.close()
@@ -184,8 +188,6 @@ def choices_of(questions: pd.DataFrame) -> list | None:
 def scoring_of(questions: pd.DataFrame) -> list[dict] | None:
     """Per question, the verifier's keyword columns the table carries (MathVista's
     `precision`, `unit`, `answer_type`), or None when it carries none."""
-    from synergy.verify import QUESTION_COLUMNS
-
     present = [c for c in QUESTION_COLUMNS if c != "choices" and c in questions.columns]
     if not present:
         return None
@@ -252,9 +254,6 @@ def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec,
     `response_prefix`: text every answer starts with (not part of the samples' text);
     `vllm_dtype`, `vllm_memory`: the vLLM engine's (`generation.engine_arguments`).
     """
-    from synergy.generation import make_engine
-    from synergy.verify import format_ok
-
     own = engine is None
     engine = engine or make_engine(model_path, backend, batch_rows, vllm_dtype, vllm_memory)
     try:
@@ -280,8 +279,6 @@ def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec,
 def per_level(results: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Long table: model, level, questions, accuracy with its 95% bootstrap interval over
     questions (`accuracy_low`, `accuracy_high`), mean length, format rate (+ level 'all')."""
-    from synergy.stats import bootstrap_interval
-
     rows = []
     for model, df in results.items():
         groups = [(f"L{lv}", part) for lv, part in df.groupby("level")] + [("all", df)]
@@ -346,8 +343,6 @@ def evaluate_for(cfg: EvaluatingConfig, model_path: str, questions: pd.DataFrame
                  prompt_suffix: str = "", progress: bool = True,
                  response_prefix: str = "") -> pd.DataFrame:
     """`evaluate_model` with a stage's eval keys and the run's shared sample cache."""
-    from synergy.runs import Run
-
     return evaluate_model(model_path, questions, eval_spec(cfg), n_samples=cfg.eval_samples,
                           seed=cfg.seed, cache_root=Run.of(cfg).samples_cache,
                           prompt_suffix=prompt_suffix, backend=cfg.backend,
@@ -365,10 +360,6 @@ def evaluate_external(cfg: EvaluatingConfig, specs: list[str], questions: pd.Dat
     per_level.csv, manifest.json) beside the models of earlier calls, which the report
     shows beside the run's own. Under a launch (`processes`) every process samples its share
     and the main process writes. Returns every external model's results by label."""
-    from synergy import models
-    from synergy.files import read_json
-    from synergy.runs import EXTERNAL, MANIFEST, Run, now, write_manifest
-
     run, started = Run.of(cfg), now()
     out = run.external
     refs = dict(zip(models.labels(specs), (run.model(s) for s in specs)))
@@ -399,8 +390,6 @@ def save_results(out_dir: str | Path, results: dict[str, pd.DataFrame],
     """Write `eval/<model>/` datasets, `per_level.csv` and the verifier audit beside it
     (`save_audit`); returns the per-level table. `record` (a stage's `ctx.record`) puts
     the audit's counts in the stage's manifest."""
-    from synergy.files import save_dataset, write_text
-
     out_dir = Path(out_dir)
     for name, df in results.items():
         save_dataset(to_dataset(df), out_dir / "eval" / name)
@@ -427,8 +416,6 @@ def verifier_audit(results: dict[str, pd.DataFrame],
     the first `examples` disagreements per model: model, qid, answer, gold, rule,
     math_verify, path). A disagreement means scoring, not the model, decides that answer.
     """
-    from synergy.verify import audit, audit_summary
-
     rows, found = [], []
     for model, df in results.items():
         t = time.perf_counter()
@@ -460,8 +447,6 @@ def save_audit(out_dir: str | Path, results: dict[str, pd.DataFrame],
     """`verifier_audit` written to `verifier_audit.csv` and `verifier_disagreements.csv`
     (examples) in `out_dir`; with `record`, its totals go to the manifest as
     `verifier_audit`. Returns the per-model table."""
-    from synergy.files import write_text
-
     table, found = verifier_audit(results)
     write_text(Path(out_dir) / "verifier_audit.csv", table.to_csv(index=False))
     write_text(Path(out_dir) / "verifier_disagreements.csv", found.to_csv(index=False))
@@ -476,8 +461,6 @@ def save_audit(out_dir: str | Path, results: dict[str, pd.DataFrame],
 
 def load_audit(stage_path: str | Path) -> pd.DataFrame:
     """A stage's `verifier_audit.csv` (one row per evaluated model)."""
-    from synergy.files import ArtifactError
-
     path = Path(stage_path) / "verifier_audit.csv"
     if not path.exists():
         raise ArtifactError(f"{path}: no verifier audit (did the stage evaluate models?)")
@@ -485,8 +468,6 @@ def load_audit(stage_path: str | Path) -> pd.DataFrame:
 
 
 def load_results(stage_path: str | Path) -> dict[str, pd.DataFrame]:
-    from synergy.files import ArtifactError, load_dataset_dir
-
     root = Path(stage_path) / "eval"
     if not root.is_dir():
         raise ArtifactError(f"{root}: no evaluation results (did the stage run?)")

@@ -33,10 +33,20 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from synergy import data, grpo_trainer, trace_sets, training, world
-from synergy.evaluation import EvaluatingConfig
-from synergy.runs import StageResult
-from synergy.training import ReportTo, TrainerBackend
+from synergy import (
+    data, evaluation, generation, grpo_trainer, models, models as registry, reuse, stages,
+    stratify, trace_sets, training, world,
+)
+from synergy.config import ConfigError
+from synergy.evaluation import (
+    EvaluatingConfig, build_prompts, choices_of, load_results, per_level, sample_table, scoring_of,
+)
+from synergy.files import atomic_path, write_text
+from synergy.generation import SamplingSpec, chat_prompt, engine_for, user_text
+from synergy.models import fingerprint
+from synergy.runs import Run, StageResult, stage_run, torch_threads
+from synergy.scoring import mean_kl_entropy, token_kl
+from synergy.training import ReportTo, TrainerBackend, read_jsonl
 
 # The curves shown per run (names as TRL 1.x logs them).
 CURVES = {
@@ -187,9 +197,6 @@ def static_filter(cfg: GRPOStageConfig, questions: pd.DataFrame, model_path: str
                   cache_root: Path, progress: bool = True) -> pd.DataFrame:
     """Sample the starting model `num_generations` times per question (the training
     rollout settings) and mark the questions it solves every time (`easiest`)."""
-    from synergy.evaluation import sample_table
-    from synergy.generation import SamplingSpec, engine_for
-
     engine = engine_for(cfg, model_path)
     spec = SamplingSpec(cfg.temperature, 1.0, 0, cfg.max_completion_length)
     # Under a launch every process samples its share into the shared cache (data parallel).
@@ -211,9 +218,6 @@ def training_set(cfg: GRPOStageConfig, run, init_path: str | Path,
     """(training questions with `kept` (the sweep's mode), {exclude-easiest mode: the TRL
     dataset it trains on}, upstream id): the questions, the static filter when a mode needs
     it, and the prompts the trainer sees."""
-    from synergy import models
-    from synergy.config import ConfigError
-
     train_set, upstream = training_questions(cfg, run)
     easiest = pd.Series(False, index=train_set.index)
     if "static" in modes(cfg):
@@ -247,9 +251,6 @@ def training_dataset(questions: pd.DataFrame, tokenizer, prompt_suffix: str):
     VLMs instead: a conversational `prompt` (the user turn; TRL puts the image slots before
     its text, as evaluation does) and an `images` column."""
     import datasets
-
-    from synergy.evaluation import choices_of, scoring_of
-    from synergy.generation import chat_prompt, user_text
 
     columns = {"answer": [str(a) for a in questions["answer"]], "qid": list(questions["qid"])}
     if (choices := choices_of(questions)) is not None:
@@ -311,8 +312,6 @@ def run_key(cfg: GRPOStageConfig, beta: float, init_path: str | Path, dataset,
     mode (default: the sweep's), the training set as the trainer sees it (prompts,
     answers, ids: after the static filter), the starting model's fingerprint and the
     training code's versions."""
-    from synergy import reuse
-
     mode = cfg.exclude_easiest if mode is None else mode
     return reuse.key({**reuse.own_params(cfg, NOT_IN_KEY), "beta": beta,
                       "exclude_easiest": mode},
@@ -323,10 +322,6 @@ def starting_copy(source: str, out: Path) -> Path:
     """The policy starts from a saved copy in this stage (TRL reloads the reference model
     from it when beta != 0); remade when the source model's content changed or the copy is
     not whole."""
-    from synergy import reuse
-    from synergy.files import atomic_path
-    from synergy.models import fingerprint
-
     init_path, record = out / "init_model", out / "init_model.json"
     source_fp = fingerprint(source)
     if reuse.reusable(record, source_fp, init_path):
@@ -358,8 +353,6 @@ def evaluated_models(ctx, base_path: str, source_path: str,
                      policies: dict[str, str]) -> dict[str, str]:
     """What 04 evaluates side by side: base, this run's SFT models ("sft-<name>"), the
     starting model when it is neither, and every policy."""
-    from synergy import models, stages
-
     out = {"base": base_path}
     if ctx.run.has_run(stages.SFT):
         out.update({(n if n.startswith("sft") else f"sft-{n}"): p
@@ -382,8 +375,6 @@ class TrainingPlan:
 def training_plan(cfg: GRPOStageConfig, run, progress: bool = True) -> TrainingPlan:
     """The starting copy (made by the main process), the training questions and the static
     filter (under a launch each process samples its share of it)."""
-    from synergy import stages
-
     source = run.model(cfg.init_model)
     init_path = Path(training.on_main(starting_copy, source.path, run.dir(stages.GRPO)))
     train_set, datasets, questions_id = training_set(cfg, run, init_path, progress)
@@ -394,8 +385,6 @@ def train_policies(cfg: GRPOStageConfig, plan: TrainingPlan, run,
                    progress: bool = True) -> list[dict[str, Any]]:
     """One policy per beta with the sweep's exclude-easiest mode, and the ablation's mode at
     the headline beta (the first > 0) (`train`: resumed or reused by content key)."""
-    from synergy import stages
-
     headline = next((b for b in cfg.betas if b > 0), cfg.betas[0])
     plan_ = [(beta, cfg.exclude_easiest) for beta in cfg.betas]
     plan_ += [(headline, mode) for mode in modes(cfg)[1:]]
@@ -413,8 +402,6 @@ def train_policies(cfg: GRPOStageConfig, plan: TrainingPlan, run,
 
 def require_engines(cfg: GRPOStageConfig) -> None:
     """Fail before any work when the trainer or rollout engine cannot run here."""
-    from synergy import generation
-
     training.require_backend(cfg.trainer_backend, cfg.num_processes)
     if cfg.vllm_mode != "none":
         generation.require_vllm(f"grpo.vllm_mode '{cfg.vllm_mode}'")
@@ -424,8 +411,6 @@ def train_models(cfg: GRPOStageConfig, progress: bool = True) -> list[dict[str, 
     """Train every policy of the stage, nothing else (no evaluation): what `python -m
     synergy train grpo` runs in each process (`accelerate launch`), and what `run` launches
     on `num_processes` processes. Returns the training records."""
-    from synergy.runs import Run, torch_threads
-
     require_engines(cfg)
     training.join_process_group(cfg.ddp_timeout_s)
     run = Run.of(cfg)
@@ -435,10 +420,6 @@ def train_models(cfg: GRPOStageConfig, progress: bool = True) -> list[dict[str, 
 
 def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
     """Train one GRPO policy per beta, evaluate them with base (and SFT) per level."""
-    from synergy import evaluation, stages, stratify
-    from synergy.files import write_text
-    from synergy.runs import stage_run
-
     require_engines(cfg)
     if cfg.num_processes > 1:  # before any model touches a device here (the launcher forks)
         training.launch(train_models, (cfg, progress), cfg.num_processes)
@@ -484,10 +465,6 @@ def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
 
 def load(output_root: str, run_name: str) -> GRPOResult:
     """What `run` returned, read back from disk."""
-    from synergy import stages
-    from synergy.evaluation import load_results, per_level
-    from synergy.runs import Run
-
     r = Run(output_root, run_name)
     folder, manifest = r.dir(stages.GRPO), r.manifest(stages.GRPO)
     runs = pd.DataFrame(manifest["runs"]).assign(
@@ -502,8 +479,6 @@ def load(output_root: str, run_name: str) -> GRPOResult:
 
 def load_curves(stage_path: str | Path, labels: list[str] | None = None) -> pd.DataFrame:
     """Every logged training step of the stage's runs (long table: one row per log)."""
-    from synergy.training import read_jsonl
-
     root = Path(stage_path) / "runs"
     labels = labels or sorted(p.name for p in root.iterdir() if p.is_dir())
     frames = [pd.DataFrame(read_jsonl(root / label / "curves.jsonl")) for label in labels]
@@ -568,10 +543,6 @@ def policy_drift(results: dict[str, pd.DataFrame], models: dict[str, str], ref_p
     pass, as 07's `kl_batch_size` in the paper profiles: 64 responses of ~8k tokens make one
     ~19 GiB MLP activation in the 7B). Unlike TRL's logged `kl` (only when beta != 0),
     this measures every policy the same way, beta 0 included."""
-    from synergy import models as registry
-    from synergy.evaluation import build_prompts
-    from synergy.scoring import mean_kl_entropy, token_kl
-
     ref, processing = registry.load_for_scoring(ref_path)
     rows = []
     for name, path in models.items():

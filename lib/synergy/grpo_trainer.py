@@ -17,8 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from synergy import training
+from synergy import models, training
+from synergy.files import content_hash
+from synergy.generation import HFEngine, open_images, sample_seed
+from synergy.models import tokenizer_of
 from synergy.progress import show_training
+from synergy.runs import set_seed
+from synergy.training import cpu_processes, world_size
+from synergy.verify import accuracy_reward, format_reward
 
 if TYPE_CHECKING:
     from synergy.grpo import GRPOStageConfig
@@ -57,8 +63,6 @@ def optimizer_steps(n_questions: int, cfg: GRPOStageConfig) -> int:
 # --- rewards and the exclude-easiest filter (pure) ----------------------------------------
 
 def reward_functions() -> list:
-    from synergy.verify import accuracy_reward, format_reward
-
     return [accuracy_reward, format_reward]
 
 
@@ -104,9 +108,6 @@ def keyed_rollouts(trainer, prompt_ids: list[list[int]]) -> list[list[int]]:
     from transformers import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                               TopPLogitsWarper)
     from trl.models import unwrap_model_for_generation
-
-    from synergy.files import content_hash
-    from synergy.generation import HFEngine, sample_seed
 
     tok = trainer._tokenizer
     width = max(len(p) for p in prompt_ids)
@@ -220,8 +221,6 @@ def training_args(cfg: GRPOStageConfig, beta: float, num_processes: int | None =
     import torch
     from trl import GRPOConfig
 
-    from synergy.training import cpu_processes, world_size
-
     processes = num_processes or world_size()
     batching = trl_batching(cfg, processes)
     cuda = torch.cuda.is_available()
@@ -286,9 +285,6 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
     Runs in every process of a launch (the main process writes). Returns the run's record."""
     import warnings
 
-    from synergy import models
-    from synergy.runs import set_seed
-
     out_dir = Path(out_dir)
     model_path = str((out_dir / "model").resolve())  # where it is now, not where it was made
     done = training.finished(out_dir, key, out_dir / "model")
@@ -346,9 +342,6 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
 def vllm_model_length(processing, dataset, max_completion_length: int) -> int:
     """vLLM's context for GRPO rollouts: the longest prompt of `dataset` as the policy sees
     it (chat template and, for a VLM, its image tokens) plus `max_completion_length`."""
-    from synergy.generation import open_images
-    from synergy.models import tokenizer_of
-
     tokenizer = tokenizer_of(processing)
     longest = 0
     for row in dataset:

@@ -22,9 +22,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from synergy.evaluation import EvaluatingConfig
+from synergy import evaluation, reuse, stages, stratify
+from synergy.evaluation import EvaluatingConfig, load_results
+from synergy.files import atomic_path, write_text
+from synergy.models import fingerprint
 from synergy.progress import progress_bar
-from synergy.runs import StageResult
+from synergy.runs import Run, StageResult, stage_run
 
 Method = Literal["linear", "slerp", "ties", "dare_ties"]
 # Files a processor or chat template needs that mergekit's tokenizer copy may not bring.
@@ -89,9 +92,6 @@ MERGE_CODE = ("mergekit", "torch")
 def merge_key(config: dict, seed: int) -> str:
     """Reuse key of a merge: its mergekit config with each model path replaced by the
     model's fingerprint, the seed (DARE samples), and the merging code's versions."""
-    from synergy import reuse
-    from synergy.models import fingerprint
-
     def swap(obj):
         if isinstance(obj, dict):
             return {k: (fingerprint(v) if k in ("model", "base_model") else swap(v))
@@ -132,9 +132,6 @@ def ensure_merge(config: dict, folder: str | Path, *, shard_params: int,
                  seed: int) -> tuple[Path, bool, float]:
     """Merge into `folder/model` unless the same merge is there, whole (`reuse.reusable`: a
     damaged one is set aside and merged again). Returns (model, reused, seconds)."""
-    from synergy import reuse
-    from synergy.files import atomic_path
-
     folder, key = Path(folder), merge_key(config, seed)
     done = reuse.reusable(folder / "merge.json", key, folder / "model")
     if done:
@@ -229,10 +226,6 @@ def run(cfg: MergingConfig, progress: bool = True) -> MergingResult:
     Writes `merges/<method>-<ratio>/model`, `merges.csv`, `eval/`, `per_level.csv`,
     `synergy_check.csv` and the manifest (`model_paths`: every merge).
     """
-    from synergy import evaluation, stages, stratify
-    from synergy.files import write_text
-    from synergy.runs import stage_run
-
     with stage_run(cfg, stages.MERGING) as ctx:
         lengths = {"eval_max_new_tokens": cfg.eval_max_new_tokens}
         paths = {role: ctx.model(spec, role, lengths).path
@@ -285,10 +278,6 @@ def run(cfg: MergingConfig, progress: bool = True) -> MergingResult:
 
 def load(output_root: str, run_name: str) -> MergingResult:
     """The saved artifacts of this stage, as `run` returns them (for the report)."""
-    from synergy import stages
-    from synergy.evaluation import load_results
-    from synergy.runs import Run
-
     r = Run(output_root, run_name)
     folder = r.dir(stages.MERGING)
     return MergingResult(r.manifest(stages.MERGING), folder, pd.read_csv(folder / "merges.csv"),

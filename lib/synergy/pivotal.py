@@ -17,9 +17,11 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from synergy import training
+from synergy import evaluation, models, stages, stratify, training
 from synergy.evaluation import EvaluatingConfig
-from synergy.runs import StageResult
+from synergy.files import write_text
+from synergy.runs import Run, StageResult, stage_run
+from synergy.scoring import token_kl
 
 
 @dataclasses.dataclass
@@ -178,11 +180,6 @@ class PivotalResult(StageResult):
 
 def run(cfg: PivotalConfig, progress: bool = True) -> PivotalResult:
     """Evaluate reference and models, count categories, score KL; saves CSVs + manifest."""
-    from synergy import evaluation, models, stages, stratify
-    from synergy.files import write_text
-    from synergy.runs import stage_run
-    from synergy.scoring import token_kl
-
     with stage_run(cfg, stages.PIVOTAL) as ctx:
         specs = dict(zip(models.labels([cfg.reference_model, *cfg.models]),
                          [cfg.reference_model, *cfg.models]))
@@ -223,9 +220,6 @@ def run(cfg: PivotalConfig, progress: bool = True) -> PivotalResult:
 
 def load(output_root: str, run_name: str) -> PivotalResult:
     """The saved tables of this stage (for the report)."""
-    from synergy import stages
-    from synergy.runs import Run
-
     r = Run(output_root, run_name)
     folder = r.dir(stages.PIVOTAL)
     return PivotalResult(r.manifest(stages.PIVOTAL), folder,

@@ -16,14 +16,18 @@ import html
 import numpy as np
 import pandas as pd
 
-from synergy import stages, staleness, strategies
-from synergy.config import StageConfig, run_name_problem
+from synergy import grpo, merging, models, pivotal, stages, staleness, strategies, stratify
+from synergy.config import ConfigError, StageConfig, run_name_problem
+from synergy.evaluation import load_results
+from synergy.files import ArtifactError, read_json, write_text
+from synergy.merging import synergy_check
+from synergy.pivotal import category_table
+from synergy.report_figures import PARENTS, curve_series, model_colors, static_accuracy_png
+from synergy.runs import EXTERNAL, Run, StageResult, stage_run
+from synergy.strategies import CONTROL
 from synergy.findings import (CONTROL_ROLE, MERGE_PATTERN, OWN_RL, STATUSES, STRATEGY_PREFIX,
                               checklist, evidence, is_strategy, kl_too_short, paper_results,
                               paper_vs_run, wide)
-from synergy.report_figures import PARENTS, curve_series, model_colors, static_accuracy_png
-from synergy.runs import EXTERNAL, Run, StageResult
-from synergy.strategies import CONTROL
 
 # Where base, SFT and RL's per-level numbers come from, best first: 07 and 05 evaluate all
 # three on the run's whole evaluation set (04's questions) with one sampling spec, so their
@@ -67,8 +71,6 @@ def paper_table(paper: dict) -> pd.DataFrame:
 
 def stage_status(run: Run) -> pd.DataFrame:
     """Every stage of the series (and any other folder of the run): ran or not, when, id."""
-    from synergy.files import read_json
-
     names = sorted(({s.name for s in stages.STAGES}
                     | {p.name for p in run.root.glob("[0-9][0-9]_*")}) - {stages.REPORT.name})
     rows = []
@@ -115,8 +117,6 @@ def run_levels(run: Run) -> pd.DataFrame:
         run.external.glob("per_level.csv"))
     parts = [pd.read_csv(p).assign(stage=p.parent.name) for p in files]
     if run.has_run(stages.STRATIFY):
-        from synergy import stratify
-
         df = stratify.load(str(run.output_root), run.name).levels
         df = df.assign(accuracy=df["pass_rate"],
                        mean_length=df["lengths"].map(lambda x: float(np.mean(x))))
@@ -135,8 +135,6 @@ def run_levels(run: Run) -> pd.DataFrame:
 def main_models(run: Run) -> dict[str, list[str]]:
     """Per model stage (03, 04): its main model (the registry's) first, then every other
     name its manifest gives the same folder."""
-    from synergy import models
-
     out = {}
     for stage in (stages.SFT, stages.GRPO):
         if run.has_run(stage):
@@ -151,9 +149,6 @@ def role_answers(run: Run, roles: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per role, the per-question results of the stage its numbers come from (qid, level,
     accuracy, samples, lengths): paired differences and facts about single samples. Roles
     whose stage saved none (01_stratify's base pass rates) are left out."""
-    from synergy.evaluation import load_results
-    from synergy.files import ArtifactError
-
     keep = ["qid", "level", "accuracy", "samples", "lengths"]
     by_stage: dict[str, dict[str, pd.DataFrame]] = {}
     out = {}
@@ -176,8 +171,6 @@ def weight_distances(run: Run) -> pd.DataFrame:
     """How far each model 03 and 04 trained moved from the base (`models.weight_distance`):
     role ("sft", "rl" for each stage's main model, else "<stage>/<name>"), stage, model,
     learning_rate, relative_distance (all weights), median_tensor_distance."""
-    from synergy import models, stratify
-
     base = run.model(stratify.config_of(run).model).path
     rows = []
     for stage, role, lr in ((stages.SFT, "sft", "lr"), (stages.GRPO, "rl", "learning_rate")):
@@ -198,8 +191,6 @@ def weight_distances(run: Run) -> pd.DataFrame:
 def rl_training(run: Run) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """04's policies as its manifest lists them (label, beta, steps, ...) and their training
     curves (`grpo.load_curves`); (None, None) before 04 has run."""
-    from synergy import grpo
-
     if not run.has_run(stages.GRPO):
         return None, None
     runs = pd.DataFrame(run.manifest(stages.GRPO).get("runs") or [])
@@ -331,8 +322,6 @@ def strategies_table(paper: dict, roles: pd.DataFrame, headlines: dict[str, str]
     both SFT and its RL model (the control when 05 trained one) or falls below the better.
     `roles`: 05's models and parents on 05's questions (`strategy_roles`), counted in the
     "questions" column."""
-    from synergy.merging import synergy_check
-
     acc = wide(roles)
     names = [r for r in acc.index if r.startswith(STRATEGY_PREFIX)]
     if not names:
@@ -398,9 +387,6 @@ def training_curves(run: Run) -> pd.DataFrame:
 
 def response_examples(run: Run, n: int, seed: int = 0) -> pd.DataFrame:
     """A few responses of base, SFT and RL (from the stage that evaluated all three)."""
-    from synergy.evaluation import load_results
-    from synergy.files import ArtifactError
-
     for stage in ROLE_SOURCES[:3]:  # 07, 05, 06: each evaluates base, SFT and RL
         try:
             results = load_results(run.root / stage)
@@ -484,8 +470,6 @@ def top_pivotal_tokens(tokens: pd.DataFrame | None, n: int) -> pd.DataFrame:
 
 def category_counts(counts: pd.DataFrame | None) -> pd.DataFrame:
     """Pivotal-word counts per model over all levels (the paper's Table 5 layout)."""
-    from synergy.pivotal import category_table
-
     return _not_run_table(stages.PIVOTAL) if counts is None else category_table(counts)
 
 
@@ -517,10 +501,6 @@ class ReportResult(StageResult):
 
 def gather(run: Run, cfg: ReportConfig) -> dict:
     """Everything the report shows, read and computed from the run's stages."""
-    from synergy import merging, pivotal
-    from synergy.config import ConfigError
-    from synergy.files import ArtifactError
-
     paper = paper_results()
     levels = run_levels(run)
     mains = main_models(run)
@@ -574,9 +554,6 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
 
 def run(cfg: ReportConfig, progress: bool = True) -> ReportResult:
     """Collect the run's numbers; writes paper_vs_run.csv, checklist.csv, a PNG, manifest."""
-    from synergy.files import write_text
-    from synergy.runs import stage_run
-
     with stage_run(cfg, stages.REPORT) as ctx:
         parts = gather(ctx.run, cfg)
         write_text(ctx.dir / "paper_vs_run.csv", parts["paper_vs_run"].to_csv(index=False))

@@ -26,8 +26,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from synergy import models, stages
 from synergy.config import ConfigError, StageConfig, run_name_problem
 from synergy.files import ArtifactError, clean_interrupted, content_hash, read_json, write_json
+from synergy.generation import VLLM_ARGS_ENV
+from synergy.models import max_positions
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # in a stage's folder while a process works on it (`stage_lock`)
@@ -108,8 +111,6 @@ def device_info() -> dict[str, Any]:
     (AVX2, AVX512, ...): float results, and so trained models, differ between them, while
     runs on the same capability repeat bit for bit."""
     import torch
-
-    from synergy.generation import VLLM_ARGS_ENV
 
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "cpu_count": os.cpu_count(), "cpu": cpu_model(),
@@ -200,8 +201,6 @@ class Run:
         return f"Run({str(self.root)!r})"
 
     def dir(self, stage) -> Path:
-        from synergy import stages
-
         return self.root / stages.find(stage).name
 
     def has_run(self, stage) -> bool:
@@ -209,8 +208,6 @@ class Run:
 
     def manifest(self, stage) -> dict[str, Any]:
         """The stage's manifest; an error saying how to run the stage when it has not run."""
-        from synergy import stages
-
         stage = stages.find(stage)
         path = self.dir(stage) / MANIFEST
         if not path.exists():
@@ -245,8 +242,6 @@ class Run:
 
     def model(self, spec: str):
         """A model parameter ("world", "<stage>[:<name>]", a folder, a hub id) -> ModelRef."""
-        from synergy import models
-
         return models.resolve(self, spec)
 
 
@@ -389,8 +384,6 @@ class StageRun:
     """The bookkeeping of one stage execution (see `stage_run`)."""
 
     def __init__(self, cfg: StageConfig, stage):
-        from synergy import stages
-
         self.cfg, self.stage, self.run = cfg, stages.find(stage), Run.of(cfg)
         self.dir = self.run.dir(self.stage)
         self.started, self.t0 = now(), time.perf_counter()
@@ -407,8 +400,6 @@ class StageRun:
         ref = self.run.model(spec)
         self.upstream[key or spec] = ref.artifact_id
         if lengths and ref.is_local:
-            from synergy.models import max_positions
-
             limit = max_positions(ref.path)
             for param, tokens in lengths.items():
                 if limit is not None and tokens > limit:
@@ -420,8 +411,6 @@ class StageRun:
 
     def needs(self, stage) -> dict[str, Any]:
         """An upstream stage's manifest, recorded as an upstream artifact."""
-        from synergy import stages
-
         stage = stages.find(stage)
         manifest = self.run.manifest(stage)
         self.upstream[stage.name] = manifest["artifact_id"]

@@ -24,12 +24,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synergy import training
-from synergy.evaluation import EvaluatingConfig
-from synergy.files import atomic_path
+from synergy import distill, evaluation, generation, models, reuse, stages, stratify, training
+from synergy.evaluation import (
+    EvaluatingConfig, accuracy_figure as bars, evaluate_for, length_figure as boxes,
+    load_results, per_level, save_results, to_dataset,
+)
+from synergy.files import atomic_path, content_hash, write_text
+from synergy.generation import SamplingSpec
 from synergy.progress import show_training
-from synergy.runs import StageResult
-from synergy.training import LrScheduler, ReportTo, TrainerBackend
+from synergy.runs import Run, StageResult, stage_run, torch_threads
+from synergy.training import (
+    LrScheduler, ReportTo, TrainerBackend, cpu_processes, read_jsonl, world_size,
+)
+from synergy.verify import is_correct
 from synergy.vlm import VISION_PARTS, vision_weights_equal
 
 VISION_PREFIXES = VISION_PARTS  # Qwen2-VL / Qwen2.5-VL: vision tower and merger (connector)
@@ -177,8 +184,6 @@ def select_traces(traces: pd.DataFrame, teacher: str, n: int, easy_share: float,
 
 
 def _stable_key(seed: int, qid: str) -> str:
-    from synergy.files import content_hash
-
     return content_hash([seed, qid], 16)
 
 
@@ -200,8 +205,6 @@ def training_args(cfg: SftConfig, n_train: int, num_processes: int | None = None
     batch: split over the processes training together (default: this process group)."""
     import torch
     from trl import SFTConfig
-
-    from synergy.training import cpu_processes, world_size
 
     processes = num_processes or world_size()
     if cfg.batch_size % (cfg.grad_accum * processes):
@@ -272,9 +275,6 @@ def train(model: str | Path, rows: pd.DataFrame, args, out_dir: str | Path, *,
     a rerun with the same `key` resumes from the last one. `backend` "unsloth" loads the
     model (and its LoRA adapters, from `peft`) with unsloth. Runs in every process of a
     launch. Returns (trainer, TrainOutput)."""
-    from synergy import models
-    from synergy.evaluation import to_dataset
-
     out_dir = Path(out_dir)
     resume = training.prepare(out_dir, key)
     args.output_dir = str(out_dir / "checkpoints")
@@ -307,13 +307,10 @@ def validation_accuracy(model_dir: str | Path, val: pd.DataFrame, max_new_tokens
                         batch_rows: int = 512, vllm_dtype: str = "auto",
                         vllm_memory: float = 0.0) -> float:
     """Greedy accuracy of a checkpoint on the validation questions (with their images)."""
-    from synergy.evaluation import build_prompts
-    from synergy.generation import SamplingSpec, make_engine
-    from synergy.verify import is_correct
-
-    engine = make_engine(model_dir, backend, batch_rows, vllm_dtype, vllm_memory)
+    # engine and prompts through their modules: tests replace them there
+    engine = generation.make_engine(model_dir, backend, batch_rows, vllm_dtype, vllm_memory)
     try:
-        prompts, images = build_prompts(engine, val, prompt_suffix)
+        prompts, images = evaluation.build_prompts(engine, val, prompt_suffix)
         out = engine.generate(prompts, list(val["qid"]), 0, 1,
                               SamplingSpec(0.0, 1.0, 0, max_new_tokens), seed, images=images)
     finally:
@@ -340,8 +337,6 @@ def train_key(spec: RunSpec, cfg: SftConfig, model_path: str, train_rows: pd.Dat
     """Reuse key of one SFT model: the params that decide it, its run spec, every column of
     the rows it trains and validates on (their levels chose them), the prompt suffix of its
     validation prompts, the base's fingerprint and the training code's versions."""
-    from synergy import reuse
-
     return reuse.key({**reuse.own_params(cfg, NOT_IN_KEY), "spec": dataclasses.asdict(spec)},
                      reads={"train": train_rows, "val": val, "prompt_suffix": prompt_suffix},
                      models={"base": model_path}, code=TRAIN_CODE)
@@ -413,9 +408,6 @@ def train_models(cfg: SftConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Train every model of the stage, nothing else (no selection, no evaluation): what
     `python -m synergy train sft` runs in each process (`accelerate launch`), and what
     `run` launches on `num_processes` processes. Returns the training records."""
-    from synergy import distill, stages, stratify
-    from synergy.runs import Run, torch_threads
-
     training.require_backend(cfg.trainer_backend, cfg.num_processes)
     training.join_process_group(cfg.ddp_timeout_s)
     run = Run.of(cfg)
@@ -465,8 +457,6 @@ def train_one(planned: Planned, cfg: SftConfig, model_path: str, out: Path,
 def merge_lora(checkpoint: Path, base_path: str) -> Path:
     from peft import PeftModel
 
-    from synergy import models
-
     model, processing = models.load(base_path)
     merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
     out = checkpoint.with_name(checkpoint.name + "-merged")
@@ -487,11 +477,6 @@ class SftResult(StageResult):
 
 def run(cfg: SftConfig, progress: bool = True) -> SftResult:
     """Train every run of the config, evaluate each and the base per level; save all."""
-    from synergy import distill, stages, stratify
-    from synergy.evaluation import evaluate_for, save_results
-    from synergy.files import write_text
-    from synergy.runs import stage_run
-
     training.require_backend(cfg.trainer_backend, cfg.num_processes)
     if cfg.num_processes > 1:  # before any model touches a device here (the launcher forks)
         training.launch(train_models, (cfg, progress), cfg.num_processes)
@@ -530,10 +515,6 @@ def run(cfg: SftConfig, progress: bool = True) -> SftResult:
 
 def load(output_root: str, run_name: str) -> SftResult:
     """What `run` returned, read back from disk (for later stages and re-rendering)."""
-    from synergy import stages
-    from synergy.evaluation import load_results, per_level
-    from synergy.runs import Run
-
     r = Run(output_root, run_name)
     folder, manifest = r.dir(stages.SFT), r.manifest(stages.SFT)
     results = load_results(folder)
@@ -564,8 +545,6 @@ def loss_figure(res: SftResult):
     """Training loss of every model, from the trainer's JSONL logs."""
     import plotly.express as px
 
-    from synergy.training import read_jsonl
-
     frames = []
     for name in res.runs["name"]:
         rows = [r for r in read_jsonl(res.dir / "train" / name / "log.jsonl") if "loss" in r]
@@ -579,16 +558,12 @@ def loss_figure(res: SftResult):
 
 
 def accuracy_figure(res: SftResult):
-    from synergy.evaluation import accuracy_figure as bars
-
     table = res.per_level
     return bars(table[table["model"].isin(main_models(res))],
                 "Accuracy by difficulty level: base vs SFT on each teacher's traces")
 
 
 def length_figure(res: SftResult):
-    from synergy.evaluation import length_figure as boxes
-
     return boxes({m: res.results[m] for m in main_models(res)},
                  "Response length (tokens) by level: base vs SFT")
 

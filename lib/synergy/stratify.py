@@ -18,10 +18,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from synergy import data, stages
 from synergy.config import StageConfig
 from synergy.evaluation import sample_table, save_audit, to_dataset
-from synergy.generation import ENGINE_DEFAULTS, SamplingSpec, VllmDtype
-from synergy.runs import StageResult
+from synergy.files import load_dataset_dir, save_dataset, write_text
+from synergy.generation import ENGINE_DEFAULTS, SamplingSpec, VllmDtype, engine_for
+from synergy.runs import Run, StageResult, stage_run
 
 
 @dataclasses.dataclass
@@ -185,11 +187,6 @@ def level_questions(engine, model_path: str, questions: pd.DataFrame, cfg: Strat
 
 def run(cfg: StratifyConfig, progress: bool = True) -> StratifyResult:
     """Stratify the benchmark with the base model; saves `levels/` and the manifest."""
-    from synergy import data, stages
-    from synergy.files import save_dataset, write_text
-    from synergy.generation import engine_for
-    from synergy.runs import stage_run
-
     with stage_run(cfg, stages.STRATIFY) as ctx:
         model = ctx.model(cfg.model, "model", lengths={"max_new_tokens": cfg.max_new_tokens})
         questions, ctx.upstream["benchmark"], skipped = data.load_benchmark(
@@ -211,10 +208,6 @@ def run(cfg: StratifyConfig, progress: bool = True) -> StratifyResult:
 
 def load(output_root: str, run_name: str) -> StratifyResult:
     """The stratified benchmark of a run, as later stages read it."""
-    from synergy import stages
-    from synergy.files import load_dataset_dir
-    from synergy.runs import Run
-
     r = Run(output_root, run_name)
     return StratifyResult(r.manifest(stages.STRATIFY), r.dir(stages.STRATIFY),
                           load_dataset_dir(r.dir(stages.STRATIFY) / "levels").to_pandas())
@@ -222,8 +215,6 @@ def load(output_root: str, run_name: str) -> StratifyResult:
 
 def config_of(run) -> StratifyConfig:
     """The stratification settings a run used (later stages level and prompt the same way)."""
-    from synergy import stages
-
     params = run.manifest(stages.STRATIFY)["params"]
     # A manifest written before the vLLM engine keys existed gets their defaults.
     return StratifyConfig.from_mapping({**ENGINE_DEFAULTS, **params},

@@ -27,11 +27,14 @@ from typing import Any, Callable, Iterable, Literal
 
 import pandas as pd
 
+from synergy import reuse, stages, vlm
 from synergy.config import StageConfig
-from synergy.files import content_hash
-from synergy.generation import chat_prompt
+from synergy.files import atomic_path, clean_interrupted, content_hash, read_json, write_text
+from synergy.generation import HFEngine, SamplingSpec, chat_prompt
 from synergy.progress import progress_bar
-from synergy.runs import StageResult
+from synergy.runs import Run, StageResult, set_seed, stage_run
+from synergy.verify import is_correct
+from synergy.vlm import tiny_vlm
 
 THINK_OPEN, THINK_CLOSE, BOXED = "<think>", "</think>", "\\boxed{"
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -121,8 +124,6 @@ class WorldConfig(StageConfig):
     def world_id(self) -> str:
         """Content id of everything that shapes the trained world: every param but where
         the run lives, and the versions of the code that trains it."""
-        from synergy import reuse
-
         return "world-" + reuse.key({**reuse.own_params(self), "trainer": TRAINER_VERSION},
                                     code=WORLD_CODE)[:12]
 
@@ -487,8 +488,6 @@ def training_batch(cfg: WorldConfig, processing, qs: list[Question],
                    responses: list[str]) -> dict:
     """Model inputs and response-only labels of one batch, as the world's kind shows it."""
     if cfg.kind == "image":
-        from synergy import vlm
-
         return vlm.encode_pairs(processing, [chat_prompt(processing, image_text(q), "", 1)
                                              for q in qs], responses,
                                 [[start_image(q.start)] for q in qs])
@@ -508,10 +507,6 @@ def ensure_world(cfg: WorldConfig, progress: bool = True,
 
     The shared cache folder is checked first, then `fallback` (a run's own `00_world/`, so a
     run folder moved without the cache still reuses its world); a damaged one is set aside."""
-    from synergy import reuse
-    from synergy.files import atomic_path, clean_interrupted
-    from synergy.runs import set_seed
-
     out = world_dir(cfg)
     clean_interrupted(out.parent, recursive=False)
     if reuse.reusable(out / WORLD_RECORD, cfg.world_id(), out / "model"):
@@ -552,9 +547,6 @@ class WorldResult(StageResult):
 
 def greedy_accuracy_by_steps(model_dir: str | Path, cfg: WorldConfig) -> pd.DataFrame:
     """A quick look at the trained base: greedy accuracy and trace use per step count."""
-    from synergy.generation import HFEngine, SamplingSpec
-    from synergy.verify import is_correct
-
     engine = HFEngine.from_path(model_dir)
     qs = eval_questions(cfg)
     frame = questions_frame(qs, cfg.kind)
@@ -574,9 +566,6 @@ def copy_into(src: Path, dst: Path, names: tuple[str, ...] | None = None) -> Pat
     files where the file system allows; a no-op when `dst` holds the same content."""
     import os
     import shutil
-
-    from synergy import reuse
-    from synergy.files import atomic_path
 
     parts = [src / n for n in names] if names else sorted(src.iterdir())
     if dst.is_dir() and sorted(p.name for p in dst.iterdir() if not p.name.startswith(".")) \
@@ -603,10 +592,6 @@ def copy_into(src: Path, dst: Path, names: tuple[str, ...] | None = None) -> Pat
 def run(cfg: WorldConfig, progress: bool = True) -> WorldResult:
     """Train (or reuse) the world; this run keeps its own copy of the base model, its
     training log and record in `00_world/`, so the run folder stands on its own."""
-    from synergy import stages
-    from synergy.files import read_json, write_text
-    from synergy.runs import stage_run
-
     with stage_run(cfg, stages.WORLD, artifact_id=cfg.world_id()) as ctx:
         path, reused = ensure_world(cfg, progress=progress, fallback=ctx.dir)
         meta = read_json(path / WORLD_RECORD)
@@ -625,9 +610,6 @@ def run(cfg: WorldConfig, progress: bool = True) -> WorldResult:
 
 def load(output_root: str, run_name: str) -> WorldResult:
     """This run's world, as `run` returned it."""
-    from synergy import stages
-    from synergy.runs import Run
-
     r = Run(output_root, run_name)
     manifest = r.manifest(stages.WORLD)
     return WorldResult(manifest, r.dir(stages.WORLD), r.resolve(manifest["model_paths"]["base"]),
@@ -637,8 +619,6 @@ def load(output_root: str, run_name: str) -> WorldResult:
 
 def config_of(run) -> WorldConfig:
     """The world config a run used (from its 00_world manifest)."""
-    from synergy import stages
-
     params = {"kind": "text", **run.manifest(stages.WORLD)["params"]}  # runs before kinds
     return WorldConfig.from_mapping(params, f"{stages.WORLD.name} manifest")
 
@@ -740,8 +720,6 @@ def blind_accuracy(questions: list[Question], max_value: int) -> float:
 
 def build_image_model(cfg: WorldConfig, tokenizer):
     """(tiny Qwen2.5-VL with this config's language-model sizes, its processor)."""
-    from synergy.vlm import tiny_vlm
-
     return tiny_vlm(tokenizer, cfg.seed, hidden_size=cfg.hidden_size,
                     num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                     intermediate_size=cfg.intermediate_size, max_positions=cfg.max_positions)
@@ -765,8 +743,6 @@ def write_task_files(cfg: WorldConfig, folder: str | Path) -> dict[str, Path]:
     (fresh questions, disjoint from the eval split), the images in `images/`. Returns the
     path of each file by schema (TASK_FILES)."""
     import json
-
-    from synergy.files import atomic_path
 
     evals = eval_questions(cfg)
     train = train_questions(cfg, TRAIN_FILE_FACTOR * cfg.n_eval_questions, seed=cfg.seed + 31)
