@@ -37,11 +37,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from synergy import data, judge, stages, stratify, trace_sets, world
+from synergy import data, generation, judge, stages, stratify, trace_sets, world
 from synergy.config import StageConfig
 from synergy.evaluation import sample_table, to_dataset
 from synergy.files import load_dataset_dir, save_dataset, write_text
-from synergy.generation import SamplingSpec, VllmDtype, engine_for, make_engine, user_text
+from synergy.generation import SamplingSpec, VllmDtype, engine_for, user_text
 from synergy.runs import Run, StageResult, stage_run
 from synergy.verify import format_ok, is_correct
 from synergy.world import (
@@ -236,7 +236,8 @@ def level_pool(pool: pd.DataFrame, base_path: str, run, batch_rows: int,
                progress: bool = True) -> pd.DataFrame:
     """Pass rate and level of each pool question under the base, with 01_stratify's settings."""
     scfg = stratify.config_of(run)
-    engine = make_engine(base_path, scfg.backend, batch_rows, scfg.vllm_dtype, scfg.vllm_memory)
+    engine = generation.make_engine(base_path, scfg.backend, batch_rows, scfg.vllm_dtype,
+                                    scfg.vllm_memory)
     leveled = stratify.level_questions(engine, base_path, pool, scfg, run.samples_cache,
                                        progress)
     return pool.assign(base_pass_rate=leveled["pass_rate"].to_numpy(),

@@ -17,13 +17,13 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 
-from synergy import models, verify
+from synergy import generation, models, verify
 from synergy.config import StageConfig
 from synergy.files import (
     ArtifactError, atomic_path, clean_interrupted, content_hash, load_dataset_dir, read_json,
     save_dataset, set_aside, write_text,
 )
-from synergy.generation import SamplingSpec, VllmDtype, chat_prompt, make_engine
+from synergy.generation import SamplingSpec, VllmDtype, chat_prompt
 from synergy.models import fingerprint
 from synergy.progress import progress_bar
 from synergy.reuse import digest, tree_digest
@@ -255,7 +255,9 @@ def evaluate_model(model_path: str, questions: pd.DataFrame, spec: SamplingSpec,
     `vllm_dtype`, `vllm_memory`: the vLLM engine's (`generation.engine_arguments`).
     """
     own = engine is None
-    engine = engine or make_engine(model_path, backend, batch_rows, vllm_dtype, vllm_memory)
+    # the engine through its module: tests replace `generation.make_engine`
+    engine = engine or generation.make_engine(model_path, backend, batch_rows, vllm_dtype,
+                                              vllm_memory)
     try:
         drawn = sample_table(engine, model_path, questions, spec, n_samples=n_samples,
                              seed=seed, cache_root=cache_root, prompt_suffix=prompt_suffix,
