@@ -550,4 +550,8 @@ def test_sample_sizes_state_what_each_stage_rests_on():
     text = report.sample_sizes(status)
     assert "03_sft 200 x 2" in text and "06_merging 80 x 2" in text
     assert "07_pivotal" not in text
+    spent = pd.DataFrame({"stage": ["05_strategies"], "eval_questions": [200],
+                          "samples_per_question": [2], "control_samples": [12]})
+    assert "05_strategies 200 x 2 (its RL control and the strategies judged against it: " \
+           "x 12)" in report.sample_sizes(spent)
     assert report.sample_sizes(status.iloc[:0]) == "No stage has evaluated models yet."

@@ -574,3 +574,30 @@ def test_report_judges_05_strategies_against_the_rl_control_at_their_budget():
     table = report.strategies_table(findings.paper_results(), roles, {}, 0.02).set_index("model")
     assert table.at["progressive-cosine", "run vs RL control"] == pytest.approx(
         100 * (np.mean([0.98, 0.75, 0.55]) - np.mean([0.6, 0.5, 0.2])), abs=0.1)
+
+
+def test_the_papers_claims_are_judged_on_its_strategies_and_aux_sft_is_shown_beside():
+    """aux SFT (CHORD's loss; not in the paper) clearly above the control does not decide the
+    paper's "no combination ends above RL", which is judged on the paper's strategies; the
+    row still names it, with its interval and its own decision."""
+    from synergy import findings
+
+    roles, prefix = strategy_roles(control=[0.99, 0.8, 0.6])
+    aux = [{**r, "role": prefix + "aux_sft", "model": "aux_sft",
+            "accuracy": min(1.0, r["accuracy"] + 0.1)}
+           for r in roles[roles["role"] == prefix + "rl_control"].to_dict("records")]
+    ev = findings.evidence(pd.concat([roles, pd.DataFrame(aux)], ignore_index=True), 0.02, 2.0)
+    assert prefix + "aux_sft" not in ev.combinations() and ev.beyond() == [prefix + "aux_sft"]
+    status, text = findings.below_rl(ev)
+    assert status != "not reproduced", text   # progressive is not above the strong control
+    assert f"beyond the paper: {prefix}aux_sft +" in text and "clearly above" in text
+    status, text = findings.no_synergy(ev)
+    assert status == "reproduced" and f"beyond the paper ({prefix}aux_sft)" in text
+
+
+def test_control_group_is_the_control_and_the_strategies_judged_against_it():
+    group = strategies.config.control_group
+    trained = ["rl_control", "two_stage-64", "interleaved-same_step", "aux_sft", "data_mixing",
+               "hybrid-warmup", "hybrid"]
+    assert group(trained) == ["rl_control", "two_stage-64", "interleaved-same_step", "aux_sft"]
+    assert group([m for m in trained if m != "rl_control"]) == []  # judged against 04's RL

@@ -343,9 +343,12 @@ def eval_spec(cfg) -> SamplingSpec:
 
 def evaluate_for(cfg: EvaluatingConfig, model_path: str, questions: pd.DataFrame,
                  prompt_suffix: str = "", progress: bool = True,
-                 response_prefix: str = "") -> pd.DataFrame:
-    """`evaluate_model` with a stage's eval keys and the run's shared sample cache."""
-    return evaluate_model(model_path, questions, eval_spec(cfg), n_samples=cfg.eval_samples,
+                 response_prefix: str = "", n_samples: int | None = None) -> pd.DataFrame:
+    """`evaluate_model` with a stage's eval keys and the run's shared sample cache
+    (`n_samples`: samples per question where a stage spends more on some models than
+    `eval_samples`)."""
+    return evaluate_model(model_path, questions, eval_spec(cfg),
+                          n_samples=n_samples or cfg.eval_samples,
                           seed=cfg.seed, cache_root=Run.of(cfg).samples_cache,
                           prompt_suffix=prompt_suffix, backend=cfg.backend,
                           batch_rows=cfg.batch_rows, progress=progress,

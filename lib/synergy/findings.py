@@ -21,7 +21,7 @@ import pandas as pd
 
 from synergy import stages, strategies
 from synergy.stats import Difference, paired_difference
-from synergy.strategies import COMBINATIONS, CONTROL
+from synergy.strategies import BEYOND_PAPER, COMBINATIONS, CONTROL
 
 LEVELS = ["L1", "L2", "L3", "L4", "L5"]
 MERGE_PATTERN = re.compile(r"^(linear|slerp|ties|dare_ties)-([0-9.]+)$")
@@ -64,10 +64,22 @@ PAPER_MATCH = {"sft:s1.1-R1": rf"^{stages.SFT.name}/careful$",
 PAPER_COMBINATIONS = ("two_stage", "interleaved", "progressive", "data_mixing", "linear-0.25")
 
 
+def strategy_family(role: str) -> str:
+    """The 05 family of a role ("05_strategies/progressive-cosine" -> "progressive"; "" for
+    a role that is not 05's)."""
+    return role[len(STRATEGY_PREFIX):].split("-")[0] if role.startswith(STRATEGY_PREFIX) \
+        else ""
+
+
 def is_strategy(role: str) -> bool:
     """A role of 05's combination strategies (the paper's four and the SFT-loss baseline)."""
-    return role.startswith(STRATEGY_PREFIX) and role[len(STRATEGY_PREFIX):].split("-")[0] \
-        in COMBINATIONS
+    return strategy_family(role) in COMBINATIONS
+
+
+def beyond_paper(role: str) -> bool:
+    """A 05 combination the paper did not train (`strategies.BEYOND_PAPER`): shown beside the
+    paper's claims, not judged in them."""
+    return strategy_family(role) in BEYOND_PAPER
 
 
 def _find_role(role: str, roles: pd.DataFrame,
@@ -225,9 +237,16 @@ class Evidence:
         return Difference(100 * d, 100 * low, 100 * high)
 
     def combinations(self) -> list[str]:
-        """Merges (interior ratios) and 05's combination strategies (the paper's four and
-        the SFT-loss baseline; not the router, adaptive model or oracle, which go beyond)."""
-        return [r for r in self.acc.index if MERGE_PATTERN.match(r) or is_strategy(r)]
+        """The combinations the paper's claims are judged on: merges (interior ratios) and
+        05's runs of the paper's four strategies (not the SFT-loss baseline, the router,
+        adaptive model or oracle, which go beyond it: `beyond`)."""
+        return [r for r in self.acc.index
+                if MERGE_PATTERN.match(r) or (is_strategy(r) and not beyond_paper(r))]
+
+    def beyond(self) -> list[str]:
+        """05's combinations the paper did not train (the SFT-loss baseline): the rows of
+        the claims about combinations show them beside, with their own numbers."""
+        return [r for r in self.acc.index if beyond_paper(r)]
 
     def paper_avg(self, role: str) -> float:
         return next(m["avg"] for m in self.paper["models"] if m["role"] == role)
@@ -387,19 +406,36 @@ def rl_short(ev: Evidence) -> Verdict:
                     f"answers open a <think> trace){sft}")
 
 
-def synergy_table(ev: Evidence) -> pd.DataFrame:
-    """`merging.synergy_check` of every combination against SFT and its RL model
-    (`Evidence.rl_for`: the RL control for 05's strategies, 04's RL for merges)."""
+def synergy_table(ev: Evidence, combos: list[str] | None = None) -> pd.DataFrame:
+    """`merging.synergy_check` of every combination (`combos`, default the paper's:
+    `Evidence.combinations`) against SFT and its RL model (`Evidence.rl_for`: the RL control
+    for 05's strategies, 04's RL for merges)."""
     from synergy.merging import synergy_check
 
     long = ev.acc.reset_index().melt(id_vars="role", var_name="level", value_name="accuracy")
     long = long.rename(columns={"role": "model"})
     groups: dict[tuple[str, str], list[str]] = {}
-    for combo in ev.combinations():
+    for combo in ev.combinations() if combos is None else combos:
         groups.setdefault(ev.parents_of(combo), []).append(combo)
     parts = [synergy_check(long, combos, parents, margin=ev.margin)
              for parents, combos in groups.items()]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def synergies(ev: Evidence, combos: list[str]) -> tuple[list[str], list[str]]:
+    """Of `combos`: those that beat both parents on some level without losing elsewhere,
+    beyond the uncertainty on a level where they are above both (winners), and those above
+    both by the point estimate only (unclear)."""
+    table = synergy_table(ev, combos)
+    if not len(table):
+        return [], []
+    table = table.set_index("model")
+    margin = 100 * ev.margin
+    winners = [m for m in table.index[table["synergy"]]
+               if any(all(ev.difference(m, p, [lv]).gain(margin)
+                          for p in ev.parents_of(m))
+                      for lv in table.at[m, "above_both"].split(", "))]
+    return winners, [m for m in table.index[table["synergy"]] if m not in winners]
 
 
 def no_synergy(ev: Evidence) -> Verdict:
@@ -407,19 +443,16 @@ def no_synergy(ev: Evidence) -> Verdict:
     if ev.missing("sft", "rl") or not combos:
         return _not_run(ev.missing("sft", "rl") + ([] if combos else
                                                    ["a combination (05 or 06)"]))
-    table = synergy_table(ev).set_index("model")
-    margin = 100 * ev.margin
-    # A synergy counts when the combination beats both parents beyond their uncertainty on
-    # one of the levels where it is above both.
-    winners = [m for m in table.index[table["synergy"]]
-               if any(all(ev.difference(m, p, [lv]).gain(margin)
-                          for p in ev.parents_of(m))
-                      for lv in table.at[m, "above_both"].split(", "))]
-    unclear = [m for m in table.index[table["synergy"]] if m not in winners]
+    winners, unclear = synergies(ev, combos)
     text = (f"{ev.budget_note()}: {len(winners)} of {len(combos)} combinations beat both "
             f"parents without losing elsewhere: {', '.join(winners) or 'none'}"
             + (f"; above both by the point estimate, within the uncertainty: "
                f"{', '.join(unclear)}" if unclear else ""))
+    if ev.beyond() and not ev.missing("sft"):
+        won, open_ = synergies(ev, ev.beyond())
+        text += (f"; beyond the paper ({', '.join(ev.beyond())}): beat both parents: "
+                 f"{', '.join(won) or 'none'}"
+                 + (f", within the uncertainty: {', '.join(open_)}" if open_ else ""))
     if unclear and not winners:
         return (UNDECIDED, text)
     return _verdict(not winners, text)
@@ -442,6 +475,7 @@ def below_rl(ev: Evidence) -> Verdict:
     if is_strategy(best) and rl != "rl":  # against 04's RL parent too (unequal budgets)
         text += (f"; against 04's RL parent ({100 * ev.acc.at['rl', 'all']:.1f}%, more "
                  f"steps): {best} {ev.difference(best, 'rl', ['all']).short()} points")
+    text += beyond_rl(ev, margin)
     if above:
         return ("not reproduced", text)
     if open_:
@@ -455,6 +489,20 @@ def below_rl(ev: Evidence) -> Verdict:
         return (DIRECTION_ONLY, f"{text}; the paper's best ends "
                                 f"{paper_best - ev.paper_avg('rl'):+.1f} points from RL")
     return ("reproduced", text)
+
+
+def beyond_rl(ev: Evidence, margin: float) -> str:
+    """The row's clause on the combinations beyond the paper against their RL model, each
+    decided like the paper's ("" when 05 trained none)."""
+    parts = []
+    for r in ev.beyond():
+        d = ev.difference(r, ev.rl_for(r), ["all"])
+        decided = d.exceeds(margin)
+        need = d.to_decide_gain(margin)
+        parts.append(f"{r} {d.short()} against {ev.rl_for(r)}: " + (
+            "clearly above" if decided else "not above" if decided is False else
+            f"{UNDECIDED}" + (f" (about {need} questions would decide)" if need else "")))
+    return f"; beyond the paper: {'; '.join(parts)}" if parts else ""
 
 
 def two_stage_budget(ev: Evidence) -> Verdict:

@@ -89,6 +89,9 @@ def stage_status(run: Run) -> pd.DataFrame:
                      "eval_questions": questions,
                      "samples_per_question": m.get("params", {}).get("eval_samples", np.nan)
                      if m else np.nan,
+                     # 05: more samples for the RL control and the strategies judged against it
+                     "control_samples": m.get("params", {}).get("control_eval_samples", 0)
+                     if m else 0,
                      "commit": (m.get("git", {}).get("commit") or "")[:10]})
     return pd.DataFrame(rows)
 
@@ -100,6 +103,9 @@ def sample_sizes(status: pd.DataFrame) -> str:
     if sized.empty:
         return "No stage has evaluated models yet."
     parts = ", ".join(f"{r.stage} {int(r.eval_questions)} x {int(r.samples_per_question)}"
+                      + (f" (its RL control and the strategies judged against it: x "
+                         f"{int(r.control_samples)})"
+                         if getattr(r, "control_samples", 0) else "")
                       for r in sized.itertuples())
     return (f"Accuracies rest on questions x samples per question: {parts}. Fewer questions "
             "or samples widen every interval above (a subset of n of N questions by about "

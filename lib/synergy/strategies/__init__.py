@@ -58,6 +58,7 @@ from synergy.strategies.analysis import (
     synergy_table,
 )
 from synergy.strategies.config import (
+    BEYOND_PAPER,
     COMBINATIONS,
     CONTROL,
     FAMILIES,
@@ -71,7 +72,7 @@ from synergy.strategies.stage import StrategiesResult, headlines, load, run, spe
 from synergy.strategies.two_stage import two_stage_table
 
 __all__ = [
-    "COMBINATIONS", "CONTROL", "FAMILIES", "PARENTS", "Spec", "StrategiesConfig",
+    "BEYOND_PAPER", "COMBINATIONS", "CONTROL", "FAMILIES", "PARENTS", "Spec", "StrategiesConfig",
     "StrategiesResult", "against_rl", "analysis", "aux_sft", "blend_composition",
     "budget_table", "combinations_run", "comparison", "comparison_figure", "curves_figure",
     "data_mixing", "examples", "family_runs", "goal_check", "headlines", "hybrid",

@@ -26,7 +26,7 @@ from synergy.strategies import (
     shared,
     two_stage,
 )
-from synergy.strategies.config import CONTROL, Spec, StrategiesConfig
+from synergy.strategies.config import CONTROL, Spec, StrategiesConfig, control_group
 
 # The trainer of each GRPO family with a plan of its own (the others: 04's plain trainer).
 TRAINERS = {"interleaved": interleaved.trainer_class, "progressive": progressive.trainer_class,
@@ -170,11 +170,15 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
         questions = stratify.benchmark_questions(
             stratify.load(cfg.output_root, cfg.run_name).levels)
         results = {}
+        judged = control_group(list(trained))  # sampled more: the "ends above RL" claim
         for name, path in {**{r: refs[r].path for r in ("base", "sft", "rl")},
                            **trained}.items():
+            samples = (cfg.control_eval_samples or cfg.eval_samples) if name in judged \
+                else cfg.eval_samples
             if progress:
-                print(f"evaluating {name}", flush=True)
-            results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress)
+                print(f"evaluating {name} ({samples} samples per question)", flush=True)
+            results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress,
+                                                    n_samples=samples)
         forced = pd.DataFrame()
         if "hybrid" in cfg.families:
             for name in (hybrid.WARMUP, hybrid.RL):
