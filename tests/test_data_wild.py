@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from synergy import data, trace_sets
+from synergy import data, sources, trace_sets
 from synergy.runs import ArtifactError
 from synergy.verify import is_correct
 
@@ -48,30 +48,30 @@ def test_one_reader_for_traces(tmp_path):
 
 def test_clear_errors_name_the_file(tmp_path):
     with pytest.raises(ArtifactError, match=r"missing\.jsonl: no such file"):
-        data.read_table(tmp_path / "missing.jsonl")
+        sources.read_table(tmp_path / "missing.jsonl")
     (tmp_path / "t.csv").write_text("qid,question,answer\n1,q,3\n")
     with pytest.raises(ArtifactError, match=r"t\.csv: unsupported format \(use \.parquet"):
-        data.read_table(tmp_path / "t.csv")
+        sources.read_table(tmp_path / "t.csv")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really parquet")
     with pytest.raises(ArtifactError, match=r"bad\.parquet: unreadable"):
-        data.read_table(tmp_path / "bad.parquet")
+        sources.read_table(tmp_path / "bad.parquet")
     (tmp_path / "bad.jsonl").write_text('{"qid": 1}\n{"qid": 2, "quest\n')
     with pytest.raises(ArtifactError, match=r"bad\.jsonl: unreadable \(line 2: "):
-        data.read_table(tmp_path / "bad.jsonl")
+        sources.read_table(tmp_path / "bad.jsonl")
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ArtifactError, match=r"list\.json: unreadable \(expected records"):
-        data.read_table(tmp_path / "list.json")
+        sources.read_table(tmp_path / "list.json")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ArtifactError, match=r"empty\.jsonl: the table has no rows"):
         data.load_table(tmp_path / "empty.jsonl")
     with pytest.raises(ArtifactError, match=r"gone\.parquet: no such file or folder"):
-        data.read_source(f"{tmp_path.name}/gone.parquet")  # a relative path, not a hub id
+        sources.read_source(f"{tmp_path.name}/gone.parquet")  # a relative path, not a hub id
     saved = tmp_path / "saved"
     datasets.Dataset.from_dict({"qid": ["1"]}).save_to_disk(str(saved))
     for arrow in saved.glob("*.arrow"):
         arrow.write_bytes(b"not arrow")
     with pytest.raises(ArtifactError, match=r"saved: unreadable save_to_disk folder"):
-        data.read_source(saved)
+        sources.read_source(saved)
 
 
 # --- options written inside the question text ------------------------------------------------

@@ -269,6 +269,11 @@ def test_kl_collapse_statuses():
     steady = pd.concat([_curves("rl-beta0", rise), _curves("rl-beta0.005", rise)])
     assert findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
                                   rl_curves=steady))[0] == "not reproduced"
+    # The row says how hard the KL term pulled: beta x the KL the policy logged.
+    logged = steady.assign(kl=0.08)
+    status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
+                                            rl_curves=logged))
+    assert "mean KL to the reference 0.080: the penalty beta x KL is 0.0004 per token" in text
     assert findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs.iloc[1:],
                                   rl_curves=steady))[0] == "not run"
     # A run too short to part points at the run that holds the ablation, then reads it.

@@ -595,6 +595,8 @@ def curve_summary(curves: pd.DataFrame, window: int = CURVE_WINDOW) -> dict[str,
     over `window` logged steps)."""
     c = curves.sort_values("step")
     out = {"steps": int(c["step"].max())}
+    if "kl" in c and c["kl"].notna().any():
+        out["kl_mean"] = float(c["kl"].mean())  # KL to the reference, over the run
     for col in ("reward", "entropy"):
         if col in c:
             smooth = c[col].rolling(window, min_periods=1).mean()
@@ -619,7 +621,8 @@ def kl_pair(runs: pd.DataFrame | None, curves: pd.DataFrame | None
     curves = curves if curves is not None else pd.DataFrame()
     if "run" not in curves or not {a, b} <= set(curves["run"]):
         return f"the training curves of {a} and {b}"
-    return a, b, curve_summary(curves[curves["run"] == a]), curve_summary(curves[curves["run"] == b])
+    return a, b, curve_summary(curves[curves["run"] == a]), \
+        curve_summary(curves[curves["run"] == b]) | {"beta": float(kl["beta"].iloc[0])}
 
 
 def kl_too_short(runs: pd.DataFrame | None, curves: pd.DataFrame | None) -> bool:
@@ -653,9 +656,12 @@ def kl_collapse(ev: Evidence) -> Verdict:
     ok = drop > COLLAPSE_DROP and s["reward_end"] < k["reward_end"] - ev.margin
     entropy = (f", entropy {s['entropy_start']:.2f} -> {s['entropy_end']:.2f}"
                if "entropy_end" in s else "")
+    # How hard the KL term pulls: beta x the KL it measured, against a reward scale of 1.
+    pull = (f" (mean KL to the reference {k['kl_mean']:.3f}: the penalty beta x KL is "
+            f"{k['beta'] * k['kl_mean']:.4f} per token)" if "kl_mean" in k else "")
     return _verdict(ok, f"{where}{a} ({s['steps']} steps): reward best {s['reward_best']:.2f} "
                         f"-> end {s['reward_end']:.2f}{entropy}; {b}: reward end "
-                        f"{k['reward_end']:.2f}")
+                        f"{k['reward_end']:.2f}{pull}")
 
 
 def no_easiest(ev: Evidence) -> Verdict:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from synergy import data
+from synergy import data, sources
 from synergy.files import ArtifactError
 
 _THINK = re.compile(r"<think>.*?\S.*?</think>", re.DOTALL)  # a non-empty trace
@@ -48,7 +48,7 @@ def load_s1(source: str | Path, teacher: str = "deepseek", split: str = "train",
     `answer` is the set's `solution` (a reference solution, not always a short answer).
     Rows are numbered `<set>-0000`, ... in file order (the sets carry no id).
     """
-    raw, _, source_id = data.read_source(source, split)
+    raw, _, source_id = sources.read_source(source, split)
     if "thinking_trajectories" in raw.columns:
         data.require_columns(raw, ("question", "solution", "attempt"), "s1K")
         if teacher != "gemini":
@@ -170,7 +170,7 @@ def load_mm_eureka(source: str | Path, prompt_suffix: str | None = None, split: 
     if the row has one). Image paths `file://...` resolve relative to the file's folder; the
     published rows' absolute paths (the builder's machine) are found there by their trailing
     parts (`data.resolve_image`)."""
-    raw, base, source_id = data.read_source(source, split)
+    raw, base, source_id = sources.read_source(source, split)
     data.require_columns(raw, ("id", "answer"), str(source))
     data.require_one_of(raw, ("message", "messages"), str(source))
 
@@ -197,7 +197,7 @@ def load_eureka_distill(source: str | Path, prompt_suffix: str | None = None,
     content's id (`content_id`), the same in every run and every file order; rows repeating
     a question with the same images share it, and the first is kept. System turns are not
     carried (the stages add their own prompt suffix)."""
-    raw, base, source_id = data.read_source(source, split)
+    raw, base, source_id = sources.read_source(source, split)
     data.require_columns(raw, ("answer",), str(source))
     data.require_one_of(raw, ("message", "messages"), str(source))
 
