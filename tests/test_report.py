@@ -269,6 +269,12 @@ def test_kl_collapse_statuses():
     steady = pd.concat([_curves("rl-beta0", rise), _curves("rl-beta0.005", rise)])
     assert findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
                                   rl_curves=steady))[0] == "not reproduced"
+    # Both collapsing, the KL policy more slowly, is not the paper's contrast.
+    slower = [0.8] * 50 + [0.55] * 30
+    both = pd.concat([_curves("rl-beta0", fall), _curves("rl-beta0.005", slower)])
+    status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
+                                            rl_curves=both))
+    assert status == "not reproduced" and "best 0.80 -> end 0.55 (it collapses too)" in text
     # The row says how hard the KL term pulled: beta x the KL the policy logged.
     logged = steady.assign(kl=0.08)
     status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
