@@ -11,7 +11,7 @@ from synergy import stages
 
 LIB = Path(__file__).resolve().parents[1] / "lib" / "synergy"
 STAGE_MODULES = ({s.module for s in stages.STAGES} - {"world"}  # world: the core's task
-                 | {"findings", "report_figures"})  # the report stage's checklist and figures
+                 | {"findings", "report_figures", "report_roles"})  # the report stage
 MODULES = {p.stem: p for p in LIB.glob("*.py") if p.stem not in ("__init__", "__main__")}
 CORE = set(MODULES) - STAGE_MODULES - {"pipeline"}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_stages
-from synergy import findings, report, stats
+from synergy import findings, report, report_roles, stats
 from synergy import report_figures as figures
 
 PAYLOAD = "<script>alert('pwned')</script><b>bold</b>"
@@ -47,7 +47,7 @@ BASE, SFT = [0.9, 0.7, 0.5, 0.3, 0.1], [0.8, 0.7, 0.6, 0.5, 0.3]
 
 
 def test_checklist_judges_from_numbers():
-    paper = findings.paper_results()
+    paper = report_roles.paper_results()
     rl = [0.95, 0.75, 0.55, 0.35, 0.12]
     merges = [("linear-0.5", [0.87, 0.72, 0.57, 0.42, 0.2], 25),
               ("ties-0.5", [0.5, 0.9, 0.2, 0.9, 0.0], 25)]
@@ -75,7 +75,7 @@ def test_checklist_judges_from_numbers():
 
 
 def test_every_finding_has_one_function_and_each_is_judged_alone():
-    paper = findings.paper_results()
+    paper = report_roles.paper_results()
     assert set(paper["findings"]) == set(findings.FINDINGS)
     ev = _ev(_roles(SFT, BASE, BASE, width=0.03))
     assert findings.sft_hard(ev) == (
@@ -321,7 +321,7 @@ def test_no_easiest_against_04s_own_rl():
     """Where "rl" comes from a later stage's questions, the ablation is compared with 04's
     RL parent as 04 evaluated it (the same questions and samples as the ablation)."""
     roles = _with_static([0.9, 0.8, 0.7, 0.58, 0.48])
-    own = roles[roles["role"] == "rl"].assign(role=findings.OWN_RL, stage="04_grpo",
+    own = roles[roles["role"] == "rl"].assign(role=report_roles.OWN_RL, stage="04_grpo",
                                               model="rl-beta0.005")
     later = roles.copy()
     later.loc[later["role"] == "rl", ["accuracy", "accuracy_low", "accuracy_high"]] -= 0.3
@@ -340,12 +340,12 @@ def test_role_levels_adds_04s_own_rl():
                           + rows("04_grpo", "rl-beta0.005-static", 0.88))
     roles = report.role_levels(levels, {"04_grpo": ["rl-beta0.005"], "03_sft": []})
     by = roles.groupby("role")["stage"].first()
-    assert by["rl"] == "07_pivotal_tokens" and by[findings.OWN_RL] == "04_grpo"
+    assert by["rl"] == "07_pivotal_tokens" and by[report_roles.OWN_RL] == "04_grpo"
     assert "04_grpo/rl-beta0.005-static" in by.index
     assert (roles["model"] == "rl-beta0.005").sum() == 2  # once, as 04's own RL
     alone = report.role_levels(levels[levels["stage"] == "04_grpo"],
                                {"04_grpo": ["rl-beta0.005"]})
-    assert findings.OWN_RL not in set(alone["role"])  # rl is 04's own already
+    assert report_roles.OWN_RL not in set(alone["role"])  # rl is 04's own already
 
 
 def test_tables_render_without_index():
@@ -367,7 +367,7 @@ def _levels(stage, models, questions):
     return pd.DataFrame([{"stage": stage, "model": m, "level": lv, "accuracy": a,
                           "mean_length": 10.0, "questions": questions}
                          for m, accs in models.items()
-                         for lv, a in [*zip(findings.LEVELS, accs),
+                         for lv, a in [*zip(report_roles.LEVELS, accs),
                                        ("all", sum(accs) / len(accs))]])
 
 
@@ -400,7 +400,7 @@ def test_every_comparison_on_one_question_set():
     fig = figures.headline_figure(headline)
     assert "05_strategies, 200 questions" in fig.layout.title.text
     assert "best strategy: data_mixing" in {t.name for t in fig.data}
-    strategies = report.strategies_table(findings.paper_results(),
+    strategies = report.strategies_table(report_roles.paper_results(),
                                          report.strategy_roles(levels), {}, 0.02)
     row = strategies.set_index("model").loc["data_mixing"]
     assert row["questions"] == 200 and row["run vs SFT"] == 0.0  # 05's SFT, not 06's
@@ -474,7 +474,7 @@ def test_training_figures_split_the_paper_metrics():
 
 
 def test_verdict_leads_with_the_dilemma():
-    paper = findings.paper_results()
+    paper = report_roles.paper_results()
     checks = pd.DataFrame({"finding": list(paper["findings"].values()),
                            "status": ["reproduced"] * 12 + ["not run"]})
     line = report.verdict(checks, paper)
@@ -487,11 +487,11 @@ def test_checklist_and_tables_with_stages_missing(smoke_root, tmp_path):
 
     shutil.copytree(smoke_root / "smoke" / "00_world", tmp_path / "smoke" / "00_world")
     run = Run(tmp_path, "smoke")
-    paper = findings.paper_results()
+    paper = report_roles.paper_results()
     roles = report.role_levels(report.run_levels(run), report.main_models(run))
     checks = findings.checklist(paper, findings.evidence(roles, 0.02, 2.0))
     assert set(checks["status"]) == {"not run"}
-    compared = findings.paper_vs_run(paper, roles)
+    compared = report_roles.paper_vs_run(paper, roles)
     assert (compared["this run"] == "not run").all()
     status = report.stage_status(run).set_index("stage")["status"]
     assert status["00_world"] == "ran" and status["06_merging"] == "not run"
@@ -501,7 +501,7 @@ def test_checklist_and_tables_with_stages_missing(smoke_root, tmp_path):
 
 
 def test_paper_numbers_match_the_paper_page():
-    paper = findings.paper_results()
+    paper = report_roles.paper_results()
     table = report.paper_table(paper).set_index("model")
     assert table.at["base Qwen2.5-VL-7B", "Avg"] == 50.3
     assert table.at["RL, KL 0.005", "MathVista"] == 72.6
@@ -531,7 +531,7 @@ def test_notebook_08_on_smoke(smoke_series, tmp_path):
     # shown as text (nbconvert turns &#x27; back into a quote)
     assert "&lt;script&gt;alert(" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
     status = dict(zip(rep.checklist["finding"], rep.checklist["status"]))
-    texts = findings.paper_results()["findings"]
+    texts = report_roles.paper_results()["findings"]
     assert status[texts["interpolate"]] in ("reproduced", "not reproduced",  # 06 ran
                                             findings.NOT_APPLICABLE)
     ran_07 = (tmp_path / "smoke" / "07_pivotal_tokens" / "manifest.json").exists()

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from synergy import mixing, strategies
+from synergy import mixing, report_roles, strategies
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -525,7 +525,7 @@ def test_report_judges_05_strategies_and_names_their_paper_roles():
     from synergy import findings, report
 
     roles, prefix = strategy_roles()
-    paper = findings.paper_results()
+    paper = report_roles.paper_results()
     headlines = {"two_stage": "two_stage-192", "progressive": "progressive-cosine"}
     ev = findings.evidence(roles, 0.02, 2.0, two_stage=pd.DataFrame(
         {"model": ["two_stage-64", "two_stage-192"], "budget": [64, 192],
@@ -538,7 +538,7 @@ def test_report_judges_05_strategies_and_names_their_paper_roles():
     assert findings.below_rl(ev)[0] == "not reproduced"  # progressive ends above RL
     assert findings.two_stage_budget(ev)[0] == "reproduced"
     assert findings.two_stage_budget(findings.evidence(roles, 0.02, 2.0))[0] == "not run"
-    compared = findings.paper_vs_run(paper, roles, headlines).set_index("paper model")
+    compared = report_roles.paper_vs_run(paper, roles, headlines).set_index("paper model")
     assert compared.at["two-stage SFT->RL", "this run"] == prefix + "two_stage-192"
     assert compared.at["progressive", "this run"] == prefix + "progressive-cosine"
     table = report.strategies_table(paper, roles, headlines, 0.02).set_index("model")
@@ -563,7 +563,7 @@ def test_report_judges_05_strategies_against_the_rl_control_at_their_budget():
     budget = pd.DataFrame([{"model": "rl_control", "questions": 64, "rollouts": 512,
                             "optimizer steps": 8}])
     ev = findings.evidence(roles, 0.02, 2.0, budget=budget)
-    assert ev.rl_for(prefix + "progressive-cosine") == findings.CONTROL_ROLE
+    assert ev.rl_for(prefix + "progressive-cosine") == report_roles.CONTROL_ROLE
     assert ev.rl_for("linear-0.5") == "rl"  # merges of 03's and 04's models: 04's RL
     assert prefix + "rl_control" not in ev.combinations()
     status, text = findings.below_rl(ev)
@@ -571,7 +571,7 @@ def test_report_judges_05_strategies_against_the_rl_control_at_their_budget():
     assert "against 04's RL parent" in text
     syn = findings.synergy_table(ev).set_index("model")
     assert syn.at[prefix + "progressive-cosine", "synergy"]  # above SFT and the weak control
-    table = report.strategies_table(findings.paper_results(), roles, {}, 0.02).set_index("model")
+    table = report.strategies_table(report_roles.paper_results(), roles, {}, 0.02).set_index("model")
     assert table.at["progressive-cosine", "run vs RL control"] == pytest.approx(
         100 * (np.mean([0.98, 0.75, 0.55]) - np.mean([0.6, 0.5, 0.2])), abs=0.1)
 

@@ -25,9 +25,9 @@ from synergy.pivotal import category_table
 from synergy.report_figures import PARENTS, curve_series, model_colors, static_accuracy_png
 from synergy.runs import EXTERNAL, Run, StageResult, stage_run
 from synergy.strategies import CONTROL
-from synergy.findings import (CONTROL_ROLE, MERGE_PATTERN, OWN_RL, STATUSES, STRATEGY_PREFIX,
-                              checklist, evidence, is_strategy, kl_too_short, paper_results,
-                              paper_vs_run, wide)
+from synergy.findings import STATUSES, checklist, evidence, kl_too_short
+from synergy.report_roles import (CONTROL_ROLE, MERGE_PATTERN, OWN_RL, STRATEGY_PREFIX,
+                                  is_strategy, paper_results, paper_vs_run, wide)
 
 # Where base, SFT and RL's per-level numbers come from, best first: 07 and 05 evaluate all
 # three on the run's whole evaluation set (04's questions) with one sampling spec, so their
