@@ -310,8 +310,8 @@ def synergy_table(ev: Evidence, combos: list[str] | None = None) -> pd.DataFrame
     groups: dict[tuple[str, str], list[str]] = {}
     for combo in ev.combinations() if combos is None else combos:
         groups.setdefault(ev.parents_of(combo), []).append(combo)
-    parts = [synergy_check(long, combos, parents, margin=ev.margin)
-             for parents, combos in groups.items()]
+    parts = [synergy_check(long, members, parents, margin=ev.margin)
+             for parents, members in groups.items()]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -341,7 +341,7 @@ def no_synergy(ev: Evidence) -> Verdict:
             f"parents without losing elsewhere: {', '.join(winners) or 'none'}"
             + (f"; above both by the point estimate, within the uncertainty: "
                f"{', '.join(unclear)}" if unclear else ""))
-    if ev.beyond() and not ev.missing("sft"):
+    if ev.beyond():
         won, open_ = synergies(ev, ev.beyond())
         text += (f"; beyond the paper ({', '.join(ev.beyond())}): beat both parents: "
                  f"{', '.join(won) or 'none'}"
@@ -390,11 +390,10 @@ def beyond_rl(ev: Evidence, margin: float) -> str:
     parts = []
     for r in ev.beyond():
         d = ev.difference(r, ev.rl_for(r), ["all"])
-        decided = d.exceeds(margin)
-        need = d.to_decide_gain(margin)
+        decided, need = d.exceeds(margin), d.to_decide_gain(margin)
         parts.append(f"{r} {d.short()} against {ev.rl_for(r)}: " + (
             "clearly above" if decided else "not above" if decided is False else
-            f"{UNDECIDED}" + (f" (about {need} questions would decide)" if need else "")))
+            UNDECIDED + (f" (about {need} questions would decide)" if need else "")))
     return f"; beyond the paper: {'; '.join(parts)}" if parts else ""
 
 
