@@ -96,6 +96,30 @@ def test_use_vs_correctness():
     assert use.loc[("sft", "all", "meta"), "n_with"] == 2
 
 
+def test_word_probabilities_spell_the_word_from_its_tokens():
+    """A word's probability is the product over the tokens that spell it (here " Wa" +
+    "it", not the "ing" of a longer word), under the model and under the reference."""
+    import numpy as np
+
+    tokens = [" Wa", "it", ",", " hmm", " check", "ing", " \\boxed{1}"]
+    p = [0.5, 0.8, 0.9, 0.6, 0.7, 0.1, 0.9]
+    q = [0.1, 0.5, 0.9, 0.01, 0.2, 0.9, 0.9]
+    kl = pd.DataFrame({"response": [0] * 7 + [1] * 2, "position": [*range(7), 0, 1],
+                       "token": tokens + [" wait", "!"],
+                       "logp_p": np.log(p + [1.0, 0.5]), "logp_q": np.log(q + [0.3, 0.5])})
+    words = pivotal.word_probabilities(kl, CATEGORIES).set_index("word")
+    assert words.at["wait", "occurrences"] == 2
+    assert words.at["wait", "p_model"] == pytest.approx((0.5 * 0.8 + 1.0) / 2)
+    assert words.at["wait", "p_reference"] == pytest.approx((0.1 * 0.5 + 0.3) / 2)
+    assert words.at["check", "p_model"] == pytest.approx(0.7)  # "ing" is not the word
+    assert words.at["mistake", "occurrences"] == 0 and np.isnan(words.at["mistake", "p_model"])
+    per = pivotal.category_probabilities(words.reset_index().assign(model="sft")).set_index(
+        "category")
+    assert per.at["meta", "occurrences"] == 3
+    assert per.at["meta", "p_reference"] == pytest.approx((0.05 + 0.3 + 0.01) / 3)
+    assert per.at["actions", "p_model"] == pytest.approx(0.7)
+
+
 @pytest.mark.slow
 def test_notebook_07_on_smoke(smoke_series):
     run_stages(smoke_series, "07")
@@ -105,6 +129,8 @@ def test_notebook_07_on_smoke(smoke_series):
     assert (res.tokens["total_kl"] >= 0).all()
     assert res.manifest["upstream"]["sft"].endswith(":careful")
     assert "words per 1k tokens" in pivotal.statement(res, yaml_categories())
+    assert set(res.words["model"]) == {"sft", "rl"}
+    assert res.words["p_reference"].dropna().between(0, 1).all()
 
 
 def yaml_categories():

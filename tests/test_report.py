@@ -68,6 +68,12 @@ def test_checklist_judges_from_numbers():
     status = dict(zip(checks["finding"], checks["status"]))
     assert status[f["no_synergy"]] == "not reproduced"
     assert "linear-0.75" in checks.set_index("finding").at[f["no_synergy"], "this run"]
+    words = pd.DataFrame({"model": ["sft", "sft", "rl"], "category": "meta",
+                          "word": ["wait", "hmm", "wait"], "occurrences": [30, 10, 0],
+                          "p_model": [0.9, 0.5, None], "p_reference": [0.2, 0.6, None]})
+    meta = findings.meta_tokens(_ev(_roles(SFT, rl, BASE), counts=counts, words=words))
+    assert meta[0] == "reproduced" and meta[1].endswith(
+        "where SFT writes them the base gives them probability 0.30 (SFT 0.80, 40 words)")
     flipped = findings.checklist(paper, _ev(_roles(BASE, rl, SFT)))
     status = dict(zip(flipped["finding"], flipped["status"]))
     assert status[f["sft_hard"]] == "not reproduced"

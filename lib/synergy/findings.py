@@ -20,6 +20,7 @@ import pandas as pd
 
 from synergy import stages, strategies
 from synergy.merging import synergy_check
+from synergy.pivotal import category_probabilities
 from synergy.report_roles import (CONTROL_ROLE, FILTERED, LEVELS, MERGE_PATTERN, OWN_RL,
                                   PAPER_COMBINATIONS, PAPER_MATCH, STRATEGY_PREFIX, beyond_paper,
                                   is_strategy, paper_results, wide)
@@ -64,6 +65,7 @@ class Evidence:
     long_ratio: float                # "much longer": at least this ratio
     paper: dict                      # paper_results.yaml (magnitudes the paper states)
     counts: pd.DataFrame | None = None      # 07's category counts
+    words: pd.DataFrame | None = None       # 07's `pivotal.word_probabilities` per model
     two_stage: pd.DataFrame | None = None   # 05's `strategies.two_stage_table`
     answers: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # role ->
     #   per-question results (qid, level, accuracy, samples, lengths): `role_answers`
@@ -477,8 +479,22 @@ def meta_tokens(ev: Evidence) -> Verdict:
         return _not_run(f"the SFT model in {stages.PIVOTAL.name}")
     others = per.drop("sft")
     ok = per["sft"] > 0 and (others.empty or per["sft"] >= 5 * others.max())
-    return _verdict(ok, "meta words per 1k tokens: " + ", ".join(f"{m} {v:.2f}"
-                                                                 for m, v in per.items()))
+    return _verdict(ok, "meta words per 1k tokens: " + ", ".join(
+        f"{m} {v:.2f}" for m, v in per.items()) + meta_prior(ev.words))
+
+
+def meta_prior(words: pd.DataFrame | None) -> str:
+    """How likely the reference (the base) found SFT's meta words where SFT wrote them: a
+    change of a habit it has, or an invention (`pivotal.category_probabilities`)."""
+    if words is None or words.empty:
+        return ""
+    probs = category_probabilities(words)
+    row = probs[(probs["model"] == "sft") & (probs["category"] == "meta")]
+    if row.empty:
+        return ""
+    r = row.iloc[0]
+    return (f"; where SFT writes them the base gives them probability {r.p_reference:.2f} "
+            f"(SFT {r.p_model:.2f}, {int(r.occurrences)} words)")
 
 
 def curve_summary(curves: pd.DataFrame, window: int = CURVE_WINDOW) -> dict[str, float]:

@@ -120,6 +120,50 @@ def category_table(counts: pd.DataFrame, level: str = "all",
     return table.astype(int) if value == "count" else table
 
 
+def word_probabilities(kl: pd.DataFrame, categories: dict[str, list[str]]) -> pd.DataFrame:
+    """Where a model writes a category word, how likely was it under that model and under
+    the reference? One row per category and word: occurrences in the scored responses and
+    the mean probability of writing the word there (the product of the probabilities of
+    the tokens that spell the word itself, not a suffix such as "-ing") under the model
+    (`p_model`) and the reference (`p_reference`), from a `token_kl` frame.
+
+    A reference probability well above zero means the model raised a habit the reference
+    already has in that context (a change of mode); near zero, it wrote words the
+    reference would not (an invention). Words never written get NaN probabilities."""
+    spans: dict[str, list[tuple[float, float]]] = {w: [] for ws in categories.values()
+                                                    for w in ws}
+    for _, part in kl.groupby("response", sort=False):
+        tokens = part["token"].astype(str).tolist()
+        ends = np.cumsum([len(t) for t in tokens])
+        starts = ends - np.array([len(t) for t in tokens])
+        text = "".join(tokens)
+        lp, lq = part["logp_p"].to_numpy(float), part["logp_q"].to_numpy(float)
+        for word in spans:
+            for m in word_pattern(word).finditer(text):
+                cover = (starts < m.start() + len(word)) & (ends > m.start())
+                spans[word].append((float(np.exp(lp[cover].sum())),
+                                    float(np.exp(lq[cover].sum()))))
+    rows = []
+    for category, words in categories.items():
+        for w in words:
+            found = np.array(spans[w], float).reshape(-1, 2)
+            rows.append({"category": category, "word": w, "occurrences": len(found),
+                         "p_model": found[:, 0].mean() if len(found) else np.nan,
+                         "p_reference": found[:, 1].mean() if len(found) else np.nan})
+    return pd.DataFrame(rows)
+
+
+def category_probabilities(words: pd.DataFrame) -> pd.DataFrame:
+    """`word_probabilities` rows (with a `model` column) summed up per model and category:
+    occurrences and the occurrence-weighted mean probabilities."""
+    w = words.dropna(subset=["p_model"])
+    w = w.assign(pm=w["p_model"] * w["occurrences"], pq=w["p_reference"] * w["occurrences"])
+    out = w.groupby(["model", "category"], sort=False, as_index=False)[
+        ["occurrences", "pm", "pq"]].sum()
+    return out.assign(p_model=out.pop("pm") / out["occurrences"],
+                      p_reference=out.pop("pq") / out["occurrences"])
+
+
 def use_vs_correctness(responses: pd.DataFrame,
                        categories: dict[str, list[str]]) -> pd.DataFrame:
     """Per model, level and category: accuracy of responses with vs without its words."""
@@ -176,6 +220,8 @@ class PivotalResult(StageResult):
     use: pd.DataFrame         # use_vs_correctness
     tokens: pd.DataFrame      # kl_by_token per compared model (column `model`)
     responses: pd.DataFrame | None = None  # responses_frame (only after `run`)
+    words: pd.DataFrame | None = None      # word_probabilities per compared model (None:
+    #   a run saved before they were scored)
 
 
 def run(cfg: PivotalConfig, progress: bool = True) -> PivotalResult:
@@ -199,7 +245,7 @@ def run(cfg: PivotalConfig, progress: bool = True) -> PivotalResult:
 
         ref_model, _ = models.load_for_scoring(paths[reference])
         rng = np.random.default_rng(cfg.seed)
-        tokens = []
+        tokens, words = [], []
         for name in [n for n in paths if n != reference]:
             model, processor = models.load_for_scoring(paths[name])
             rows = responses_frame({name: results[name]}).merge(
@@ -210,12 +256,16 @@ def run(cfg: PivotalConfig, progress: bool = True) -> PivotalResult:
             kl = token_kl(model, ref_model, processor, prompts,
                           list(rows["text"]), images, cfg.kl_batch_size)
             tokens.append(kl_by_token(kl).assign(model=name, reference=reference))
+            words.append(word_probabilities(kl, cfg.categories).assign(
+                model=name, reference=reference))
             del model  # the next model takes its place on the device
             training.release_memory()
         tokens = pd.concat(tokens, ignore_index=True)
         write_text(ctx.dir / "kl_tokens.csv", tokens.to_csv(index=False))
+        words = pd.concat(words, ignore_index=True)
+        write_text(ctx.dir / "word_probabilities.csv", words.to_csv(index=False))
         ctx.record(reference=reference, compared=list(paths))
-    return PivotalResult(ctx.manifest, ctx.dir, table, counts, use, tokens, responses)
+    return PivotalResult(ctx.manifest, ctx.dir, table, counts, use, tokens, responses, words)
 
 
 def load(output_root: str, run_name: str) -> PivotalResult:
@@ -226,7 +276,9 @@ def load(output_root: str, run_name: str) -> PivotalResult:
                          pd.read_csv(folder / "per_level.csv"),
                          pd.read_csv(folder / "category_counts.csv"),
                          pd.read_csv(folder / "pivotal_use.csv"),
-                         pd.read_csv(folder / "kl_tokens.csv", keep_default_na=False))
+                         pd.read_csv(folder / "kl_tokens.csv", keep_default_na=False),
+                         words=pd.read_csv(folder / "word_probabilities.csv")
+                         if (folder / "word_probabilities.csv").exists() else None)
 
 
 def statement(res: PivotalResult, categories: dict[str, list[str]]) -> str:
@@ -247,4 +299,10 @@ def statement(res: PivotalResult, categories: dict[str, list[str]]) -> str:
                      + ", ".join(f"`{t}` ({s:.0%})" for t, s in zip(top["token"],
                                                                     top["kl_share"]))
                      + " of its total KL.")
+    if res.words is not None:
+        for r in category_probabilities(res.words).itertuples():
+            lines.append(f"- Where **{r.model}** writes **{r.category}** words "
+                         f"({r.occurrences} times in its scored responses), it gives them "
+                         f"probability {r.p_model:.2f} on average; the reference "
+                         f"{r.p_reference:.2f}.")
     return "\n".join(lines)

@@ -537,7 +537,8 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
                ((stages.SFT.name, "sft"), (stages.GRPO.name, "rl"))
                for names in [mains.get(stage)] if names}
     ev = evidence(roles, cfg.margin, cfg.long_ratio, paper=paper,
-                  counts=piv.counts if piv else None, two_stage=two_stage,
+                  counts=piv.counts if piv else None, words=piv.words if piv else None,
+                  two_stage=two_stage,
                   answers=role_answers(run, roles),
                   weights=weights if "relative_distance" in weights else None,
                   rl_runs=rl_runs, rl_curves=rl_curves, kl_run=cfg.kl_run, kl_from=kl_from,
