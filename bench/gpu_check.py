@@ -53,7 +53,7 @@ def world_model(out: Path) -> str:
 def engines(out: Path) -> None:
     import pandas as pd
     import torch
-    from synergy import world
+    from synergy import task, world
     from synergy.config import load_profile, profile_section
     from synergy.generation import (
         HFEngine,
@@ -69,7 +69,7 @@ def engines(out: Path) -> None:
     model = world_model(out)
     print(f"[gpu-check] tiny world ready in {time.perf_counter() - t0:.0f} s: {model}")
     wcfg = world.config_of(Run(out, RUN))
-    questions = world.questions_frame(world.eval_questions(wcfg))
+    questions = task.questions_frame(task.eval_questions(wcfg))
     scfg = StratifyConfig.from_mapping(
         {**profile_section(load_profile(TINY), "stratify", TINY), "output_root": str(out),
          "run_name": RUN}, str(TINY))

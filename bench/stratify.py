@@ -31,7 +31,8 @@ import torch
 from synergy.evaluation import SampleCache, prompt_key, sample_questions
 from synergy.generation import HFEngine, chat_prompt
 from synergy.stratify import StratifyConfig, assign_levels, level_decided
-from synergy.world import WorldConfig, eval_questions
+from synergy.task import eval_questions
+from synergy.world import WorldConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -72,7 +72,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from synergy import world
+    from synergy import task, world
     from synergy.generation import HFEngine, SamplingSpec, chat_prompt
 
     path = args.model or next(iter(sorted(glob.glob(str(ROOT / "outputs/tiny/00_world/model")))
@@ -83,7 +83,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     wcfg = world.WorldConfig.from_profile(args.profile)
-    qs = world.train_questions(wcfg, 64, seed=5)
+    qs = task.train_questions(wcfg, 64, seed=5)
     prompts = [chat_prompt(tok, q.text) for q in qs]
     keys = [q.qid for q in qs]
     engine = HFEngine(model, tok, batch_rows=1024)

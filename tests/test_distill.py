@@ -11,7 +11,7 @@ from conftest import SMOKE
 from synergy import distill
 from synergy.config import ConfigError
 from synergy.verify import format_ok, is_correct
-from synergy.world import random_question, short_trace
+from synergy.task import random_question, short_trace
 
 
 def questions(n=120, seed=0):

@@ -28,7 +28,7 @@ def engine(smoke_engine):
 @pytest.fixture(scope="module")
 def prompts(engine, smoke_world):
     """Three prompts of clearly different lengths (1, 3 and 6 operations)."""
-    from synergy.world import eval_questions
+    from synergy.task import eval_questions
 
     qs = eval_questions(smoke_world[0])
     picks = [next(q for q in qs if q.steps == s) for s in (1, 3, 6)]

@@ -118,12 +118,12 @@ def test_hf_engine_on_an_accelerator_compacts_on_each_tensors_device(random_worl
     mask as soon as one row ended (the first line of bench/gpu_check.py on every GPU).
     Under `SimulatedCuda` the old decoder raises here; the samples must equal a plain CPU
     run's, and rows must really have left the batch early."""
-    from synergy import world
+    from synergy import task
 
     cfg, model, tokenizer = random_world
     engines = [HFEngine(ModelOnAccelerator(model, tokenizer.eos_token_id, simulated), tokenizer)
                for simulated in (False, True)]
-    questions = world.eval_questions(cfg)[:3]
+    questions = task.eval_questions(cfg)[:3]
     prompts = [chat_prompt(tokenizer, q.text) for q in questions]
     keys = [f"q{i}" for i in range(3)]
     spec = SamplingSpec(1.0, 1.0, 0, 24)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synergy import data, stages, trace_sets, world
+from synergy import data, stages, task, trace_sets, world
 from synergy.files import ArtifactError
 from synergy.runs import Run, write_manifest
 from synergy.verify import is_correct
@@ -26,43 +26,43 @@ def image_cfg(root: Path, **changes) -> world.WorldConfig:
 
 
 def test_the_start_is_only_in_the_image():
-    qs = world.eval_questions(image_cfg(ROOT))
-    frame = world.questions_frame(qs, "image")
-    assert all(t.startswith(f"{world.HIDDEN_START} ") and str(q.start) not in t.split()[0]
+    qs = task.eval_questions(image_cfg(ROOT))
+    frame = task.questions_frame(qs, "image")
+    assert all(t.startswith(f"{task.HIDDEN_START} ") and str(q.start) not in t.split()[0]
                for q, t in zip(qs, frame["question"]))
     assert frame["answer"].tolist() == [str(q.answer) for q in qs]
     # Marks: `value` black squares of MARK x MARK pixels; every start looks different.
-    images = [np.asarray(world.start_image(v).convert("L")) for v in range(10)]
-    assert [int((im < 128).sum()) // world.MARK ** 2 for im in images] == list(range(10))
+    images = [np.asarray(task.start_image(v).convert("L")) for v in range(10)]
+    assert [int((im < 128).sum()) // task.MARK ** 2 for im in images] == list(range(10))
     assert len({im.tobytes() for im in images}) == 10
     assert [len(x) for x in frame["images"]] == [1] * len(qs)
     with pytest.raises(ValueError, match="hides its start in an image"):
-        world.parse_question(frame["question"][0])
+        task.parse_question(frame["question"][0])
 
 
 def test_a_model_blind_to_the_image_scores_little():
     """The best image-blind model (Bayes on the generator) against one that reads it (1.0)."""
     for profile in (SMOKE_VLM, ROOT / "params" / "tiny.yaml"):
         cfg = world.WorldConfig.from_profile(profile)
-        qs = world.eval_questions(cfg)
+        qs = task.eval_questions(cfg)
         one_step = [q for q in qs if q.steps == 1]
-        assert world.blind_accuracy(one_step, cfg.max_value) < 0.3
-        assert world.blind_accuracy(qs, cfg.max_value) < 0.6
+        assert task.blind_accuracy(one_step, cfg.max_value) < 0.3
+        assert task.blind_accuracy(qs, cfg.max_value) < 0.6
     # By hand: "? +9" may start anywhere in 0..9; from 0 the generator picks among two
     # operators (no "-"), from 1..9 among three, so 0 is likeliest: (1/18) / (1/18 + 9/27).
-    q = world.Question(3, (("+", 9),))
-    assert world.blind_accuracy([q], 19) == pytest.approx(1 / 7)
+    q = task.Question(3, (("+", 9),))
+    assert task.blind_accuracy([q], 19) == pytest.approx(1 / 7)
 
 
 def test_task_files_load_through_the_real_loaders(tmp_path):
     cfg = image_cfg(tmp_path)
     files = world.write_task_files(cfg, tmp_path / "task")
-    evals = world.eval_questions(cfg)
+    evals = task.eval_questions(cfg)
 
     bench, _, skipped = data.load_named_benchmark("mathvision", files["mathvision"])
     assert len(bench) == len(evals) and skipped.empty
     assert bench["answer"].tolist() == [str(q.answer) for q in evals]
-    assert bench["question"].tolist() == [world.image_text(q) for q in evals]
+    assert bench["question"].tolist() == [task.image_text(q) for q in evals]
     assert all(Path(x[0]).name == f"start-{q.start}.png" and Path(x[0]).is_file()
                for x, q in zip(bench["images"], evals))
 
@@ -116,10 +116,10 @@ def test_image_base_trains_and_saves_a_vision_language_model(tmp_path):
     assert not reused and models.is_vision_language(path / "model")
     model, processor = models.load(path / "model")
     assert hasattr(processor, "image_processor") and processor.image_token_id is not None
-    q = world.eval_questions(cfg)[0]
-    batch = world.training_batch(cfg, processor, [q], [world.direct_answer(q)])
+    q = task.eval_questions(cfg)[0]
+    batch = world.training_batch(cfg, processor, [q], [task.direct_answer(q)])
     assert (batch["input_ids"] == processor.image_token_id).sum() == 4  # 56 x 56 pixels
     labelled = batch["labels"][0][batch["labels"][0] != -100]
-    assert processor.tokenizer.decode(labelled) == world.direct_answer(q) + world.IM_END
+    assert processor.tokenizer.decode(labelled) == task.direct_answer(q) + world.IM_END
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)

@@ -92,7 +92,7 @@ def test_judge_rules_the_undecided_answers_and_reports_agreement(judge_server, t
 @pytest.fixture
 def teacher_server():
     """A reasoning teacher: thinking apart from the answer, right on even seeds."""
-    from synergy.world import parse_question
+    from synergy.task import parse_question
 
     def reply(body):
         question = body["messages"][-1]["content"]

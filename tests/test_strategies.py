@@ -332,14 +332,14 @@ def strategy_trainer(model_dir, out, plan, max_steps=1, images=None):
     gated), with an image each when `images` is given (a VLM)."""
     import random
 
-    from synergy import distill, models, world
+    from synergy import distill, models, task
     from trl import GRPOConfig
 
     processing = models.load_processing(model_dir)
     rng = random.Random(0)
     qs = pd.DataFrame({"qid": ["a", "b"], "question": ["3 +4", "9 -2 *2 +3"],
                        "answer": ["7", "17"]})
-    qs["expert"] = [distill.careful_trace(world.parse_question(q), rng) for q in qs["question"]]
+    qs["expert"] = [distill.careful_trace(task.parse_question(q), rng) for q in qs["question"]]
     if images is not None:
         qs["images"] = [images, images]
     args = GRPOConfig(output_dir=str(out), per_device_train_batch_size=8, num_generations=4,

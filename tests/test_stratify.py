@@ -81,7 +81,7 @@ def engine(smoke_engine):
 
 @pytest.fixture(scope="module")
 def questions(smoke_world):
-    from synergy.world import eval_questions, questions_frame
+    from synergy.task import eval_questions, questions_frame
 
     return questions_frame(eval_questions(smoke_world[0]))
 
@@ -272,7 +272,7 @@ COLUMNS = ["qid", "question", "answer", "steps", "samples", "correct", "lengths"
 
 
 def test_levels_artifact(smoke_root, smoke_world):
-    from synergy.world import eval_questions
+    from synergy.task import eval_questions
 
     df = stratify.load(str(smoke_root), "smoke").levels
     assert set(COLUMNS) <= set(df.columns)

@@ -17,7 +17,7 @@ import yaml
 vllm = pytest.importorskip("vllm")
 
 from conftest import ROOT, SMOKE, run_stages  # noqa: E402
-from synergy import generation, world  # noqa: E402
+from synergy import generation, task, world  # noqa: E402
 from synergy.generation import HFEngine, SamplingSpec, VLLMEngine, engine_arguments  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -86,7 +86,7 @@ def world_prompts(engine, text_world, n: int = 200):
     from synergy.runs import Run
 
     cfg = world.config_of(Run(text_world[1], "vllm32"))
-    qs = world.eval_questions(cfg) + world.train_questions(cfg, n, seed=7)
+    qs = task.eval_questions(cfg) + task.train_questions(cfg, n, seed=7)
     return [generation.chat_prompt(engine.tokenizer, q.text) for q in qs[:n]]
 
 

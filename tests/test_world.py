@@ -10,18 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from synergy import world
-from synergy.world import (
+from synergy import task, world
+from synergy.task import (
     BOXED,
-    IM_END,
     THINK_CLOSE,
     THINK_OPEN,
-    WorldConfig,
     eval_questions,
     parse_question,
     random_question,
     train_questions,
 )
+from synergy.world import IM_END, WorldConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,12 +71,12 @@ def test_questions_stay_in_range_and_answer_left_to_right():
 def test_question_text_and_traces():
     q = parse_question("3 *4 -8 *3")
     assert q.values() == [12, 4, 12] and q.answer == 12
-    assert world.direct_answer(q) == "\\boxed{12}"
-    assert world.short_trace(q) == "<think> 3*4=12. 12-8=4. 4*3=12.</think> \\boxed{12}"
+    assert task.direct_answer(q) == "\\boxed{12}"
+    assert task.short_trace(q) == "<think> 3*4=12. 12-8=4. 4*3=12.</think> \\boxed{12}"
     from synergy.verify import is_correct
 
-    assert is_correct(world.short_trace(q), "12") and is_correct(world.direct_answer(q), "12")
-    assert not is_correct(world.direct_answer(q), "4")
+    assert is_correct(task.short_trace(q), "12") and is_correct(task.direct_answer(q), "12")
+    assert not is_correct(task.direct_answer(q), "4")
 
 
 def test_all_operators_are_used():
@@ -98,7 +97,7 @@ def test_eval_split(cfg):
     assert eval_questions(other) != qs
     # The run's own seed does not move the eval split; eval_seed does.
     assert eval_questions(dataclasses.replace(cfg, seed=99)) == qs
-    frame = world.questions_frame(qs)
+    frame = task.questions_frame(qs)
     assert list(frame.columns) == ["qid", "question", "answer", "steps"]
     assert frame["answer"].tolist() == [str(q.answer) for q in qs]
 
@@ -150,9 +149,9 @@ def tokenizer(cfg, tmp_path_factory):
 
 def test_tokenizer_round_trips_text(tokenizer, cfg):
     q = eval_questions(cfg)[-1]
-    texts = [q.text, world.short_trace(q), world.direct_answer(q), world.REASONING_TEXT,
+    texts = [q.text, task.short_trace(q), task.direct_answer(q), world.REASONING_TEXT,
              "  two  spaces\nand a new line\t tab", "ünïcödé → ∑ 漢字 😀",
-             world.chat_prompt(tokenizer, q.text) + world.short_trace(q) + IM_END]
+             world.chat_prompt(tokenizer, q.text) + task.short_trace(q) + IM_END]
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert tokenizer.decode(ids) == text
@@ -237,7 +236,7 @@ def test_split_batch_has_the_loss_and_gradient_of_the_padded_batch(tokenizer, tm
     cfg = tiny_cfg(tmp_path)
     rng = random.Random(3)
     qs = [random_question(rng, rng.randint(1, 6), cfg.max_value) for _ in range(12)]
-    responses = [world.short_trace(q) if i % 4 == 0 else world.direct_answer(q)
+    responses = [task.short_trace(q) if i % 4 == 0 else task.direct_answer(q)
                  for i, q in enumerate(qs)]
     batch = world.training_batch(cfg, tokenizer, qs, responses)
     lengths = batch["attention_mask"].sum(-1).tolist()

@@ -27,7 +27,7 @@ from typing import Any, Callable, NamedTuple
 
 import pandas as pd
 
-from synergy import stages, world
+from synergy import stages, task, world
 from synergy.files import ArtifactError
 from synergy.sources import read_source, read_table
 from synergy.vlm import image_problem
@@ -64,7 +64,7 @@ def load_benchmark(benchmark: str, run, max_skipped_share: float = 0.02,
     the image world's file of that schema (`world_source`)."""
     if benchmark == WORLD:
         cfg = world.config_of(run)
-        return Loaded(world.questions_frame(world.eval_questions(cfg), cfg.kind),
+        return Loaded(task.questions_frame(task.eval_questions(cfg), cfg.kind),
                       cfg.world_id(), no_skips())
     name, sep, rest = benchmark.partition(":")
     if sep and name.lower() in NORMALIZERS:

@@ -37,14 +37,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from synergy import data, generation, judge, stages, stratify, trace_sets, world
+from synergy import data, generation, judge, stages, stratify, task, trace_sets, world
 from synergy.config import StageConfig
 from synergy.evaluation import sample_table, to_dataset
 from synergy.files import load_dataset_dir, save_dataset, write_text
 from synergy.generation import SamplingSpec, VllmDtype, engine_for, user_text
 from synergy.runs import Run, StageResult, stage_run
 from synergy.verify import format_ok, is_correct
-from synergy.world import (
+from synergy.task import (
     BOXED,
     THINK_CLOSE,
     THINK_OPEN,
@@ -226,8 +226,8 @@ def question_pool(cfg: DistillConfig, run) -> tuple[pd.DataFrame, str]:
     if cfg.train_questions == data.WORLD:
         wcfg = world.config_of(run)
         # Offset seed: the base trained on seed-driven questions; these are a fresh draw.
-        qs = world.train_questions(wcfg, cfg.n_questions, seed=cfg.seed + 7919)
-        pool = world.questions_frame(qs, wcfg.kind).drop_duplicates("qid").reset_index(drop=True)
+        qs = task.train_questions(wcfg, cfg.n_questions, seed=cfg.seed + 7919)
+        pool = task.questions_frame(qs, wcfg.kind).drop_duplicates("qid").reset_index(drop=True)
         return pool, f"{wcfg.world_id()}:train:{cfg.seed + 7919}:{cfg.n_questions}"
     return data.load_table(cfg.train_questions), f"file:{Path(cfg.train_questions).resolve()}"
 

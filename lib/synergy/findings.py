@@ -26,7 +26,7 @@ from synergy.report_roles import (CONTROL_ROLE, FILTERED, LEVELS, MERGE_PATTERN,
                                   is_strategy, paper_results, wide)
 from synergy.stats import Difference, paired_difference
 from synergy.strategies import CONTROL
-from synergy.world import THINK_OPEN
+from synergy.task import THINK_OPEN
 
 # --- the checklist: one function per finding of paper_results.yaml -----------------------
 

@@ -35,7 +35,7 @@ import pandas as pd
 
 from synergy import (
     data, evaluation, generation, grpo_trainer, models, models as registry, reuse, stages,
-    stratify, trace_sets, training, world,
+    stratify, task, trace_sets, training, world,
 )
 from synergy.config import ConfigError
 from synergy.evaluation import (
@@ -184,8 +184,8 @@ def training_questions(cfg: GRPOStageConfig, run) -> tuple[pd.DataFrame, str]:
     if cfg.train_source == data.WORLD:
         world_cfg = world.config_of(run)
         # A seed of its own, so these are not the questions the base was trained on first.
-        qs = world.train_questions(world_cfg, cfg.n_train_questions, seed=cfg.seed + 4004)
-        return (world.questions_frame(qs, world_cfg.kind),
+        qs = task.train_questions(world_cfg, cfg.n_train_questions, seed=cfg.seed + 4004)
+        return (task.questions_frame(qs, world_cfg.kind),
                 f"{world_cfg.world_id()}:train:{cfg.seed + 4004}")
     source = cfg.train_source.partition(":")[2]  # "world": the image world's MM-Eureka file
     rows = trace_sets.load_mm_eureka(data.world_source(source, run, "mm_eureka")).table
