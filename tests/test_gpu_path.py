@@ -307,7 +307,7 @@ def test_sft_frees_its_trainer_before_the_checkpoints_are_evaluated(monkeypatch,
     process while the trainer (and the previous engine) still held the GPU."""
     import pandas as pd
 
-    from synergy import generation, sft, training
+    from synergy import generation, sft, sft_trainer, training
 
     events = []
 
@@ -330,7 +330,7 @@ def test_sft_frees_its_trainer_before_the_checkpoints_are_evaluated(monkeypatch,
         def close(self):
             events.append(f"close {Path(self.path).name}")
 
-    monkeypatch.setattr(sft, "train", lambda *a, **k: (Trainer(), types.SimpleNamespace(
+    monkeypatch.setattr(sft_trainer, "train", lambda *a, **k: (Trainer(), types.SimpleNamespace(
         global_step=3, training_loss=1.0)))
     monkeypatch.setattr(training, "release", lambda trainer: events.append("release"))
     monkeypatch.setattr(training, "mark_trained", lambda run_dir, record: record)

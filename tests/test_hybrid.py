@@ -246,7 +246,7 @@ def test_grpo_budget_matches_trls_token_count_and_survives_a_resume(smoke_world,
 
 @pytest.mark.slow
 def test_sft_budget_counts_the_assistant_tokens_it_trains_on(smoke_world, tmp_path, one_thread):
-    from synergy import models, sft
+    from synergy import models, sft_trainer
     from trl import SFTConfig
 
     _, processing = models.load(smoke_world[1])
@@ -259,7 +259,7 @@ def test_sft_budget_counts_the_assistant_tokens_it_trains_on(smoke_world, tmp_pa
                      learning_rate=1e-4, assistant_only_loss=True, bf16=False, fp16=False,
                      report_to="none", save_strategy="steps", save_steps=1, seed=0,
                      data_seed=0, dataloader_num_workers=0, max_length=128)
-    trainer, _ = sft.train(smoke_world[1], rows, args, tmp_path / "run", progress=False)
+    trainer, _ = sft_trainer.train(smoke_world[1], rows, args, tmp_path / "run", progress=False)
     expected = sum(sum(tok.apply_chat_template(m, tokenize=True, return_dict=True,
                                                return_assistant_tokens_mask=True)
                        ["assistant_masks"]) for m in rows["messages"])

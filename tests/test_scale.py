@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, SMOKE
-from synergy import grpo, grpo_trainer, sft, stages, training
+from synergy import grpo, grpo_trainer, sft, sft_trainer, stages, training
 from synergy.config import ConfigError, load_profile, profile_section
 from synergy.training import read_jsonl
 
@@ -152,10 +152,10 @@ def smoke(section, cls, **over):
 
 def test_global_batch_is_split_over_the_processes():
     cfg = smoke("sft", sft.SftConfig, batch_size=8, grad_accum=2)
-    assert sft.training_args(cfg, 16, num_processes=1).per_device_train_batch_size == 4
-    assert sft.training_args(cfg, 16, num_processes=2).per_device_train_batch_size == 2
+    assert sft_trainer.training_args(cfg, 16, num_processes=1).per_device_train_batch_size == 4
+    assert sft_trainer.training_args(cfg, 16, num_processes=2).per_device_train_batch_size == 2
     with pytest.raises(ValueError, match="does not split"):
-        sft.training_args(cfg, 16, num_processes=3)
+        sft_trainer.training_args(cfg, 16, num_processes=3)
     with pytest.raises(ConfigError, match="sft.batch_size"):
         smoke("sft", sft.SftConfig, batch_size=8, grad_accum=2, num_processes=3)
     g = smoke("grpo", grpo.GRPOStageConfig)
@@ -168,7 +168,7 @@ def test_global_batch_is_split_over_the_processes():
 
 
 def test_ddp_timeout_reaches_the_trainers():
-    assert sft.training_args(smoke("sft", sft.SftConfig), 16, num_processes=1).ddp_timeout \
+    assert sft_trainer.training_args(smoke("sft", sft.SftConfig), 16, num_processes=1).ddp_timeout \
         == 1800
     paper = grpo.GRPOStageConfig.from_profile(ROOT / "params" / "paper.yaml")
     assert paper.ddp_timeout_s == 10800

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SMOKE
-from synergy import sft
+from synergy import sft, sft_trainer
 from synergy.config import load_profile, profile_section
 
 
@@ -83,11 +83,11 @@ def test_one_sft_step_changes_weights_and_masks_only_the_assistant(smoke_world, 
 
     cfg = smoke_cfg(tmp_path, max_steps=1, batch_size=4, grad_accum=1, lr=1e-2)
     train = smoke_traces[smoke_traces["teacher"] == "careful"].head(8)
-    args = sft.training_args(cfg, len(train))
+    args = sft_trainer.training_args(cfg, len(train))
     assert (args.learning_rate, args.max_steps, args.assistant_only_loss) == (1e-2, 1, True)
     before = {n: p.detach().clone()
               for n, p in models.load(smoke_world[1])[0].named_parameters()}
-    trainer, result = sft.train(smoke_world[1], train, args, tmp_path / "run", key="k",
+    trainer, result = sft_trainer.train(smoke_world[1], train, args, tmp_path / "run", key="k",
                                 progress=False)
     assert math.isfinite(result.training_loss) and result.training_loss > 0
     changed = [n for n, p in trainer.model.named_parameters()
@@ -125,19 +125,19 @@ def test_interrupted_sft_resumes_from_its_last_checkpoint(smoke_world, smoke_tra
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        sft.train(smoke_world[1], rows, sft.training_args(cfg, len(rows)), tmp_path / "run",
+        sft_trainer.train(smoke_world[1], rows, sft_trainer.training_args(cfg, len(rows)), tmp_path / "run",
                   key="k", progress=False, callbacks=[Interrupt()])
     ckpts = training.checkpoints(tmp_path / "run")
     assert [c.name for c in ckpts] == ["checkpoint-1", "checkpoint-2"]
     assert (ckpts[-1] / "optimizer.pt").exists() and not (ckpts[0] / "optimizer.pt").exists()
-    trainer, result = sft.train(smoke_world[1], rows, sft.training_args(cfg, len(rows)),
+    trainer, result = sft_trainer.train(smoke_world[1], rows, sft_trainer.training_args(cfg, len(rows)),
                                 tmp_path / "run", key="k", progress=False)
     assert result.global_step == 4 and trainer.state.global_step == 4
     steps = [r["step"] for r in training.read_jsonl(tmp_path / "run" / "log.jsonl")
              if "loss" in r]
     assert steps == sorted(set(steps)) and max(steps) == 4  # step 2's log kept once
     # Another key never resumes from these checkpoints.
-    sft.train(smoke_world[1], rows, sft.training_args(cfg, len(rows)), tmp_path / "run",
+    sft_trainer.train(smoke_world[1], rows, sft_trainer.training_args(cfg, len(rows)), tmp_path / "run",
               key="other", progress=False)
     assert training.read_json(tmp_path / "run" / "key.json")["key"] == "other"
 
@@ -162,7 +162,7 @@ def tiny_vlm():
 def vlm_step(model, freeze: bool):
     import torch
 
-    frozen = sft.freeze_vision(model) if freeze else []
+    frozen = sft_trainer.freeze_vision(model) if freeze else []
     torch.manual_seed(0)
     grid = torch.tensor([[1, 4, 4]])  # one image: 1 x 4 x 4 patches -> 4 merged tokens
     pixels = torch.randn(16, 3 * 2 * 14 * 14)

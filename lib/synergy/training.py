@@ -2,7 +2,7 @@
 checkpoint, the JSONL training log, saving the final model atomically, and running on one
 process or many.
 
-SFT (`sft.train`), GRPO (`grpo_trainer.train`) and the combination strategies all train through
+SFT (`sft_trainer.train`), GRPO (`grpo_trainer.train`) and the combination strategies all train through
 these, so a run interrupted anywhere resumes the same way and logs the same way.
 
 Several processes (`accelerate launch -m synergy train <stage>`, or `launch` from a

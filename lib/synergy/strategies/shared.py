@@ -1,6 +1,6 @@
 """What the families share: the training questions and their datasets, samples of a model,
 each model's reuse key, and the two ways a model of this stage trains (GRPO through
-`grpo_trainer.train`, SFT through `sft.train`), each reused when its content key is unchanged.
+`grpo_trainer.train`, SFT through `sft_trainer.train`), each reused when its content key is unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synergy import grpo, grpo_trainer, reuse, sft, stages, training
+from synergy import grpo, grpo_trainer, reuse, sft, sft_trainer, stages, training
 from synergy.evaluation import SamplingSpec, sample_table
 from synergy.files import content_hash
 from synergy.generation import engine_for, user_text
@@ -209,10 +209,10 @@ def train_sft(spec: Spec, cfg: StrategiesConfig, start: str, rows: pd.DataFrame,
     if done:
         return {**done, "model_path": str(final.resolve()), "reused": True}
     t0 = time.perf_counter()
-    trainer, result = sft.train(start, rows, args or sft_args(cfg, len(rows)), run_dir,
+    trainer, result = sft_trainer.train(start, rows, args or sft_args(cfg, len(rows)), run_dir,
                                 key=key, progress=progress, backend=infra["trainer_backend"],
                                 freeze_visual=infra["freeze_vision"],
-                                peft=sft.peft_config(SimpleNamespace(**infra)))
+                                peft=sft_trainer.peft_config(SimpleNamespace(**infra)))
     training.save_model(trainer, trainer.processing_class, final)
     record = {"key": key, "label": spec.name, "family": spec.family, "trainer": "sft",
               "start": spec.start, "rows": len(rows), "steps": int(result.global_step),
