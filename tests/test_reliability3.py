@@ -30,7 +30,7 @@ from conftest import ROOT, SMOKE
 from fake_openai import FakeOpenAI
 from PIL import Image
 from synergy import __main__ as cli
-from synergy import data, files, judge, pipeline, runs, stages
+from synergy import data, files, judge, pipeline, row_rules, runs, stages
 from synergy.config import ConfigError
 from synergy.files import ArtifactError
 
@@ -537,7 +537,7 @@ def benchmark(tmp_path: Path, bad: dict | None = None, n: int = 60) -> Path:
     return path
 
 
-def image_row(make, reason: str, limits=data.Limits()):
+def image_row(make, reason: str, limits=row_rules.Limits()):
     """One bad image in 60 rows (1.7%, under the 2% rule): the row is skipped, named with
     the file and the reason; the others load."""
     def case(tmp_path, capsys):
@@ -605,11 +605,11 @@ def too_many_bad_rows_fail_naming_them(tmp_path, capsys):
 def limits_are_profile_keys(tmp_path, capsys):
     """The stratify keys reach the loader (a tighter question limit skips more)."""
     cfg = stages.STRATIFY.config.from_profile(SMOKE)
-    assert (cfg.max_question_chars, cfg.max_image_pixels) == (data.Limits().question_chars,
-                                                              data.Limits().image_pixels)
+    assert (cfg.max_question_chars, cfg.max_image_pixels) == (row_rules.Limits().question_chars,
+                                                              row_rules.Limits().image_pixels)
     path = benchmark(tmp_path)
     table, _, skipped = data.load_named_benchmark("mathvision", path, max_skipped_share=1.0,
-                                                  limits=data.Limits(question_chars=16))
+                                                  limits=row_rules.Limits(question_chars=16))
     assert len(skipped) == 50 and set(table["qid"]) == {str(i) for i in range(10)}
     with pytest.raises(ConfigError, match="stratify.max_image_pixels: must be >= 1"):
         stages.STRATIFY.config.from_mapping({**cfg.to_dict(), "max_image_pixels": 0,
@@ -660,7 +660,7 @@ CASES = {
         endpoint(lambda body: {"content": "ok", "sleep": 0.7}, _progress_while_waiting)],
     "bounded_inputs": [
         image_row(_bomb, "3000x3000 = 9,000,000 pixels, above max_image_pixels=1,000,000",
-                  data.Limits(image_pixels=1_000_000)),
+                  row_rules.Limits(image_pixels=1_000_000)),
         image_row(_pil_bomb, "decompression bomb"),
         image_row(_zero, "empty file (0 bytes)"),
         image_row(_truncated, "unreadable (image file is truncated"),

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from synergy import data, stages
+from synergy import data, row_rules, stages
 from synergy.config import StageConfig
 from synergy.evaluation import sample_table, save_audit, to_dataset
 from synergy.files import load_dataset_dir, save_dataset, write_text
@@ -191,7 +191,7 @@ def run(cfg: StratifyConfig, progress: bool = True) -> StratifyResult:
         model = ctx.model(cfg.model, "model", lengths={"max_new_tokens": cfg.max_new_tokens})
         questions, ctx.upstream["benchmark"], skipped = data.load_benchmark(
             cfg.benchmark, ctx.run, cfg.max_skipped_share,
-            data.Limits(cfg.max_question_chars, cfg.max_image_pixels))
+            row_rules.Limits(cfg.max_question_chars, cfg.max_image_pixels))
         write_text(ctx.dir / "skipped_rows.csv", skipped.to_csv(index=False))
         engine = engine_for(cfg, model.path)
         df = level_questions(engine, model.path, questions, cfg, ctx.dir / "cache", progress)

@@ -2,8 +2,8 @@
 (MM-Eureka), as chat rows.
 
 Rows: qid, question, answer, messages (the user turn, plus the assistant's trace), images,
-source. Bad rows are skipped and reported as for benchmarks (`data.Loaded`), by the same
-shared rules (`data.good_rows`, `data.within_limits`, `data.check_skipped`).
+source. Bad rows are skipped and reported as for benchmarks (`row_rules.Loaded`), by the same
+shared rules (`row_rules.good_rows`, `row_rules.within_limits`, `row_rules.check_skipped`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from synergy import data, sources
+from synergy import row_rules, sources
 from synergy.files import ArtifactError
 
 _THINK = re.compile(r"<think>.*?\S.*?</think>", re.DOTALL)  # a non-empty trace
@@ -32,17 +32,17 @@ def _trace(thinking: str, attempt: str) -> str:
 
 def _trace_set(raw: pd.DataFrame, name: str, qids: list[str | None],
                make_row: Callable[[pd.Series, str], dict], source_id: str,
-               source: str | Path, max_skipped_share: float) -> data.Loaded:
-    rows, skipped = data.good_rows(raw, name, qids, make_row)
+               source: str | Path, max_skipped_share: float) -> row_rules.Loaded:
+    rows, skipped = row_rules.good_rows(raw, name, qids, make_row)
     table = pd.DataFrame(rows, columns=["qid", "question", "answer", "messages", "images",
                                         "source"])
-    table, skipped = data.within_limits(table, skipped, name, data.Limits())
-    data.check_skipped(name, table, skipped, len(raw), source, max_skipped_share)
-    return data.Loaded(table, source_id, skipped)
+    table, skipped = row_rules.within_limits(table, skipped, name, row_rules.Limits())
+    row_rules.check_skipped(name, table, skipped, len(raw), source, max_skipped_share)
+    return row_rules.Loaded(table, source_id, skipped)
 
 
 def load_s1(source: str | Path, teacher: str = "deepseek", split: str = "train",
-            prompt_suffix: str | None = None, *, max_skipped_share: float = 0.02) -> data.Loaded:
+            prompt_suffix: str | None = None, *, max_skipped_share: float = 0.02) -> row_rules.Loaded:
     """s1K-1.1 (teacher "deepseek" or "gemini") or s1K (Gemini only) as chat-format SFT rows.
 
     `answer` is the set's `solution` (a reference solution, not always a short answer).
@@ -50,7 +50,7 @@ def load_s1(source: str | Path, teacher: str = "deepseek", split: str = "train",
     """
     raw, _, source_id = sources.read_source(source, split)
     if "thinking_trajectories" in raw.columns:
-        data.require_columns(raw, ("question", "solution", "attempt"), "s1K")
+        row_rules.require_columns(raw, ("question", "solution", "attempt"), "s1K")
         if teacher != "gemini":
             raise ArtifactError(f"s1K holds Gemini traces only; teacher '{teacher}' needs s1K-1.1")
         tag, thinking_col, attempt_col = "s1K", "thinking_trajectories", "attempt"
@@ -58,19 +58,19 @@ def load_s1(source: str | Path, teacher: str = "deepseek", split: str = "train",
         if teacher not in ("deepseek", "gemini"):
             raise ArtifactError(f"teacher must be 'deepseek' or 'gemini', not '{teacher}'")
         thinking_col, attempt_col = f"{teacher}_thinking_trajectory", f"{teacher}_attempt"
-        data.require_columns(raw, ("question", "solution", thinking_col, attempt_col), "s1K-1.1")
+        row_rules.require_columns(raw, ("question", "solution", thinking_col, attempt_col), "s1K-1.1")
         tag = "s1K-1.1"
 
     def row(r: pd.Series, qid: str) -> dict:
         thinking = r[thinking_col]
         if thinking_col == "thinking_trajectories":
-            if data.is_missing(thinking) or len(thinking) != 1:
-                raise data.BadRow("expected one thinking trajectory")
+            if row_rules.is_missing(thinking) or len(thinking) != 1:
+                raise row_rules.BadRow("expected one thinking trajectory")
             thinking = thinking[0]
-        if data.is_missing(thinking) or data.is_missing(r[attempt_col]):
-            raise data.BadRow(f"no {teacher} trace")
-        question = data.question_text(r["question"])
-        return {"qid": qid, "question": question, "answer": data.answer_text(r["solution"]),
+        if row_rules.is_missing(thinking) or row_rules.is_missing(r[attempt_col]):
+            raise row_rules.BadRow(f"no {teacher} trace")
+        question = row_rules.question_text(r["question"])
+        return {"qid": qid, "question": question, "answer": row_rules.answer_text(r["solution"]),
                 "messages": [{"role": "user", "content": _user_text(question, prompt_suffix)},
                              {"role": "assistant",
                               "content": _trace(str(thinking), str(r[attempt_col]))}],
@@ -89,16 +89,16 @@ def _image_ref(part: dict) -> str | None:
 def _turns(r: pd.Series) -> list[dict]:
     """The chat turns of a row: `message` (a JSON string, MM-Eureka) or `messages` (a list)."""
     value = r.get("message")
-    if data.is_missing(value):
+    if row_rules.is_missing(value):
         value = r.get("messages")
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError as exc:
-            raise data.BadRow(f"`message` is not JSON ({exc})") from exc
-    if (data.is_missing(value) or isinstance(value, dict)
+            raise row_rules.BadRow(f"`message` is not JSON ({exc})") from exc
+    if (row_rules.is_missing(value) or isinstance(value, dict)
             or not all(isinstance(t, dict) for t in value)):
-        raise data.BadRow("no chat turns")
+        raise row_rules.BadRow("no chat turns")
     return list(value)
 
 
@@ -106,7 +106,7 @@ def _parts(content: Any) -> list[dict]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if content is None or isinstance(content, dict):
-        raise data.BadRow(f"turn content {content!r} is neither text nor a list of parts")
+        raise row_rules.BadRow(f"turn content {content!r} is neither text nor a list of parts")
     return [p for p in content if isinstance(p, dict)]
 
 
@@ -114,19 +114,19 @@ def _user_turn(turns: list[dict], r: pd.Series, base: Path | None) -> tuple[str,
     """(question text, images) of the one user turn; images `file://...` resolve from `base`."""
     users = [t for t in turns if t.get("role") == "user"]
     if len(users) != 1:
-        raise data.BadRow(f"expected one user turn, found {len(users)}")
+        raise row_rules.BadRow(f"expected one user turn, found {len(users)}")
     parts = _parts(users[0].get("content"))
     question = "\n".join(str(p.get("text", "")) for p in parts if p.get("type") == "text").strip()
     if not question:
-        raise data.BadRow("no question text")
+        raise row_rules.BadRow("no question text")
     refs = [_image_ref(p) for p in parts if p.get("type") in ("image", "image_url")]
     if any(ref is None for ref in refs):
         # TRL's layout: {"type": "image"} placeholders, the images in an `images` column.
-        stored = [] if data.is_missing(r.get("images")) else list(r["images"])
+        stored = [] if row_rules.is_missing(r.get("images")) else list(r["images"])
         if len(stored) != len(refs):
-            raise data.BadRow(f"{len(refs)} image placeholder(s) but {len(stored)} stored image(s)")
-        return question, [data.resolve_image(v, base) for v in stored]
-    return question, [data.resolve_image(ref, base) for ref in refs]
+            raise row_rules.BadRow(f"{len(refs)} image placeholder(s) but {len(stored)} stored image(s)")
+        return question, [row_rules.resolve_image(v, base) for v in stored]
+    return question, [row_rules.resolve_image(ref, base) for ref in refs]
 
 
 def content_id(r: pd.Series, prefix: str) -> str | None:
@@ -136,14 +136,14 @@ def content_id(r: pd.Series, prefix: str) -> str | None:
     try:
         users = [t for t in _turns(r) if t.get("role") == "user"]
         parts = _parts(users[0].get("content")) if len(users) == 1 else []
-    except data.BadRow:
+    except row_rules.BadRow:
         return None
     text = "\n".join(str(p.get("text", "")) for p in parts if p.get("type") == "text").strip()
     if not text:
         return None
     refs = [_image_ref(p) for p in parts if p.get("type") in ("image", "image_url")]
     if any(ref is None for ref in refs):
-        refs = [_image_key(v) for v in ([] if data.is_missing(r.get("images"))
+        refs = [_image_key(v) for v in ([] if row_rules.is_missing(r.get("images"))
                                         else r["images"])]
     digest = hashlib.sha256(json.dumps([text, refs], default=str).encode("utf-8")).hexdigest()
     return f"{prefix}-{digest[:16]}"
@@ -165,14 +165,14 @@ def _text_of(content: Any) -> str:
 
 
 def load_mm_eureka(source: str | Path, prompt_suffix: str | None = None, split: str = "train",
-                   *, max_skipped_share: float = 0.02) -> data.Loaded:
+                   *, max_skipped_share: float = 0.02) -> row_rules.Loaded:
     """MM-Eureka queries (no trace: `messages` is the user turn, plus an assistant turn only
     if the row has one). Image paths `file://...` resolve relative to the file's folder; the
     published rows' absolute paths (the builder's machine) are found there by their trailing
-    parts (`data.resolve_image`)."""
+    parts (`row_rules.resolve_image`)."""
     raw, base, source_id = sources.read_source(source, split)
-    data.require_columns(raw, ("id", "answer"), str(source))
-    data.require_one_of(raw, ("message", "messages"), str(source))
+    row_rules.require_columns(raw, ("id", "answer"), str(source))
+    row_rules.require_one_of(raw, ("message", "messages"), str(source))
 
     def row(r: pd.Series, qid: str) -> dict:
         turns = _turns(r)
@@ -180,16 +180,16 @@ def load_mm_eureka(source: str | Path, prompt_suffix: str | None = None, split: 
         messages = [{"role": "user", "content": _user_text(question, prompt_suffix)}]
         messages += [{"role": "assistant", "content": _text_of(t.get("content"))}
                      for t in turns if t.get("role") == "assistant"]
-        return {"qid": qid, "question": question, "answer": data.answer_text(r["answer"]),
+        return {"qid": qid, "question": question, "answer": row_rules.answer_text(r["answer"]),
                 "messages": messages, "images": images, "source": "mm-eureka"}
 
     raw = raw.reset_index(drop=True)
-    return _trace_set(raw, "mm-eureka", data.row_ids(raw["id"]), row, source_id, source,
+    return _trace_set(raw, "mm-eureka", row_rules.row_ids(raw["id"]), row, source_id, source,
                       max_skipped_share)
 
 
 def load_eureka_distill(source: str | Path, prompt_suffix: str | None = None,
-                        split: str = "train", *, max_skipped_share: float = 0.02) -> data.Loaded:
+                        split: str = "train", *, max_skipped_share: float = 0.02) -> row_rules.Loaded:
     """Eureka-Distill-style SFT traces (`JierunChen/Eureka-Distill`; its schema is not
     documented): chat rows as MM-Eureka's (`message` JSON string or `messages` list; user
     text + `file://` images; `answer`), each with exactly one assistant turn holding a
@@ -198,24 +198,24 @@ def load_eureka_distill(source: str | Path, prompt_suffix: str | None = None,
     a question with the same images share it, and the first is kept. System turns are not
     carried (the stages add their own prompt suffix)."""
     raw, base, source_id = sources.read_source(source, split)
-    data.require_columns(raw, ("answer",), str(source))
-    data.require_one_of(raw, ("message", "messages"), str(source))
+    row_rules.require_columns(raw, ("answer",), str(source))
+    row_rules.require_one_of(raw, ("message", "messages"), str(source))
 
     def row(r: pd.Series, qid: str) -> dict:
         turns = _turns(r)
         question, images = _user_turn(turns, r, base)
         replies = [_text_of(t.get("content")) for t in turns if t.get("role") == "assistant"]
         if len(replies) != 1:
-            raise data.BadRow(f"expected one assistant turn, found {len(replies)}")
+            raise row_rules.BadRow(f"expected one assistant turn, found {len(replies)}")
         if not _THINK.search(replies[0]):
-            raise data.BadRow("the assistant turn has no <think> ... </think> trace")
-        return {"qid": qid, "question": question, "answer": data.answer_text(r["answer"]),
+            raise row_rules.BadRow("the assistant turn has no <think> ... </think> trace")
+        return {"qid": qid, "question": question, "answer": row_rules.answer_text(r["answer"]),
                 "messages": [{"role": "user", "content": _user_text(question, prompt_suffix)},
                              {"role": "assistant", "content": replies[0]}],
                 "images": images, "source": "eureka-distill"}
 
     raw = raw.reset_index(drop=True)
-    given = data.row_ids(raw["id"]) if "id" in raw.columns else [None] * len(raw)
+    given = row_rules.row_ids(raw["id"]) if "id" in raw.columns else [None] * len(raw)
     qids = [qid or content_id(r, "eureka-distill") or f"eureka-distill-row-{i}"
             for i, (qid, (_, r)) in enumerate(zip(given, raw.iterrows()))]
     return _trace_set(raw, "eureka-distill", qids, row, source_id, source, max_skipped_share)
