@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from synergy import task, world
+from synergy.config import load_profile, profile_section
 from synergy.task import (
     BOXED,
     THINK_CLOSE,
@@ -288,3 +290,29 @@ def test_ensure_world_reuses_identical_params_and_retrains_otherwise(tmp_path, m
 
     engine = HFEngine.from_path(other / "model", device="cpu")  # loads like any saved model
     assert engine.model.config.hidden_size == 16
+
+
+# --- bench/world_candidates.py: a candidate world is the profile with world keys changed --
+
+def test_world_candidates_change_only_the_world_and_name_the_run_by_its_changes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "world_candidates", ROOT / "bench" / "world_candidates.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    profile = load_profile(ROOT / "params" / "tiny.yaml")
+    changes = bench.parse_set("long_fraction=0.06,max_steps=8")
+    assert changes == {"long_fraction": 0.06, "max_steps": 8}
+    name, candidate = bench.candidate_profile(profile, changes, "world")
+    assert name == "world-long_fraction0.06-max_steps8"
+    assert candidate["run"]["run_name"] == name and profile["run"]["run_name"] == "tiny"
+    assert candidate["world"] == {**profile["world"], "long_fraction": 0.06, "max_steps": 8}
+    assert {k: v for k, v in candidate.items() if k not in ("run", "world")} == \
+        {k: v for k, v in profile.items() if k not in ("run", "world")}
+    WorldConfig.from_mapping(profile_section(candidate, "world", "candidate"), "candidate")
+    assert bench.candidate_profile(profile, {}, "world")[0] == "world"
+    with pytest.raises(SystemExit, match=r"unknown world keys \['long_frac'\]"):
+        bench.candidate_profile(profile, {"long_frac": 0.1}, "world")
+    with pytest.raises(SystemExit, match="key=value"):
+        bench.parse_set("long_fraction")
