@@ -123,14 +123,14 @@ def test_scoring_placement(tiny_pair, monkeypatch):
 
 def test_policy_drift_scores_each_policy_against_the_reference(tiny_pair):
     import pandas as pd
-    from synergy import grpo
+    from synergy import grpo_analysis
 
     base, other = map(str, tiny_pair)
     results = {name: pd.DataFrame({"question": ["3 +4", "2 *3"],
                                    "samples": [["\\boxed{7}", "Wait, \\boxed{7}"],
                                                ["<think> 2*3=6.</think> \\boxed{6}"]]})
                for name in ("same", "moved")}
-    drift = grpo.policy_drift(results, {"same": base, "moved": other}, base, batch=2)
+    drift = grpo_analysis.policy_drift(results, {"same": base, "moved": other}, base, batch=2)
     assert drift["model"].tolist() == ["same", "moved"] and (drift["tokens"] > 0).all()
     assert drift["kl_to_init"][0] < 1e-6 < drift["kl_to_init"][1]
     assert (drift["entropy"] > 0).all()

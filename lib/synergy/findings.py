@@ -71,7 +71,7 @@ class Evidence:
     #   per-question results (qid, level, accuracy, samples, lengths): `role_answers`
     weights: pd.DataFrame | None = None     # `weight_distances`: role, relative_distance
     rl_runs: pd.DataFrame | None = None     # 04's runs: label, beta, steps
-    rl_curves: pd.DataFrame | None = None   # `grpo.load_curves` of 04
+    rl_curves: pd.DataFrame | None = None   # `grpo_analysis.load_curves` of 04
     kl_run: str = ""                        # the run holding the KL ablation when this
     #   run's no-KL policy is too short to part from the KL one (report.kl_run)
     kl_from: str = ""                       # rl_runs / rl_curves are that run's ("": this run's)
@@ -498,7 +498,7 @@ def meta_prior(words: pd.DataFrame | None) -> str:
 
 
 def curve_summary(curves: pd.DataFrame, window: int = CURVE_WINDOW) -> dict[str, float]:
-    """One run's training log (`grpo.load_curves` rows of one run): steps logged, reward
+    """One run's training log (`grpo_analysis.load_curves` rows of one run): steps logged, reward
     at the start, at its best and at the end, entropy at the start and end (each a mean
     over `window` logged steps)."""
     c = curves.sort_values("step")

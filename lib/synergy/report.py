@@ -16,7 +16,7 @@ import html
 import numpy as np
 import pandas as pd
 
-from synergy import grpo, merging, models, pivotal, stages, staleness, strategies, stratify
+from synergy import grpo_analysis, merging, models, pivotal, stages, staleness, strategies, stratify
 from synergy.config import ConfigError, StageConfig, run_name_problem
 from synergy.evaluation import load_results
 from synergy.files import ArtifactError, read_json, write_text
@@ -196,13 +196,13 @@ def weight_distances(run: Run) -> pd.DataFrame:
 
 def rl_training(run: Run) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """04's policies as its manifest lists them (label, beta, steps, ...) and their training
-    curves (`grpo.load_curves`); (None, None) before 04 has run."""
+    curves (`grpo_analysis.load_curves`); (None, None) before 04 has run."""
     if not run.has_run(stages.GRPO):
         return None, None
     runs = pd.DataFrame(run.manifest(stages.GRPO).get("runs") or [])
     if runs.empty or "label" not in runs:
         return None, None
-    return runs, grpo.load_curves(run.dir(stages.GRPO), list(runs["label"]))
+    return runs, grpo_analysis.load_curves(run.dir(stages.GRPO), list(runs["label"]))
 
 
 def role_levels(levels: pd.DataFrame,

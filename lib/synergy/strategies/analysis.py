@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synergy.grpo import examples as same_questions
+from synergy.grpo_analysis import examples as same_questions
 from synergy.merging import synergy_check
 from synergy.stats import paired_difference
 from synergy.strategies import two_stage
