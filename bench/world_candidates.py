@@ -45,7 +45,8 @@ def parse_set(text: str) -> dict[str, object]:
     return {key.strip(): yaml.safe_load(value) for key, value in pairs}
 
 
-def candidate_profile(profile: dict, changes: dict[str, object], base_name: str) -> tuple[str, dict]:
+def candidate_profile(profile: dict, changes: dict[str, object],
+                      base_name: str) -> tuple[str, dict]:
     unknown = sorted(set(changes) - set(profile["world"]))
     if unknown:
         raise SystemExit(f"--set: unknown world keys {unknown}; the world's keys: "
@@ -68,18 +69,18 @@ def describe(path: Path, profile: dict) -> dict[str, object]:
         cfg, ["world"], stratify.benchmark_questions(levels.levels),
         stratify.config_of(Run.of(cfg)).prompt_suffix,
         upstream={stages.STRATIFY.name: levels.manifest["artifact_id"]}, progress=True)
-    base = next(iter(results.values()))
     accuracy = evaluation.per_level(results).set_index("level")["accuracy"]
-    answers = base["samples"].explode().astype(str)
-    tokens = int(base["lengths"].explode().astype(int).sum())
-    meta_words = profile["pivotal"]["categories"]["meta"]
-    meta = answers.map(lambda a: sum(pivotal.count_words(a, meta_words).values()))
-    counts = levels.levels["level"].value_counts()
-    return {"levels": "/".join(str(int(counts.get(level, 0))) for level in range(1, 6)),
+    responses = pivotal.responses_frame(results)
+    answers = responses["text"]
+    meta = {"meta": profile["pivotal"]["categories"]["meta"]}
+    counts = pivotal.category_counts(responses, meta)
+    with_meta = answers.map(lambda a: any(pivotal.count_words(a, meta["meta"]).values()))
+    levels_count = levels.levels["level"].value_counts()
+    return {"levels": "/".join(str(int(levels_count.get(level, 0))) for level in range(1, 6)),
             **{f"base {k}": round(100 * v, 1) for k, v in accuracy.items()},
             "opens trace %": round(100 * answers.str.contains(THINK_OPEN, regex=False).mean(), 1),
-            "meta per 1k": round(1000 * meta.sum() / max(tokens, 1), 2),
-            "answers with meta %": round(100 * (meta > 0).mean(), 2),
+            "meta per 1k": round(counts.loc[counts["level"] == "all", "per_1k_tokens"].sum(), 2),
+            "answers with meta %": round(100 * with_meta.mean(), 2),
             "seconds": round(time.perf_counter() - t0)}
 
 

@@ -56,7 +56,7 @@ def no_skips() -> pd.DataFrame:
 
 
 def good_rows(raw: pd.DataFrame, name: str, qids: list[str | None],
-               make_row: Callable[[pd.Series, str], dict]) -> tuple[list[dict], pd.DataFrame]:
+              make_row: Callable[[pd.Series, str], dict]) -> tuple[list[dict], pd.DataFrame]:
     """The rows `make_row(row, qid)` builds, and the skipped ones (it raised BadRow).
 
     A repeated id keeps its first row in file order; the repeats are skipped.
@@ -77,7 +77,7 @@ def good_rows(raw: pd.DataFrame, name: str, qids: list[str | None],
 
 
 def within_limits(table: pd.DataFrame, skipped: pd.DataFrame, name: str, limits: Limits,
-             base: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  base: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows within `limits`, and the skipped ones with those beyond (question length,
     every image's pixels and decoding), each named with its reason."""
     keep, over = [], []
@@ -111,7 +111,7 @@ def row_ids(values: pd.Series) -> list[str | None]:
 
 
 def check_skipped(name: str, table: pd.DataFrame, skipped: pd.DataFrame, total: int,
-                   source: str | Path, max_skipped_share: float) -> None:
+                  source: str | Path, max_skipped_share: float) -> None:
     reasons = "; ".join(f"{q}: {r}" for q, r in zip(skipped["qid"][:5], skipped["reason"][:5]))
     if table.empty:
         raise ArtifactError(f"{source}: no good {name} rows ({len(skipped)} of {total} "

@@ -42,7 +42,8 @@ def _trace_set(raw: pd.DataFrame, name: str, qids: list[str | None],
 
 
 def load_s1(source: str | Path, teacher: str = "deepseek", split: str = "train",
-            prompt_suffix: str | None = None, *, max_skipped_share: float = 0.02) -> row_rules.Loaded:
+            prompt_suffix: str | None = None, *,
+            max_skipped_share: float = 0.02) -> row_rules.Loaded:
     """s1K-1.1 (teacher "deepseek" or "gemini") or s1K (Gemini only) as chat-format SFT rows.
 
     `answer` is the set's `solution` (a reference solution, not always a short answer).
@@ -58,7 +59,8 @@ def load_s1(source: str | Path, teacher: str = "deepseek", split: str = "train",
         if teacher not in ("deepseek", "gemini"):
             raise ArtifactError(f"teacher must be 'deepseek' or 'gemini', not '{teacher}'")
         thinking_col, attempt_col = f"{teacher}_thinking_trajectory", f"{teacher}_attempt"
-        row_rules.require_columns(raw, ("question", "solution", thinking_col, attempt_col), "s1K-1.1")
+        row_rules.require_columns(raw, ("question", "solution", thinking_col, attempt_col),
+                                  "s1K-1.1")
         tag = "s1K-1.1"
 
     def row(r: pd.Series, qid: str) -> dict:
@@ -124,7 +126,8 @@ def _user_turn(turns: list[dict], r: pd.Series, base: Path | None) -> tuple[str,
         # TRL's layout: {"type": "image"} placeholders, the images in an `images` column.
         stored = [] if row_rules.is_missing(r.get("images")) else list(r["images"])
         if len(stored) != len(refs):
-            raise row_rules.BadRow(f"{len(refs)} image placeholder(s) but {len(stored)} stored image(s)")
+            raise row_rules.BadRow(f"{len(refs)} image placeholder(s) but {len(stored)} "
+                                   "stored image(s)")
         return question, [row_rules.resolve_image(v, base) for v in stored]
     return question, [row_rules.resolve_image(ref, base) for ref in refs]
 
@@ -189,7 +192,8 @@ def load_mm_eureka(source: str | Path, prompt_suffix: str | None = None, split: 
 
 
 def load_eureka_distill(source: str | Path, prompt_suffix: str | None = None,
-                        split: str = "train", *, max_skipped_share: float = 0.02) -> row_rules.Loaded:
+                        split: str = "train", *,
+                        max_skipped_share: float = 0.02) -> row_rules.Loaded:
     """Eureka-Distill-style SFT traces (`JierunChen/Eureka-Distill`; its schema is not
     documented): chat rows as MM-Eureka's (`message` JSON string or `messages` list; user
     text + `file://` images; `answer`), each with exactly one assistant turn holding a
