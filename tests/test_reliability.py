@@ -32,7 +32,7 @@ def tiny_model(tmp_path_factory) -> Path:
                             n_eval_questions=4, eval_seed=1, vocab_size=300, hidden_size=8,
                             num_layers=1, num_heads=2, intermediate_size=8, max_positions=64,
                             train_steps=1, batch_size=2, lr=1e-3, warmup_steps=0,
-                            trace_fraction=0.5, long_fraction=0.0, log_every=1)
+                            trace_fraction=0.5, long_fraction=0.0, check_fraction=0.0, log_every=1)
     tok = world.build_tokenizer(cfg.vocab_size, world.tokenizer_corpus(cfg, n=50))
     path = tmp_path_factory.mktemp("model") / "model"
     world.build_model(cfg, tok).save_pretrained(path)

@@ -24,7 +24,7 @@ def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
                             n_eval_questions=4, eval_seed=1, vocab_size=300, hidden_size=16,
                             num_layers=1, num_heads=2, intermediate_size=16, max_positions=128,
                             train_steps=1, batch_size=2, lr=1e-3, warmup_steps=0,
-                            trace_fraction=0.5, long_fraction=0.0, log_every=1)
+                            trace_fraction=0.5, long_fraction=0.0, check_fraction=0.0, log_every=1)
     tok = world.build_tokenizer(cfg.vocab_size, world.tokenizer_corpus(cfg, n=50))
     root = tmp_path_factory.mktemp("models")
     world.build_model(cfg, tok).save_pretrained(root / "base")

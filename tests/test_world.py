@@ -17,11 +17,13 @@ from synergy.task import (
     BOXED,
     THINK_CLOSE,
     THINK_OPEN,
+    check_text,
     eval_questions,
     parse_question,
     random_question,
     train_questions,
 )
+from synergy.verify import is_correct
 from synergy.world import IM_END, WorldConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,8 +77,8 @@ def test_question_text_and_traces():
     assert q.values() == [12, 4, 12] and q.answer == 12
     assert task.direct_answer(q) == "\\boxed{12}"
     assert task.short_trace(q) == "<think> 3*4=12. 12-8=4. 4*3=12.</think> \\boxed{12}"
-    from synergy.verify import is_correct
-
+    assert task.checked_trace(q) == ("<think> 3*4=12. 12-8=4. 4*3=12. Hmm, let me check: "
+                                     "12/3=4.</think> \\boxed{12}")
     assert is_correct(task.short_trace(q), "12") and is_correct(task.direct_answer(q), "12")
     assert not is_correct(task.direct_answer(q), "4")
 
@@ -134,6 +136,31 @@ def test_the_base_sees_long_traces_at_its_long_fraction(cfg):
     assert all(r.endswith(f"{BOXED}{q.answer}}}") and "verify" in r for q, r in long)
     with pytest.raises(Exception, match="long_fraction"):
         WorldConfig.from_mapping({**cfg.to_dict(), "long_fraction": 0.9}, "test")
+
+
+def test_the_base_checks_a_share_of_its_short_traces(cfg):
+    held_out = {q.text for q in eval_questions(cfg)}
+
+    def rows(**changes):
+        c = dataclasses.replace(cfg, batch_size=2000, long_fraction=0.0, **changes)
+        return world.training_rows(c, random.Random(3), held_out)
+
+    # check_fraction 0 draws nothing more: the questions and answers of a world without it.
+    assert rows(check_fraction=0.0) == rows(check_fraction=0.0)
+    qs, plain = rows(check_fraction=0.0)
+    assert not any("Hmm" in r for r in plain)
+    qs, checked = rows(check_fraction=0.3)
+    short = [(q, r) for q, r in zip(qs, checked) if r.startswith(THINK_OPEN)]
+    hedged = [(q, r) for q, r in short if "Hmm, let me check:" in r]
+    assert 0.2 < len(hedged) / len(short) < 0.4
+    # The check recovers the value before the last step, and the answer is still right.
+    for q, r in hedged:
+        prev, op, n, value = q.transitions()[-1]
+        assert f"{check_text(prev, op, n, value)}.{THINK_CLOSE}" in r
+        assert r.endswith(f"{BOXED}{q.answer}}}") and "step by step" not in r
+    assert is_correct(hedged[0][1], str(hedged[0][0].answer))
+    with pytest.raises(Exception, match="check_fraction"):
+        WorldConfig.from_mapping({**cfg.to_dict(), "check_fraction": 1.5}, "test")
 
 
 # --- tokenizer ------------------------------------------------------------------------------

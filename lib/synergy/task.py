@@ -152,6 +152,16 @@ def short_trace(q: Question) -> str:
     return f"{THINK_OPEN} {' '.join(lines)}{THINK_CLOSE} {BOXED}{q.answer}}}"
 
 
+def checked_trace(q: Question) -> str:
+    """A short trace with a brief, hedged check of its last step before the answer: the
+    reflection habit ("Hmm, let me check") a real instruct model has at a low rate, so the
+    base writes meta-thinking words rarely and SFT raises their rate instead of inventing
+    them. Shorter than the careful trace's verification and phrased apart from it."""
+    lines = [step_text(*t) for t in q.transitions()]
+    prev, op, n, value = q.transitions()[-1]
+    return (f"{THINK_OPEN} {' '.join(lines)} Hmm, let me check: "
+            f"{check_text(prev, op, n, value)}.{THINK_CLOSE} {BOXED}{value}}}")
+
 
 def check_text(value: int, op: str, n: int, new: int) -> str:
     """An inverse operation that recovers the previous value (local, no lookup needed)."""

@@ -34,7 +34,7 @@ from synergy.generation import HFEngine, SamplingSpec, chat_prompt
 from synergy.progress import progress_bar
 from synergy.runs import Run, StageResult, set_seed, stage_run
 from synergy.task import (BOXED, THINK_CLOSE, THINK_OPEN, Question, blind_accuracy, careful_trace,
-                          direct_answer, eval_questions, image_text, image_trace,
+                          checked_trace, direct_answer, eval_questions, image_text, image_trace,
                           questions_frame, random_question, short_trace, start_image,
                           train_questions)
 from synergy.verify import is_correct
@@ -94,6 +94,7 @@ class WorldConfig(StageConfig):
     warmup_steps: int
     trace_fraction: float
     long_fraction: float
+    check_fraction: float
     log_every: int
     kind: Literal["text", "image"]
 
@@ -117,6 +118,7 @@ class WorldConfig(StageConfig):
         self.require(0.0 <= self.trace_fraction <= 1.0, "trace_fraction", "must be in [0, 1]")
         self.require(0.0 <= self.long_fraction <= 1.0 - self.trace_fraction, "long_fraction",
                      f"must be in [0, 1 - trace_fraction ({self.trace_fraction})]")
+        self.require(0.0 <= self.check_fraction <= 1.0, "check_fraction", "must be in [0, 1]")
         self.require(self.kind == "text" or self.long_fraction == 0, "long_fraction",
                      "must be 0 in the image world (its long traces are 02's image traces)")
         self.require(self.kind == "text" or (self.hidden_size // self.num_heads) % 16 == 0,
@@ -244,8 +246,10 @@ def training_rows(cfg: WorldConfig, rng: random.Random,
                   held_out: set[str]) -> tuple[list[Question], list[str]]:
     """One training batch's questions (none of `held_out`'s texts) and target responses: a
     careful long trace with probability `long_fraction` (the long-CoT mode a real instruct
-    base already has at a low prior), a short trace with probability `trace_fraction`, else
-    the direct answer. With `long_fraction` 0 the draws are those of a world without it."""
+    base already has at a low prior), a short trace with probability `trace_fraction` (of
+    which `check_fraction` end with a hedged check of the last step: the base's rare
+    meta-thinking words), else the direct answer. With `long_fraction` and `check_fraction`
+    0 the draws are those of a world without them."""
     qs = []
     while len(qs) < cfg.batch_size:
         q = random_question(rng, rng.randint(cfg.min_steps, cfg.max_steps), cfg.max_value)
@@ -254,9 +258,14 @@ def training_rows(cfg: WorldConfig, rng: random.Random,
     responses = []
     for q in qs:
         u = rng.random()
-        responses.append(careful_trace(q, rng) if u < cfg.long_fraction else
-                         short_trace(q) if u < cfg.long_fraction + cfg.trace_fraction else
-                         direct_answer(q))
+        if u < cfg.long_fraction:
+            responses.append(careful_trace(q, rng))
+        elif u < cfg.long_fraction + cfg.trace_fraction:
+            # No draw at check_fraction 0: worlds without checks keep their random stream.
+            checked = cfg.check_fraction > 0 and rng.random() < cfg.check_fraction
+            responses.append(checked_trace(q) if checked else short_trace(q))
+        else:
+            responses.append(direct_answer(q))
     return qs, responses
 
 
