@@ -567,6 +567,7 @@ def test_sample_sizes_state_what_each_stage_rests_on():
     text = report.sample_sizes(status)
     assert "03_sft 200 x 2" in text and "06_merging 80 x 2" in text
     assert "07_pivotal" not in text
+    assert "not training's own randomness" in text and "run.seed" in text
     spent = pd.DataFrame({"stage": ["05_strategies"], "eval_questions": [200],
                           "samples_per_question": [2], "control_samples": [12]})
     assert "05_strategies 200 x 2 (its RL control and the strategies judged against it: " \

@@ -109,7 +109,11 @@ def sample_sizes(status: pd.DataFrame) -> str:
                       for r in sized.itertuples())
     return (f"Accuracies rest on questions x samples per question: {parts}. Fewer questions "
             "or samples widen every interval above (a subset of n of N questions by about "
-            "sqrt(N / n)); a difference inside its interval is not called reproduced.")
+            "sqrt(N / n)); a difference inside its interval is not called reproduced. The "
+            "intervals cover which questions and samples were drawn, not training's own "
+            "randomness: each model is one training run at `run.seed`, and a comparison of "
+            "models still mid-training (05's strategies at their few steps) can turn with the "
+            "seed.")
 
 
 def run_levels(run: Run) -> pd.DataFrame:
