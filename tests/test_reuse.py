@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import SMOKE
-from synergy import distill, grpo, merging, models, sft, stages, stratify, world
+from synergy import distill, grpo, merging, models, reuse, sft, stages, stratify, world
 from synergy.config import load_profile, profile_section
 from synergy.files import CorruptArtifact, read_json
 from synergy.runs import Run
@@ -129,8 +129,15 @@ def test_exactly_the_dependent_artifacts_are_recomputed(smoke_series, tmp_path, 
 
 def test_world_params_change_the_world_and_so_every_model(smoke_series, tmp_path):
     wcfg = config("world", tmp_path)
-    for key, value in (("train_steps", 31), ("lr", 0.002), ("num_layers", 3)):
+    for key, value in (("train_steps", 31), ("lr", 0.002), ("num_layers", 3),
+                       ("check_fraction", 0.2)):
         assert dataclasses.replace(wcfg, **{key: value}).world_id() != wcfg.world_id()
+    # A key added later is out of the id at the value earlier worlds trained with (their
+    # caches stay valid): the id of check_fraction 0 is that of params without the key.
+    assert wcfg.check_fraction == 0
+    assert wcfg.world_id() == "world-" + reuse.key(
+        {**{k: v for k, v in reuse.own_params(wcfg).items() if k != "check_fraction"},
+         "trainer": world.TRAINER_VERSION}, code=world.WORLD_CODE)[:12]
     assert dataclasses.replace(wcfg, run_name="other", output_root="/x").world_id() == \
         wcfg.world_id()
 

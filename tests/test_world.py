@@ -138,6 +138,22 @@ def test_the_base_sees_long_traces_at_its_long_fraction(cfg):
         WorldConfig.from_mapping({**cfg.to_dict(), "long_fraction": 0.9}, "test")
 
 
+def test_a_run_from_before_later_world_keys_still_loads(cfg, tmp_path):
+    """A 00_world manifest written before `kind` and `check_fraction` existed reads as the
+    world it trained: text, no checked traces (later stages of old runs keep working)."""
+    from synergy import stages
+    from synergy.files import write_json
+    from synergy.runs import Run
+
+    run = Run(str(tmp_path), "old")
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("kind", "check_fraction")}
+    run.dir(stages.WORLD).mkdir(parents=True)
+    write_json(run.dir(stages.WORLD) / "manifest.json", {"params": old})
+    loaded = world.config_of(run)
+    assert loaded.kind == "text" and loaded.check_fraction == 0.0
+    assert {k: v for k, v in loaded.to_dict().items() if k in old} == old
+
+
 def test_the_base_checks_a_share_of_its_short_traces(cfg):
     held_out = {q.text for q in eval_questions(cfg)}
 

@@ -128,8 +128,12 @@ class WorldConfig(StageConfig):
     def world_id(self) -> str:
         """Content id of everything that shapes the trained world: every param but where
         the run lives, and the versions of the code that trains it."""
-        return "world-" + reuse.key({**reuse.own_params(self), "trainer": TRAINER_VERSION},
-                                    code=WORLD_CODE)[:12]
+        params = reuse.own_params(self)
+        # A key added later enters the id only away from the value earlier worlds trained
+        # with, so those keep their id and cache: check_fraction 0 draws nothing more.
+        if params["check_fraction"] == 0:
+            del params["check_fraction"]
+        return "world-" + reuse.key({**params, "trainer": TRAINER_VERSION}, code=WORLD_CODE)[:12]
 
 
 # --- tokenizer and model ------------------------------------------------------------------
@@ -466,7 +470,9 @@ def load(output_root: str, run_name: str) -> WorldResult:
 
 def config_of(run) -> WorldConfig:
     """The world config a run used (from its 00_world manifest)."""
-    params = {"kind": "text", **run.manifest(stages.WORLD)["params"]}  # runs before kinds
+    # Keys added since older runs, at the value those runs trained with: runs before kinds
+    # were text worlds, runs before `check_fraction` checked none of their short traces.
+    params = {"kind": "text", "check_fraction": 0.0, **run.manifest(stages.WORLD)["params"]}
     return WorldConfig.from_mapping(params, f"{stages.WORLD.name} manifest")
 
 
