@@ -573,3 +573,47 @@ def test_sample_sizes_state_what_each_stage_rests_on():
     assert "05_strategies 200 x 2 (its RL control and the strategies judged against it: " \
            "x 12)" in report.sample_sizes(spent)
     assert report.sample_sizes(status.iloc[:0]) == "No stage has evaluated models yet."
+
+
+# --- bench/seed_spread.py: a run's later stages again at other seeds -------------------------
+
+def test_seed_spread_reseeds_only_the_later_stages_and_lists_moving_findings(tmp_path):
+    import importlib.util
+
+    from conftest import ROOT
+    from synergy import stages
+    from synergy.config import load_profile
+    from synergy.files import write_json
+    from synergy.runs import Run
+
+    spec = importlib.util.spec_from_file_location("seed_spread", ROOT / "bench" / "seed_spread.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    profile = load_profile(ROOT / "params" / "tiny.yaml")
+    name, seeded = bench.seed_profile(profile, "tiny", 3)
+    assert name == "tiny-seed3" and seeded["run"]["seed"] == 3
+    assert seeded["run"]["run_name"] == name and profile["run"]["seed"] == 0
+    assert {k: v for k, v in seeded.items() if k != "run"} == \
+        {k: v for k, v in profile.items() if k != "run"}
+
+    before, again = bench.later_stages("02")
+    assert [s.name for s in before] == ["00_world", "01_stratify"]
+    assert again[0] is stages.DISTILL and again[-1] is stages.REPORT
+
+    source, target = Run(str(tmp_path), "tiny"), Run(str(tmp_path), "tiny-seed3")
+    with pytest.raises(SystemExit, match="has not run"):
+        bench.copy_upstream(source, target, before)
+    for stage in before:
+        write_json(source.dir(stage) / "manifest.json", {"stage": stage.name})
+    bench.copy_upstream(source, target, before)
+    assert all(target.has_run(s) for s in before) and not target.has_run(stages.DISTILL)
+
+    rows = ["SFT helps", "Ends above RL", "Meta words"]
+    table = bench.spread({
+        "tiny": pd.DataFrame({"finding": rows, "status": ["reproduced"] * 3}),
+        "tiny-seed1": pd.DataFrame({"finding": rows[:2],
+                                    "status": ["reproduced", "undecided at this sample size"]})})
+    assert table["differs"].tolist() == [False, True, True]
+    assert table["tiny-seed1"].tolist() == ["reproduced", "undecided at this sample size",
+                                            "missing"]
