@@ -147,9 +147,13 @@ def step_text(value: int, op: str, n: int, new: int) -> str:
     return f"{value}{op}{n}={new}."
 
 
+def chain_text(q: Question) -> str:
+    """Every step of `q` as the traces write them: `3*4=12. 12-8=4. 4*3=12.`"""
+    return " ".join(step_text(*t) for t in q.transitions())
+
+
 def short_trace(q: Question) -> str:
-    lines = [step_text(*t) for t in q.transitions()]
-    return f"{THINK_OPEN} {' '.join(lines)}{THINK_CLOSE} {BOXED}{q.answer}}}"
+    return f"{THINK_OPEN} {chain_text(q)}{THINK_CLOSE} {BOXED}{q.answer}}}"
 
 
 def checked_trace(q: Question) -> str:
@@ -157,9 +161,8 @@ def checked_trace(q: Question) -> str:
     reflection habit ("Hmm, let me check") a real instruct model has at a low rate, so the
     base writes meta-thinking words rarely and SFT raises their rate instead of inventing
     them. Shorter than the careful trace's verification and phrased apart from it."""
-    lines = [step_text(*t) for t in q.transitions()]
     prev, op, n, value = q.transitions()[-1]
-    return (f"{THINK_OPEN} {' '.join(lines)} Hmm, let me check: "
+    return (f"{THINK_OPEN} {chain_text(q)} Hmm, let me check: "
             f"{check_text(prev, op, n, value)}.{THINK_CLOSE} {BOXED}{value}}}")
 
 
@@ -234,10 +237,9 @@ def start_image(value: int):
 def image_trace(q: Question) -> str:
     """A long-CoT trace that reads the image first (the Eureka-Distill-style set's
     assistant turn): count, the steps, a check of the last one, the answer."""
-    steps = [step_text(*t) for t in q.transitions()]
     prev, op, n, value = q.transitions()[-1]
     return (f"{THINK_OPEN} The image shows {q.start} marks, so we start with {q.start}. "
-            f"First, {' '.join(steps)} So the answer is {value}. Let me check the last step: "
+            f"First, {chain_text(q)} So the answer is {value}. Let me check the last step: "
             f"{prev}{op}{n}={value}. Yes.{THINK_CLOSE} {BOXED}{value}}}")
 
 

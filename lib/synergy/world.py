@@ -65,6 +65,11 @@ REASONING_TEXT = (
     "The question asks. Recall that. This means. Good. Hold on. Perhaps. Overall."
 )
 
+# World keys added after worlds were trained and cached, at the value those worlds trained
+# with: an old run's manifest reads as that value (`config_of`), and a world at that value
+# keeps the id it had before the key (`WorldConfig.world_id`: its cache stays valid).
+ADDED_KEYS = {"check_fraction": 0.0}
+
 # Packages whose version changes the trained world (its reuse key).
 WORLD_CODE = ("torch", "transformers", "tokenizers")
 # Version of `train_base`'s arithmetic, also in the reuse key: bump it when a change trains a
@@ -128,11 +133,8 @@ class WorldConfig(StageConfig):
     def world_id(self) -> str:
         """Content id of everything that shapes the trained world: every param but where
         the run lives, and the versions of the code that trains it."""
-        params = reuse.own_params(self)
-        # A key added later enters the id only away from the value earlier worlds trained
-        # with, so those keep their id and cache: check_fraction 0 draws nothing more.
-        if params["check_fraction"] == 0:
-            del params["check_fraction"]
+        params = {k: v for k, v in reuse.own_params(self).items()
+                  if k not in ADDED_KEYS or v != ADDED_KEYS[k]}
         return "world-" + reuse.key({**params, "trainer": TRAINER_VERSION}, code=WORLD_CODE)[:12]
 
 
@@ -470,9 +472,8 @@ def load(output_root: str, run_name: str) -> WorldResult:
 
 def config_of(run) -> WorldConfig:
     """The world config a run used (from its 00_world manifest)."""
-    # Keys added since older runs, at the value those runs trained with: runs before kinds
-    # were text worlds, runs before `check_fraction` checked none of their short traces.
-    params = {"kind": "text", "check_fraction": 0.0, **run.manifest(stages.WORLD)["params"]}
+    # Runs before kinds were text worlds; runs before a later key trained at its old value.
+    params = {"kind": "text", **ADDED_KEYS, **run.manifest(stages.WORLD)["params"]}
     return WorldConfig.from_mapping(params, f"{stages.WORLD.name} manifest")
 
 
