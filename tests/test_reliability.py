@@ -215,7 +215,7 @@ def test_a_stage_start_cleans_the_run(tmp_path):
     leftover = tmp_path / "r" / "03_sft" / "models" / f".careful.tmp-{dead_pid()}-ab"
     leftover.mkdir(parents=True)
     cfg = report.ReportConfig(run_name="r", output_root=str(tmp_path), seed=0, threads=1, n_examples=1,
-                              top_tokens=1, margin=0.0, long_ratio=2.0, kl_run="")
+                              top_tokens=1, margin=0.0, long_ratio=2.0, long_run="")
     with stage_run(cfg, stages.REPORT):
         pass
     assert not leftover.exists()

@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_stages
+from conftest import ROOT, run_stages
 from synergy import findings, report, report_roles, stats
+from synergy.config import ConfigError
 from synergy import report_figures as figures
 
 PAYLOAD = "<script>alert('pwned')</script><b>bold</b>"
@@ -291,15 +292,15 @@ def test_kl_collapse_statuses():
     # A run too short to part points at the run that holds the ablation, then reads it.
     assert findings.kl_too_short(runs, short) and not findings.kl_too_short(runs, long)
     status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
-                                            rl_curves=short, kl_run="tiny-long"))
+                                            rl_curves=short, long_run="tiny-long"))
     assert status == "not run" and "04_grpo of run 'tiny-long'" in text
     # A run that trains no KL pair at all (tiny: one beta) points at the same run.
     status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs.iloc[1:],
-                                            rl_curves=short, kl_run="tiny-long"))
+                                            rl_curves=short, long_run="tiny-long"))
     assert status == "not run" and "04_grpo of run 'tiny-long'" in text
     assert "policies at beta 0 and at a beta > 0" in text
     status, text = findings.kl_collapse(_ev(_roles(SFT, BASE, BASE), rl_runs=runs,
-                                            rl_curves=long, kl_run="tiny-long",
+                                            rl_curves=long, long_run="tiny-long",
                                             kl_from="tiny-long"))
     assert status == "reproduced" and text.startswith("run 'tiny-long': rl-beta0 (400 steps)")
 
@@ -560,6 +561,66 @@ def test_combination_findings_with_uncertainty_and_magnitude():
     assert findings.below_rl(_ev(_roles(SFT, rl, BASE, merges=near)))[0] == "reproduced"
 
 
+def _strategies_ev(control, two_stage, steps, merges=(), **facts):
+    """Evidence of a run whose 05 trained an RL control and two-stage `steps` steps."""
+    rl = [0.95, 0.75, 0.55, 0.35, 0.12]
+    roles = _roles(SFT, rl, BASE, merges=[("05_strategies/rl_control", control, 30),
+                                          ("05_strategies/two_stage-160", two_stage, 120),
+                                          *merges])
+    budget = pd.DataFrame({"model": ["rl_control", "two_stage-160"],
+                           "optimizer steps": [steps, steps], "questions": [8 * steps] * 2,
+                           "rollouts": [64 * steps] * 2})
+    return _ev(roles, budget=budget, **facts)
+
+
+def test_ends_above_rl_is_decided_at_the_longer_budget_once_that_run_has_run():
+    control = [0.9, 0.6, 0.5, 0.4, 0.2]
+    ahead = [a + 0.1 for a in control]  # mid-training: SFT's head start still shows
+    short = _strategies_ev(control, ahead, 8)
+    assert findings.control_steps(short.budget) == 8
+    assert findings.control_steps(None) is None
+    status, text = findings.below_rl(short)
+    assert status == "not reproduced" and "two_stage-160" in text
+    assert "mid-training" not in text  # no longer run configured: this run's own verdict
+    # With report.long_run set but not run: this run decides, and the row says where the
+    # longer comparison comes from.
+    status, text = findings.below_rl(_strategies_ev(control, ahead, 8, long_run="tiny-long"))
+    assert status == "not reproduced"
+    assert "at 8 steps the strategies are mid-training" in text
+    assert "run 'tiny-long' trains them longer" in text
+    # Once it has run, its strategies decide; this run's are shown beside as mid-training.
+    longer = _strategies_ev([a + 0.3 for a in control], [a + 0.05 for a in control], 64,
+                            merges=[("linear-0.5", [1.0] * 5, 25)])  # not judged there
+    status, text = findings.below_rl(_strategies_ev(control, ahead, 8, long_run="tiny-long",
+                                                    longer=longer))
+    assert status == findings.DIRECTION_ONLY  # the longer run's two-stage ends far below
+    assert text.startswith("05's strategies in run 'tiny-long' (64 steps, the paper's claim "
+                           "at a longer budget): reproduced in direction only: 05's GRPO "
+                           "strategies against the RL control at their own budget (64 "
+                           "optimizer steps on 512 questions, 4096 rollouts): closest")
+    assert "linear-0.5" not in text  # the longer run's merges are not this run's question
+    assert "This run's strategies, mid-training at 8 steps: not reproduced:" in text
+    # This run's merges are judged here, against 04's RL parent: one clearly above decides.
+    above = [("linear-0.5", [1.0] * 5, 25)]
+    status, text = findings.below_rl(_strategies_ev(control, ahead, 8, merges=above,
+                                                    long_run="tiny-long", longer=longer))
+    assert status == "not reproduced"
+    assert "this run's merges and blends of 04's samples: not reproduced: data mixing" in text
+    # The checklist carries the combined status.
+    checks = findings.checklist(report_roles.paper_results(), _strategies_ev(
+        control, ahead, 8, long_run="tiny-long", longer=longer))
+    row = checks.set_index("finding").loc[report_roles.paper_results()["findings"]["below_rl"]]
+    assert row["status"] == findings.DIRECTION_ONLY
+
+
+def test_a_report_rendered_before_a_key_was_renamed_still_loads():
+    params = report.ReportConfig.from_profile(ROOT / "params" / "tiny.yaml").to_dict()
+    old = {("kl_run" if k == "long_run" else k): v for k, v in params.items()}
+    assert report.manifest_config(old).long_run == "tiny-long"
+    with pytest.raises(ConfigError, match="unknown key"):
+        report.manifest_config({**params, "typo": 1})
+
+
 def test_sample_sizes_state_what_each_stage_rests_on():
     status = pd.DataFrame({"stage": ["03_sft", "06_merging", "07_pivotal_tokens"],
                            "eval_questions": [200, 80, np.nan],
@@ -580,7 +641,6 @@ def test_sample_sizes_state_what_each_stage_rests_on():
 def test_seed_spread_reseeds_only_the_later_stages_and_lists_moving_findings(tmp_path):
     import importlib.util
 
-    from conftest import ROOT
     from synergy import stages
     from synergy.config import load_profile
     from synergy.files import write_json

@@ -497,6 +497,31 @@ def test_notebook_05_on_smoke(smoke_series, tmp_path):
     again = strategies.run(strategies.StrategiesConfig.from_mapping(values, "test"),
                            progress=False)
     assert again.runs["reused"].all()
+    # The report judges "ends above RL" on report.long_run's 05 where its control trained
+    # more steps than this run's (here a copy that claims 8x the steps), else on this run's.
+    import dataclasses
+
+    from synergy import report
+    from synergy.files import write_text
+    from synergy.findings import control_steps
+    shutil.copytree(tmp_path / "smoke", tmp_path / "smoke-long")
+    long_budget = tmp_path / "smoke-long" / stages.STRATEGIES.name / "budget.csv"
+    table = pd.read_csv(long_budget)
+    write_text(long_budget, table.assign(**{"optimizer steps": table["optimizer steps"] * 8})
+               .to_csv(index=False))
+    rcfg = report.ReportConfig.from_profile(SMOKE)
+    paper, own = report_roles.paper_results(), budget.reset_index()
+    here = Run(tmp_path, "smoke")
+    longer = report.longer_evidence(here, dataclasses.replace(
+        rcfg, output_root=str(tmp_path), long_run="smoke-long"), paper, own)
+    assert control_steps(longer.budget) == 8 * control_steps(own)
+    assert "05_strategies/rl_control" in longer.acc.index
+    for name in ("", "smoke", "never-ran"):  # none, this run itself, a run without 05
+        assert report.longer_evidence(here, dataclasses.replace(
+            rcfg, output_root=str(tmp_path), long_run=name), paper, own) is None
+    write_text(long_budget, table.to_csv(index=False))  # no more steps than this run
+    assert report.longer_evidence(here, dataclasses.replace(
+        rcfg, output_root=str(tmp_path), long_run="smoke-long"), paper, own) is None
 
 
 # --- the report's strategies section --------------------------------------------------------

@@ -72,9 +72,11 @@ class Evidence:
     weights: pd.DataFrame | None = None     # `weight_distances`: role, relative_distance
     rl_runs: pd.DataFrame | None = None     # 04's runs: label, beta, steps
     rl_curves: pd.DataFrame | None = None   # `grpo_analysis.load_curves` of 04
-    kl_run: str = ""                        # the run holding the KL ablation when this
-    #   run's no-KL policy is too short to part from the KL one (report.kl_run)
+    long_run: str = ""                      # the run holding what this run trains too
+    #   briefly (report.long_run): the KL ablation, the strategies at a longer budget
     kl_from: str = ""                       # rl_runs / rl_curves are that run's ("": this run's)
+    longer: Evidence | None = None          # that run's evidence, where its RL control
+    #   trained more steps than this run's (`below_rl` judges the paper's claim there)
     budget: pd.DataFrame | None = None      # 05's `strategies.budget_table`
 
     def rl_for(self, role: str) -> str:
@@ -101,12 +103,19 @@ class Evidence:
         """Which budget the combinations are compared at (from 05's budget table)."""
         if CONTROL_ROLE not in self.acc.index:
             return "compared with 04's RL parent (05's strategies train on fewer steps)"
-        note = "05's GRPO strategies against the RL control at their own budget"
-        if self.budget is not None and CONTROL in set(self.budget["model"]):
-            row = self.budget.set_index("model").loc[CONTROL]
-            note += (f" ({row['optimizer steps']:.0f} optimizer steps on "
-                     f"{row['questions']:.0f} questions, {row['rollouts']:.0f} rollouts)")
-        return note + "; data mixing (trained on 04's samples) and merges against 04's RL parent"
+        judged = [*self.combinations(), *self.beyond()]
+        parts = []
+        if any(self.rl_for(r) == CONTROL_ROLE for r in judged):
+            note = "05's GRPO strategies against the RL control at their own budget"
+            if self.budget is not None and CONTROL in set(self.budget["model"]):
+                row = self.budget.set_index("model").loc[CONTROL]
+                note += (f" ({row['optimizer steps']:.0f} optimizer steps on "
+                         f"{row['questions']:.0f} questions, {row['rollouts']:.0f} rollouts)")
+            parts.append(note)
+        if not judged or any(self.rl_for(r) != CONTROL_ROLE for r in judged):
+            parts.append("data mixing (trained on 04's samples) and merges against 04's RL "
+                         "parent")
+        return "; ".join(parts)
 
     def missing(self, *roles: str) -> list[str]:
         return [r for r in roles if r not in self.acc.index]
@@ -353,7 +362,59 @@ def no_synergy(ev: Evidence) -> Verdict:
     return _verdict(not winners, text)
 
 
+def control_steps(budget: pd.DataFrame | None) -> int | None:
+    """Optimizer steps of 05's RL control in a `strategies.budget_table` (None: no control)."""
+    if budget is None or CONTROL not in set(budget["model"]):
+        return None
+    return int(budget.set_index("model").at[CONTROL, "optimizer steps"])
+
+
+def restricted(ev: Evidence, keep: Callable[[str], bool]) -> Evidence:
+    """`ev` with only the combinations (the paper's and those beyond it) that `keep`; the
+    parents and 05's RL control stay."""
+    drop = [r for r in [*ev.combinations(), *ev.beyond()] if not keep(r)]
+    return dataclasses.replace(ev, **{f: getattr(ev, f).drop(index=drop)
+                                      for f in ("acc", "length", "low", "high")})
+
+
 def below_rl(ev: Evidence) -> Verdict:
+    """No combination ends above RL. The paper compares at the end of training; 05's GRPO
+    strategies and their RL control train few steps in the default. Where `ev.longer`
+    (report.long_run) trained them more steps than this run, its strategies are judged
+    there; this run's merges and blends of 04's samples (against 04's RL parent, not bound
+    to 05's budget) are judged here, and this run's strategies are shown beside as
+    mid-training. Where that run has not run yet, this run decides alone and the row says
+    where the longer comparison would come from."""
+    steps = control_steps(ev.budget)
+    if ev.longer is None:
+        status, text = combinations_below_rl(ev)
+        if ev.long_run and steps is not None:
+            text += (f"; at {steps} steps the strategies are mid-training, where the order "
+                     f"can turn with run.seed: run '{ev.long_run}' trains them longer (the "
+                     f"paper compares at the end of training); run it, then re-render this "
+                     f"report")
+        return status, text
+    def vs_control(e: Evidence) -> Callable[[str], bool]:
+        return lambda r: e.rl_for(r) == CONTROL_ROLE
+    parts = [(f"05's strategies in run '{ev.long_run}' ({control_steps(ev.longer.budget)} "
+              f"steps, the paper's claim at a longer budget)",
+              combinations_below_rl(restricted(ev.longer, vs_control(ev.longer))))]
+    rest = restricted(ev, lambda r: not vs_control(ev)(r))
+    if rest.combinations():
+        parts.append(("this run's merges and blends of 04's samples",
+                      combinations_below_rl(rest)))
+    judged = [s for _, (s, _) in parts if s != "not run"]
+    status = next((s for s in ("not reproduced", UNDECIDED) if s in judged),
+                  DIRECTION_ONLY if judged and set(judged) == {DIRECTION_ONLY}
+                  else "reproduced" if judged else "not run")
+    own = combinations_below_rl(restricted(ev, vs_control(ev)))
+    return status, ("; ".join(f"{label}: {s}: {text}" for label, (s, text) in parts)
+                    + f". This run's strategies, mid-training at {steps} steps: "
+                      f"{own[0]}: {own[1]}")
+
+
+def combinations_below_rl(ev: Evidence) -> Verdict:
+    """No combination ends clearly above its RL model, judged on one run's evidence."""
     combos = ev.combinations()
     if ev.missing("rl") or not combos:
         return _not_run(ev.missing("rl") + ([] if combos else ["a combination (05 or 06)"]))
@@ -542,16 +603,16 @@ def kl_too_short(runs: pd.DataFrame | None, curves: pd.DataFrame | None) -> bool
 def kl_collapse(ev: Evidence) -> Verdict:
     pair = kl_pair(ev.rl_runs, ev.rl_curves)
     if isinstance(pair, str):
-        if ev.kl_run and not ev.kl_from:  # this run trains no KL pair; kl_run's has not run
-            return _not_run(f"{stages.GRPO.name} of run '{ev.kl_run}', which trains the "
+        if ev.long_run and not ev.kl_from:  # this run trains no KL pair; long_run's has not run
+            return _not_run(f"{stages.GRPO.name} of run '{ev.long_run}', which trains the "
                             f"policies at beta 0 and 0.005 long enough to part (this run: "
                             f"{pair}); run it, then re-render this report")
         return _not_run(pair if not ev.kl_from else f"{pair} in run '{ev.kl_from}'")
     a, b, s, k = pair
     where = f"run '{ev.kl_from}': " if ev.kl_from else ""
     if s["steps"] < COLLAPSE_STEP / 2:
-        if ev.kl_run and not ev.kl_from:
-            return _not_run(f"{stages.GRPO.name} of run '{ev.kl_run}', where the policies "
+        if ev.long_run and not ev.kl_from:
+            return _not_run(f"{stages.GRPO.name} of run '{ev.long_run}', where the policies "
                             f"train long enough to part (this run's no-KL policy ran "
                             f"{s['steps']} steps; the paper's collapse came near step "
                             f"{COLLAPSE_STEP}); run it, then re-render this report")

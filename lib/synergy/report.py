@@ -25,7 +25,8 @@ from synergy.pivotal import category_table
 from synergy.report_figures import PARENTS, curve_series, model_colors, static_accuracy_png
 from synergy.runs import EXTERNAL, Run, StageResult, stage_run
 from synergy.strategies import CONTROL
-from synergy.findings import STATUSES, checklist, evidence, kl_too_short
+from synergy.findings import (STATUSES, Evidence, checklist, control_steps, evidence,
+                              kl_too_short)
 from synergy.report_roles import (CONTROL_ROLE, MERGE_PATTERN, OWN_RL, STRATEGY_PREFIX,
                                   is_strategy, paper_results, paper_vs_run, wide)
 
@@ -41,6 +42,10 @@ MODEL_STAGE_FOLDERS = [stages.SFT.name, stages.GRPO.name, stages.STRATEGIES.name
                        EXTERNAL]
 
 
+# Keys renamed since reports were rendered: the old name in a manifest reads as the new one.
+RENAMED_KEYS = {"kl_run": "long_run"}
+
+
 @dataclasses.dataclass
 class ReportConfig(StageConfig):
     SECTION = "report"
@@ -49,15 +54,15 @@ class ReportConfig(StageConfig):
     top_tokens: int
     margin: float
     long_ratio: float
-    kl_run: str
+    long_run: str
 
     def validate(self) -> None:
         self.require(self.n_examples >= 0, "n_examples", "must be >= 0")
         self.require(self.top_tokens >= 1, "top_tokens", "must be >= 1")
         self.require(0 <= self.margin < 1, "margin", "must be in [0, 1)")
         self.require(self.long_ratio > 1, "long_ratio", "must be > 1")
-        self.require(self.kl_run == "" or run_name_problem(self.kl_run) is None, "kl_run",
-                     f"must be '' or a run name ({run_name_problem(self.kl_run)})")
+        self.require(self.long_run == "" or run_name_problem(self.long_run) is None, "long_run",
+                     f"must be '' or a run name ({run_name_problem(self.long_run)})")
 
 
 # --- reading a run ------------------------------------------------------------------------
@@ -509,6 +514,24 @@ class ReportResult(StageResult):
     accuracy_png: bytes               # static_accuracy_png, also saved beside the report
 
 
+def longer_evidence(run: Run, cfg: ReportConfig, paper: dict,
+                    budget: pd.DataFrame | None) -> Evidence | None:
+    """The evidence of `report.long_run` for the strategies' comparison, where its RL control
+    trained more steps than this run's (`budget`); None where there is no such run, it has
+    not run 05, or it trained them no longer."""
+    if not cfg.long_run or cfg.long_run == run.name:
+        return None
+    other = Run(run.output_root, cfg.long_run)
+    if not other.has_run(stages.STRATEGIES):
+        return None
+    theirs = strategies.load(str(other.output_root), other.name).budget
+    if (control_steps(theirs) or 0) <= (control_steps(budget) or np.inf):
+        return None
+    roles = role_levels(run_levels(other), main_models(other))
+    return evidence(roles, cfg.margin, cfg.long_ratio, paper=paper,
+                    answers=role_answers(other, roles), budget=theirs)
+
+
 def gather(run: Run, cfg: ReportConfig) -> dict:
     """Everything the report shows, read and computed from the run's stages."""
     paper = paper_results()
@@ -532,10 +555,10 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
         weights = pd.DataFrame({"status": [f"weight distances unavailable: {e}"]})
     rl_runs, rl_curves = rl_training(run)
     kl_from = ""
-    if cfg.kl_run and cfg.kl_run != run.name and kl_too_short(rl_runs, rl_curves):
-        other = Run(run.output_root, cfg.kl_run)  # the KL ablation's home (tiny-long)
+    if cfg.long_run and cfg.long_run != run.name and kl_too_short(rl_runs, rl_curves):
+        other = Run(run.output_root, cfg.long_run)  # the KL ablation's home (tiny-long)
         if other.has_run(stages.GRPO):
-            (rl_runs, rl_curves), kl_from = rl_training(other), cfg.kl_run
+            (rl_runs, rl_curves), kl_from = rl_training(other), cfg.long_run
     curves = training_curves(run)
     aliases = {f"{stage}/{names[0]}": role for stage, role in
                ((stages.SFT.name, "sft"), (stages.GRPO.name, "rl"))
@@ -545,8 +568,8 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
                   two_stage=two_stage,
                   answers=role_answers(run, roles),
                   weights=weights if "relative_distance" in weights else None,
-                  rl_runs=rl_runs, rl_curves=rl_curves, kl_run=cfg.kl_run, kl_from=kl_from,
-                  budget=budget)
+                  rl_runs=rl_runs, rl_curves=rl_curves, long_run=cfg.long_run, kl_from=kl_from,
+                  budget=budget, longer=longer_evidence(run, cfg, paper, budget))
     checks = checklist(paper, ev)
     own = strategy_roles(levels)
     stale = staleness.staleness(run)
@@ -578,11 +601,18 @@ def run(cfg: ReportConfig, progress: bool = True) -> ReportResult:
     return ReportResult(ctx.manifest, ctx.dir, accuracy_png=accuracy, **parts)
 
 
+def manifest_config(params: dict) -> ReportConfig:
+    """The config a report was rendered with, from its manifest's params (a key renamed
+    since, `RENAMED_KEYS`, read under its new name)."""
+    return ReportConfig.from_mapping({RENAMED_KEYS.get(k, k): v for k, v in params.items()},
+                                     f"{stages.REPORT.name} manifest")
+
+
 def load(output_root: str, run_name: str) -> ReportResult:
     """The report of a run as it was written (checklist and paper table from its files)."""
     r = Run(output_root, run_name)
     manifest, folder = r.manifest(stages.REPORT), r.dir(stages.REPORT)
-    parts = gather(r, ReportConfig.from_mapping(manifest["params"], f"{stages.REPORT.name} manifest"))
+    parts = gather(r, manifest_config(manifest["params"]))
     parts["checklist"] = pd.read_csv(folder / "checklist.csv")
     parts["verdict"] = verdict(parts["checklist"], parts["paper"])
     parts["paper_vs_run"] = pd.read_csv(folder / "paper_vs_run.csv")
