@@ -605,7 +605,7 @@ def kl_collapse(ev: Evidence) -> Verdict:
     if isinstance(pair, str):
         if ev.long_run and not ev.kl_from:  # this run trains no KL pair; long_run's has not run
             return _not_run(f"{stages.GRPO.name} of run '{ev.long_run}', which trains the "
-                            f"policies at beta 0 and 0.005 long enough to part (this run: "
+                            f"policies at beta 0 and a beta > 0 long enough to part (this run: "
                             f"{pair}); run it, then re-render this report")
         return _not_run(pair if not ev.kl_from else f"{pair} in run '{ev.kl_from}'")
     a, b, s, k = pair
