@@ -579,6 +579,7 @@ def test_ends_above_rl_is_decided_at_the_longer_budget_once_that_run_has_run():
     short = _strategies_ev(control, ahead, 8)
     assert findings.control_steps(short.budget) == 8
     assert findings.control_steps(None) is None
+    assert findings.control_steps(pd.DataFrame()) is None  # an older 05 without budget.csv
     status, text = findings.below_rl(short)
     assert status == "not reproduced" and "two_stage-160" in text
     assert "mid-training" not in text  # no longer run configured: this run's own verdict

@@ -364,7 +364,7 @@ def no_synergy(ev: Evidence) -> Verdict:
 
 def control_steps(budget: pd.DataFrame | None) -> int | None:
     """Optimizer steps of 05's RL control in a `strategies.budget_table` (None: no control)."""
-    if budget is None or CONTROL not in set(budget["model"]):
+    if budget is None or "model" not in budget or CONTROL not in set(budget["model"]):
         return None
     return int(budget.set_index("model").at[CONTROL, "optimizer steps"])
 
