@@ -377,6 +377,11 @@ def restricted(ev: Evidence, keep: Callable[[str], bool]) -> Evidence:
                                       for f in ("acc", "length", "low", "high")})
 
 
+def vs_control(ev: Evidence) -> Callable[[str], bool]:
+    """Whether a combination of `ev` is judged against 05's RL control (at 05's budget)."""
+    return lambda role: ev.rl_for(role) == CONTROL_ROLE
+
+
 def below_rl(ev: Evidence) -> Verdict:
     """No combination ends above RL. The paper compares at the end of training; 05's GRPO
     strategies and their RL control train few steps in the default. Where `ev.longer`
@@ -394,8 +399,6 @@ def below_rl(ev: Evidence) -> Verdict:
                      f"paper compares at the end of training); run it, then re-render this "
                      f"report")
         return status, text
-    def vs_control(e: Evidence) -> Callable[[str], bool]:
-        return lambda r: e.rl_for(r) == CONTROL_ROLE
     parts = [(f"05's strategies in run '{ev.long_run}' ({control_steps(ev.longer.budget)} "
               f"steps, the paper's claim at a longer budget)",
               combinations_below_rl(restricted(ev.longer, vs_control(ev.longer))))]
