@@ -617,9 +617,9 @@ def test_ends_above_rl_is_decided_at_the_longer_budget_once_that_run_has_run():
 def test_a_report_rendered_before_a_key_was_renamed_still_loads():
     params = report.ReportConfig.from_profile(ROOT / "params" / "tiny.yaml").to_dict()
     old = {("kl_run" if k == "long_run" else k): v for k, v in params.items()}
-    assert report.manifest_config(old).long_run == "tiny-long"
+    assert report.ReportConfig.from_manifest(old, "08_report").long_run == "tiny-long"
     with pytest.raises(ConfigError, match="unknown key"):
-        report.manifest_config({**params, "typo": 1})
+        report.ReportConfig.from_manifest({**params, "typo": 1}, "08_report")
 
 
 def test_sample_sizes_state_what_each_stage_rests_on():

@@ -111,6 +111,10 @@ class StageConfig:
 
     # Set by subclasses: the profile section this config mirrors.
     SECTION: typing.ClassVar[str] = ""
+    # How a manifest written by an older version reads (`from_manifest`): keys added since,
+    # with the value those runs used, and keys renamed since (old name -> new).
+    MANIFEST_DEFAULTS: typing.ClassVar[dict[str, Any]] = {}
+    RENAMED_KEYS: typing.ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -164,6 +168,14 @@ class StageConfig:
         if missing:
             raise ConfigError(f"{source}: missing key(s) for stage '{cls.SECTION}': {missing}")
         return _build(cls, source, dict(values))
+
+    @classmethod
+    def from_manifest(cls, params: Mapping[str, Any], stage: str):
+        """The config a stage ran with, from its manifest's params: a key renamed since
+        (`RENAMED_KEYS`) reads under its new name, a key added since (`MANIFEST_DEFAULTS`)
+        as the value the run used."""
+        renamed = {cls.RENAMED_KEYS.get(k, k): v for k, v in params.items()}
+        return cls.from_mapping({**cls.MANIFEST_DEFAULTS, **renamed}, f"{stage} manifest")
 
     @classmethod
     def from_params(cls, namespace: Mapping[str, Any], source: str = "notebook parameters"):

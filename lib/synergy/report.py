@@ -42,13 +42,10 @@ MODEL_STAGE_FOLDERS = [stages.SFT.name, stages.GRPO.name, stages.STRATEGIES.name
                        EXTERNAL]
 
 
-# Keys renamed since reports were rendered: the old name in a manifest reads as the new one.
-RENAMED_KEYS = {"kl_run": "long_run"}
-
-
 @dataclasses.dataclass
 class ReportConfig(StageConfig):
     SECTION = "report"
+    RENAMED_KEYS = {"kl_run": "long_run"}  # reports rendered before the long run held 05
 
     n_examples: int
     top_tokens: int
@@ -601,18 +598,11 @@ def run(cfg: ReportConfig, progress: bool = True) -> ReportResult:
     return ReportResult(ctx.manifest, ctx.dir, accuracy_png=accuracy, **parts)
 
 
-def manifest_config(params: dict) -> ReportConfig:
-    """The config a report was rendered with, from its manifest's params (a key renamed
-    since, `RENAMED_KEYS`, read under its new name)."""
-    return ReportConfig.from_mapping({RENAMED_KEYS.get(k, k): v for k, v in params.items()},
-                                     f"{stages.REPORT.name} manifest")
-
-
 def load(output_root: str, run_name: str) -> ReportResult:
     """The report of a run as it was written (checklist and paper table from its files)."""
     r = Run(output_root, run_name)
     manifest, folder = r.manifest(stages.REPORT), r.dir(stages.REPORT)
-    parts = gather(r, manifest_config(manifest["params"]))
+    parts = gather(r, ReportConfig.from_manifest(manifest["params"], stages.REPORT.name))
     parts["checklist"] = pd.read_csv(folder / "checklist.csv")
     parts["verdict"] = verdict(parts["checklist"], parts["paper"])
     parts["paper_vs_run"] = pd.read_csv(folder / "paper_vs_run.csv")

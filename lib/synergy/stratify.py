@@ -29,6 +29,7 @@ from synergy.runs import Run, StageResult, stage_run
 @dataclasses.dataclass
 class StratifyConfig(StageConfig):
     SECTION = "stratify"
+    MANIFEST_DEFAULTS = ENGINE_DEFAULTS  # manifests from before the vLLM engine keys
 
     model: str
     benchmark: str
@@ -215,10 +216,8 @@ def load(output_root: str, run_name: str) -> StratifyResult:
 
 def config_of(run) -> StratifyConfig:
     """The stratification settings a run used (later stages level and prompt the same way)."""
-    params = run.manifest(stages.STRATIFY)["params"]
-    # A manifest written before the vLLM engine keys existed gets their defaults.
-    return StratifyConfig.from_mapping({**ENGINE_DEFAULTS, **params},
-                                       f"{stages.STRATIFY.name} manifest")
+    return StratifyConfig.from_manifest(run.manifest(stages.STRATIFY)["params"],
+                                        stages.STRATIFY.name)
 
 
 # Columns stratification adds to the benchmark table (the base's samples, not the questions).

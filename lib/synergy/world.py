@@ -66,8 +66,8 @@ REASONING_TEXT = (
 )
 
 # World keys added after worlds were trained and cached, at the value those worlds trained
-# with: an old run's manifest reads as that value (`config_of`), and a world at that value
-# keeps the id it had before the key (`WorldConfig.world_id`: its cache stays valid).
+# with: an old run's manifest reads as that value (`MANIFEST_DEFAULTS`), and a world at that
+# value keeps the id it had before the key (`WorldConfig.world_id`: its cache stays valid).
 ADDED_KEYS = {"check_fraction": 0.0}
 
 # Packages whose version changes the trained world (its reuse key).
@@ -81,6 +81,7 @@ TRAINER_VERSION = 3
 @dataclasses.dataclass
 class WorldConfig(StageConfig):
     SECTION = "world"
+    MANIFEST_DEFAULTS = {"kind": "text", **ADDED_KEYS}  # runs before kinds were text worlds
 
     min_steps: int
     max_steps: int
@@ -472,9 +473,7 @@ def load(output_root: str, run_name: str) -> WorldResult:
 
 def config_of(run) -> WorldConfig:
     """The world config a run used (from its 00_world manifest)."""
-    # Runs before kinds were text worlds; runs before a later key trained at its old value.
-    params = {"kind": "text", **ADDED_KEYS, **run.manifest(stages.WORLD)["params"]}
-    return WorldConfig.from_mapping(params, f"{stages.WORLD.name} manifest")
+    return WorldConfig.from_manifest(run.manifest(stages.WORLD)["params"], stages.WORLD.name)
 
 
 def task_examples(cfg: WorldConfig, per_step: int = 1) -> pd.DataFrame:
