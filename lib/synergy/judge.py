@@ -165,7 +165,10 @@ class Client:
                           f"({len(todo) - len(pending)}/{len(todo)} answered, "
                           f"{time.perf_counter() - t0:.0f} s, {self.failures} failed attempts, "
                           f"api_timeout {self.timeout:g} s)", file=sys.stderr, flush=True)
-                for future in finished:
+                # Every answer that arrived is kept before a failure among them stops the
+                # batch (one `wait` can return both).
+                failed = [f for f in finished if f.exception() is not None]
+                for future in finished - set(failed):
                     i = futures[future]
                     out[i] = {"key": keys[i], "index": 0, **future.result()}
                     self.calls += 1
@@ -173,6 +176,8 @@ class Client:
                     if self.cache is not None and len(done) >= 32:
                         self.cache.add(done)
                         done = []
+                if failed:
+                    raise failed[0].exception()
         except BaseException:
             self._stop = self._stop or "stopped"  # requests not yet sent are not sent
             for future in pending:
