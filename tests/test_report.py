@@ -573,6 +573,43 @@ def _strategies_ev(control, two_stage, steps, merges=(), **facts):
     return _ev(roles, budget=budget, **facts)
 
 
+def test_ends_above_rl_pairs_the_judged_models_over_their_extra_questions():
+    """Where 05 evaluated its control group on more pool questions (`with_judged`), the
+    row pairs them over all of those: a difference the benchmark's 200 questions leave
+    undecided is decided on 600, and the row says over how many."""
+    control = [0.9, 0.6, 0.5, 0.4, 0.2]
+
+    def answers(n, won, lost, prefix):  # the strategy wins `won` questions, loses `lost`
+        qid = [f"{prefix}{i}" for i in range(n)]
+        level = [1 + i % 5 for i in range(n)]
+        c = np.resize([0.0, 1.0], n)
+        s = c.copy()
+        c[:won], s[:won] = 0.0, 1.0
+        c[won:won + lost], s[won:won + lost] = 1.0, 0.0
+        return (pd.DataFrame({"qid": qid, "level": level, "accuracy": c}),
+                pd.DataFrame({"qid": qid, "level": level, "accuracy": s}))
+
+    bench_c, bench_s = answers(200, 6, 9, "b")
+    extra_c, extra_s = answers(400, 12, 18, "p")
+    sft = bench_c.assign(accuracy=0.5)
+    only_benchmark = {"05_strategies/rl_control": bench_c,
+                      "05_strategies/two_stage-160": bench_s, "sft": sft}
+    status, text = findings.combinations_below_rl(
+        _strategies_ev(control, control, 64, answers=only_benchmark))
+    assert status == findings.UNDECIDED and "over" not in text.split(";")[0]
+    pooled = {**only_benchmark,
+              "05_strategies/rl_control": pd.concat([bench_c, extra_c]),
+              "05_strategies/two_stage-160": pd.concat([bench_s, extra_s])}
+    ev = _strategies_ev(control, control, 64, answers=pooled)
+    status, text = findings.combinations_below_rl(ev)
+    assert status != findings.UNDECIDED
+    assert "-1.5 points [95% CI" in text and ", over 600 questions)" in text
+    mean_s, mean_c = ev.paired_means("05_strategies/two_stage-160", "05_strategies/rl_control")
+    assert f"two_stage-160 {100 * mean_s:.1f}% vs 05_strategies/rl_control " \
+           f"{100 * mean_c:.1f}%" in text
+    assert ev.difference("05_strategies/two_stage-160", "sft", ["all"]).questions == 200
+
+
 def test_ends_above_rl_is_decided_at_the_longer_budget_once_that_run_has_run():
     control = [0.9, 0.6, 0.5, 0.4, 0.2]
     ahead = [a + 0.1 for a in control]  # mid-training: SFT's head start still shows

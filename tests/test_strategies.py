@@ -298,7 +298,7 @@ def test_synergy_and_goal_checks():
     ("families", []), ("families", ["router", "router"]), ("families", ["magic"]),
     ("sft_gate", 8), ("prefix_schedules", ["exp"]), ("prefix_start", 1.5),
     ("aux_mu_floor", 0.9), ("interleaved_modes", []), ("two_stage_lengths", [0]),
-    ("micro_batch", 3), ("sft_batch_size", 0),
+    ("micro_batch", 3), ("sft_batch_size", 0), ("control_eval_questions", -1),
 ])
 def test_bad_values_name_the_key(key, value):
     from synergy.config import ConfigError, load_profile, profile_section
@@ -306,6 +306,32 @@ def test_bad_values_name_the_key(key, value):
     values = profile_section(load_profile(SMOKE), "strategies", SMOKE)
     with pytest.raises(ConfigError, match=f"strategies.{key}"):
         strategies.StrategiesConfig.from_mapping({**values, key: value}, "test")
+
+
+def test_judged_questions_keep_the_benchmarks_level_shares_outside_every_used_question():
+    from synergy.config import ConfigError, load_profile, profile_section
+
+    values = profile_section(load_profile(SMOKE), "strategies", SMOKE)
+    pool = pd.DataFrame({"qid": [f"p{i}" for i in range(60)], "question": "1 +1", "answer": 2,
+                         "level": [1 + i % 3 for i in range(60)], "teacher": "careful",
+                         "correct": True, "response": "r", "n_tokens": 3})
+    benchmark = pd.DataFrame({"qid": [f"b{i}" for i in range(10)],
+                              "level": [1] * 5 + [2] * 3 + [3] * 2})
+    used = [pool.iloc[:30]]
+    cfg = strategies.StrategiesConfig.from_mapping({**values, "control_eval_questions": 10},
+                                                   "test")
+    extra = strategies.shared.judged_questions(pool, cfg, used, benchmark)
+    assert extra["level"].value_counts().to_dict() == {1: 5, 2: 3, 3: 2}
+    assert not set(extra["qid"]) & set(used[0]["qid"]) and "expert" not in extra
+    off = strategies.StrategiesConfig.from_mapping({**values, "control_eval_questions": 0},
+                                                   "test")
+    assert len(strategies.shared.judged_questions(pool, off, used, benchmark)) == 0
+    many = strategies.StrategiesConfig.from_mapping({**values, "control_eval_questions": 40},
+                                                    "test")  # 20 of level 1; 10 are left
+    with pytest.raises(ConfigError, match="control_eval_questions.*level 1.*10"):
+        strategies.shared.judged_questions(pool, many, used, benchmark)
+    with pytest.raises(ConfigError, match="control_eval_questions.*no levels"):
+        strategies.shared.judged_questions(pool.drop(columns="level"), cfg, used, benchmark)
 
 
 def test_paper_profile_has_the_papers_settings():
@@ -456,7 +482,7 @@ def test_image_questions_train_their_expert_trace_with_their_images(vlm_dir, tmp
 
 def test_notebook_05_on_smoke(smoke_series, tmp_path):
     from conftest import run_stages
-    from synergy import models, stages
+    from synergy import distill, models, stages, stratify
     from synergy.runs import Run
 
     run_stages(smoke_series, "05")
@@ -493,10 +519,34 @@ def test_notebook_05_on_smoke(smoke_series, tmp_path):
     assert sorted(shown) == sorted(f"{stages.STRATEGIES.name}/runs/{n}/model" for n in names)
     # A second execution reuses every model.
     shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")
-    values = {**cfg.to_dict(), "output_root": str(tmp_path)}
+    # It also evaluates the control group on 12 more pool questions (control_eval_questions):
+    # none that any 05 model trained on or the router validated with, none of the
+    # benchmark's, in the benchmark's level shares.
+    values = {**cfg.to_dict(), "output_root": str(tmp_path), "control_eval_questions": 12}
     again = strategies.run(strategies.StrategiesConfig.from_mapping(values, "test"),
                            progress=False)
     assert again.runs["reused"].all()
+    group = strategies.config.control_group(names)
+    assert set(again.judged) == set(group) and len(group) >= 2
+    extra = pd.read_csv(again.dir / strategies.JUDGED / "questions.csv")
+    benchmark = again.results["rl_control"]
+    assert len(extra) == 12 and again.manifest["judged_questions"] == 12
+    train_q, val_q = strategies.shared.training_split(
+        distill.load(str(tmp_path), "smoke").traces, cfg.teacher, cfg.n_train_questions,
+        cfg.n_val_questions, cfg.seed)
+    assert set(train_q["qid"]) == set(pd.read_csv(again.dir / "train_questions.csv")["qid"])
+    assert not set(extra["qid"]) & (set(train_q["qid"]) | set(val_q["qid"])
+                                    | set(benchmark["qid"]))
+    assert extra["level"].value_counts().sort_index().to_dict() == stratify.level_counts(
+        benchmark["level"].value_counts(), 12).sort_index().to_dict()
+    for m in group:
+        assert list(again.judged[m]["qid"]) == list(extra["qid"])
+    assert set(strategies.load(str(tmp_path), "smoke").judged) == set(group)
+    pooled = strategies.against_rl(strategies.with_judged(again.results, again.judged),
+                                   ["two_stage-16", "sft"]).set_index("model")
+    assert pooled.at["two_stage-16", "vs RL control: questions"] == len(benchmark) + 12
+    assert pooled.at["sft", "vs RL control: questions"] == len(benchmark)  # not judged
+    assert pooled.at["two_stage-16", "vs 04's RL: questions"] == len(benchmark)
     # The report judges "ends above RL" on report.long_run's 05 where its control trained
     # more steps than this run's (here a copy that claims 8x the steps), else on this run's.
     import dataclasses
@@ -516,6 +566,14 @@ def test_notebook_05_on_smoke(smoke_series, tmp_path):
         rcfg, output_root=str(tmp_path), long_run="smoke-long"), paper, own)
     assert control_steps(longer.budget) == 8 * control_steps(own)
     assert "05_strategies/rl_control" in longer.acc.index
+    # Its judged models' answers hold the extra pool questions, which "ends above RL" pairs.
+    control = longer.answers["05_strategies/rl_control"]
+    assert len(control) == len(benchmark) + 12
+    d = longer.difference("05_strategies/two_stage-16", "05_strategies/rl_control", ["all"])
+    assert d.questions == len(benchmark) + 12
+    assert longer.difference("05_strategies/two_stage-16", "sft", ["all"]).questions == \
+        len(benchmark)
+    assert longer.questions_note(d) == f", over {len(benchmark) + 12} questions"
     for name in ("", "smoke", "never-ran"):  # none, this run itself, a run without 05
         assert report.longer_evidence(here, dataclasses.replace(
             rcfg, output_root=str(tmp_path), long_run=name), paper, own) is None

@@ -144,6 +144,23 @@ class Evidence:
         high = (self.high.loc[a, levels] - self.low.loc[b, levels]).mean(skipna=False)
         return Difference(100 * d, 100 * low, 100 * high)
 
+    def paired_means(self, a: str, b: str) -> tuple[float, float]:
+        """Overall accuracy (0-1) of `a` and of `b` over the questions both answered (the
+        basis of `difference(a, b, ["all"])`); the per-level table's where either has no
+        per-question results."""
+        qa, qb = self.answers.get(a), self.answers.get(b)
+        if qa is None or qb is None:
+            return self.acc.at[a, "all"], self.acc.at[b, "all"]
+        both = qa[["qid", "accuracy"]].merge(qb[["qid", "accuracy"]], on="qid")
+        return both["accuracy_x"].mean(), both["accuracy_y"].mean()
+
+    def questions_note(self, d: Difference) -> str:
+        """", over N questions" where a difference rests on more questions than the
+        benchmark's (05's judged pool questions, `strategies.with_judged`)."""
+        benchmark = max((len(df) for role, df in self.answers.items()
+                         if not role.startswith(STRATEGY_PREFIX)), default=0)
+        return f", over {d.questions} questions" if d.questions > benchmark > 0 else ""
+
     def combinations(self) -> list[str]:
         """The combinations the paper's claims are judged on: merges (interior ratios) and
         05's runs of the paper's four strategies (not the SFT-loss baseline, the router,
@@ -428,9 +445,10 @@ def combinations_below_rl(ev: Evidence) -> Verdict:
     open_ = [r for r, d in diffs.items() if d.exceeds(margin) is None]
     best = max(combos, key=lambda r: diffs[r].points)
     rl = ev.rl_for(best)
-    text = (f"{ev.budget_note()}: closest to its RL {best} {100 * ev.acc.at[best, 'all']:.1f}% "
-            f"vs {rl} {100 * ev.acc.at[rl, 'all']:.1f}% ({diffs[best]}); clearly above "
-            f"their RL: {', '.join(above) or 'none'}")
+    mean_best, mean_rl = ev.paired_means(best, rl)
+    text = (f"{ev.budget_note()}: closest to its RL {best} {100 * mean_best:.1f}% "
+            f"vs {rl} {100 * mean_rl:.1f}% ({diffs[best]}{ev.questions_note(diffs[best])}); "
+            f"clearly above their RL: {', '.join(above) or 'none'}")
     if is_strategy(best) and rl != "rl":  # against 04's RL parent too (unequal budgets)
         text += (f"; against 04's RL parent ({100 * ev.acc.at['rl', 'all']:.1f}%, more "
                  f"steps): {best} {ev.difference(best, 'rl', ['all']).short()} points")

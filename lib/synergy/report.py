@@ -159,7 +159,8 @@ def main_models(run: Run) -> dict[str, list[str]]:
 
 def role_answers(run: Run, roles: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per role, the per-question results of the stage its numbers come from (qid, level,
-    accuracy, samples, lengths): paired differences and facts about single samples. Roles
+    accuracy, samples, lengths): paired differences and facts about single samples. 05's
+    judged models also hold their answers on its extra pool questions (`with_judged`). Roles
     whose stage saved none (01_stratify's base pass rates) are left out."""
     keep = ["qid", "level", "accuracy", "samples", "lengths"]
     by_stage: dict[str, dict[str, pd.DataFrame]] = {}
@@ -173,6 +174,9 @@ def role_answers(run: Run, roles: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 by_stage[stage] = load_results(run.root / stage)
             except ArtifactError:
                 by_stage[stage] = {}
+            judged = run.root / stage / strategies.JUDGED
+            if stage == stages.STRATEGIES.name and (judged / "eval").is_dir():
+                by_stage[stage] = strategies.with_judged(by_stage[stage], load_results(judged))
         df = by_stage[stage].get(model)
         if df is not None and set(keep) <= set(df.columns):
             out[role] = df[keep]

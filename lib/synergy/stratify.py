@@ -231,6 +231,19 @@ def benchmark_questions(levels: pd.DataFrame) -> pd.DataFrame:
     return levels.drop(columns=[c for c in SAMPLE_COLUMNS if c in levels.columns])
 
 
+def level_counts(counts: pd.Series, n: int) -> pd.Series:
+    """How many of `n` questions each level gets to keep the shares of `counts` (questions
+    per level): largest remainders, at least one per non-empty level."""
+    counts = counts[counts > 0]
+    exact = counts * n / counts.sum()
+    take = np.maximum(1, np.floor(exact)).astype(int)
+    for level in (exact - np.floor(exact)).sort_values(ascending=False).index:
+        if take.sum() >= n:
+            break
+        take[level] += 1
+    return take
+
+
 def level_subset(questions: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
     """`n` of the questions, each level keeping its share (largest remainders; at least one
     per non-empty level), picked by a seeded shuffle; all of them when `n` is 0 or not
@@ -238,13 +251,7 @@ def level_subset(questions: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame
     by about sqrt(len(questions) / n)."""
     if n <= 0 or n >= len(questions):
         return questions
-    counts = questions["level"].value_counts()
-    exact = counts * n / len(questions)
-    take = np.maximum(1, np.floor(exact)).astype(int)
-    for level in (exact - np.floor(exact)).sort_values(ascending=False).index:
-        if take.sum() >= n:
-            break
-        take[level] += 1
+    take = level_counts(questions["level"].value_counts(), n)
     rng = np.random.default_rng(seed)
     keep = []
     for level, k in take.items():

@@ -284,7 +284,8 @@ def paper_findings(table: pd.DataFrame, curves: pd.DataFrame, runs: pd.DataFrame
 
 def against_rl(results: dict[str, pd.DataFrame], models: list[str]) -> pd.DataFrame:
     """Each model's overall accuracy minus the RL control's and minus 04's RL parent's,
-    paired over the evaluation questions, with 95% intervals (points)."""
+    paired over the questions both answered (`with_judged` results: the control group also
+    over the extra pool questions), with 95% intervals (points) and how many questions."""
     rows = []
     for m in models:
         row = {"model": m}
@@ -294,6 +295,7 @@ def against_rl(results: dict[str, pd.DataFrame], models: list[str]) -> pd.DataFr
             d = paired_difference(results[m], results[ref]).set_index("level").loc["all"]
             row[label] = f"{100 * d['diff']:+.1f} [{100 * d['diff_low']:+.1f}, " \
                          f"{100 * d['diff_high']:+.1f}]"
+            row[f"{label}: questions"] = int(d["questions"])
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -12,6 +12,8 @@ import dataclasses
 import typing
 from typing import Any, Literal
 
+import pandas as pd
+
 from synergy.config import StageConfig
 from synergy.evaluation import EvaluatingConfig
 from synergy.grpo import POLICY_KEYS, PolicyKeys
@@ -27,6 +29,8 @@ COMBINATIONS = ("two_stage", "interleaved", "progressive", "aux_sft", "data_mixi
 # judges the paper's claims on the paper's strategies and shows these beside them.
 BEYOND_PAPER = ("aux_sft",)
 CONTROL = "rl_control"           # the model (and family) name of the RL control
+JUDGED = "judged"                # 05's folder of the control group's results on the pool
+#   questions beyond the benchmark (`control_eval_questions`): eval/, per_level.csv
 PARENTS = ("sft", "rl")          # 03's and 04's models, as 05 evaluates them
 # Families trained on the RL parent's own samples: its training is part of theirs, so they
 # are compared with the RL parent, not with the control.
@@ -51,9 +55,20 @@ def control_group(models: list[str]) -> list[str]:
         m.split("-")[0] in COMBINATIONS and rl_reference(m, True) == CONTROL)]
 
 
+def with_judged(results: dict[str, pd.DataFrame],
+                judged: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """`results` (per-question, on the benchmark) with each judged model's results on the
+    extra pool questions appended: the answers "ends above RL" is decided on. Paired
+    differences join on qid, so a judged model against one evaluated on the benchmark only
+    still pairs over the benchmark."""
+    return {m: pd.concat([df, judged[m]], ignore_index=True) if m in judged else df
+            for m, df in results.items()}
+
+
 @dataclasses.dataclass
 class StrategiesConfig(PolicyKeys, EvaluatingConfig):
     SECTION = "strategies"
+    MANIFEST_DEFAULTS = {"control_eval_questions": 0}  # runs before the judged questions
 
     base_model: str
     sft_model: str
@@ -104,6 +119,7 @@ class StrategiesConfig(PolicyKeys, EvaluatingConfig):
     router_max_new_tokens: int
     synergy_margin: float
     control_eval_samples: int
+    control_eval_questions: int
     n_examples: int
 
     def validate(self) -> None:
@@ -122,6 +138,8 @@ class StrategiesConfig(PolicyKeys, EvaluatingConfig):
         self.require(self.beta >= 0, "beta", "must be >= 0")
         self.require(self.control_eval_samples >= 0, "control_eval_samples",
                      "must be >= 0 (0: eval_samples)")
+        self.require(self.control_eval_questions >= 0, "control_eval_questions",
+                     "must be >= 0 (0: the benchmark's questions only)")
         for key in ("sft_lr", "hybrid_warmup_lr", "hybrid_learning_rate"):
             self.require(getattr(self, key) > 0, key, "must be > 0")
         self.require(self.mix_temperature > 0, "mix_temperature", "must be > 0 (it samples)")

@@ -1,11 +1,14 @@
 """The stage: train every model of `families` (or reuse it), evaluate all of them beside
 base, SFT and RL on the stratified evaluation set, with the router, the oracle and the
-hybrid's forced-mode check, and write the training budget of every model and parent.
+hybrid's forced-mode check, and write the training budget of every model and parent. The RL
+control and the strategies judged against it are also evaluated on `control_eval_questions`
+more of 02's pool questions (`JUDGED`), where "ends above RL" needs more than the benchmark.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 
 import pandas as pd
@@ -26,7 +29,13 @@ from synergy.strategies import (
     shared,
     two_stage,
 )
-from synergy.strategies.config import CONTROL, Spec, StrategiesConfig, control_group
+from synergy.strategies.config import (
+    CONTROL,
+    JUDGED,
+    Spec,
+    StrategiesConfig,
+    control_group,
+)
 
 # The trainer of each GRPO family with a plan of its own (the others: 04's plain trainer).
 TRAINERS = {"interleaved": interleaved.trainer_class, "progressive": progressive.trainer_class,
@@ -95,6 +104,8 @@ class StrategiesResult(StageResult):
     warmup: pd.DataFrame                # the hybrid's warm-up rows (mode, level, tokens)
     forced: pd.DataFrame                # hybrid.mode_table of the warm-up, each mode forced
     modes: pd.DataFrame                 # hybrid.mode_table of hybrid, parents, router, oracle
+    judged: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # the control
+    #   group on the extra pool questions (control_eval_questions; JUDGED): `with_judged`
 
 
 def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
@@ -169,7 +180,8 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
 
         questions = stratify.benchmark_questions(
             stratify.load(cfg.output_root, cfg.run_name).levels)
-        results = {}
+        extra = shared.judged_questions(traces, cfg, [train_q, val_q, hybrid_q], questions)
+        results, judged_results = {}, {}
         judged = control_group(list(trained))  # sampled more: the "ends above RL" claim
         for name, path in {**{r: refs[r].path for r in ("base", "sft", "rl")},
                            **trained}.items():
@@ -179,6 +191,17 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
                 print(f"evaluating {name} ({samples} samples per question)", flush=True)
             results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress,
                                                     n_samples=samples)
+            if name in judged and len(extra):
+                if progress:
+                    print(f"evaluating {name} on {len(extra)} more pool questions "
+                          f"(control_eval_questions)", flush=True)
+                judged_results[name] = evaluation.evaluate_for(
+                    cfg, path, extra, suffix, progress, n_samples=samples)
+        shutil.rmtree(ctx.dir / JUDGED, ignore_errors=True)  # an earlier execution's
+        if judged_results:
+            evaluation.save_results(ctx.dir / JUDGED, judged_results)
+            write_text(ctx.dir / JUDGED / "questions.csv", extra.drop(
+                columns=["images"], errors="ignore").to_csv(index=False))
         forced = pd.DataFrame()
         if "hybrid" in cfg.families:
             for name in (hybrid.WARMUP, hybrid.RL):
@@ -206,11 +229,12 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
             ctx.set_models(trained, main=next(iter(trained)))
         ctx.record(cpu_seconds=time.process_time() - cpu0, paper_roles=headlines(cfg),
                    train_questions=len(train_q), val_questions=len(val_q),
+                   judged_questions=len(extra) if judged_results else 0,
                    hybrid_questions=len(hybrid_q),
                    runs=[{k: v for k, v in r.items() if k != "key"} for r in stored])
     return StrategiesResult(ctx.manifest, ctx.dir, runs, curves, blend_table, results, table,
                             router_table, budget, warmup, forced,
-                            hybrid.mode_table(results, mode_models(results)))
+                            hybrid.mode_table(results, mode_models(results)), judged_results)
 
 
 def mode_models(results: dict[str, pd.DataFrame]) -> list[str]:
@@ -263,4 +287,5 @@ def load(output_root: str, run_name: str) -> StrategiesResult:
     return StrategiesResult(manifest, folder, runs, analysis.load_curves(folder, list(
         runs.get("label", []))), csv("blends.csv"), results, per_level(results),
         csv("router.csv"), csv("budget.csv"), csv("warmup.csv"), csv("forced_modes.csv"),
-        hybrid.mode_table(results, mode_models(results)))
+        hybrid.mode_table(results, mode_models(results)),
+        load_results(folder / JUDGED) if (folder / JUDGED / "eval").is_dir() else {})
