@@ -618,7 +618,8 @@ def test_ends_above_rl_is_decided_at_the_longer_budget_once_that_run_has_run():
     assert findings.control_steps(None) is None
     assert findings.control_steps(pd.DataFrame()) is None  # an older 05 without budget.csv
     status, text = findings.below_rl(short)
-    assert status == "not reproduced" and "two_stage-160" in text
+    assert status == "not reproduced" and "furthest above its RL 05_strategies/two_stage-160" \
+        in text
     assert "mid-training" not in text  # no longer run configured: this run's own verdict
     # With report.long_run set but not run: this run decides, and the row says where the
     # longer comparison comes from.

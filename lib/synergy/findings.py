@@ -446,7 +446,8 @@ def combinations_below_rl(ev: Evidence) -> Verdict:
     best = max(combos, key=lambda r: diffs[r].points)
     rl = ev.rl_for(best)
     mean_best, mean_rl = ev.paired_means(best, rl)
-    text = (f"{ev.budget_note()}: closest to its RL {best} {100 * mean_best:.1f}% "
+    where = "closest to" if diffs[best].points <= 0 else "furthest above"
+    text = (f"{ev.budget_note()}: {where} its RL {best} {100 * mean_best:.1f}% "
             f"vs {rl} {100 * mean_rl:.1f}% ({diffs[best]}{ev.questions_note(diffs[best])}); "
             f"clearly above their RL: {', '.join(above) or 'none'}")
     if is_strategy(best) and rl != "rl":  # against 04's RL parent too (unequal budgets)

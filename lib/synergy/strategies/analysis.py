@@ -297,7 +297,9 @@ def against_rl(results: dict[str, pd.DataFrame], models: list[str]) -> pd.DataFr
                          f"{100 * d['diff_high']:+.1f}]"
             row[f"{label}: questions"] = int(d["questions"])
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    counts = [c for c in table.columns if c.endswith(": questions")]
+    return table.astype({c: "Int64" for c in counts})  # blank where not compared
 
 
 def statement(table: pd.DataFrame, results: dict[str, pd.DataFrame], margin: float) -> str:
