@@ -24,7 +24,7 @@ from synergy.pivotal import category_probabilities
 from synergy.report_roles import (CONTROL_ROLE, FILTERED, LEVELS, MERGE_PATTERN, OWN_RL,
                                   PAPER_COMBINATIONS, PAPER_MATCH, STRATEGY_PREFIX, beyond_paper,
                                   is_strategy, paper_results, wide)
-from synergy.stats import Difference, paired_difference
+from synergy.stats import Difference, paired, paired_difference
 from synergy.strategies import CONTROL
 from synergy.task import THINK_OPEN
 
@@ -151,8 +151,8 @@ class Evidence:
         qa, qb = self.answers.get(a), self.answers.get(b)
         if qa is None or qb is None:
             return self.acc.at[a, "all"], self.acc.at[b, "all"]
-        both = qa[["qid", "accuracy"]].merge(qb[["qid", "accuracy"]], on="qid")
-        return both["accuracy_x"].mean(), both["accuracy_y"].mean()
+        both = paired(qa, qb)
+        return both["accuracy_a"].mean(), both["accuracy_b"].mean()
 
     def questions_note(self, d: Difference) -> str:
         """", over N questions" where a difference rests on more questions than the

@@ -174,9 +174,9 @@ def role_answers(run: Run, roles: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 by_stage[stage] = load_results(run.root / stage)
             except ArtifactError:
                 by_stage[stage] = {}
-            judged = run.root / stage / strategies.JUDGED
-            if stage == stages.STRATEGIES.name and (judged / "eval").is_dir():
-                by_stage[stage] = strategies.with_judged(by_stage[stage], load_results(judged))
+            if stage == stages.STRATEGIES.name:
+                by_stage[stage] = strategies.with_judged(
+                    by_stage[stage], strategies.load_judged(run.root / stage))
         df = by_stage[stage].get(model)
         if df is not None and set(keep) <= set(df.columns):
             out[role] = df[keep]

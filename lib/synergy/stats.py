@@ -46,11 +46,16 @@ def level_intervals(results: pd.DataFrame, value: str = "accuracy",
     return pd.DataFrame(rows)
 
 
+def paired(a: pd.DataFrame, b: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
+    """The questions both answered: qid, level (a's), `<value>_a` and `<value>_b`."""
+    return a[["qid", "level", value]].merge(b[["qid", value]], on="qid", suffixes=("_a", "_b"))
+
+
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame, value: str = "accuracy",
                       seed: int = 0) -> pd.DataFrame:
     """Per level (and "all"): mean of a - b over the questions both answered, with its
     bootstrap interval and whether the interval excludes zero (`clear`)."""
-    both = a[["qid", "level", value]].merge(b[["qid", value]], on="qid", suffixes=("_a", "_b"))
+    both = paired(a, b, value)
     both = both.assign(diff=both[f"{value}_a"] - both[f"{value}_b"])
     out = level_intervals(both, "diff", seed)
     return out.assign(clear=(out["diff_low"] > 0) | (out["diff_high"] < 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -287,5 +288,10 @@ def load(output_root: str, run_name: str) -> StrategiesResult:
     return StrategiesResult(manifest, folder, runs, analysis.load_curves(folder, list(
         runs.get("label", []))), csv("blends.csv"), results, per_level(results),
         csv("router.csv"), csv("budget.csv"), csv("warmup.csv"), csv("forced_modes.csv"),
-        hybrid.mode_table(results, mode_models(results)),
-        load_results(folder / JUDGED) if (folder / JUDGED / "eval").is_dir() else {})
+        hybrid.mode_table(results, mode_models(results)), load_judged(folder))
+
+
+def load_judged(folder: Path) -> dict[str, pd.DataFrame]:
+    """The control group's results on the extra pool questions of a 05 folder (`JUDGED`);
+    empty where it saved none (`control_eval_questions` 0, or an older 05)."""
+    return load_results(folder / JUDGED) if (folder / JUDGED / "eval").is_dir() else {}
