@@ -234,6 +234,20 @@ def test_finished_policies_are_reused(smoke_series, tmp_path):
     assert result.runs["reused"].all()
 
 
+def test_policies_trained_side_by_side_are_the_same_policies(smoke_series, tmp_path):
+    """Both smoke policies trained two at a time (run.train_jobs 2, one thread each, as the
+    smoke profile's one thread) are the policies 04 trained one after another, bit for bit."""
+    from synergy import models
+
+    shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")
+    shutil.rmtree(tmp_path / "smoke" / "04_grpo" / "runs")
+    result = grpo.run(smoke_cfg(tmp_path, train_jobs=2), progress=False)
+    assert not result.runs["reused"].any() and len(result.runs) == 2
+    before = grpo.load(str(smoke_series), "smoke").runs.set_index("label")["model_path"]
+    for label, path in result.runs.set_index("label")["model_path"].items():
+        assert models.fingerprint(path) == models.fingerprint(before[label]), label
+
+
 @pytest.mark.slow
 def test_keyed_rollouts_do_not_depend_on_the_batch(init_copy, monkeypatch):
     """Rollouts go through the keyed decoder: a prompt's samples are the same alone or beside

@@ -517,6 +517,20 @@ def test_notebook_05_on_smoke(smoke_series, tmp_path):
     assert (res.dir / f"{stages.STRATEGIES.name}.html").stat().st_size > 0
     shown = pd.read_csv(res.dir / "runs.csv")["model_path"]  # relative to the run folder
     assert sorted(shown) == sorted(f"{stages.STRATEGIES.name}/runs/{n}/model" for n in names)
+    # Side by side (run.train_jobs 2, one thread each as the smoke profile's one): the control
+    # and the hybrid's two trainings, the GRPO after its warm-up, are the models trained one
+    # after another, bit for bit; the others are reused without a worker.
+    shutil.copytree(smoke_series / "smoke", tmp_path / "side" / "smoke")
+    retrained = ["rl_control", "hybrid-warmup", "hybrid"]
+    for name in retrained:
+        shutil.rmtree(tmp_path / "side" / "smoke" / stages.STRATEGIES.name / "runs" / name)
+    side = strategies.run(strategies.StrategiesConfig.from_mapping(
+        {**cfg.to_dict(), "output_root": str(tmp_path / "side"), "train_jobs": 2}, "test"),
+        progress=False).runs.set_index("label")
+    assert sorted(side.index[~side["reused"].astype(bool)]) == sorted(retrained)
+    for name in retrained:
+        assert models.fingerprint(side.at[name, "model_path"]) == models.fingerprint(
+            res.runs.set_index("label").at[name, "model_path"]), name
     # A second execution reuses every model.
     shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")
     # It also evaluates the control group on 12 more pool questions (control_eval_questions):

@@ -26,7 +26,7 @@ import yaml
 
 RUN_SECTION = "run"
 # Run-section keys a profile (or a manifest written before they existed) may leave out.
-RUN_OPTIONAL = {"threads": 0}
+RUN_OPTIONAL = {"threads": 0, "train_jobs": 1}
 # Folders of an output root that are not runs: a run may not be called so.
 RESERVED_RUN_NAMES = ("cache",)
 # The longest file name most filesystems take (ext4, xfs, btrfs: 255 bytes), where
@@ -108,6 +108,7 @@ class StageConfig:
     output_root: str
     seed: int
     threads: int      # torch CPU threads of every stage (0: auto, `runs.thread_count`)
+    train_jobs: int   # trainings a stage runs side by side on a CPU (0: one per thread; `parallel`)
 
     # Set by subclasses: the profile section this config mirrors.
     SECTION: typing.ClassVar[str] = ""
@@ -122,6 +123,7 @@ class StageConfig:
             where = self._key(f.name)
             setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], where))
         self.require(self.threads >= 0, "threads", "must be >= 0 (0: auto)")
+        self.require(self.train_jobs >= 0, "train_jobs", "must be >= 0 (0: one per thread)")
         problem = run_name_problem(self.run_name)
         self.require(problem is None, "run_name", problem or "")
         for f in dataclasses.fields(self):  # a model or data path that never resolves

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from synergy import (
-    data, evaluation, generation, grpo_trainer, models, reuse, stages,
+    data, evaluation, generation, grpo_trainer, models, parallel, reuse, stages,
     stratify, task, trace_sets, training, world,
 )
 from synergy.config import ConfigError
@@ -369,20 +369,29 @@ def training_plan(cfg: GRPOStageConfig, run, progress: bool = True) -> TrainingP
 def train_policies(cfg: GRPOStageConfig, plan: TrainingPlan, run,
                    progress: bool = True) -> list[dict[str, Any]]:
     """One policy per beta with the sweep's exclude-easiest mode, and the ablation's mode at
-    the headline beta (the first > 0) (`train`: resumed or reused by content key)."""
+    the headline beta (the first > 0) (`train_policy`), side by side on a CPU
+    (`run.train_jobs`, `parallel.run`)."""
     headline = next((b for b in cfg.betas if b > 0), cfg.betas[0])
     plan_ = [(beta, cfg.exclude_easiest) for beta in cfg.betas]
     plan_ += [(headline, mode) for mode in modes(cfg)[1:]]
-    records = []
-    for beta, mode in plan_:
-        label, dataset = run_label(beta, mode), plan.datasets[mode]
-        records.append(grpo_trainer.train(
-            str(plan.init_path), dataset, grpo_trainer.training_args(cfg, beta),
-            run.dir(stages.GRPO) / "runs" / label,
-            key=run_key(cfg, beta, plan.init_path, dataset, mode), label=label,
-            progress=progress, backend=cfg.trainer_backend,
-            peft=grpo_trainer.peft_config(cfg), exclude_easiest_dynamic=mode == "dynamic"))
-    return records
+    jobs = [parallel.Job(run_label(beta, mode), train_policy, {
+        "cfg": cfg, "init_path": str(plan.init_path), "dataset": plan.datasets[mode],
+        "beta": beta, "mode": mode, "folder": str(run.dir(stages.GRPO)),
+        "progress": progress}) for beta, mode in plan_]
+    return list(parallel.run(jobs, cfg.train_jobs, progress).values())
+
+
+def train_policy(cfg: GRPOStageConfig, init_path: str, dataset, beta: float, mode: str,
+                 folder: str, progress: bool = True, reuse_only: bool = False):
+    """Train one policy in `<folder>/runs/<label>` (`grpo_trainer.train`: resumed, or reused
+    by content key; with `reuse_only`, the finished record or None)."""
+    label = run_label(beta, mode)
+    return grpo_trainer.train(
+        init_path, dataset, grpo_trainer.training_args(cfg, beta),
+        Path(folder) / "runs" / label, key=run_key(cfg, beta, init_path, dataset, mode),
+        label=label, progress=progress, backend=cfg.trainer_backend,
+        peft=grpo_trainer.peft_config(cfg), exclude_easiest_dynamic=mode == "dynamic",
+        reuse_only=reuse_only)
 
 
 def require_engines(cfg: GRPOStageConfig) -> None:

@@ -274,7 +274,8 @@ def peft_config(cfg: GRPOStageConfig):
 
 def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, label: str,
           trainer_cls=None, reward_funcs=None, callbacks=(), progress: bool = True,
-          backend: str = "hf", peft=None, **trainer_kwargs) -> dict[str, Any]:
+          backend: str = "hf", peft=None, reuse_only: bool = False,
+          **trainer_kwargs) -> dict[str, Any] | None:
     """GRPO from the saved model at `init` on `dataset` (`prompt`, `answer`, ...) with
     `args` (a TRL `GRPOConfig`) and `trainer_cls` (default: `trainer_class()`); `peft` a
     LoRA config (the saved model has the adapters merged), `backend` "unsloth" loads the
@@ -282,7 +283,8 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
 
     Trains in `out_dir` (checkpoints, `curves.jsonl`, the final `model/`): a rerun resumes
     from the last checkpoint of the same `key`, and a finished run of that key is reused.
-    Runs in every process of a launch (the main process writes). Returns the run's record."""
+    Runs in every process of a launch (the main process writes). Returns the run's record;
+    with `reuse_only`, the finished run's record or None (nothing trained)."""
     import warnings
 
     out_dir = Path(out_dir)
@@ -290,6 +292,8 @@ def train(init: str | Path, dataset, args, out_dir: str | Path, *, key: str, lab
     done = training.finished(out_dir, key, out_dir / "model")
     if done:
         return {**done, "model_path": model_path, "reused": True}
+    if reuse_only:
+        return None
     resume = training.prepare(out_dir, key)
     args.output_dir, args.disable_tqdm = str(out_dir / "checkpoints"), not progress
     set_seed(args.seed)

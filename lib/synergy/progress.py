@@ -10,17 +10,25 @@
 `SYNERGY_PROGRESS` may also be set by hand to `widgets`, `terminal` or `lines`.
 Training stages give their TRL trainer `training_bar` (`show_training`): steps, loss and the
 time left, in place of the trainer's own bar and its printed log dictionaries.
+
+A worker process of `parallel.run` (trainings side by side) draws no bar of its own:
+`relay_to` makes `progress_bar` there send what its bars would show to the process that
+started it, where `Relayed` draws each as a bar of this module.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import os
+import queue as queue_module
 import sys
+import time
 
 MODE_VARIABLE = "SYNERGY_PROGRESS"
 MODES = ("widgets", "terminal", "lines")
 INTERVAL = float(os.environ.get("SYNERGY_PROGRESS_INTERVAL", 15))
+CURSOR_UP = "\x1b[A"  # how tqdm reaches the row of a bar above
 
 
 def mode() -> str:
@@ -48,10 +56,11 @@ class _Lines(io.TextIOBase):
     one line on stderr."""
 
     def write(self, text: str) -> int:
-        line = text.replace("\r", "").strip()
-        if line:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+        # Bars open at once: tqdm moves between their rows (a newline, then cursor-up).
+        for line in text.replace("\r", "").replace(CURSOR_UP, "").split("\n"):
+            if line.strip():
+                sys.stderr.write(line.strip() + "\n")
+        sys.stderr.flush()
         return len(text)
 
     def flush(self) -> None:
@@ -59,7 +68,9 @@ class _Lines(io.TextIOBase):
 
 
 def progress_bar(iterable=None, **kwargs):
-    """A tqdm bar (same arguments) drawn as `mode()` says."""
+    """A tqdm bar (same arguments) drawn as `mode()` says (relayed in a worker, `relay_to`)."""
+    if _RELAY is not None:
+        return _RelayBar(iterable, **kwargs)
     chosen = mode()
     if chosen == "widgets":
         from tqdm.auto import tqdm
@@ -139,3 +150,115 @@ def show_training(trainer, label: str, enabled: bool = True):
     if enabled:
         trainer.add_callback(training_bar(label))
     return trainer
+
+
+# --- bars of worker processes -------------------------------------------------------------
+
+_RELAY = None  # the queue a worker process sends its bars' states to (`relay_to`)
+_BAR_IDS = itertools.count()
+
+
+def relay_to(queue) -> None:
+    """In a worker process: every `progress_bar` from now on sends its state to `queue`
+    (a multiprocessing queue the starting process reads with `Relayed`)."""
+    global _RELAY
+    _RELAY = queue
+
+
+class _RelayBar:
+    """What a tqdm bar would show (count, total, postfix), sent to the starting process at
+    most every `SEND_INTERVAL` seconds and whenever it opens, refreshes or closes. Takes the
+    tqdm arguments and methods the series uses."""
+
+    SEND_INTERVAL = 0.5
+
+    def __init__(self, iterable=None, total=None, initial=0, desc="", unit="it",
+                 disable=False, **_ignored):
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.iterable, self.disable, self.n, self._total = iterable, disable, initial, total
+        self.postfix: dict[str, str] = {}
+        self.id, self._sent = (os.getpid(), next(_BAR_IDS)), 0.0
+        self._send("open", force=True, desc=desc, unit=unit, initial=initial)
+
+    @property
+    def total(self):
+        return self._total
+
+    @total.setter
+    def total(self, value) -> None:
+        self._total = value
+        self._send("update")
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self._send("update")
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        self.postfix = {str(k): str(v) for k, v in {**(ordered_dict or {}), **kwargs}.items()}
+        self._send("update", force=refresh)
+
+    def refresh(self, *args, **kwargs) -> None:
+        self._send("update", force=True)
+
+    def close(self) -> None:
+        self._send("close", force=True)
+        self.disable = True  # nothing more after the last state
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def _send(self, kind: str, force: bool = False, **extra) -> None:
+        now = time.monotonic()
+        if self.disable or (not force and now - self._sent < self.SEND_INTERVAL):
+            return
+        self._sent = now
+        _RELAY.put((kind, self.id, {"n": self.n, "total": self._total,
+                                    "postfix": dict(self.postfix), **extra}))
+
+
+class Relayed:
+    """Draws the bars worker processes relay to `queue` (`relay_to`), one bar of this module
+    per bar there; `pump` reads what has arrived, `close` closes what is left open."""
+
+    def __init__(self, queue):
+        self.queue, self.bars = queue, {}
+
+    def pump(self, timeout: float = 0.0) -> None:
+        """Draw every state that arrives within `timeout` seconds (then all that is queued)."""
+        try:
+            message = self.queue.get(timeout=timeout) if timeout > 0 else \
+                self.queue.get_nowait()
+        except queue_module.Empty:
+            return
+        while True:
+            self._draw(*message)
+            try:
+                message = self.queue.get_nowait()
+            except queue_module.Empty:
+                return
+
+    def _draw(self, kind: str, bar_id, state: dict) -> None:
+        if kind == "open":
+            self.bars[bar_id] = progress_bar(total=state["total"], initial=state["initial"],
+                                             desc=state["desc"], unit=state["unit"])
+        bar = self.bars.get(bar_id)
+        if bar is None:
+            return
+        if state["total"] != bar.total:
+            bar.total = state["total"]
+        if state["postfix"]:
+            bar.set_postfix(state["postfix"], refresh=False)
+        bar.update(state["n"] - bar.n)
+        if kind == "close":
+            self.bars.pop(bar_id).close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()

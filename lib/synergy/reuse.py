@@ -30,8 +30,8 @@ from synergy.files import (ArtifactError, CorruptArtifact, check_files, content_
 
 # Params that say where a run lives or how fast it runs, not what it computes. (A different
 # thread count can change float sums in the last bits; an artifact is still reused across
-# thread counts, as across machines.)
-WHERE = ("run_name", "output_root", "threads")
+# thread counts, as across machines; `train_jobs` only changes how many train at once.)
+WHERE = ("run_name", "output_root", "threads", "train_jobs")
 
 
 # --- the key ------------------------------------------------------------------------------

@@ -177,10 +177,11 @@ def grpo_settings(cfg: StrategiesConfig, run, **overrides) -> grpo.GRPOStageConf
 
 def train_grpo(spec: Spec, cfg: StrategiesConfig, gcfg: grpo.GRPOStageConfig, start: str,
                dataset, out: Path, progress: bool, trainer_cls=None, reward_funcs=None,
-               reward_weights: list[float] | None = None, **trainer_kwargs) -> dict[str, Any]:
+               reward_weights: list[float] | None = None, reuse_only: bool = False,
+               **trainer_kwargs) -> dict[str, Any] | None:
     """GRPO of one spec from `start` on `dataset` with `gcfg`'s settings and `trainer_cls`
     (default: 04's trainer), `reward_funcs` and their `reward_weights` (default: 04's),
-    reused when its key is unchanged."""
+    reused when its key is unchanged (`reuse_only`: the finished record or None)."""
     args = grpo_trainer.training_args(gcfg, cfg.beta, num_processes=1)
     if reward_weights is not None:
         args.reward_weights = list(reward_weights)
@@ -192,7 +193,10 @@ def train_grpo(spec: Spec, cfg: StrategiesConfig, gcfg: grpo.GRPOStageConfig, st
     record = grpo_trainer.train(start, dataset, args, out / "runs" / spec.name, key=key,
                         label=spec.name, trainer_cls=trainer_cls, reward_funcs=reward_funcs,
                         progress=progress, backend=gcfg.trainer_backend,
-                        peft=grpo_trainer.peft_config(gcfg), **trainer_kwargs)
+                        peft=grpo_trainer.peft_config(gcfg), reuse_only=reuse_only,
+                        **trainer_kwargs)
+    if record is None:
+        return None
     return {**record, "family": spec.family, "trainer": "grpo", "start": spec.start}
 
 
@@ -233,14 +237,17 @@ def sft_args(cfg: StrategiesConfig, n_rows: int, *, lr: float | None = None,
 
 def train_sft(spec: Spec, cfg: StrategiesConfig, start: str, rows: pd.DataFrame, out: Path,
               progress: bool, infra: dict[str, Any], args=None,
-              shaping: dict | None = None) -> dict[str, Any]:
+              shaping: dict | None = None, reuse_only: bool = False) -> dict[str, Any] | None:
     """SFT of one spec from `start` on chat `rows` (`messages`, optional `images`) with
-    `args` (default: `sft_args`), reused when its key is unchanged."""
+    `args` (default: `sft_args`), reused when its key is unchanged (`reuse_only`: the
+    finished record or None)."""
     run_dir, final = out / "runs" / spec.name, out / "runs" / spec.name / "model"
     key = model_key(cfg, spec, start, rows, infra, sft.TRAIN_CODE, shaping)
     done = training.finished(run_dir, key, final)
     if done:
         return {**done, "model_path": str(final.resolve()), "reused": True}
+    if reuse_only:
+        return None
     t0 = time.perf_counter()
     trainer, result = sft_trainer.train(start, rows, args or sft_args(cfg, len(rows)), run_dir,
                                 key=key, progress=progress, backend=infra["trainer_backend"],

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from synergy import distill, evaluation, grpo, mixing, models, stages, stratify
+from synergy import distill, evaluation, grpo, mixing, models, parallel, stages, stratify
 from synergy.config import ConfigError
 from synergy.evaluation import load_results, per_level
 from synergy.files import write_text
@@ -147,28 +147,16 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
             hybrid_q["qid"].iloc[:cfg.hybrid_warmup_questions])]) \
             if "hybrid" in cfg.families else pd.DataFrame(columns=hybrid.WARMUP_COLUMNS)
 
-        records, trained = [], {}
-        for spec in plan:
-            start = starts.get(spec.start) or trained[spec.start]
-            if progress:
-                print(f"training {spec.name}", flush=True)
-            if spec.family == "hybrid":
-                record = train_hybrid(spec, cfg, start, warmup, hybrid_q, suffix, ctx,
-                                      progress)
-            elif spec.trainer == "grpo":
-                record = shared.train_grpo(
-                    spec, cfg, shared.grpo_settings(cfg, ctx.run, **spec.settings), start,
-                    dataset, ctx.dir, progress,
-                    trainer_cls=TRAINERS[spec.family]() if spec.plan is not None else None,
-                    reward_funcs=progressive.prefixed_rewards()
-                    if spec.family == "progressive" else None,
-                    **({"plan": spec.plan} if spec.plan is not None else {}))
-            else:
-                record = shared.train_sft(spec, cfg, start,
-                                          shared.chat_rows(blends[spec.family], suffix),
-                                          ctx.dir, progress, shared.sft_settings(ctx.run))
-            trained[spec.name] = record["model_path"]
-            records.append(record)
+        common = {"cfg": cfg, "dataset": dataset, "blends": blends, "warmup": warmup,
+                  "hybrid_q": hybrid_q, "suffix": suffix, "folder": ctx.dir, "run": ctx.run,
+                  "progress": progress}
+        trained_records = parallel.run(
+            [parallel.Job(spec.name, train_spec, {
+                **common, "spec": spec,
+                "start": starts.get(spec.start) or parallel.From(spec.start, "model_path")})
+             for spec in plan], cfg.train_jobs, progress)
+        records = list(trained_records.values())
+        trained = {name: r["model_path"] for name, r in trained_records.items()}
         runs = pd.DataFrame(records)
         curves = analysis.load_curves(ctx.dir, list(trained))
         write_text(ctx.dir / "curves.csv", curves.to_csv(index=False))
@@ -245,30 +233,51 @@ def mode_models(results: dict[str, pd.DataFrame]) -> list[str]:
             if m in results]
 
 
+def train_spec(spec: Spec, cfg: StrategiesConfig, start: str, dataset, blends: dict,
+               warmup: pd.DataFrame, hybrid_q: pd.DataFrame, suffix: str, folder: Path,
+               run: Run, progress: bool = True, reuse_only: bool = False) -> dict | None:
+    """Train one model of the plan from `start` (a parallel job: resumed, or reused by
+    content key; with `reuse_only`, the finished record or None)."""
+    if spec.family == "hybrid":
+        return train_hybrid(spec, cfg, start, warmup, hybrid_q, suffix, folder, run,
+                            progress, reuse_only)
+    if spec.trainer == "grpo":
+        return shared.train_grpo(
+            spec, cfg, shared.grpo_settings(cfg, run, **spec.settings), start, dataset, folder,
+            progress, trainer_cls=TRAINERS[spec.family]() if spec.plan is not None else None,
+            reward_funcs=progressive.prefixed_rewards()
+            if spec.family == "progressive" else None, reuse_only=reuse_only,
+            **({"plan": spec.plan} if spec.plan is not None else {}))
+    return shared.train_sft(spec, cfg, start, shared.chat_rows(blends[spec.family], suffix),
+                            folder, progress, shared.sft_settings(run), reuse_only=reuse_only)
+
+
 def train_hybrid(spec: Spec, cfg: StrategiesConfig, start: str, warmup: pd.DataFrame,
-                 questions: pd.DataFrame, suffix: str, ctx, progress: bool) -> dict:
+                 questions: pd.DataFrame, suffix: str, folder: Path, run: Run, progress: bool,
+                 reuse_only: bool = False) -> dict | None:
     """The hybrid's two trainings: the warm-up SFT (from `start` with the mode tokens added)
     and its decoupled GRPO (from the warm-up model)."""
     if spec.trainer == "sft":
-        tokened = hybrid.with_mode_tokens(start, ctx.dir / "starts" / "hybrid")
+        tokened = hybrid.with_mode_tokens(start, folder / "starts" / "hybrid")
         steps = cfg.hybrid_warmup_steps
         return shared.train_sft(
-            spec, cfg, str(tokened), shared.chat_rows(warmup, suffix), ctx.dir, progress,
-            shared.sft_settings(ctx.run),
+            spec, cfg, str(tokened), shared.chat_rows(warmup, suffix), folder, progress,
+            shared.sft_settings(run),
             args=shared.sft_args(cfg, len(warmup), lr=cfg.hybrid_warmup_lr, max_steps=steps),
             shaping={k: getattr(cfg, k) for k in (
                 "hybrid_warmup_lr", "hybrid_warmup_steps", "sft_lr_scheduler",
-                "sft_warmup_ratio", "sft_batch_size", "sft_grad_accum", "sft_max_length")})
-    gcfg = shared.grpo_settings(cfg, ctx.run, **spec.settings)
+                "sft_warmup_ratio", "sft_batch_size", "sft_grad_accum", "sft_max_length")},
+            reuse_only=reuse_only)
+    gcfg = shared.grpo_settings(cfg, run, **spec.settings)
     train = questions.iloc[:cfg.hybrid_train_questions]
     dataset = shared.grpo_dataset(train, models.load_processing(start), suffix)
     if "level" in train:
         dataset = dataset.add_column("level", [int(x) for x in train["level"]])
-    return shared.train_grpo(spec, cfg, gcfg, start, dataset, ctx.dir, progress,
+    return shared.train_grpo(spec, cfg, gcfg, start, dataset, folder, progress,
                              trainer_cls=hybrid.trainer_class(),
                              reward_funcs=hybrid.reward_functions(spec.plan.long_margin),
                              reward_weights=[*cfg.reward_weights, cfg.reward_weights[0]],
-                             plan=spec.plan)
+                             plan=spec.plan, reuse_only=reuse_only)
 
 
 def load(output_root: str, run_name: str) -> StrategiesResult:
