@@ -26,7 +26,7 @@ def tiny_model(tmp_path_factory) -> Path:
     """A saved ~10k-parameter Qwen2 with the world's tokenizer (built in a second)."""
     from synergy import world
 
-    cfg = world.WorldConfig(run_name="t", threads=1, output_root=str(tmp_path_factory.mktemp("o")),
+    cfg = world.WorldConfig(run_name="t", threads=1, train_jobs=1, output_root=str(tmp_path_factory.mktemp("o")),
                             kind="text",
                             seed=0, min_steps=1, max_steps=2, max_value=19,
                             n_eval_questions=4, eval_seed=1, vocab_size=300, hidden_size=8,
@@ -214,7 +214,7 @@ def test_a_stage_start_cleans_the_run(tmp_path):
 
     leftover = tmp_path / "r" / "03_sft" / "models" / f".careful.tmp-{dead_pid()}-ab"
     leftover.mkdir(parents=True)
-    cfg = report.ReportConfig(run_name="r", output_root=str(tmp_path), seed=0, threads=1, n_examples=1,
+    cfg = report.ReportConfig(run_name="r", output_root=str(tmp_path), seed=0, threads=1, train_jobs=1, n_examples=1,
                               top_tokens=1, margin=0.0, long_ratio=2.0, long_run="")
     with stage_run(cfg, stages.REPORT):
         pass

@@ -19,7 +19,7 @@ from synergy.vlm import build_tiny_vlm
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
     """A saved tiny Qwen2 with the world's tokenizer and a perturbed copy of it."""
-    cfg = world.WorldConfig(run_name="t", threads=1, output_root=str(tmp_path_factory.mktemp("o")),
+    cfg = world.WorldConfig(run_name="t", threads=1, train_jobs=1, output_root=str(tmp_path_factory.mktemp("o")),
                             kind="text", seed=0, min_steps=1, max_steps=2, max_value=19,
                             n_eval_questions=4, eval_seed=1, vocab_size=300, hidden_size=16,
                             num_layers=1, num_heads=2, intermediate_size=16, max_positions=128,
