@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from synergy import quiet_libraries
 from synergy.progress import Relayed, relay_to
+from synergy.training import world_size
 
 POLL_S = 0.25  # how often the starting process draws relayed bars and checks for results
 
@@ -59,8 +60,6 @@ def workers_for(setting: int, n_jobs: int, threads: int) -> int:
     more than the jobs; 1 with CUDA or inside a multi-process launch."""
     import torch
 
-    from synergy.training import world_size
-
     if torch.cuda.is_available() or world_size() > 1:
         return 1
     return max(1, min(n_jobs, setting if setting > 0 else threads))
@@ -73,10 +72,6 @@ def _start_worker(queue, threads: int) -> None:
     quiet_libraries()  # as in the stage's own process: no per-file bars of loads and saves
     relay_to(queue)
     queue.cancel_join_thread()  # leaving never waits on bar states nobody will read
-
-
-def _call(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    return fn(**kwargs)
 
 
 def run(jobs: list[Job], setting: int, progress: bool = True) -> dict[str, Any]:
@@ -139,7 +134,7 @@ def run(jobs: list[Job], setting: int, progress: bool = True) -> dict[str, Any]:
                 if progress:
                     print(f"training {job.name} (side by side: {workers} at a time, "
                           f"{each} thread(s) each; run.train_jobs)", flush=True)
-                running[pool.submit(_call, job.fn, kwargs)] = job
+                running[pool.submit(job.fn, **kwargs)] = job
             if not running:
                 if pending and len(pending) == started:
                     raise ValueError(f"jobs {[j.name for j in pending]} wait on results "
