@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from synergy import pipeline
+from synergy import pipeline, runs
 from synergy.config import (PROFILE_PARAMETER, RUN_SECTION, ConfigError, load_profile,
                             profile_section)
 
@@ -252,6 +252,26 @@ def test_run_series_fails_before_any_notebook_runs(tmp_path, no_execution):
     assert no_execution == []
     pipeline.run_series(TINY)  # the check itself lets a good profile through
     assert len(no_execution) == len(pipeline.STAGES)
+
+
+def test_run_series_prints_the_host_speed_around_the_stage_times(no_execution, capsys,
+                                                                 monkeypatch):
+    speeds = iter([150.0, 99.6])
+    monkeypatch.setattr(runs, "matmul_speed", lambda threads: next(speeds))
+    pipeline.run_series(TINY, ["00"])
+    out = capsys.readouterr().out
+    head, table = out.split("[synergy] stage times:")
+    assert "[synergy] host speed: 150 GFLOP/s" in head
+    assert "host speed 150 GFLOP/s before, 100 after" in table
+
+
+def test_matmul_speed_measures_and_restores_the_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    speed = runs.matmul_speed(1, seconds=0.05)
+    assert torch.get_num_threads() == before
+    assert 0.1 < speed < 1e5  # GFLOP/s of one CPU thread
 
 
 def test_run_stage_rejects_bad_overrides(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synergy import progress, stages
+from synergy import progress, runs, stages
 from synergy.config import (PROFILE_PARAMETER, ConfigError, load_profile, output_root_problem,
                             profile_section)
 from synergy.files import atomic_path, write_text
@@ -192,13 +192,27 @@ def keep_failed(tmp: Path, failed: Path) -> tuple[Path | None, str]:
     return failed, ""
 
 
-def time_table(seconds: dict[str, float]) -> str:
-    """Each stage's wall time and share of the total, as printed at the end of a series."""
+def time_table(seconds: dict[str, float], speeds: tuple[float, float] | None = None) -> str:
+    """Each stage's wall time and share of the total, as printed at the end of a series;
+    with `speeds`, the host's speed before and after it (`runs.matmul_speed`), which the
+    times follow."""
     total = sum(seconds.values()) or 1.0
     rows = [f"  {name:<20} {secs:8.1f} s  {100 * secs / total:5.1f}%"
             for name, secs in seconds.items()]
-    return "\n".join(["[synergy] stage times:", *rows,
-                      f"  {'total':<20} {sum(seconds.values()):8.1f} s  100.0%"])
+    lines = ["[synergy] stage times:", *rows,
+             f"  {'total':<20} {sum(seconds.values()):8.1f} s  100.0%"]
+    if speeds:
+        lines.append(f"  host speed {speeds[0]:.0f} GFLOP/s before, {speeds[1]:.0f} after "
+                     "(float32 matrix products; the times follow it)")
+    return "\n".join(lines)
+
+
+def host_speed(threads: int) -> float:
+    """`runs.matmul_speed`, printed: the host's speed as a series starts."""
+    speed = runs.matmul_speed(threads)
+    print(f"[synergy] host speed: {speed:.0f} GFLOP/s in float32 matrix products "
+          f"(stage times follow it; compare runs at like speeds)", flush=True)
+    return speed
 
 
 def run_series(profile: str | Path, names: list[str] | None = None,
@@ -216,9 +230,10 @@ def run_series(profile: str | Path, names: list[str] | None = None,
         if holder is not None:  # another process works on this stage: stop before any work
             raise StageBusy(busy_message(folder, holder))
     paths, seconds = [], {}
+    before = host_speed(cfg.threads)
     for stage in chosen:
         t0 = time.perf_counter()
         paths.append(run_stage(stage, profile, overrides, log_output, show_code))
         seconds[stage.name] = time.perf_counter() - t0
-    print(time_table(seconds), flush=True)
+    print(time_table(seconds, (before, runs.matmul_speed(cfg.threads))), flush=True)
     return paths

@@ -176,6 +176,30 @@ def torch_threads(n: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+def matmul_speed(threads: int | None = 0, seconds: float = 0.5) -> float:
+    """The host's speed now, in GFLOP/s: float32 matrix products shaped like a training step
+    of the world's model (6,400 x 128 times 128 x 512), the median over about `seconds`, on
+    `threads` torch threads (`torch_threads`' meaning). `synergy run` prints it before and
+    after a series because the series' stage times follow it: one 2-core host ran the same
+    work 1.6x slower at another hour (README "Profiles"). A step of the world's model is
+    58% such products. torch is imported here, so the runner loads it only to measure."""
+    import torch
+
+    a, b = torch.randn(6400, 128), torch.randn(128, 512)
+    flop = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    times = []
+    with torch_threads(threads):
+        end = time.perf_counter() + seconds / 3
+        while time.perf_counter() < end:  # a fresh process's first products run slower
+            torch.mm(a, b)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(times) < 3:
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t0)
+    return flop / float(np.median(times)) / 1e9
+
+
 # --- a run and its stages -----------------------------------------------------------------
 
 class Run:
