@@ -274,6 +274,16 @@ def test_matmul_speed_measures_and_restores_the_threads():
     assert 0.1 < speed < 1e5  # GFLOP/s of one CPU thread
 
 
+def test_no_host_speed_with_cuda(no_execution, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runs.matmul_speed(1) is None
+    pipeline.run_series(TINY, ["00"])
+    out = capsys.readouterr().out
+    assert "[synergy] stage times:" in out and "GFLOP/s" not in out
+
+
 def test_run_stage_rejects_bad_overrides(tmp_path, monkeypatch):
     import papermill
 

@@ -192,26 +192,27 @@ def keep_failed(tmp: Path, failed: Path) -> tuple[Path | None, str]:
     return failed, ""
 
 
-def time_table(seconds: dict[str, float], speeds: tuple[float, float] | None = None) -> str:
+def time_table(seconds: dict[str, float],
+               speeds: tuple[float | None, float | None] | None = None) -> str:
     """Each stage's wall time and share of the total, as printed at the end of a series;
-    with `speeds`, the host's speed before and after it (`runs.matmul_speed`), which the
-    times follow."""
+    with `speeds`, the host's speed before and after it (`runs.matmul_speed`)."""
     total = sum(seconds.values()) or 1.0
     rows = [f"  {name:<20} {secs:8.1f} s  {100 * secs / total:5.1f}%"
             for name, secs in seconds.items()]
     lines = ["[synergy] stage times:", *rows,
              f"  {'total':<20} {sum(seconds.values()):8.1f} s  100.0%"]
-    if speeds:
+    if speeds and None not in speeds:
         lines.append(f"  host speed {speeds[0]:.0f} GFLOP/s before, {speeds[1]:.0f} after "
-                     "(float32 matrix products; the times follow it)")
+                     "(float32 matrix products)")
     return "\n".join(lines)
 
 
-def host_speed(threads: int) -> float:
-    """`runs.matmul_speed`, printed: the host's speed as a series starts."""
+def host_speed(threads: int) -> float | None:
+    """`runs.matmul_speed`, printed: the host's speed as a series starts (CPU runs only)."""
     speed = runs.matmul_speed(threads)
-    print(f"[synergy] host speed: {speed:.0f} GFLOP/s in float32 matrix products "
-          f"(stage times follow it; compare runs at like speeds)", flush=True)
+    if speed is not None:
+        print(f"[synergy] host speed: {speed:.0f} GFLOP/s in float32 matrix products "
+              f"(read stage times with it)", flush=True)
     return speed
 
 

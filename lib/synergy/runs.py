@@ -176,15 +176,20 @@ def torch_threads(n: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def matmul_speed(threads: int | None = 0, seconds: float = 0.5) -> float:
+def matmul_speed(threads: int | None = 0, seconds: float = 0.5) -> float | None:
     """The host's speed now, in GFLOP/s: float32 matrix products shaped like a training step
     of the world's model (6,400 x 128 times 128 x 512), the median over about `seconds`, on
     `threads` torch threads (`torch_threads`' meaning). `synergy run` prints it before and
-    after a series because the series' stage times follow it: one 2-core host ran the same
-    work 1.6x slower at another hour (README "Profiles"). A step of the world's model is
-    58% such products. torch is imported here, so the runner loads it only to measure."""
+    after a series, so that two runs' stage times can be read with the speed each saw: one
+    2-core host ran the same work 1.6x slower at another hour (README "Profiles"). A step
+    of the world's model is 58% such products; whether this figure alone tracks that
+    slowdown is not yet measured. None with CUDA, where the stages run on a GPU this does
+    not measure.
+    torch is imported here, so the runner loads it only to measure."""
     import torch
 
+    if torch.cuda.is_available():
+        return None
     a, b = torch.randn(6400, 128), torch.randn(128, 512)
     flop = 2 * a.shape[0] * a.shape[1] * b.shape[1]
     times = []
