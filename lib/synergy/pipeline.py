@@ -195,24 +195,24 @@ def keep_failed(tmp: Path, failed: Path) -> tuple[Path | None, str]:
 def time_table(seconds: dict[str, float],
                speeds: tuple[float | None, float | None] | None = None) -> str:
     """Each stage's wall time and share of the total, as printed at the end of a series;
-    with `speeds`, the host's speed before and after it (`runs.matmul_speed`)."""
+    with `speeds`, the host's speed before and after it (`runs.reference_step_ms`)."""
     total = sum(seconds.values()) or 1.0
     rows = [f"  {name:<20} {secs:8.1f} s  {100 * secs / total:5.1f}%"
             for name, secs in seconds.items()]
     lines = ["[synergy] stage times:", *rows,
              f"  {'total':<20} {sum(seconds.values()):8.1f} s  100.0%"]
     if speeds and None not in speeds:
-        lines.append(f"  host speed {speeds[0]:.0f} GFLOP/s before, {speeds[1]:.0f} after "
-                     "(float32 matrix products)")
+        lines.append(f"  host speed: a reference training step took {speeds[0]:.0f} ms before, "
+                     f"{speeds[1]:.0f} ms after")
     return "\n".join(lines)
 
 
 def host_speed(threads: int) -> float | None:
-    """`runs.matmul_speed`, printed: the host's speed as a series starts (CPU runs only)."""
-    speed = runs.matmul_speed(threads)
+    """`runs.reference_step_ms`, printed: the host's speed as a series starts (CPU only)."""
+    speed = runs.reference_step_ms(threads)
     if speed is not None:
-        print(f"[synergy] host speed: {speed:.0f} GFLOP/s in float32 matrix products "
-              f"(read stage times with it)", flush=True)
+        print(f"[synergy] host speed: a reference training step takes {speed:.0f} ms (a "
+              "transformer of the world's size; read the stage times with it)", flush=True)
     return speed
 
 
@@ -236,5 +236,5 @@ def run_series(profile: str | Path, names: list[str] | None = None,
         t0 = time.perf_counter()
         paths.append(run_stage(stage, profile, overrides, log_output, show_code))
         seconds[stage.name] = time.perf_counter() - t0
-    print(time_table(seconds, (before, runs.matmul_speed(cfg.threads))), flush=True)
+    print(time_table(seconds, (before, runs.reference_step_ms(cfg.threads))), flush=True)
     return paths

@@ -176,33 +176,45 @@ def torch_threads(n: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def matmul_speed(threads: int | None = 0, seconds: float = 0.5) -> float | None:
-    """The host's speed now, in GFLOP/s: float32 matrix products shaped like a training step
-    of the world's model (6,400 x 128 times 128 x 512), the median over about `seconds`, on
-    `threads` torch threads (`torch_threads`' meaning). `synergy run` prints it before and
-    after a series, so that two runs' stage times can be read with the speed each saw: one
-    2-core host ran the same work 1.6x slower at another hour (README "Profiles"). A step
-    of the world's model is 58% such products; whether this figure alone tracks that
-    slowdown is not yet measured. None with CUDA, where the stages run on a GPU this does
-    not measure.
-    torch is imported here, so the runner loads it only to measure."""
+def reference_step_ms(threads: int | None = 0, seconds: float = 1.5) -> float | None:
+    """The host's speed now: milliseconds of one training step (forward, backward) of a
+    plain torch transformer the size of the world's model (4 layers of width 128, 4 heads,
+    feed-forward 512, vocabulary 400; 64 sequences of 96 tokens, causal), the median over
+    about `seconds` after a warm-up, on `threads` torch threads (`torch_threads`' meaning).
+    `synergy run` prints it before and after a series, so that two runs' stage times can
+    be read with the speed each saw: one 2-core host ran the same work 1.6x slower at
+    another hour (README "Profiles"). It exercises the stages' whole mix of operations,
+    since matrix products alone measured near their peak during a slow hour. None with
+    CUDA, where the stages run on a GPU this does not measure. torch is imported here, so
+    the runner loads it only to measure."""
     import torch
 
     if torch.cuda.is_available():
         return None
-    a, b = torch.randn(6400, 128), torch.randn(128, 512)
-    flop = 2 * a.shape[0] * a.shape[1] * b.shape[1]
-    times = []
     with torch_threads(threads):
-        end = time.perf_counter() + seconds / 3
-        while time.perf_counter() < end:  # a fresh process's first products run slower
-            torch.mm(a, b)
+        generator = torch.Generator().manual_seed(0)
+        layer = torch.nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, batch_first=True,
+                                                 norm_first=True)
+        model = torch.nn.ModuleDict({
+            "embed": torch.nn.Embedding(400, 128),
+            "blocks": torch.nn.TransformerEncoder(layer, 4, enable_nested_tensor=False),
+            "head": torch.nn.Linear(128, 400)})
+        tokens = torch.randint(0, 400, (64, 96), generator=generator)
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(96)
+
+        def step() -> None:
+            hidden = model["blocks"](model["embed"](tokens), mask=mask, is_causal=True)
+            logits = model["head"](hidden)
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten()).backward()
+
+        step()  # a fresh process's first steps run slower
+        times: list[float] = []
         end = time.perf_counter() + seconds
         while time.perf_counter() < end or len(times) < 3:
             t0 = time.perf_counter()
-            torch.mm(a, b)
+            step()
             times.append(time.perf_counter() - t0)
-    return flop / float(np.median(times)) / 1e9
+    return 1000 * float(np.median(times))
 
 
 # --- a run and its stages -----------------------------------------------------------------
