@@ -171,3 +171,34 @@ def test_compacting_decoder_matches_hf_generate(engine, prompts, spec, monkeypat
     monkeypatch.setattr(engine, "processor", object())  # no images: HF generate path
     theirs = engine.generate(prompts, [f"k{i}" for i in range(len(prompts))], 0, 3, spec, 7)
     assert ours == theirs
+
+
+def test_buffered_cache_holds_what_concatenation_would():
+    """The decoder's KV cache grows its buffers by doubling and compacts rows in place:
+    what attention sees equals transformers' concatenating cache, through growth and
+    reordering, and a position past its capacity is refused."""
+    from transformers import DynamicCache
+
+    from synergy.generation import buffered_cache
+
+    gen = torch.Generator().manual_seed(0)
+    ours, theirs = buffered_cache(10 + 150), DynamicCache()
+    rows = 6
+
+    def step(n):
+        k, v = (torch.randn(rows, 2, n, 4, generator=gen) for _ in range(2))
+        return ours.update(k, v, 0), theirs.update(k.clone(), v.clone(), 0)
+
+    step(10)  # the prompt
+    for i in range(150):
+        (k, v), (k_ref, v_ref) = step(1)
+        assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
+        if i in (30, 90):  # rows leave, as when a quarter of the batch has ended
+            keep = torch.tensor([0, 2, 3, 5]) if i == 30 else torch.tensor([1, 3])
+            ours.reorder_cache(keep)
+            theirs.reorder_cache(keep)
+            rows = len(keep)
+    assert k.shape == (2, 2, 160, 4) and ours.get_seq_length() == 160
+    assert ours.layers[0].key_buffer.shape[2] == 160  # 64, 128, then capped at capacity
+    with pytest.raises(ValueError, match="holds 160 positions, 161 asked"):
+        step(1)

@@ -136,6 +136,40 @@ def test_hf_engine_on_an_accelerator_compacts_on_each_tensors_device(random_worl
     assert min(lengths) < max(lengths) == 24  # some rows ended while others went on
 
 
+def test_rows_leave_the_batch_in_groups_without_changing_a_sample(random_world, monkeypatch):
+    """The decoder writes the KV cache into preallocated buffers and drops ended rows once
+    a quarter of the batch has ended: the samples equal those of compacting at every ended
+    row and those drawn one row at a time (test_generation compares with HF generate)."""
+    from transformers import DynamicCache
+
+    from synergy import generation, task
+
+    cfg, model, tokenizer = random_world
+    engine = HFEngine(ModelOnAccelerator(model, tokenizer.eos_token_id, False), tokenizer)
+    prompts = [chat_prompt(tokenizer, q.text) for q in task.eval_questions(cfg)[:4]]
+    keys = [f"q{i}" for i in range(4)]
+    spec = SamplingSpec(1.0, 1.0, 0, 40)
+    compactions = []  # rows kept, at each compaction
+    reorder = DynamicCache.reorder_cache
+
+    def counting(cache, idx):
+        compactions.append(len(idx))
+        return reorder(cache, idx)
+
+    monkeypatch.setattr(DynamicCache, "reorder_cache", counting)
+    with torch.no_grad():
+        grouped = engine.generate(prompts, keys, 0, 8, spec, 3)
+        in_groups = list(compactions)
+        monkeypatch.setattr(generation, "COMPACT_SHARE", 10 ** 6)  # at every ended row
+        each = engine.generate(prompts, keys, 0, 8, spec, 3)
+        alone = [[engine.generate([p], [k], j, 1, spec, 3)[0][0] for j in range(8)]
+                 for p, k in zip(prompts, keys)]
+    assert grouped == each == alone
+    lengths = sorted(c.n_tokens for row in grouped for c in row)
+    assert lengths[0] < lengths[len(lengths) // 2] < lengths[-1]  # rows end at many steps
+    assert 1 < len(in_groups) < len(compactions) - len(in_groups)  # fewer, larger compactions
+
+
 def test_simulated_cuda_catches_a_cpu_tensor_indexed_on_the_accelerator():
     """The simulation can fail: the old decoder's expression raises under it."""
     alive = torch.arange(4)
