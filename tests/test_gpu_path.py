@@ -137,7 +137,7 @@ def test_hf_engine_on_an_accelerator_compacts_on_each_tensors_device(random_worl
 
 
 def test_rows_leave_the_batch_in_groups_without_changing_a_sample(random_world, monkeypatch):
-    """The decoder writes the KV cache into preallocated buffers and drops ended rows once
+    """The decoder writes the KV cache into buffers grown by doubling and drops ended rows once
     a quarter of the batch has ended: the samples equal those of compacting at every ended
     row and those drawn one row at a time (test_generation compares with HF generate)."""
     from transformers import DynamicCache

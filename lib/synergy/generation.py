@@ -224,7 +224,6 @@ class HFEngine:
         alive = torch.arange(rows)
         out: list[list[int]] = [[] for _ in range(rows)]
         ended = [False] * rows
-        done = [False] * rows  # per batch position: ended, leaves at the next compaction
         cache = buffered_cache(ids.shape[1] + max_new_tokens)
         # transformers renames past_key_values to cache (5.x deprecation); accept either.
         cache_kw = ("cache" if "cache" in inspect.signature(self.model.forward).parameters
@@ -240,17 +239,18 @@ class HFEngine:
                     u = keyed_uniform(seeds[alive], step, scores.shape[-1])
                     scores = scores + (-torch.log(-torch.log(u))).to(scores)
                 nxt = scores.argmax(-1)
-                for pos, (r, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
-                    if not done[pos]:
+                in_batch = alive.tolist()
+                for r, t in zip(in_batch, nxt.tolist()):
+                    if not ended[r]:  # an ended row stays until the next compaction
                         out[r].append(t)
-                        ended[r] = done[pos] = t == eos
+                        ended[r] = t == eos
+                done = [ended[r] for r in in_batch]
                 if all(done) or step == max_new_tokens - 1:
                     break
                 if sum(done) * COMPACT_SHARE >= len(done):
                     keep = [i for i, d in enumerate(done) if not d]
                     alive, (nxt, mask, position) = compact(alive, keep, nxt, mask, position)
                     cache.reorder_cache(torch.tensor(keep, device=mask.device))
-                    done = [False] * len(keep)
                 mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
                 position = position + 1
                 logits = self.model(input_ids=nxt[:, None].to(mask.device), attention_mask=mask,
@@ -298,6 +298,10 @@ def buffered_cache(capacity: int):
                 grown[:, :, :self.length] = old[:, :, :self.length]
                 setattr(self, name, grown)
 
+        def _show_filled(self) -> None:
+            self.keys = self.key_buffer[:, :, :self.length]
+            self.values = self.value_buffer[:, :, :self.length]
+
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
@@ -306,12 +310,11 @@ def buffered_cache(capacity: int):
             self.key_buffer[:, :, self.length:end] = key_states
             self.value_buffer[:, :, self.length:end] = value_states
             self.length = end
-            self.keys = self.key_buffer[:, :, :end]
-            self.values = self.value_buffer[:, :, :end]
+            self._show_filled()
             return self.keys, self.values
 
         def get_seq_length(self) -> int:
-            return self.length if self.is_initialized else 0
+            return self.length if self.is_initialized else 0  # 0 after `reset`, too
 
         def reorder_cache(self, beam_idx) -> None:
             """Keep the rows `beam_idx` (ascending), moved to the front in place."""
@@ -322,8 +325,7 @@ def buffered_cache(capacity: int):
                     buffer[:rows, :, :end] = buffer[:, :, :end].index_select(0, beam_idx)
                 self.key_buffer = self.key_buffer[:rows]
                 self.value_buffer = self.value_buffer[:rows]
-                self.keys = self.key_buffer[:, :, :end]
-                self.values = self.value_buffer[:, :, :end]
+                self._show_filled()
 
     cache = DynamicCache()
     cache.layer_class_to_replicate = functools.partial(BufferedLayer, capacity)
