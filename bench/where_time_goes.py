@@ -72,7 +72,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from synergy import task, world
+    from synergy import length_groups, task, world
     from synergy.generation import HFEngine, SamplingSpec, chat_prompt
 
     path = args.model or next(iter(sorted(glob.glob(str(ROOT / "outputs/tiny/00_world/model")))
@@ -121,7 +121,7 @@ def main() -> None:
                                                                         held_out=set()))
 
     def world_step(split: bool):
-        world.backward_mean_loss(train_model, world_batch, groups=2 if split else 1)
+        length_groups.backward_mean_loss(train_model, world_batch, groups=2 if split else 1)
         opt.step()
         opt.zero_grad()
 

@@ -2,7 +2,7 @@
 
 The world's batches mix direct answers, short traces and (at `world.long_fraction`) a few
 careful long traces. Padding one batch to its longest row spends most of its compute on
-padding; `world.backward_mean_loss` runs the rows in groups of neighbouring lengths instead
+padding; `length_groups.backward_mean_loss` runs the rows in groups of neighbouring lengths instead
 (the same loss and gradient up to float rounding). This measures, on the profile's own
 training batches and a freshly built base, one optimizer step at 1, 2, 3 and 4 groups,
 interleaved round by round (the machine is shared: compare the ratios within this run),
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from synergy import world
+from synergy import length_groups, world
 from synergy.world import WorldConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def main() -> None:
         for b in batches:
             lengths = b["attention_mask"].sum(-1).tolist()
             total += sum(len(p) * max(lengths[i] for i in p)
-                         for p in world.length_buckets(lengths, g))
+                         for p in length_groups.length_buckets(lengths, g))
         positions[g] = total / len(batches)
 
     seconds: dict[int, list[float]] = {g: [] for g in args.groups}
@@ -61,7 +61,7 @@ def main() -> None:
         for g in args.groups:  # interleaved: a slow spell of the machine hits every count
             t0 = time.perf_counter()
             for b in batches:
-                world.backward_mean_loss(model, b, groups=g)
+                length_groups.backward_mean_loss(model, b, groups=g)
                 opt.step()
                 opt.zero_grad()
             seconds[g].append((time.perf_counter() - t0) / len(batches))

@@ -276,3 +276,73 @@ def test_keyed_rollouts_do_not_depend_on_the_batch(init_copy, monkeypatch):
     assert all(len(r) <= 12 for r in both)
     trainer.state.global_step = 1
     assert grpo_trainer.keyed_rollouts(trainer, [b] * 4) != alone
+
+
+# --- log-probs in length groups ---------------------------------------------------------------
+
+def test_length_groups_cut_only_columns_that_are_padding_in_every_row():
+    """Each group's pass gets its rows without the columns padded in all of them, never
+    the first completion column, and its results come back in row order, 0 where cut."""
+    from synergy.length_groups import completion_logps
+
+    # 2 prompt columns (left-padded), 5 completion columns (right-padded, one row empty).
+    mask = torch.tensor([[0, 1, 1, 1, 0, 0, 0],
+                         [1, 1, 1, 1, 1, 1, 1],
+                         [0, 1, 0, 0, 0, 0, 0],
+                         [0, 1, 1, 1, 1, 0, 0]])
+    ids = torch.arange(28).view(4, 7)
+    seen = []
+
+    def compute(input_ids, attention_mask, keep):
+        seen.append((input_ids.tolist(), keep))
+        assert attention_mask.any(0).all() or keep == 1  # no all-padding column is left
+        return input_ids[:, -keep:].float(), -input_ids[:, -keep:].float(), None
+
+    logps, entropies, _ = completion_logps(compute, ids, mask, 5, groups=3)
+    # Groups {2}, {0, 3}, {1}: row 0's prompt column 0 and every row's padding after its
+    # group's longest completion are cut; row 2's lone completion column is kept.
+    assert seen == [([[15, 16]], 1), ([[1, 2, 3, 4], [22, 23, 24, 25]], 3),
+                    ([[7, 8, 9, 10, 11, 12, 13]], 5)]
+    kept = torch.arange(5) < torch.tensor([[3], [5], [1], [3]])  # each row's group's width
+    assert torch.equal(logps, ids[:, 2:].float() * kept)
+    assert torch.equal(entropies, -logps)
+
+
+def test_grouped_logps_are_trls_padded_pass(init_copy, tmp_path, monkeypatch):
+    """The trainer's log-probs, entropies and their gradients on a rollout-shaped batch
+    (left-padded prompts, right-padded completions of many lengths, one empty) are those of
+    TRL's one padded pass, up to float rounding."""
+    from synergy.verify import accuracy_reward
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig
+
+    tok = AutoTokenizer.from_pretrained(init_copy)
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4,
+                      num_generations=4, max_completion_length=12, max_steps=1,
+                      save_strategy="no", report_to="none", bf16=False, fp16=False,
+                      use_cpu=True, remove_unused_columns=False)
+    questions = pd.DataFrame({"qid": ["a"], "question": ["3 +4"], "answer": ["7"]})
+    trainer = grpo_trainer.trainer_class()(
+        model=str(init_copy), reward_funcs=[accuracy_reward], args=args,
+        train_dataset=grpo.training_dataset(questions, tok, ""), processing_class=tok)
+    gen = torch.Generator().manual_seed(0)
+    prompt_lens, completion_lens = [5, 9, 3, 9, 6, 4], [2, 30, 0, 7, 30, 1]
+    width_p, width_c = max(prompt_lens), max(completion_lens)
+    ids = torch.randint(3, 300, (6, width_p + width_c), generator=gen)
+    mask = torch.tensor([[0] * (width_p - p) + [1] * p + [1] * c + [0] * (width_c - c)
+                         for p, c in zip(prompt_lens, completion_lens)])
+    ids = ids.masked_fill(mask == 0, tok.pad_token_id)
+    model = trainer.model
+    outputs, grads = [], []
+    for groups in (1, 3):
+        monkeypatch.setattr(grpo_trainer, "LOGPS_GROUPS", groups)
+        model.zero_grad()
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            model, ids, mask, width_c, batch_size=4, compute_entropy=True)
+        keep = mask[:, width_p:].bool()
+        (logps * keep).sum().backward()
+        outputs.append((logps[keep], entropies[keep]))
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-3, atol=1e-5)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
-from synergy import task, world
+from synergy import length_groups, task, world
 from synergy.config import load_profile, profile_section
 from synergy.task import (
     BOXED,
@@ -274,7 +274,7 @@ def test_one_training_step_changes_every_weight(tokenizer, tmp_path):
     ([5, 50], [[0], [1]]),
 ])
 def test_length_buckets_pad_least(lengths, groups):
-    assert world.length_buckets(lengths, 2) == groups
+    assert length_groups.length_buckets(lengths, 2) == groups
 
 
 def test_split_batch_has_the_loss_and_gradient_of_the_padded_batch(tokenizer, tmp_path):
@@ -285,12 +285,12 @@ def test_split_batch_has_the_loss_and_gradient_of_the_padded_batch(tokenizer, tm
                  for i, q in enumerate(qs)]
     batch = world.training_batch(cfg, tokenizer, qs, responses)
     lengths = batch["attention_mask"].sum(-1).tolist()
-    assert len(world.length_buckets(lengths, 2)) == 2 and max(lengths) > 2 * min(lengths)
+    assert len(length_groups.length_buckets(lengths, 2)) == 2 and max(lengths) > 2 * min(lengths)
     grads, losses = [], []
     for split in (False, True):
         torch.manual_seed(0)
         model = world.build_model(cfg, tokenizer)
-        losses.append(world.backward_mean_loss(model, batch, groups=2 if split else 1))
+        losses.append(length_groups.backward_mean_loss(model, batch, groups=2 if split else 1))
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     for name, grad in grads[0].items():

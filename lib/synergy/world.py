@@ -31,6 +31,7 @@ from synergy import reuse, stages, vlm
 from synergy.config import StageConfig
 from synergy.files import atomic_path, clean_interrupted, read_json, write_text
 from synergy.generation import HFEngine, SamplingSpec, chat_prompt
+from synergy.length_groups import backward_mean_loss
 from synergy.progress import progress_bar
 from synergy.runs import Run, StageResult, set_seed, stage_run
 from synergy.task import (BOXED, THINK_CLOSE, THINK_OPEN, Question, blind_accuracy, careful_trace,
@@ -276,66 +277,11 @@ def training_rows(cfg: WorldConfig, rng: random.Random,
     return qs, responses
 
 
-def length_buckets(lengths: list[int], groups: int) -> list[list[int]]:
-    """Row indices in at most `groups` groups of neighbouring lengths, shortest rows first,
-    split where padding each group to its own longest row computes the fewest positions
-    (fewer groups where more save nothing)."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    sizes = [lengths[i] for i in order]
-    n = len(sizes)
-    if n == 0:
-        return [order]
-    # cost[g][j]: fewest positions for the first j rows in g groups; cut[g][j]: last group's start
-    inf = float("inf")
-    cost = [[inf] * (n + 1) for _ in range(groups + 1)]
-    cut = [[0] * (n + 1) for _ in range(groups + 1)]
-    cost[0][0] = 0
-    for g in range(1, groups + 1):
-        for j in range(1, n + 1):
-            for i in range(j):  # the last group is rows i..j-1, padded to sizes[j - 1]
-                c = cost[g - 1][i] + (j - i) * sizes[j - 1]
-                if c < cost[g][j]:
-                    cost[g][j], cut[g][j] = c, i
-    g = min(range(1, groups + 1), key=lambda k: (cost[k][n], k))  # a tie keeps fewer groups
-    bounds, j = [], n
-    while g:
-        bounds.append((cut[g][j], j))
-        j, g = cut[g][j], g - 1
-    return [order[a:b] for a, b in reversed(bounds)]
-
-
 # Length groups of one world training step: the world's batches are 3/4 direct answers
 # (~25 tokens), 1/4 short traces (~80) and, at `long_fraction`, a few careful long traces.
 # bench/world_buckets.py on the default profile (2 threads): 1 group 0.574 s per step, 2
 # groups 0.210, 3 groups 0.151, 4 groups 0.150.
 TRAIN_GROUPS = 3
-
-
-def backward_mean_loss(model, batch: dict, groups: int = 1) -> float:
-    """Backward of the batch's mean token loss (as `model(**batch).loss`); returns the loss.
-
-    With `groups` > 1 (right-padded text batches), the rows run as their `length_buckets`,
-    each cut to its own longest row, every part's summed token loss divided by the whole
-    batch's count of target tokens: the same loss and gradient up to float rounding. One
-    padded batch of the world computes 2.5x the positions of two groups and 3.4x those of
-    three (`bench/world_buckets.py` compares group counts)."""
-    import torch
-
-    if groups <= 1:
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.item()
-    n_targets = int((batch["labels"][:, 1:] != -100).sum())
-    lengths = batch["attention_mask"].sum(-1).tolist()
-    total = 0.0
-    for rows in length_buckets(lengths, groups):
-        width = max(lengths[i] for i in rows)
-        index = torch.tensor(rows)
-        loss = model(**{k: v[index, :width] for k, v in batch.items()},
-                     num_items_in_batch=n_targets).loss
-        loss.backward()
-        total += loss.item()
-    return total
 
 
 def training_batch(cfg: WorldConfig, processing, qs: list[Question],
