@@ -223,3 +223,36 @@ def test_lora_run_is_merged_into_a_plain_model(smoke_world, smoke_traces, tmp_pa
     assert any(diffs)
     again = sft.train_one(unit, cfg, str(smoke_world[1]), tmp_path, "", False)
     assert again["reused"]  # resumable: identical settings reuse the saved model
+
+
+def test_length_groups_train_the_model_one_padded_batch_would(smoke_world, smoke_traces,
+                                                              tmp_path, monkeypatch):
+    """SFT on a blend of short answers and long traces, one micro-batch padded whole and in
+    length groups: the same weights and logged metrics up to float rounding, and the
+    grouped run really ran in groups."""
+    import torch
+    from synergy import length_groups
+
+    cfg = smoke_cfg(tmp_path, max_steps=2, batch_size=8, grad_accum=1, lr=1e-2)
+    train = smoke_traces[smoke_traces["teacher"] == "careful"].head(8).reset_index(drop=True)
+    train["messages"] = [[m[0], {**m[1], "content": m[1]["content"].split("</think>")[-1]}]
+                         if i % 2 else list(m) for i, m in enumerate(train["messages"])]
+    parts = []
+    summed = length_groups.summed_loss
+    monkeypatch.setattr(length_groups, "summed_loss", lambda loss_of, batch, groups: (
+        parts.append(groups), summed(loss_of, batch, groups))[1])
+    weights, logs = [], []
+    for groups in (1, 3):
+        monkeypatch.setattr(sft_trainer, "SFT_GROUPS", groups)
+        trainer, _ = sft_trainer.train(smoke_world[1], train,
+                                       sft_trainer.training_args(cfg, len(train)),
+                                       tmp_path / f"run{groups}", key="k", progress=False)
+        weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+        logs.append([h for h in trainer.state.log_history if "entropy" in h])
+    assert parts == [3, 3]  # two steps, each one micro-batch in groups
+    for name, w in weights[0].items():
+        torch.testing.assert_close(weights[1][name], w, rtol=1e-3, atol=1e-5)
+    assert len(logs[0]) == len(logs[1]) == 2
+    for one, grouped in zip(*logs):
+        for key in ("loss", "entropy", "mean_token_accuracy"):
+            assert grouped[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6)

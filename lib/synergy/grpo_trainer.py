@@ -35,7 +35,7 @@ REWARD_NAMES = ("accuracy_reward", "format_reward")  # reward_functions, in orde
 # Length groups of every log-prob pass over a rollout batch (the old and reference policies'
 # and each micro-batch's training forward): most rollouts are short and a few run to the
 # completion budget, so one padded pass computes mostly padding (`length_groups`).
-# bench/grpo_groups.py, 12 steps of the default's 04 on a 2-core AVX2 host, s/step against
+# `bench/length_groups.py grpo`, 12 steps of the default's 04 on a 2-core AVX2 host, s/step against
 # one pass: from its starting copy 1.29x and 1.50x (2 groups 1.71x, 1.38x; 4: 1.19x, 1.42x),
 # from its trained policy 1.17x and 1.28x (2: 1.18x, 1.24x; 4: 1.40x, 1.34x).
 LOGPS_GROUPS = 3

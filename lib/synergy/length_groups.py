@@ -8,7 +8,10 @@ log-probs and gradients up to float rounding:
 
 - `backward_mean_loss`: the world base's training step (a batch's mean token loss);
 - `completion_logps`: GRPO's per-token log-probs of completions (TRL's
-  `_get_per_token_logps_and_entropies`, which 04's and 05's trainers route through it).
+  `_get_per_token_logps_and_entropies`, which 04's and 05's trainers route through it);
+- `summed_loss`: a loss summed over the batch's tokens and divided by a count given for the
+  whole batch (TRL's SFT loss with `num_items_in_batch`, which 03's and 05's SFT trainings
+  route through it).
 
 torch is imported inside the functions: the module stays light for the stage modules that
 import it for their configs.
@@ -74,6 +77,35 @@ def backward_mean_loss(model, batch: dict, groups: int = 1) -> float:
     return total
 
 
+def filled_span(mask) -> tuple[int, int] | None:
+    """(first, end) of the columns of a (rows, columns) mask that are filled in some row;
+    None when every column is padding."""
+    filled = mask.any(0).nonzero().flatten().tolist()
+    return (filled[0], filled[-1] + 1) if filled else None
+
+
+def summed_loss(loss_of: Callable, batch: dict, groups: int):
+    """`loss_of(part)` summed over the batch's `length_buckets`, each part its rows of every
+    (rows, columns) tensor of `batch` without the columns padded in all of them. The same
+    loss as `loss_of(batch)` when that is a sum over the batch's tokens divided by a count
+    fixed for the whole batch. Returns (loss, each part's count of target tokens: the
+    labels after the first column that are not -100), the counts for weighting per-part
+    metrics."""
+    import torch
+
+    mask = batch["attention_mask"]
+    shape = tuple(mask.shape)
+    total, counts = 0, []
+    for rows in length_buckets(mask.sum(-1).tolist(), groups):
+        index = torch.tensor(rows, device=mask.device)
+        first, end = filled_span(mask[index]) or (0, 1)
+        part = {k: v[index, first:end] if tuple(v.shape[:2]) == shape else v[index]
+                for k, v in batch.items()}
+        counts.append(int((part["labels"][:, 1:] != -100).sum()))
+        total = total + loss_of(part)
+    return total, counts
+
+
 def completion_logps(compute: Callable, input_ids, attention_mask, logits_to_keep: int,
                      groups: int, **kwargs):
     """`compute(input_ids, attention_mask, logits_to_keep, **kwargs)` -> (log-probs,
@@ -97,9 +129,8 @@ def completion_logps(compute: Callable, input_ids, attention_mask, logits_to_kee
     for rows in length_buckets(lengths, groups):
         index = torch.tensor(rows, device=input_ids.device)
         mask = attention_mask[index]
-        filled = mask.any(0).nonzero().flatten().tolist()
-        first = min(filled[0], prompt_width) if filled else prompt_width
-        end = max(filled[-1] + 1, prompt_width + 1) if filled else prompt_width + 1
+        first, end = filled_span(mask) or (prompt_width, prompt_width + 1)
+        first, end = min(first, prompt_width), max(end, prompt_width + 1)
         keep = end - prompt_width
         lp, ent, _ = compute(input_ids[index, first:end], mask[:, first:end], keep, **kwargs)
         logps.append(F.pad(lp, (0, logits_to_keep - keep)))
