@@ -346,3 +346,16 @@ def test_grouped_logps_are_trls_padded_pass(init_copy, tmp_path, monkeypatch):
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("processes, fsdp, deepspeed, allowed", [
+    (1, False, False, True), (2, False, False, False), (1, True, False, False),
+    (1, False, True, False)])
+def test_only_a_lone_process_with_the_whole_model_groups(processes, fsdp, deepspeed, allowed):
+    """Under DDP, FSDP or DeepSpeed every process must run the same forward passes: two
+    processes whose micro-batches split into different numbers of groups deadlock."""
+    from synergy.length_groups import may_group
+
+    trainer = types.SimpleNamespace(accelerator=types.SimpleNamespace(num_processes=processes),
+                                    is_fsdp_enabled=fsdp, is_deepspeed_enabled=deepspeed)
+    assert may_group(trainer) is allowed

@@ -20,7 +20,7 @@ import pandas as pd
 from synergy import models, training
 from synergy.files import content_hash
 from synergy.generation import HFEngine, open_images, sample_seed
-from synergy.length_groups import completion_logps
+from synergy.length_groups import completion_logps, may_group
 from synergy.models import tokenizer_of
 from synergy.progress import show_training
 from synergy.runs import set_seed
@@ -192,10 +192,11 @@ def trainer_class():
                                                compute_entropy=False, compute_aux_loss=False,
                                                **images):
             # Text rows run in groups of neighbouring lengths (`LOGPS_GROUPS`), each cut to
-            # its own longest row; images (their tensors are laid out per image, not per row)
-            # and a MoE's aux loss take TRL's one padded pass.
+            # its own longest row, on one process (`length_groups.may_group`); images (their
+            # tensors are laid out per image, not per row) and a MoE's aux loss take TRL's
+            # one padded pass.
             parent = super()._get_per_token_logps_and_entropies
-            if (LOGPS_GROUPS <= 1 or compute_aux_loss
+            if (LOGPS_GROUPS <= 1 or compute_aux_loss or not may_group(self)
                     or any(v is not None for v in images.values())):
                 return parent(model, input_ids, attention_mask, logits_to_keep, batch_size,
                               compute_entropy, compute_aux_loss, **images)

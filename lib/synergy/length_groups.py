@@ -13,6 +13,8 @@ log-probs and gradients up to float rounding:
   whole batch (TRL's SFT loss with `num_items_in_batch`, which 03's and 05's SFT trainings
   route through it).
 
+Trainers group only where `may_group` allows: alone on one process with the whole model.
+
 torch is imported inside the functions: the module stays light for the stage modules that
 import it for their configs.
 """
@@ -75,6 +77,16 @@ def backward_mean_loss(model, batch: dict, groups: int = 1) -> float:
         loss.backward()
         total += loss.item()
     return total
+
+
+def may_group(trainer) -> bool:
+    """Whether a transformers trainer may run a micro-batch in groups: only alone, on one
+    process holding the whole model (no DDP, FSDP or DeepSpeed). Elsewhere every process
+    must run the same forward passes (collectives), and DDP one forward per backward: two
+    CPU processes whose micro-batches split into different numbers of groups deadlocked
+    (tests/test_scale.py)."""
+    return (trainer.accelerator.num_processes == 1 and not trainer.is_fsdp_enabled
+            and not trainer.is_deepspeed_enabled)
 
 
 def filled_span(mask) -> tuple[int, int] | None:

@@ -115,8 +115,8 @@ def trainer_class():
                                     device=self.accelerator.device), "sum").item())
             parent = super().compute_loss
             if (SFT_GROUPS <= 1 or return_outputs or num_items_in_batch is None
-                    or self.aux_loss_enabled or not set(inputs) <= TEXT_INPUTS
-                    or "attention_mask" not in inputs):
+                    or self.aux_loss_enabled or not length_groups.may_group(self)
+                    or not set(inputs) <= TEXT_INPUTS or "attention_mask" not in inputs):
                 return parent(model, inputs, return_outputs, num_items_in_batch)
             # The parts' losses, each divided by the whole micro-batch's count, add up to
             # its loss; the metrics each part logged become their token-weighted mean.
