@@ -2,8 +2,8 @@
 
 The world's batches mix direct answers, short traces and (at `world.long_fraction`) a few
 careful long traces. Padding one batch to its longest row spends most of its compute on
-padding; `length_groups.backward_mean_loss` runs the rows in groups of neighbouring lengths instead
-(the same loss and gradient up to float rounding). This measures, on the profile's own
+padding; `length_groups.backward_mean_loss` runs the rows in groups of neighbouring lengths
+instead (the same loss and gradient up to float rounding). This measures, on the profile's own
 training batches and a freshly built base, one optimizer step at 1, 2, 3 and 4 groups,
 interleaved round by round (the machine is shared: compare the ratios within this run),
 and the padded positions each group count computes.
