@@ -52,33 +52,6 @@ def length_buckets(lengths: list[int], groups: int) -> list[list[int]]:
     return [order[a:b] for a, b in reversed(bounds)]
 
 
-def backward_mean_loss(model, batch: dict, groups: int = 1) -> float:
-    """Backward of the batch's mean token loss (as `model(**batch).loss`); returns the loss.
-
-    With `groups` > 1 (right-padded text batches), the rows run as their `length_buckets`,
-    each cut to its own longest row, every part's summed token loss divided by the whole
-    batch's count of target tokens: the same loss and gradient up to float rounding. One
-    padded batch of the world computes 2.5x the positions of two groups and 3.4x those of
-    three (`bench/world_buckets.py` compares group counts)."""
-    import torch
-
-    if groups <= 1:
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.item()
-    n_targets = int((batch["labels"][:, 1:] != -100).sum())
-    lengths = batch["attention_mask"].sum(-1).tolist()
-    total = 0.0
-    for rows in length_buckets(lengths, groups):
-        width = max(lengths[i] for i in rows)
-        index = torch.tensor(rows)
-        loss = model(**{k: v[index, :width] for k, v in batch.items()},
-                     num_items_in_batch=n_targets).loss
-        loss.backward()
-        total += loss.item()
-    return total
-
-
 def may_group(trainer) -> bool:
     """Whether a transformers trainer may run a micro-batch in groups: only alone, on one
     process holding the whole model (no DDP, FSDP or DeepSpeed). Elsewhere every process
@@ -116,6 +89,29 @@ def summed_loss(loss_of: Callable, batch: dict, groups: int):
         counts.append(int((part["labels"][:, 1:] != -100).sum()))
         total = total + loss_of(part)
     return total, counts
+
+
+def backward_mean_loss(model, batch: dict, groups: int = 1) -> float:
+    """Backward of the batch's mean token loss (as `model(**batch).loss`); returns the loss.
+
+    With `groups` > 1 (right-padded text batches), the rows run as the parts of
+    `summed_loss`, each part's summed token loss divided by the whole batch's count of
+    target tokens and its backward run before the next part's forward: the same loss and
+    gradient up to float rounding. One padded batch of the world computes 2.5x the
+    positions of two groups and 3.4x those of three (`bench/world_buckets.py` compares
+    group counts)."""
+    if groups <= 1:
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.item()
+    n_targets = int((batch["labels"][:, 1:] != -100).sum())
+
+    def backward_part(part) -> float:
+        loss = model(**part, num_items_in_batch=n_targets).loss
+        loss.backward()
+        return loss.item()
+
+    return summed_loss(backward_part, batch, groups)[0]
 
 
 def completion_logps(compute: Callable, input_ids, attention_mask, logits_to_keep: int,
