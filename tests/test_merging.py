@@ -109,3 +109,48 @@ def test_notebook_06_on_smoke(smoke_series):
     assert set(res.manifest["model_paths"]) == set(res.merges["model"])
     assert "between the parents" in merging.statement(res)
     assert (res.dir / "06_merging.html").stat().st_size > 10_000
+
+
+def test_merges_open_on_the_benchmark_are_judged_on_more_pool_questions(smoke_series, tmp_path,
+                                                                       monkeypatch):
+    """06 asks `judging.open_pairs` about the merges between the parents against the RL
+    model, and evaluates the open ones and the RL model on pool questions no model of the
+    run trained on; the report pools them. Which pairs are open is fixed here (the decision
+    is tests/test_judging.py's)."""
+    import shutil
+
+    from synergy import judging, report, stages
+    from synergy.runs import Run
+
+    shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")
+    asked = []
+
+    def open_pairs(results, pairs, margin):
+        asked.append((dict(pairs), margin))
+        return {"linear-0.5": "rl"}
+
+    monkeypatch.setattr(judging, "open_pairs", open_pairs)
+    cfg = merging.MergingConfig.from_mapping(
+        {**merging.MergingConfig.from_profile(SMOKE).to_dict(), "output_root": str(tmp_path),
+         "judged_questions": 10}, "test")
+    res = merging.run(cfg, progress=False)
+    between = [m for m, r in zip(res.merges["model"], res.merges["sft_ratio"]) if 0 < r < 1]
+    assert asked == [({m: "rl" for m in between}, cfg.synergy_margin)] and between
+    assert set(res.judged) == {"rl", "linear-0.5"}
+    assert res.manifest["judged_models"] == ["rl", "linear-0.5"]
+    extra = pd.read_csv(res.dir / judging.JUDGED / "questions.csv")
+    assert len(extra) == res.manifest["judged_questions"] > 0
+    run = Run(tmp_path, "smoke")
+    assert not set(extra["qid"]) & (judging.trained_qids(run) | set(res.results["rl"]["qid"]))
+    assert set(merging.load(str(tmp_path), "smoke").judged) == {"rl", "linear-0.5"}
+    roles = report.role_levels(report.run_levels(run), report.main_models(run))
+    answers = report.role_answers(run, roles)
+    merge_role = roles.loc[(roles["stage"] == stages.MERGING.name)
+                           & (roles["model"] == "linear-0.5"), "role"].iloc[0]
+    assert len(answers[merge_role]) == len(res.results["linear-0.5"]) + len(extra)
+    # With none open (or judged_questions 0) nothing more is evaluated, and an earlier
+    # execution's judged results are gone.
+    monkeypatch.setattr(judging, "open_pairs", lambda results, pairs, margin: {})
+    again = merging.run(cfg, progress=False)
+    assert again.judged == {} and not (again.dir / judging.JUDGED).exists()
+    assert again.manifest["judged_questions"] == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, run_stages
-from synergy import findings, report, report_roles, stats
+from synergy import findings, judging, report, report_roles, stats
 from synergy.config import ConfigError
 from synergy import report_figures as figures
 
@@ -597,9 +597,8 @@ def test_ends_above_rl_pairs_the_judged_models_over_their_extra_questions():
     status, text = findings.combinations_below_rl(
         _strategies_ev(control, control, 64, answers=only_benchmark))
     assert status == findings.UNDECIDED and "over" not in text.split(";")[0]
-    pooled = {**only_benchmark,
-              "05_strategies/rl_control": pd.concat([bench_c, extra_c]),
-              "05_strategies/two_stage-160": pd.concat([bench_s, extra_s])}
+    pooled = judging.with_judged(only_benchmark, {"05_strategies/rl_control": extra_c,
+                                                  "05_strategies/two_stage-160": extra_s})
     ev = _strategies_ev(control, control, 64, answers=pooled)
     status, text = findings.combinations_below_rl(ev)
     assert status != findings.UNDECIDED

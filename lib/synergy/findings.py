@@ -24,7 +24,7 @@ from synergy.pivotal import category_probabilities
 from synergy.report_roles import (CONTROL_ROLE, FILTERED, LEVELS, MERGE_PATTERN, OWN_RL,
                                   PAPER_COMBINATIONS, PAPER_MATCH, STRATEGY_PREFIX, beyond_paper,
                                   is_strategy, paper_results, wide)
-from synergy.stats import Difference, paired, paired_difference
+from synergy.stats import Difference, overall_difference, paired
 from synergy.strategies import CONTROL
 from synergy.task import THINK_OPEN
 
@@ -135,10 +135,9 @@ class Evidence:
             if levels != ["all"]:
                 wanted = {int(lv[1:]) for lv in levels}
                 qa, qb = qa[qa["level"].isin(wanted)], qb[qb["level"].isin(wanted)]
-            row = paired_difference(qa, qb).set_index("level").loc["all"]
-            if row["questions"] > 0:
-                return Difference(100 * row["diff"], 100 * row["diff_low"],
-                                  100 * row["diff_high"], int(row["questions"]))
+            d = overall_difference(qa, qb)
+            if d.questions > 0:
+                return d
         d = (self.acc.loc[a, levels] - self.acc.loc[b, levels]).mean()
         low = (self.low.loc[a, levels] - self.high.loc[b, levels]).mean(skipna=False)
         high = (self.high.loc[a, levels] - self.low.loc[b, levels]).mean(skipna=False)
@@ -156,9 +155,9 @@ class Evidence:
 
     def questions_note(self, d: Difference) -> str:
         """", over N questions" where a difference rests on more questions than the
-        benchmark's (05's judged pool questions, `strategies.with_judged`)."""
-        benchmark = max((len(df) for role, df in self.answers.items()
-                         if not role.startswith(STRATEGY_PREFIX)), default=0)
+        benchmark's (a judged pair's pool questions, `judging.with_judged`)."""
+        benchmark = max((int((~df["judged"].astype(bool)).sum()) if "judged" in df
+                         else len(df) for df in self.answers.values()), default=0)
         return f", over {d.questions} questions" if d.questions > benchmark > 0 else ""
 
     def combinations(self) -> list[str]:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from synergy import (
-    data, evaluation, generation, grpo_trainer, models, parallel, reuse, stages,
+    data, evaluation, generation, grpo_trainer, judging, models, parallel, reuse, stages,
     stratify, task, trace_sets, training, world,
 )
 from synergy.config import ConfigError
@@ -427,7 +427,7 @@ def run(cfg: GRPOStageConfig, progress: bool = True) -> GRPOResult:
         plan = training_plan(cfg, ctx.run, progress)
         train_set, init_path = plan.train_set, plan.init_path
         ctx.upstream["train_questions"] = plan.questions_id
-        write_text(ctx.dir / "train_questions.csv", train_set.to_csv(index=False))
+        write_text(ctx.dir / judging.TRAIN_QUESTIONS, train_set.to_csv(index=False))
         records = train_policies(cfg, plan, ctx.run, progress)
         runs = pd.DataFrame(records)
         curves = load_curves(ctx.dir, list(runs["label"]))
@@ -464,6 +464,6 @@ def load(output_root: str, run_name: str) -> GRPOResult:
     runs = pd.DataFrame(manifest["runs"]).assign(
         model_path=lambda d: [str(r.resolve(p)) for p in d["model_path"]])
     results = load_results(folder)
-    return GRPOResult(manifest, folder, pd.read_csv(folder / "train_questions.csv"), runs,
+    return GRPOResult(manifest, folder, pd.read_csv(folder / judging.TRAIN_QUESTIONS), runs,
                       load_curves(folder, list(runs["label"])), results, per_level(results),
                       pd.read_csv(folder / "drift.csv"))

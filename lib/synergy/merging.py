@@ -22,12 +22,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from synergy import evaluation, reuse, stages, stratify
+from synergy import distill, evaluation, judging, reuse, stages, stratify
 from synergy.evaluation import EvaluatingConfig, load_results
 from synergy.files import atomic_path, write_text
 from synergy.models import fingerprint
 from synergy.progress import progress_bar
-from synergy.runs import Run, StageResult, stage_run
+from synergy.runs import Run, StageResult, StageRun, stage_run
+from synergy.stats import overall_difference
 
 Method = Literal["linear", "slerp", "ties", "dare_ties"]
 # Files a processor or chat template needs that mergekit's tokenizer copy may not bring.
@@ -47,7 +48,11 @@ class MergingConfig(EvaluatingConfig):
     dtype: Literal["float32", "bfloat16", "float16"]
     shard_params: int
     eval_questions: int     # level-stratified subset the merges are evaluated on (0: all)
+    judged_questions: int   # up to this many more pool questions for a merge whose "ends
+    #   above RL" the benchmark leaves open, and for the RL model (`judging`; 0: none)
     synergy_margin: float
+
+    MANIFEST_DEFAULTS = {"judged_questions": 0}  # runs before the judged questions
 
     def validate(self) -> None:
         super().validate()
@@ -58,6 +63,7 @@ class MergingConfig(EvaluatingConfig):
         self.require(0 < self.density <= 1, "density", "must be in (0, 1]")
         self.require(self.shard_params >= 1, "shard_params", "must be >= 1")
         self.require(self.eval_questions >= 0, "eval_questions", "must be >= 0 (0: all)")
+        self.require(self.judged_questions >= 0, "judged_questions", "must be >= 0 (0: none)")
         self.require(0 <= self.synergy_margin < 1, "synergy_margin", "must be in [0, 1)")
 
 
@@ -205,6 +211,20 @@ def synergy_check(table: pd.DataFrame, merges: list[str], parents: tuple[str, st
     return pd.DataFrame(rows)
 
 
+def against_rl(results: dict[str, pd.DataFrame], merges: pd.DataFrame,
+               judged: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each merge between the parents (0 < ratio < 1) minus the RL model overall, paired
+    over the questions both answered (a judged pair also over its judged questions:
+    `judging.with_judged`), in points with its 95% interval, and how many questions."""
+    pooled = judging.with_judged(results, judged)
+    rows = []
+    for m in merges.loc[(merges["sft_ratio"] > 0) & (merges["sft_ratio"] < 1), "model"]:
+        d = overall_difference(pooled[m], pooled["rl"])
+        rows.append({"model": m, "vs RL": d.short(), "questions": d.questions,
+                     "judged": m in judged})
+    return pd.DataFrame(rows, columns=["model", "vs RL", "questions", "judged"])
+
+
 def merge_table(curves: pd.DataFrame, y: str = "accuracy") -> pd.DataFrame:
     """Wide view of the curves: one row per (method, SFT ratio), one column per level."""
     return curves.pivot_table(index=["method", "sft_ratio"], columns="level", values=y)
@@ -218,6 +238,8 @@ class MergingResult(StageResult):
     per_level: pd.DataFrame            # evaluation.per_level of parents and merges
     results: dict[str, pd.DataFrame]   # evaluation per model
     synergy: pd.DataFrame              # synergy_check of every merge
+    judged: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # the RL model
+    #   and the merges open on the benchmark, on more pool questions (`judge`)
 
 
 def run(cfg: MergingConfig, progress: bool = True) -> MergingResult:
@@ -267,13 +289,41 @@ def run(cfg: MergingConfig, progress: bool = True) -> MergingResult:
                 print(f"evaluating {name}", flush=True)
             results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress)
         table = evaluation.save_results(ctx.dir, results, record=ctx.record)
+        judged = judge(cfg, ctx, merges, results, to_eval, questions, suffix, progress)
         check = synergy_check(table, list(merges["model"]), margin=cfg.synergy_margin)
         write_text(ctx.dir / "synergy_check.csv", check.to_csv(index=False))
         ctx.set_models({m: ctx.run.resolve(p) for m, p in zip(merges["model"], merges["path"])},
                        main=merges["model"].iloc[0])
         ctx.record(merges_reused=int(merges["reused"].sum()),
                    any_synergy=bool(check["synergy"].any()) if len(check) else False)
-    return MergingResult(ctx.manifest, ctx.dir, merges, table, results, check)
+    return MergingResult(ctx.manifest, ctx.dir, merges, table, results, check, judged)
+
+
+def judge(cfg: MergingConfig, ctx: StageRun, merges: pd.DataFrame, results: dict[str, pd.DataFrame],
+          paths: dict[str, str], questions: pd.DataFrame, suffix: str,
+          progress: bool) -> dict[str, pd.DataFrame]:
+    """The merges between the parents (0 < ratio < 1) whose "ends above RL" the benchmark
+    leaves open, and the RL model, evaluated on up to `judged_questions` pool questions no
+    model of the run trained on (`judging`); saved in `judged/`, empty when none is open."""
+    between = merges.loc[(merges["sft_ratio"] > 0) & (merges["sft_ratio"] < 1), "model"]
+    pairs = judging.open_pairs(results, {m: "rl" for m in between}, cfg.synergy_margin) \
+        if cfg.judged_questions else {}
+    extra = questions.iloc[:0]
+    if pairs:
+        ctx.needs(stages.DISTILL)
+        extra = judging.questions(
+            distill.load(cfg.output_root, cfg.run_name).traces, judging.trained_qids(ctx.run),
+            questions, cfg.judged_questions, cfg.seed, cfg._key("judged_questions"))
+    judged = {}
+    for name in (["rl", *pairs] if len(extra) else []):
+        if progress:
+            print(f"evaluating {name} on {len(extra)} more pool questions ("
+                  + (f"the RL model of {', '.join(pairs)}" if name == "rl" else "its \"ends "
+                     "above RL\" is open on the benchmark") + ": judged_questions)", flush=True)
+        judged[name] = evaluation.evaluate_for(cfg, paths[name], extra, suffix, progress)
+    judging.save(ctx.dir, judged, extra)
+    ctx.record(judged_questions=len(extra) if judged else 0, judged_models=list(judged))
+    return judged
 
 
 def load(output_root: str, run_name: str) -> MergingResult:
@@ -282,7 +332,8 @@ def load(output_root: str, run_name: str) -> MergingResult:
     folder = r.dir(stages.MERGING)
     return MergingResult(r.manifest(stages.MERGING), folder, pd.read_csv(folder / "merges.csv"),
                          pd.read_csv(folder / "per_level.csv"), load_results(folder),
-                         pd.read_csv(folder / "synergy_check.csv", keep_default_na=False))
+                         pd.read_csv(folder / "synergy_check.csv", keep_default_na=False),
+                         judging.load(folder))
 
 
 def statement(res: MergingResult) -> str:

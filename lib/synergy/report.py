@@ -16,7 +16,7 @@ import html
 import numpy as np
 import pandas as pd
 
-from synergy import grpo_analysis, merging, models, pivotal, stages, staleness, strategies, stratify
+from synergy import grpo_analysis, judging, merging, models, pivotal, stages, staleness, strategies, stratify
 from synergy.config import ConfigError, StageConfig, run_name_problem
 from synergy.evaluation import load_results
 from synergy.files import ArtifactError, read_json, write_text
@@ -159,9 +159,10 @@ def main_models(run: Run) -> dict[str, list[str]]:
 
 def role_answers(run: Run, roles: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per role, the per-question results of the stage its numbers come from (qid, level,
-    accuracy, samples, lengths): paired differences and facts about single samples. 05's
-    judged models also hold their answers on its extra pool questions (`with_judged`). Roles
-    whose stage saved none (01_stratify's base pass rates) are left out."""
+    accuracy, samples, lengths): paired differences and facts about single samples. The
+    models 05 and 06 judged also hold their answers on their judged questions
+    (`judging.with_judged`). Roles whose stage saved none (01_stratify's base pass rates)
+    are left out."""
     keep = ["qid", "level", "accuracy", "samples", "lengths"]
     by_stage: dict[str, dict[str, pd.DataFrame]] = {}
     out = {}
@@ -174,12 +175,11 @@ def role_answers(run: Run, roles: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 by_stage[stage] = load_results(run.root / stage)
             except ArtifactError:
                 by_stage[stage] = {}
-            if stage == stages.STRATEGIES.name:
-                by_stage[stage] = strategies.with_judged(
-                    by_stage[stage], strategies.load_judged(run.root / stage))
+            by_stage[stage] = judging.with_judged(by_stage[stage],
+                                                  judging.load(run.root / stage))
         df = by_stage[stage].get(model)
         if df is not None and set(keep) <= set(df.columns):
-            out[role] = df[keep]
+            out[role] = df[keep + (["judged"] if "judged" in df else [])]
     return out
 
 

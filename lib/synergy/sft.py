@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from synergy import (
-    distill, evaluation, generation, models, reuse, sft_trainer, stages, stratify, training,
+    distill, evaluation, generation, judging, models, reuse, sft_trainer, stages, stratify,
+    training,
 )
 from synergy.evaluation import (
     EvaluatingConfig, accuracy_figure as bars, evaluate_for, length_figure as boxes,
@@ -367,6 +368,11 @@ def run(cfg: SftConfig, progress: bool = True) -> SftResult:
         traces = distill.load(cfg.output_root, cfg.run_name).traces
         ctx.needs(stages.DISTILL)
         planned = plan_models(cfg, traces, model.path, prompt_suffix)
+        # What each model trains on or is selected with (`judging.TRAIN_QUESTIONS`).
+        write_text(ctx.dir / judging.TRAIN_QUESTIONS, pd.concat(
+            [rows.assign(model=p.spec.name, use=use)[["model", "use", "qid", "level"]]
+             for p in planned for use, rows in (("train", p.train), ("val", p.val))]
+        ).to_csv(index=False))
         questions = stratify.benchmark_questions(
             stratify.load(cfg.output_root, cfg.run_name).levels)
 

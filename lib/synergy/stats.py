@@ -61,6 +61,14 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, value: str = "accuracy",
     return out.assign(clear=(out["diff_low"] > 0) | (out["diff_high"] < 0))
 
 
+def overall_difference(a: pd.DataFrame, b: pd.DataFrame, seed: int = 0) -> "Difference":
+    """Accuracy of `a` minus `b` over every question both answered, in points, with its
+    paired bootstrap interval (`paired_difference`'s "all"); NaN at 0 questions."""
+    row = paired_difference(a, b, seed=seed).set_index("level").loc["all"]
+    return Difference(100 * row["diff"], 100 * row["diff_low"], 100 * row["diff_high"],
+                      int(row["questions"]))
+
+
 @dataclasses.dataclass(frozen=True)
 class Difference:
     """a - b in accuracy points over some levels, with its 95% interval (NaN: unknown)."""

@@ -62,23 +62,21 @@ from synergy.strategies.config import (
     COMBINATIONS,
     CONTROL,
     FAMILIES,
-    JUDGED,
     PARENTS,
     Spec,
     StrategiesConfig,
     rl_reference,
-    with_judged,
 )
 from synergy.strategies.data_mixing import blend_composition
-from synergy.strategies.stage import StrategiesResult, headlines, load, load_judged, run, specs
+from synergy.strategies.stage import StrategiesResult, headlines, load, run, specs
 from synergy.strategies.two_stage import two_stage_table
 
 __all__ = [
-    "BEYOND_PAPER", "COMBINATIONS", "CONTROL", "FAMILIES", "JUDGED", "PARENTS", "Spec",
+    "BEYOND_PAPER", "COMBINATIONS", "CONTROL", "FAMILIES", "PARENTS", "Spec",
     "StrategiesConfig", "StrategiesResult", "against_rl", "analysis", "aux_sft",
     "blend_composition", "budget_table", "combinations_run", "comparison", "comparison_figure",
     "curves_figure", "data_mixing", "examples", "family_runs", "goal_check", "headlines",
-    "hybrid", "interleaved", "load", "load_judged", "paper_findings", "plan_table",
+    "hybrid", "interleaved", "load", "paper_findings", "plan_table",
     "progressive", "router", "run", "rl_reference", "run_table", "shared", "specs",
-    "statement", "synergy_table", "two_stage", "two_stage_table", "with_judged",
+    "statement", "synergy_table", "two_stage", "two_stage_table",
 ]

@@ -14,7 +14,7 @@ import pandas as pd
 
 from synergy.grpo_analysis import examples as same_questions
 from synergy.merging import synergy_check
-from synergy.stats import paired_difference
+from synergy.stats import overall_difference, paired_difference
 from synergy.strategies import two_stage
 from synergy.strategies.config import (
     COMBINATIONS,
@@ -284,18 +284,16 @@ def paper_findings(table: pd.DataFrame, curves: pd.DataFrame, runs: pd.DataFrame
 
 def against_rl(results: dict[str, pd.DataFrame], models: list[str]) -> pd.DataFrame:
     """Each model's overall accuracy minus the RL control's and minus 04's RL parent's,
-    paired over the questions both answered (`with_judged` results: the control group also
-    over the extra pool questions), with 95% intervals (points) and how many questions."""
+    paired over the questions both answered (`judging.with_judged` results: a judged pair
+    also over its judged questions), with 95% intervals (points) and how many questions."""
     rows = []
     for m in models:
         row = {"model": m}
         for ref, label in ((CONTROL, "vs RL control"), ("rl", "vs 04's RL")):
             if ref not in results or m == ref:
                 continue
-            d = paired_difference(results[m], results[ref]).set_index("level").loc["all"]
-            row[label] = f"{100 * d['diff']:+.1f} [{100 * d['diff_low']:+.1f}, " \
-                         f"{100 * d['diff_high']:+.1f}]"
-            row[f"{label}: questions"] = int(d["questions"])
+            d = overall_difference(results[m], results[ref])
+            row[label], row[f"{label}: questions"] = d.short(), d.questions
         rows.append(row)
     table = pd.DataFrame(rows)
     counts = [c for c in table.columns if c.endswith(": questions")]

@@ -12,7 +12,6 @@ import dataclasses
 import typing
 from typing import Any, Literal
 
-import pandas as pd
 
 from synergy.config import StageConfig
 from synergy.evaluation import EvaluatingConfig
@@ -29,8 +28,6 @@ COMBINATIONS = ("two_stage", "interleaved", "progressive", "aux_sft", "data_mixi
 # judges the paper's claims on the paper's strategies and shows these beside them.
 BEYOND_PAPER = ("aux_sft",)
 CONTROL = "rl_control"           # the model (and family) name of the RL control
-JUDGED = "judged"                # 05's folder of the control group's results on the pool
-#   questions beyond the benchmark (`control_eval_questions`): eval/, per_level.csv
 PARENTS = ("sft", "rl")          # 03's and 04's models, as 05 evaluates them
 # Families trained on the RL parent's own samples: its training is part of theirs, so they
 # are compared with the RL parent, not with the control.
@@ -53,16 +50,6 @@ def control_group(models: list[str]) -> list[str]:
         return []
     return [m for m in models if m == CONTROL or (
         m.split("-")[0] in COMBINATIONS and rl_reference(m, True) == CONTROL)]
-
-
-def with_judged(results: dict[str, pd.DataFrame],
-                judged: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """`results` (per-question, on the benchmark) with each judged model's results on the
-    extra pool questions appended: the answers "ends above RL" is decided on. Paired
-    differences join on qid, so a judged model against one evaluated on the benchmark only
-    still pairs over the benchmark."""
-    return {m: pd.concat([df, judged[m]], ignore_index=True) if m in judged else df
-            for m, df in results.items()}
 
 
 @dataclasses.dataclass

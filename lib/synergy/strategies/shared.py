@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synergy import grpo, grpo_trainer, reuse, sft, sft_trainer, stages, stratify, training
-from synergy.config import ConfigError
+from synergy import grpo, grpo_trainer, reuse, sft, sft_trainer, stages, training
 from synergy.evaluation import SamplingSpec, sample_table
 from synergy.files import content_hash
 from synergy.generation import engine_for, user_text
@@ -69,38 +68,6 @@ def hybrid_questions(traces: pd.DataFrame, cfg: StrategiesConfig,
                           "max(hybrid_warmup_questions, hybrid_train_questions) + "
                           "n_val_questions")
     return rows[~rows["qid"].isin(val["qid"])].iloc[:n].reset_index(drop=True)
-
-
-def judged_questions(traces: pd.DataFrame, cfg: StrategiesConfig, used: list[pd.DataFrame],
-                     benchmark: pd.DataFrame) -> pd.DataFrame:
-    """`cfg.control_eval_questions` of 02's pool questions that no 05 model trains on or
-    chooses its threshold with (none in `used`), the first of each level in
-    `question_order`, as many per level as keeps the benchmark's level shares
-    (`stratify.level_counts`): pooled with the benchmark they keep its mix. The RL control
-    and the strategies judged against it are evaluated on them too (`JUDGED`), since "ends
-    above RL" rests on differences of a few points that the benchmark alone may not decide.
-    Empty at 0. Fails naming the level that is short of questions."""
-    if cfg.control_eval_questions == 0:
-        return benchmark.iloc[:0]
-    key = cfg._key("control_eval_questions")
-    if "level" not in traces:
-        raise ConfigError(f"{key}: 02's pool has no levels (distill.level_pool: false), so "
-                          "its questions cannot keep the benchmark's level shares; set it "
-                          "to 0 or level the pool")
-    taken = set().union(*(set(u["qid"]) for u in used)) | set(benchmark["qid"])
-    rows = question_order(traces, cfg.teacher, cfg.seed, 0, "")
-    rows = rows[~rows["qid"].isin(taken)]
-    parts = []
-    for level, k in stratify.level_counts(benchmark["level"].value_counts(),
-                                          cfg.control_eval_questions).items():
-        have = rows[rows["level"] == level]
-        if len(have) < k:
-            raise ConfigError(f"{key}: the benchmark's level shares need {k} pool questions "
-                              f"of level {level} that no 05 model trains on; 02's pool has "
-                              f"{len(have)}. Lower it, or raise distill.n_questions")
-        parts.append(have.iloc[:k])
-    return pd.concat(parts).drop(columns=["expert", "expert_tokens"], errors="ignore") \
-        .reset_index(drop=True)
 
 
 def grpo_dataset(questions: pd.DataFrame, tokenizer, prompt_suffix: str):

@@ -1,20 +1,19 @@
 """The stage: train every model of `families` (or reuse it), evaluate all of them beside
 base, SFT and RL on the stratified evaluation set, with the router, the oracle and the
-hybrid's forced-mode check, and write the training budget of every model and parent. The RL
-control and the strategies judged against it are also evaluated on `control_eval_questions`
-more of 02's pool questions (`JUDGED`), where "ends above RL" needs more than the benchmark.
+hybrid's forced-mode check, and write the training budget of every model and parent. A
+combination whose "ends above RL" the benchmark leaves open is evaluated with its RL model on
+up to `control_eval_questions` more of 02's pool questions (`judging`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from synergy import distill, evaluation, grpo, mixing, models, parallel, stages, stratify
+from synergy import distill, evaluation, grpo, judging, mixing, models, parallel, stages, stratify
 from synergy.config import ConfigError
 from synergy.evaluation import load_results, per_level
 from synergy.files import write_text
@@ -31,11 +30,12 @@ from synergy.strategies import (
     two_stage,
 )
 from synergy.strategies.config import (
+    COMBINATIONS,
     CONTROL,
-    JUDGED,
     Spec,
     StrategiesConfig,
     control_group,
+    rl_reference,
 )
 
 # The trainer of each GRPO family with a plan of its own (the others: 04's plain trainer).
@@ -105,8 +105,9 @@ class StrategiesResult(StageResult):
     warmup: pd.DataFrame                # the hybrid's warm-up rows (mode, level, tokens)
     forced: pd.DataFrame                # hybrid.mode_table of the warm-up, each mode forced
     modes: pd.DataFrame                 # hybrid.mode_table of hybrid, parents, router, oracle
-    judged: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # the control
-    #   group on the extra pool questions (control_eval_questions; JUDGED): `with_judged`
+    judged: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # the
+    #   combinations open on the benchmark and their RL models on more pool questions
+    #   (control_eval_questions; `judging`)
 
 
 def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
@@ -126,8 +127,6 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
             raise ConfigError(f"{cfg._key('families')}: progressive rolls out from expert "
                               "prefixes, which needs text questions; these have images "
                               "(drop progressive from families)")
-        write_text(ctx.dir / "train_questions.csv",
-                   train_q.drop(columns=["images"], errors="ignore").to_csv(index=False))
         plan = specs(cfg)
         starts = {r: str(grpo.starting_copy(refs[r].path, ctx.dir / "starts" / r))
                   for r in {"base"} | {s.start for s in plan if s.start in ("sft", "rl")}}
@@ -136,6 +135,12 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
 
         hybrid_q = shared.hybrid_questions(traces, cfg, val_q) \
             if "hybrid" in cfg.families else train_q.iloc[:0]
+        # What this stage's models train on or choose with (`judging.TRAIN_QUESTIONS`): the
+        # strategies' questions first, then the router's and the hybrid's.
+        write_text(ctx.dir / judging.TRAIN_QUESTIONS, pd.concat(
+            [part.assign(use=use) for use, part in (("train", train_q), ("router_val", val_q),
+                                                    ("hybrid", hybrid_q))]).drop(
+            columns=["images"], errors="ignore").to_csv(index=False))
         drawn = None
         if {"data_mixing", "adaptive", "hybrid"} & set(cfg.families):
             asked = pd.concat([train_q, hybrid_q]).drop_duplicates("qid")
@@ -169,28 +174,38 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
 
         questions = stratify.benchmark_questions(
             stratify.load(cfg.output_root, cfg.run_name).levels)
-        extra = shared.judged_questions(traces, cfg, [train_q, val_q, hybrid_q], questions)
-        results, judged_results = {}, {}
-        judged = control_group(list(trained))  # sampled more: the "ends above RL" claim
-        for name, path in {**{r: refs[r].path for r in ("base", "sft", "rl")},
-                           **trained}.items():
-            samples = (cfg.control_eval_samples or cfg.eval_samples) if name in judged \
-                else cfg.eval_samples
+        results, samples = {}, {}
+        sampled_more = control_group(list(trained))  # the "ends above RL" claim's models
+        paths = {**{r: refs[r].path for r in ("base", "sft", "rl")}, **trained}
+        for name, path in paths.items():
+            samples[name] = (cfg.control_eval_samples or cfg.eval_samples) \
+                if name in sampled_more else cfg.eval_samples
             if progress:
-                print(f"evaluating {name} ({samples} samples per question)", flush=True)
+                print(f"evaluating {name} ({samples[name]} samples per question)", flush=True)
             results[name] = evaluation.evaluate_for(cfg, path, questions, suffix, progress,
-                                                    n_samples=samples)
-            if name in judged and len(extra):
-                if progress:
-                    print(f"evaluating {name} on {len(extra)} more pool questions "
-                          f"(control_eval_questions)", flush=True)
-                judged_results[name] = evaluation.evaluate_for(
-                    cfg, path, extra, suffix, progress, n_samples=samples)
-        shutil.rmtree(ctx.dir / JUDGED, ignore_errors=True)  # an earlier execution's
-        if judged_results:
-            evaluation.save_results(ctx.dir / JUDGED, judged_results)
-            write_text(ctx.dir / JUDGED / "questions.csv", extra.drop(
-                columns=["images"], errors="ignore").to_csv(index=False))
+                                                    n_samples=samples[name])
+        # Combinations whose "ends above RL" the benchmark leaves open, with their RL model,
+        # on more pool questions (`judging`).
+        has_control = CONTROL in trained
+        pairs = judging.open_pairs(results, {
+            m: rl_reference(m, has_control) for m in trained
+            if m.split("-")[0] in COMBINATIONS}, cfg.synergy_margin) \
+            if cfg.control_eval_questions else {}
+        extra = judging.questions(traces, judging.trained_qids(
+            ctx.run, (stages.SFT, stages.GRPO)) | set(pd.concat(
+                [train_q, val_q, hybrid_q])["qid"]), questions, cfg.control_eval_questions,
+            cfg.seed, cfg._key("control_eval_questions")) if pairs else questions.iloc[:0]
+        judged_results = {}
+        for name in dict.fromkeys([*pairs.values(), *pairs]) if len(extra) else []:
+            if progress:
+                why = (f"the RL model of {', '.join(m for m, rl in pairs.items() if rl == name)}"
+                       if name in pairs.values() else "its \"ends above RL\" is open on the "
+                       "benchmark")
+                print(f"evaluating {name} on {len(extra)} more pool questions ({why}: "
+                      f"control_eval_questions)", flush=True)
+            judged_results[name] = evaluation.evaluate_for(
+                cfg, paths[name], extra, suffix, progress, n_samples=samples[name])
+        judging.save(ctx.dir, judged_results, extra)
         forced = pd.DataFrame()
         if "hybrid" in cfg.families:
             for name in (hybrid.WARMUP, hybrid.RL):
@@ -219,6 +234,7 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
         ctx.record(cpu_seconds=time.process_time() - cpu0, paper_roles=headlines(cfg),
                    train_questions=len(train_q), val_questions=len(val_q),
                    judged_questions=len(extra) if judged_results else 0,
+                   judged_models=list(judged_results),
                    hybrid_questions=len(hybrid_q),
                    runs=[{k: v for k, v in r.items() if k != "key"} for r in stored])
     return StrategiesResult(ctx.manifest, ctx.dir, runs, curves, blend_table, results, table,
@@ -297,10 +313,4 @@ def load(output_root: str, run_name: str) -> StrategiesResult:
     return StrategiesResult(manifest, folder, runs, analysis.load_curves(folder, list(
         runs.get("label", []))), csv("blends.csv"), results, per_level(results),
         csv("router.csv"), csv("budget.csv"), csv("warmup.csv"), csv("forced_modes.csv"),
-        hybrid.mode_table(results, mode_models(results)), load_judged(folder))
-
-
-def load_judged(folder: Path) -> dict[str, pd.DataFrame]:
-    """The control group's results on the extra pool questions of a 05 folder (`JUDGED`);
-    empty where it saved none (`control_eval_questions` 0, or an older 05)."""
-    return load_results(folder / JUDGED) if (folder / JUDGED / "eval").is_dir() else {}
+        hybrid.mode_table(results, mode_models(results)), judging.load(folder))
