@@ -620,12 +620,32 @@ def test_ends_above_rl_is_decided_at_the_longer_budget_once_that_run_has_run():
     assert status == "not reproduced" and "furthest above its RL 05_strategies/two_stage-160" \
         in text
     assert "mid-training" not in text  # no longer run configured: this run's own verdict
-    # With report.long_run set but not run: this run decides, and the row says where the
-    # longer comparison comes from.
+    # With report.long_run set but not run, this run's strategies mid-training are not the
+    # paper's claim: their end-of-training comparison is "not run", naming the run that
+    # would decide it, and this run's own comparison is shown beside.
     status, text = findings.below_rl(_strategies_ev(control, ahead, 8, long_run="tiny-long"))
-    assert status == "not reproduced"
-    assert "at 8 steps the strategies are mid-training" in text
-    assert "run 'tiny-long' trains them longer" in text
+    assert status == "not run"
+    assert text.startswith("05's strategies at the end of training: not run: needs "
+                           "05_strategies of run 'tiny-long', which trains them longer than "
+                           "this run's 8 steps")
+    assert "This run's strategies, mid-training at 8 steps: not reproduced:" in text
+    # This run's merges decide meanwhile (here one clearly below RL).
+    level = [("linear-0.5", [0.9, 0.7, 0.5, 0.3, 0.07], 25)]
+    status, text = findings.below_rl(_strategies_ev(control, ahead, 8, merges=level,
+                                                    long_run="tiny-long"))
+    assert status in ("reproduced", findings.DIRECTION_ONLY), text
+    assert "this run's merges and blends of 04's samples: " in text
+    # Strategies trained as long as 04's RL parent are at the end: this run decides alone.
+    import dataclasses
+
+    ended = _strategies_ev(control, ahead, 8, long_run="tiny-long")
+    ended = dataclasses.replace(ended, budget=pd.concat([
+        ended.budget.assign(stage="05_strategies"),
+        pd.DataFrame({"model": ["rl (rl-beta0.005)"], "stage": ["04_grpo"],
+                      "optimizer steps": [8], "questions": [64], "rollouts": [512]})]))
+    assert findings.rl_parent_steps(ended.budget) == 8
+    status, text = findings.below_rl(ended)
+    assert status == "not reproduced" and "end of training" not in text
     # Once it has run, its strategies decide; this run's are shown beside as mid-training.
     longer = _strategies_ev([a + 0.3 for a in control], [a + 0.05 for a in control], 64,
                             merges=[("linear-0.5", [1.0] * 5, 25)])  # not judged there

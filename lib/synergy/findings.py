@@ -398,26 +398,40 @@ def vs_control(ev: Evidence) -> Callable[[str], bool]:
     return lambda role: ev.rl_for(role) == CONTROL_ROLE
 
 
+def rl_parent_steps(budget: pd.DataFrame | None) -> int | None:
+    """Optimizer steps of 04's RL parent in a `strategies.budget_table` (None: not there)."""
+    if budget is None or "stage" not in budget:
+        return None
+    rows = budget[budget["stage"] == stages.GRPO.name]
+    return int(rows["optimizer steps"].iloc[0]) if len(rows) else None
+
+
 def below_rl(ev: Evidence) -> Verdict:
     """No combination ends above RL. The paper compares at the end of training; 05's GRPO
     strategies and their RL control train few steps in the default. Where `ev.longer`
     (report.long_run) trained them more steps than this run, its strategies are judged
-    there; this run's merges and blends of 04's samples (against 04's RL parent, not bound
-    to 05's budget) are judged here, and this run's strategies are shown beside as
-    mid-training. Where that run has not run yet, this run decides alone and the row says
-    where the longer comparison would come from."""
-    steps = control_steps(ev.budget)
-    if ev.longer is None:
-        status, text = combinations_below_rl(ev)
-        if ev.long_run and steps is not None:
-            text += (f"; at {steps} steps the strategies are mid-training, where the order "
-                     f"can turn with run.seed: run '{ev.long_run}' trains them longer (the "
-                     f"paper compares at the end of training); run it, then re-render this "
-                     f"report")
-        return status, text
-    parts = [(f"05's strategies in run '{ev.long_run}' ({control_steps(ev.longer.budget)} "
-              f"steps, the paper's claim at a longer budget)",
-              combinations_below_rl(restricted(ev.longer, vs_control(ev.longer))))]
+    there. Where that run is named but has not run, and this run's strategies are
+    mid-training (their control trained fewer steps than 04's RL parent), their
+    end-of-training comparison is "not run" (the row names the run that would decide it),
+    like the KL row's. Either way this run's merges and blends of 04's samples (against
+    04's RL parent: both parents trained to the end) are judged here, and this run's
+    strategies are shown beside as mid-training with their own status. Without a long run,
+    or where this run's strategies trained as long as the RL parent, this run decides
+    alone."""
+    steps, parent = control_steps(ev.budget), rl_parent_steps(ev.budget)
+    mid_training = steps is not None and (parent is None or steps < parent)
+    if ev.longer is None and not (ev.long_run and mid_training):
+        return combinations_below_rl(ev)
+    if ev.longer is not None:
+        first = (f"05's strategies in run '{ev.long_run}' ({control_steps(ev.longer.budget)} "
+                 f"steps, the paper's claim at a longer budget)",
+                 combinations_below_rl(restricted(ev.longer, vs_control(ev.longer))))
+    else:
+        first = ("05's strategies at the end of training", _not_run(
+            f"05_strategies of run '{ev.long_run}', which trains them longer than this "
+            f"run's {steps} steps" + (f" (04's RL parent: {parent} steps)" if parent else "")
+            + "; run it, then re-render this report"))
+    parts = [first]
     rest = restricted(ev, lambda r: not vs_control(ev)(r))
     if rest.combinations():
         parts.append(("this run's merges and blends of 04's samples",

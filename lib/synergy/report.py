@@ -569,7 +569,8 @@ def gather(run: Run, cfg: ReportConfig) -> dict:
                   two_stage=two_stage,
                   answers=role_answers(run, roles),
                   weights=weights if "relative_distance" in weights else None,
-                  rl_runs=rl_runs, rl_curves=rl_curves, long_run=cfg.long_run, kl_from=kl_from,
+                  rl_runs=rl_runs, rl_curves=rl_curves, kl_from=kl_from,
+                  long_run=cfg.long_run if cfg.long_run != run.name else "",
                   budget=budget, longer=longer_evidence(run, cfg, paper, budget))
     checks = checklist(paper, ev)
     own = strategy_roles(levels)
