@@ -90,3 +90,12 @@ def test_judged_results_are_saved_loaded_and_pooled(tmp_path):
     assert list(pooled["rl"]["qid"]) == ["b0", "b1", "p0"] and len(pooled["m"]) == 2
     judging.save(tmp_path, {}, extra.iloc[:0])  # a later execution with nothing open
     assert judging.load(tmp_path) == {} and not (tmp_path / judging.JUDGED).exists()
+
+
+def test_the_summary_says_what_is_judged_and_when_the_pool_ran_short():
+    extra = pd.DataFrame({"qid": ["p0", "p1"]})
+    assert "decided on the benchmark" in judging.summary({}, extra.iloc[:0], 200, "k")
+    line = judging.summary({"linear-0.25": "rl"}, extra, 200, "merging.judged_questions")
+    assert line.startswith("merging.judged_questions: open on the benchmark: linear-0.25 "
+                           "against rl; 2 pool questions (of 200 asked")
+    assert "asked" not in judging.summary({"m": "rl"}, extra, 2, "k")

@@ -428,8 +428,9 @@ def below_rl(ev: Evidence) -> Verdict:
                  combinations_below_rl(restricted(ev.longer, vs_control(ev.longer))))
     else:
         first = ("05's strategies at the end of training", _not_run(
-            f"05_strategies of run '{ev.long_run}', which trains them longer than this "
-            f"run's {steps} steps" + (f" (04's RL parent: {parent} steps)" if parent else "")
+            f"{stages.STRATEGIES.name} of run '{ev.long_run}', which trains them longer "
+            f"than this run's {steps} steps"
+            + (f" (04's RL parent: {parent} steps)" if parent else "")
             + "; run it, then re-render this report"))
     parts = [first]
     rest = restricted(ev, lambda r: not vs_control(ev)(r))

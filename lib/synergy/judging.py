@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from synergy import stages, stratify
+from synergy import stages
 from synergy.config import ConfigError
 from synergy.evaluation import load_results, save_results
 from synergy.files import ArtifactError, content_hash, write_text
-from synergy.stats import overall_difference
+from synergy.stats import level_counts, overall_difference
 
 JUDGED = "judged"  # a stage's folder of results on its judged questions: eval/, per_level.csv,
 #   questions.csv
@@ -58,7 +58,7 @@ def questions(traces: pd.DataFrame, taken: set[str], benchmark: pd.DataFrame, n:
     """Up to `n` of 02's questions (from its `traces`: one row each, with level and
     whatever the benchmark carries, images and choices) outside `taken` and the benchmark,
     in a seeded order, as many per level as keeps the benchmark's level shares
-    (`stratify.level_counts`): the largest total up to `n` that every level can fill.
+    (`stats.level_counts`): the largest total up to `n` that every level can fill.
     Empty at 0; fails naming `key` when the pool has no levels."""
     if n == 0:
         return benchmark.iloc[:0]
@@ -75,7 +75,7 @@ def questions(traces: pd.DataFrame, taken: set[str], benchmark: pd.DataFrame, n:
     total = min([n] + [int(have.get(level, 0) * shares.sum() // count)
                        for level, count in shares.items()])
     while total > 0:
-        take = stratify.level_counts(shares, total)
+        take = level_counts(shares, total)
         if all(have.get(level, 0) >= k for level, k in take.items()):
             return pd.concat([rows[rows["level"] == level].iloc[:k]
                               for level, k in take.items()]).reset_index(drop=True)
@@ -89,6 +89,18 @@ def open_pairs(results: dict[str, pd.DataFrame], pairs: dict[str, str],
     on the benchmark leaves "a gain of more than `margin` (0-1)" undecided."""
     return {m: rl for m, rl in pairs.items()
             if overall_difference(results[m], results[rl]).exceeds(100 * margin) is None}
+
+
+def summary(pairs: dict[str, str], extra: pd.DataFrame, asked: int, key: str) -> str:
+    """One line on what a stage judges: the open pairs and how many pool questions it
+    found for them (fewer than `asked` when a level of the pool ran out)."""
+    if not pairs:
+        return f"{key}: every \"ends above RL\" is decided on the benchmark; no judged questions"
+    found = (f"{len(extra)} pool questions" + (f" (of {asked} asked: the pool has no more in "
+                                               f"the benchmark's level shares)"
+                                               if len(extra) < asked else ""))
+    return (f"{key}: open on the benchmark: "
+            + ", ".join(f"{m} against {rl}" for m, rl in pairs.items()) + f"; {found}")
 
 
 def save(folder: Path, results: dict[str, pd.DataFrame], questions: pd.DataFrame) -> None:

@@ -314,6 +314,9 @@ def judge(cfg: MergingConfig, ctx: StageRun, merges: pd.DataFrame, results: dict
         extra = judging.questions(
             distill.load(cfg.output_root, cfg.run_name).traces, judging.trained_qids(ctx.run),
             questions, cfg.judged_questions, cfg.seed, cfg._key("judged_questions"))
+    if progress and cfg.judged_questions:
+        print(judging.summary(pairs, extra, cfg.judged_questions, cfg._key("judged_questions")),
+              flush=True)
     judged = {}
     for name in (["rl", *pairs] if len(extra) else []):
         if progress:

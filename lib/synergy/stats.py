@@ -46,6 +46,19 @@ def level_intervals(results: pd.DataFrame, value: str = "accuracy",
     return pd.DataFrame(rows)
 
 
+def level_counts(counts: pd.Series, n: int) -> pd.Series:
+    """How many of `n` questions each level gets to keep the shares of `counts` (questions
+    per level): largest remainders, at least one per non-empty level."""
+    counts = counts[counts > 0]
+    exact = counts * n / counts.sum()
+    take = np.maximum(1, np.floor(exact)).astype(int)
+    for level in (exact - np.floor(exact)).sort_values(ascending=False).index:
+        if take.sum() >= n:
+            break
+        take[level] += 1
+    return take
+
+
 def paired(a: pd.DataFrame, b: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
     """The questions both answered: qid, level (a's), `<value>_a` and `<value>_b`."""
     return a[["qid", "level", value]].merge(b[["qid", value]], on="qid", suffixes=("_a", "_b"))

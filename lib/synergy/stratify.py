@@ -24,6 +24,7 @@ from synergy.evaluation import sample_table, save_audit, to_dataset
 from synergy.files import load_dataset_dir, save_dataset, write_text
 from synergy.generation import ENGINE_DEFAULTS, SamplingSpec, VllmDtype, engine_for
 from synergy.runs import Run, StageResult, stage_run
+from synergy.stats import level_counts
 
 
 @dataclasses.dataclass
@@ -229,19 +230,6 @@ def benchmark_questions(levels: pd.DataFrame) -> pd.DataFrame:
     """The stratified benchmark without the base's samples: questions, answers, level,
     and whatever else the benchmark carries (images, choices)."""
     return levels.drop(columns=[c for c in SAMPLE_COLUMNS if c in levels.columns])
-
-
-def level_counts(counts: pd.Series, n: int) -> pd.Series:
-    """How many of `n` questions each level gets to keep the shares of `counts` (questions
-    per level): largest remainders, at least one per non-empty level."""
-    counts = counts[counts > 0]
-    exact = counts * n / counts.sum()
-    take = np.maximum(1, np.floor(exact)).astype(int)
-    for level in (exact - np.floor(exact)).sort_values(ascending=False).index:
-        if take.sum() >= n:
-            break
-        take[level] += 1
-    return take
 
 
 def level_subset(questions: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:

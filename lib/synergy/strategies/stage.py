@@ -195,6 +195,9 @@ def run(cfg: StrategiesConfig, progress: bool = True) -> StrategiesResult:
             ctx.run, (stages.SFT, stages.GRPO)) | set(pd.concat(
                 [train_q, val_q, hybrid_q])["qid"]), questions, cfg.control_eval_questions,
             cfg.seed, cfg._key("control_eval_questions")) if pairs else questions.iloc[:0]
+        if progress and cfg.control_eval_questions:
+            print(judging.summary(pairs, extra, cfg.control_eval_questions,
+                                  cfg._key("control_eval_questions")), flush=True)
         judged_results = {}
         for name in dict.fromkeys([*pairs.values(), *pairs]) if len(extra) else []:
             if progress:
