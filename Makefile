@@ -30,11 +30,12 @@ report: install
 
 # Test files run on parallel workers (pytest-xdist), one file per worker at a time: the
 # kill tests share one output root in order, and files share their fixtures. One worker per
-# core, at most 4 (each holds its own smoke run).
+# core, at most 4 (each holds its own smoke run). Files are handed out in collection order,
+# the longest first (tests/conftest.py LONGEST_FIRST).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n > 4 ? 4 : n )))
 
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # JupyterLab at the project root (notebooks/ and outputs/ side by side), served on this
 # machine only. Jupyter refuses to start as root unless told: --allow-root is passed when
