@@ -16,7 +16,9 @@ import html
 import numpy as np
 import pandas as pd
 
-from synergy import grpo_analysis, judging, merging, models, pivotal, stages, staleness, strategies, stratify
+from synergy import (
+    grpo_analysis, judging, merging, models, pivotal, stages, staleness, strategies, stratify,
+)
 from synergy.config import ConfigError, StageConfig, run_name_problem
 from synergy.evaluation import load_results
 from synergy.files import ArtifactError, read_json, write_text
