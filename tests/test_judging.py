@@ -35,6 +35,8 @@ def test_judged_questions_keep_the_benchmarks_shares_outside_every_trained_quest
     assert list(judging.questions(pool, taken, BENCHMARK, 10, 1, "k")["qid"]) != list(
         extra["qid"])
     assert len(judging.questions(pool, taken, BENCHMARK, 0, 0, "k")) == 0
+    assert len(judging.questions(pool, taken, BENCHMARK, 2, 0, "k")) == 0  # < one per level
+    assert len(judging.questions(pool, taken, BENCHMARK, 4, 0, "k")) == 4
     # Up to n: 10 pool questions of level 1 are left, so 20 keep the shares at most.
     many = judging.questions(pool, taken, BENCHMARK, 40, 0, "k")
     assert many["level"].value_counts().to_dict() == {1: 10, 2: 6, 3: 4}

@@ -58,8 +58,9 @@ def questions(traces: pd.DataFrame, taken: set[str], benchmark: pd.DataFrame, n:
     """Up to `n` of 02's questions (from its `traces`: one row each, with level and
     whatever the benchmark carries, images and choices) outside `taken` and the benchmark,
     in a seeded order, as many per level as keeps the benchmark's level shares
-    (`stats.level_counts`): the largest total up to `n` that every level can fill.
-    Empty at 0; fails naming `key` when the pool has no levels."""
+    (`stats.level_counts`, at least one per level): the largest total up to `n` that every
+    level can fill. Empty at 0 or below the benchmark's number of levels; fails naming `key`
+    when the pool has no levels."""
     if n == 0:
         return benchmark.iloc[:0]
     if "level" not in traces:
@@ -76,7 +77,7 @@ def questions(traces: pd.DataFrame, taken: set[str], benchmark: pd.DataFrame, n:
                        for level, count in shares.items()])
     while total > 0:
         take = level_counts(shares, total)
-        if all(have.get(level, 0) >= k for level, k in take.items()):
+        if take.sum() <= n and all(have.get(level, 0) >= k for level, k in take.items()):
             return pd.concat([rows[rows["level"] == level].iloc[:k]
                               for level, k in take.items()]).reset_index(drop=True)
         total -= 1
