@@ -12,7 +12,10 @@ benchmark decides cost nothing more. The report pools each model's answers
 
 The pool is leveled by the base's pass rate as the benchmark is (02_distill). Like any
 training pool, its questions may overlap what the base itself trained on; both models of a
-pair descend from that base.
+pair descend from that base. The pooled interval is read as if its questions had been fixed
+in advance: adding them only where the benchmark left a pair open makes a decision somewhat
+more likely than the nominal 95% would. A stage decides what is open at its own
+`synergy_margin`; the report judges at `report.margin` (0.02 in every profile, as both).
 """
 
 from __future__ import annotations
