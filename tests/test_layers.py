@@ -12,7 +12,7 @@ from synergy import stages
 LIB = Path(__file__).resolve().parents[1] / "lib" / "synergy"
 STAGE_MODULES = ({s.module for s in stages.STAGES} - {"world"}  # world: the core's task
                  | {"grpo_analysis"}  # 04's analysis
-                 | {"findings", "report_figures", "report_roles"})  # the report stage
+                 | {"evidence", "findings", "report_figures", "report_roles"})  # the report stage
 MODULES = {p.stem: p for p in LIB.glob("*.py") if p.stem not in ("__init__", "__main__")}
 CORE = set(MODULES) - STAGE_MODULES - {"pipeline"}
 

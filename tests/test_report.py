@@ -11,6 +11,8 @@ import pytest
 from conftest import ROOT, run_stages
 from synergy import findings, judging, report, report_roles, stats
 from synergy.config import ConfigError
+from synergy.evidence import STATUSES
+from synergy.evidence import evidence as evidence_of
 from synergy import report_figures as figures
 
 PAYLOAD = "<script>alert('pwned')</script><b>bold</b>"
@@ -41,7 +43,7 @@ def _roles(sft, rl, base, lengths=(10, 40, 12), merges=None, width=0.01):
 
 
 def _ev(roles, margin=0.02, long_ratio=2.0, **facts):
-    return findings.evidence(roles, margin, long_ratio, **facts)
+    return evidence_of(roles, margin, long_ratio, **facts)
 
 
 BASE, SFT = [0.9, 0.7, 0.5, 0.3, 0.1], [0.8, 0.7, 0.6, 0.5, 0.3]
@@ -57,7 +59,7 @@ def test_checklist_judges_from_numbers():
                            "tokens": [1000, 4000, 1000]})
     checks = findings.checklist(paper, _ev(_roles(SFT, rl, BASE, merges=merges), counts=counts))
     status = dict(zip(checks["finding"], checks["status"]))
-    assert set(status.values()) <= set(findings.STATUSES)
+    assert set(status.values()) <= set(STATUSES)
     f = paper["findings"]
     for key in ("sft_hard", "sft_easy", "sft_long", "rl_all", "rl_short", "interpolate",
                 "ties_erratic", "meta_tokens"):
@@ -496,7 +498,7 @@ def test_checklist_and_tables_with_stages_missing(smoke_root, tmp_path):
     run = Run(tmp_path, "smoke")
     paper = report_roles.paper_results()
     roles = report.role_levels(report.run_levels(run), report.main_models(run))
-    checks = findings.checklist(paper, findings.evidence(roles, 0.02, 2.0))
+    checks = findings.checklist(paper, evidence_of(roles, 0.02, 2.0))
     assert set(checks["status"]) == {"not run"}
     compared = report_roles.paper_vs_run(paper, roles)
     assert (compared["this run"] == "not run").all()

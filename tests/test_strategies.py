@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from synergy import mixing, report_roles, strategies
+from synergy.evidence import evidence as evidence_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -616,7 +617,7 @@ def test_report_judges_05_strategies_and_names_their_paper_roles():
     roles, prefix = strategy_roles()
     paper = report_roles.paper_results()
     headlines = {"two_stage": "two_stage-192", "progressive": "progressive-cosine"}
-    ev = findings.evidence(roles, 0.02, 2.0, two_stage=pd.DataFrame(
+    ev = evidence_of(roles, 0.02, 2.0, two_stage=pd.DataFrame(
         {"model": ["two_stage-64", "two_stage-192"], "budget": [64, 192],
          "clipped_ratio": [0.9, 0.0], "final_reward": [0.1, 0.5], "accuracy": [0.43, 0.58]}))
     # The paper's strategies count as combinations; router and oracle go beyond the paper.
@@ -626,7 +627,7 @@ def test_report_judges_05_strategies_and_names_their_paper_roles():
     assert status == "not reproduced" and "progressive-cosine" in evidence
     assert findings.below_rl(ev)[0] == "not reproduced"  # progressive ends above RL
     assert findings.two_stage_budget(ev)[0] == "reproduced"
-    assert findings.two_stage_budget(findings.evidence(roles, 0.02, 2.0))[0] == "not run"
+    assert findings.two_stage_budget(evidence_of(roles, 0.02, 2.0))[0] == "not run"
     compared = report_roles.paper_vs_run(paper, roles, headlines).set_index("paper model")
     assert compared.at["two-stage SFT->RL", "this run"] == prefix + "two_stage-192"
     assert compared.at["progressive", "this run"] == prefix + "progressive-cosine"
@@ -651,7 +652,7 @@ def test_report_judges_05_strategies_against_the_rl_control_at_their_budget():
     roles, prefix = strategy_roles(control=[0.6, 0.5, 0.2])
     budget = pd.DataFrame([{"model": "rl_control", "questions": 64, "rollouts": 512,
                             "optimizer steps": 8}])
-    ev = findings.evidence(roles, 0.02, 2.0, budget=budget)
+    ev = evidence_of(roles, 0.02, 2.0, budget=budget)
     assert ev.rl_for(prefix + "progressive-cosine") == report_roles.CONTROL_ROLE
     assert ev.rl_for("linear-0.5") == "rl"  # merges of 03's and 04's models: 04's RL
     assert prefix + "rl_control" not in ev.combinations()
@@ -675,7 +676,7 @@ def test_the_papers_claims_are_judged_on_its_strategies_and_aux_sft_is_shown_bes
     aux = [{**r, "role": prefix + "aux_sft", "model": "aux_sft",
             "accuracy": min(1.0, r["accuracy"] + 0.1)}
            for r in roles[roles["role"] == prefix + "rl_control"].to_dict("records")]
-    ev = findings.evidence(pd.concat([roles, pd.DataFrame(aux)], ignore_index=True), 0.02, 2.0)
+    ev = evidence_of(pd.concat([roles, pd.DataFrame(aux)], ignore_index=True), 0.02, 2.0)
     assert prefix + "aux_sft" not in ev.combinations() and ev.beyond() == [prefix + "aux_sft"]
     status, text = findings.below_rl(ev)
     assert status != "not reproduced", text   # progressive is not above the strong control

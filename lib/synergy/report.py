@@ -27,8 +27,8 @@ from synergy.pivotal import category_table
 from synergy.report_figures import PARENTS, curve_series, model_colors, static_accuracy_png
 from synergy.runs import EXTERNAL, Run, StageResult, stage_run
 from synergy.strategies import CONTROL
-from synergy.findings import (STATUSES, Evidence, checklist, control_steps, evidence,
-                              kl_too_short)
+from synergy.evidence import STATUSES, Evidence, evidence
+from synergy.findings import checklist, control_steps, kl_too_short
 from synergy.report_roles import (CONTROL_ROLE, MERGE_PATTERN, OWN_RL, STRATEGY_PREFIX,
                                   is_strategy, paper_results, paper_vs_run, wide)
 
@@ -253,7 +253,7 @@ def role_levels(levels: pd.DataFrame,
                         & ~ratio.isin([0.0, 1.0])]
     picked = [*parents, merges.assign(role=merges["model"])]
     if len(merges) and {p["stage"].iloc[0] for p in parents} != {stages.MERGING.name}:
-        # The merges' parents on the merges' own questions (findings.Evidence.parents_of).
+        # The merges' parents on the merges' own questions (evidence.Evidence.parents_of).
         own = levels[(levels["stage"] == stages.MERGING.name) & names.isin(PARENTS)]
         picked.append(own.assign(role=stages.MERGING.name + "/" + own["model"]))
     # The other SFT / RL models (teachers, sweeps, KL ablations), 05's strategies, router,

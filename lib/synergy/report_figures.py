@@ -14,7 +14,7 @@ from typing import Iterable
 import pandas as pd
 
 from synergy import stages
-from synergy.findings import LEVELS, STRATEGY_PREFIX
+from synergy.report_roles import LEVELS, STRATEGY_PREFIX
 
 PARENTS = ("base", "sft", "rl")
 PARENT_COLORS = {"base": "#7f7f7f", "sft": "#1f77b4", "rl": "#d62728"}
