@@ -265,8 +265,10 @@ def test_run_series_prints_the_host_speed_around_the_stage_times(no_execution, c
     assert "a reference training step took 310 ms before, 453 ms after" in table
 
 
-def test_reference_step_measures_and_restores_the_threads():
+def test_reference_step_measures_and_restores_the_threads(monkeypatch):
     import torch
+
+    monkeypatch.setenv(runs.HOST_SPEED_ENV, "1")  # the tests' own default is off (conftest)
 
     before = torch.get_num_threads()
     ms = runs.reference_step_ms(1, seconds=0.05)
@@ -274,10 +276,15 @@ def test_reference_step_measures_and_restores_the_threads():
     assert 1 < ms < 60_000  # a forward and backward of ~1M parameters on 6,144 tokens
 
 
-def test_no_host_speed_with_cuda(no_execution, capsys, monkeypatch):
+@pytest.mark.parametrize("why", ["cuda", "environment"])
+def test_no_host_speed_with_cuda_or_when_switched_off(why, no_execution, capsys, monkeypatch):
     import torch
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    if why == "cuda":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setenv(runs.HOST_SPEED_ENV, "1")
+    else:
+        monkeypatch.setenv(runs.HOST_SPEED_ENV, "0")
     assert runs.reference_step_ms(1) is None
     pipeline.run_series(TINY, ["00"])
     out = capsys.readouterr().out

@@ -13,6 +13,7 @@ On copies of the smoke run (`smoke_series`):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SMOKE
+from conftest import SMOKE, built
 from synergy import distill, grpo, merging, models, reuse, sft, stages, stratify, world
 from synergy.config import load_profile, profile_section
 from synergy.files import CorruptArtifact, read_json
@@ -189,35 +190,51 @@ def test_damaged_artifacts_are_set_aside_and_recomputed_the_same(smoke_series, t
     assert len(aside) == 1 and aside[0].startswith(".careful.corrupt-")
 
 
-def test_a_moved_run_works_from_its_new_place(smoke_series, tmp_path):
+def test_a_moved_run_works_from_its_new_place(smoke_series, tmp_path, tmp_path_factory,
+                                              worker_id):
     """Copied, then moved, with the original output root (its run and world cache) out of
     reach: every stage reruns from the new place and reuses all the run folder holds."""
     first = copy_run(smoke_series, tmp_path / "a")
     moved = tmp_path / "b" / "outputs"
     moved.parent.mkdir()
     os.rename(first, moved)
-    hidden = smoke_series.with_name(smoke_series.name + "-hidden-by-test_reuse")
-    os.rename(smoke_series, hidden)
-    try:
-        run = Run(moved, "smoke")
-        for manifest in run.root.glob("*/manifest.json"):  # paths recorded: relative
-            data = read_json(manifest)
-            paths = [*(data.get("model_paths") or {}).values(),
-                     *(data.get("evaluated") or {}).values(),
-                     *(r["model_path"] for r in data.get("runs", []) if "model_path" in r)]
-            assert not [p for p in paths if Path(p).is_absolute()], manifest
-        assert world.run(config("world", moved), progress=False).manifest["reused"]
-        assert any((moved / "cache").glob("world-*/model"))  # the cache rebuilt from the run
-        stratify.run(config("stratify", moved), progress=False)
-        distill.run(config("distill", moved), progress=False)
-        assert sft.run(config("sft", moved), progress=False).runs["reused"].all()
-        assert grpo.run(config("grpo", moved), progress=False).runs["reused"].all()
-        assert merging.run(config("merging", moved), progress=False).merges["reused"].all()
-        for stage in (stages.STRATIFY, stages.DISTILL):
-            assert (run.dir(stage) / "manifest.json").exists()
-        for stage in (stages.SFT, stages.GRPO, stages.MERGING):
-            pd.testing.assert_frame_equal(
-                pd.read_csv(run.dir(stage) / "per_level.csv"),
-                pd.read_csv(hidden / "smoke" / stage.name / "per_level.csv"))
-    finally:
-        os.rename(hidden, smoke_series)
+    with contextlib.ExitStack() as stack:
+        # Every root the run was made in is out of reach: this worker's copy, and the
+        # session's shared builds it was copied from (held locked while hidden).
+        hidden = hide(stack, smoke_series)
+        for name in ("series", "root"):
+            hide(stack, stack.enter_context(built(tmp_path_factory, worker_id, name)))
+        moved_run_works(moved, hidden)
+
+
+def hide(stack: contextlib.ExitStack, root: Path) -> Path:
+    """`root` renamed away until `stack` closes; the hidden place."""
+    hidden = root.with_name(root.name + "-hidden-by-test_reuse")
+    os.rename(root, hidden)
+    stack.callback(os.rename, hidden, root)
+    return hidden
+
+
+def moved_run_works(moved: Path, hidden: Path) -> None:
+    """Every stage reruns from `moved` and reuses all it holds (the first place at
+    `hidden`, out of reach)."""
+    run = Run(moved, "smoke")
+    for manifest in run.root.glob("*/manifest.json"):  # paths recorded: relative
+        data = read_json(manifest)
+        paths = [*(data.get("model_paths") or {}).values(),
+                 *(data.get("evaluated") or {}).values(),
+                 *(r["model_path"] for r in data.get("runs", []) if "model_path" in r)]
+        assert not [p for p in paths if Path(p).is_absolute()], manifest
+    assert world.run(config("world", moved), progress=False).manifest["reused"]
+    assert any((moved / "cache").glob("world-*/model"))  # the cache rebuilt from the run
+    stratify.run(config("stratify", moved), progress=False)
+    distill.run(config("distill", moved), progress=False)
+    assert sft.run(config("sft", moved), progress=False).runs["reused"].all()
+    assert grpo.run(config("grpo", moved), progress=False).runs["reused"].all()
+    assert merging.run(config("merging", moved), progress=False).merges["reused"].all()
+    for stage in (stages.STRATIFY, stages.DISTILL):
+        assert (run.dir(stage) / "manifest.json").exists()
+    for stage in (stages.SFT, stages.GRPO, stages.MERGING):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(run.dir(stage) / "per_level.csv"),
+            pd.read_csv(hidden / "smoke" / stage.name / "per_level.csv"))

@@ -456,11 +456,10 @@ def test_image_questions_train_their_expert_trace_with_their_images(vlm_dir, tmp
 # --- the notebook ---------------------------------------------------------------------------
 
 def test_notebook_05_on_smoke(smoke_series, tmp_path, monkeypatch):
-    from conftest import run_stages
+    """05's notebook as the smoke series ran it (conftest's `smoke_series`)."""
     from synergy import distill, judging, models, stages, stratify
     from synergy.runs import Run
 
-    run_stages(smoke_series, "05")
     res = strategies.load(str(smoke_series), "smoke")
     cfg = strategies.StrategiesConfig.from_profile(SMOKE)
     names = [s.name for s in strategies.specs(cfg)]
@@ -592,7 +591,7 @@ def test_notebook_05_on_smoke(smoke_series, tmp_path, monkeypatch):
 # --- the report's strategies section --------------------------------------------------------
 
 def strategy_roles(control: list[float] | None = None):
-    """Roles as `report.role_levels` gives them: parents, a merge, and 05's models (and
+    """Roles as `report_roles.role_levels` gives them: parents, a merge, and 05's models (and
     05's RL control when given)."""
     from synergy import stages
 

@@ -34,6 +34,7 @@ from synergy.models import max_positions
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # in a stage's folder while a process works on it (`stage_lock`)
+HOST_SPEED_ENV = "SYNERGY_HOST_SPEED"  # "0": `reference_step_ms` measures nothing
 EXTERNAL = "external"  # the folder of `Run.external`, and its models' stage in reports
 PACKAGES = ["synergy", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
             "evaluate", "math-verify", "tokenizers", "papermill", "plotly", "seaborn",
@@ -185,8 +186,12 @@ def reference_step_ms(threads: int | None = 0, seconds: float = 1.5) -> float | 
     be read with the speed each saw: one 2-core host ran the same work 1.6x slower at
     another hour (README "Profiles"). It exercises the stages' whole mix of operations,
     since matrix products alone measured near their peak during a slow hour. None with
-    CUDA, where the stages run on a GPU this does not measure. torch is imported here, so
-    the runner loads it only to measure."""
+    CUDA, where the stages run on a GPU this does not measure, and where the environment
+    sets `SYNERGY_HOST_SPEED=0` (the tests' many one-stage commands: it costs about 5 s a
+    command on a 2-core host). torch is imported here, so the runner loads it only to
+    measure."""
+    if os.environ.get(HOST_SPEED_ENV, "1").strip() == "0":
+        return None
     import torch
 
     if torch.cuda.is_available():
