@@ -94,13 +94,13 @@ def test_hub_ids_are_evaluated_per_level_on_the_run_benchmark(evaluated, smoke_w
 
 
 def test_the_report_shows_them_beside_the_run(evaluated):
-    from synergy import report
+    from synergy import report, report_roles
     from synergy.runs import Run
 
     run = Run(evaluated[0] / "out", "smoke")
     levels = report.run_levels(run)
     assert {"tiny-base", "tiny-other"} <= set(levels.loc[levels["stage"] == "external", "model"])
-    roles = report.role_levels(levels, report.main_models(run))
+    roles = report_roles.role_levels(levels, report.main_models(run))
     assert {"external/tiny-base", "external/tiny-other"} <= set(roles["role"])
     assert {"base"} <= set(roles["role"])  # the run's own, from 01
 

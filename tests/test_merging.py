@@ -119,7 +119,7 @@ def test_merges_open_on_the_benchmark_are_judged_on_more_pool_questions(smoke_se
     is tests/test_judging.py's)."""
     import shutil
 
-    from synergy import judging, report, stages
+    from synergy import judging, report, report_roles, stages
     from synergy.runs import Run
 
     shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")
@@ -143,7 +143,7 @@ def test_merges_open_on_the_benchmark_are_judged_on_more_pool_questions(smoke_se
     run = Run(tmp_path, "smoke")
     assert not set(extra["qid"]) & (judging.trained_qids(run) | set(res.results["rl"]["qid"]))
     assert set(merging.load(str(tmp_path), "smoke").judged) == {"rl", "linear-0.5"}
-    roles = report.role_levels(report.run_levels(run), report.main_models(run))
+    roles = report_roles.role_levels(report.run_levels(run), report.main_models(run))
     answers = report.role_answers(run, roles)
     merge_role = roles.loc[(roles["stage"] == stages.MERGING.name)
                            & (roles["model"] == "linear-0.5"), "role"].iloc[0]

@@ -347,12 +347,12 @@ def test_role_levels_adds_04s_own_rl():
     levels = pd.DataFrame(rows(later, "base", 0.4) + rows(later, "sft", 0.6)
                           + rows(later, "rl", 0.8) + rows("04_grpo", "rl-beta0.005", 0.9)
                           + rows("04_grpo", "rl-beta0.005-static", 0.88))
-    roles = report.role_levels(levels, {"04_grpo": ["rl-beta0.005"], "03_sft": []})
+    roles = report_roles.role_levels(levels, {"04_grpo": ["rl-beta0.005"], "03_sft": []})
     by = roles.groupby("role")["stage"].first()
     assert by["rl"] == "07_pivotal_tokens" and by[report_roles.OWN_RL] == "04_grpo"
     assert "04_grpo/rl-beta0.005-static" in by.index
     assert (roles["model"] == "rl-beta0.005").sum() == 2  # once, as 04's own RL
-    alone = report.role_levels(levels[levels["stage"] == "04_grpo"],
+    alone = report_roles.role_levels(levels[levels["stage"] == "04_grpo"],
                                {"04_grpo": ["rl-beta0.005"]})
     assert report_roles.OWN_RL not in set(alone["role"])  # rl is 04's own already
 
@@ -390,7 +390,7 @@ def test_every_comparison_on_one_question_set():
         _levels("06_merging", {"base": BASE, "sft": [a + 0.1 for a in SFT], "rl": rl,
                                "linear-0.5": [a + 0.05 for a in SFT]}, 80),
         _levels("07_pivotal_tokens", {"base": BASE, "sft": SFT, "rl": rl}, 200)])
-    roles = report.role_levels(levels)
+    roles = report_roles.role_levels(levels)
     parents = roles[roles["role"].isin(["base", "sft", "rl"])]
     assert set(parents["stage"]) == {"07_pivotal_tokens"}  # the whole evaluation set
     own = roles[roles["role"].str.startswith("06_merging/")]
@@ -402,7 +402,7 @@ def test_every_comparison_on_one_question_set():
     table = findings.synergy_table(ev).set_index("model")
     assert not table.at["linear-0.5", "synergy"]
 
-    headline = report.headline_roles(roles, levels)
+    headline = report_roles.headline_roles(roles, levels)
     assert set(headline["stage"]) == {"05_strategies"}
     assert list(dict.fromkeys(headline["role"])) == ["base", "sft", "rl",
                                                     "05_strategies/data_mixing"]
@@ -410,12 +410,12 @@ def test_every_comparison_on_one_question_set():
     assert "05_strategies, 200 questions" in fig.layout.title.text
     assert "best strategy: data_mixing" in {t.name for t in fig.data}
     strategies = report.strategies_table(report_roles.paper_results(),
-                                         report.strategy_roles(levels), {}, 0.02)
+                                         report_roles.strategy_roles(levels), {}, 0.02)
     row = strategies.set_index("model").loc["data_mixing"]
     assert row["questions"] == 200 and row["run vs SFT"] == 0.0  # 05's SFT, not 06's
     # without 05, the headline is base, SFT and RL on one stage's questions
-    alone = report.role_levels(levels[levels["stage"] == "06_merging"])
-    assert set(report.headline_roles(alone, levels.iloc[:0])["stage"]) == {"06_merging"}
+    alone = report_roles.role_levels(levels[levels["stage"] == "06_merging"])
+    assert set(report_roles.headline_roles(alone, levels.iloc[:0])["stage"]) == {"06_merging"}
 
 
 def test_one_colour_per_model_in_every_figure():
@@ -423,7 +423,7 @@ def test_one_colour_per_model_in_every_figure():
                                                   "adaptive": SFT}, 200),
                         _levels("06_merging", {"base": BASE, "sft": SFT, "rl": SFT,
                                                "linear-0.5": SFT}, 80)])
-    roles = report.role_levels(levels)
+    roles = report_roles.role_levels(levels)
     curves = pd.DataFrame({"stage": ["04_grpo", "05_strategies"], "source": "curves.csv",
                            "run": ["rl-beta0.005", "adaptive"], "step": 1, "metric": "reward",
                            "value": 0.5})
@@ -449,7 +449,7 @@ def test_every_model_figure_has_one_facet_per_question_set():
                                                   "adaptive": SFT, "router": SFT}, 200),
                         _levels("06_merging", {"base": BASE, "sft": SFT, "rl": SFT,
                                                "linear-0.5": SFT}, 80)])
-    fig = figures.accuracy_figure(report.role_levels(levels))
+    fig = figures.accuracy_figure(report_roles.role_levels(levels))
     titles = {a.text for a in fig.layout.annotations}
     assert titles == {"05_strategies, 200 questions", "06_merging, 80 questions"}
     # bars are grouped per facet: a facet reserves no slot for another facet's models
@@ -497,7 +497,7 @@ def test_checklist_and_tables_with_stages_missing(smoke_root, tmp_path):
     shutil.copytree(smoke_root / "smoke" / "00_world", tmp_path / "smoke" / "00_world")
     run = Run(tmp_path, "smoke")
     paper = report_roles.paper_results()
-    roles = report.role_levels(report.run_levels(run), report.main_models(run))
+    roles = report_roles.role_levels(report.run_levels(run), report.main_models(run))
     checks = findings.checklist(paper, evidence_of(roles, 0.02, 2.0))
     assert set(checks["status"]) == {"not run"}
     compared = report_roles.paper_vs_run(paper, roles)
@@ -525,7 +525,7 @@ def test_notebook_08_on_smoke(smoke_series, tmp_path):
     from synergy.files import save_dataset
 
     shutil.copytree(smoke_series / "smoke", tmp_path / "smoke")  # the hostile text stays here
-    # wherever the report's examples come from (report.ROLE_SOURCES)
+    # wherever the report's examples come from (report_roles.ROLE_SOURCES)
     for eval_dir in (tmp_path / "smoke").glob("0[5-7]_*/eval/sft"):
         df = datasets.load_from_disk(str(eval_dir)).to_pandas()
         df["samples"] = [[f"{PAYLOAD} \\boxed{{1}}"] * len(s) for s in df["samples"]]

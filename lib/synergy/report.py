@@ -24,25 +24,14 @@ from synergy.evaluation import load_results
 from synergy.files import ArtifactError, read_json, write_text
 from synergy.merging import synergy_check
 from synergy.pivotal import category_table
-from synergy.report_figures import PARENTS, curve_series, model_colors, static_accuracy_png
-from synergy.runs import EXTERNAL, Run, StageResult, stage_run
+from synergy.report_figures import curve_series, model_colors, static_accuracy_png
+from synergy.runs import Run, StageResult, stage_run
 from synergy.strategies import CONTROL
 from synergy.evidence import STATUSES, Evidence, evidence
 from synergy.findings import checklist, control_steps, kl_too_short
-from synergy.report_roles import (CONTROL_ROLE, MERGE_PATTERN, OWN_RL, STRATEGY_PREFIX,
-                                  is_strategy, paper_results, paper_vs_run, wide)
-
-# Where base, SFT and RL's per-level numbers come from, best first: 07 and 05 evaluate all
-# three on the run's whole evaluation set (04's questions) with one sampling spec, so their
-# numbers compare with 04's and 05's models; 06 evaluates them on its merge subset, where
-# the merges are compared with 06's own parents (roles "06_merging/base", ".../sft", ...).
-ROLE_SOURCES = [stages.PIVOTAL.name, stages.STRATEGIES.name, stages.MERGING.name,
-                stages.GRPO.name, stages.SFT.name, stages.STRATIFY.name]
-# Stages whose other models (teachers, sweeps, KL ablations, strategies) the report lists,
-# and the models from outside the run that `synergy eval` evaluated on its benchmark.
-MODEL_STAGE_FOLDERS = [stages.SFT.name, stages.GRPO.name, stages.STRATEGIES.name,
-                       EXTERNAL]
-
+from synergy.report_roles import (CONTROL_ROLE, ROLE_SOURCES, STRATEGY_PREFIX, headline_roles,
+                                  paper_results, paper_vs_run, role_levels, strategy_roles,
+                                  wide)
 
 @dataclasses.dataclass
 class ReportConfig(StageConfig):
@@ -215,94 +204,6 @@ def rl_training(run: Run) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     if runs.empty or "label" not in runs:
         return None, None
     return runs, grpo_analysis.load_curves(run.dir(stages.GRPO), list(runs["label"]))
-
-
-def role_levels(levels: pd.DataFrame,
-                mains: dict[str, list[str]] | None = None) -> pd.DataFrame:
-    """Base, SFT and RL (from one stage where possible: `ROLE_SOURCES`) plus every
-    combination model, and 06's parents on 06's questions when base, SFT and RL come from
-    another stage.
-
-    `mains` names the SFT and RL models of stages 03 and 04 (`main_models`), used when 06
-    and 07 (which evaluate base, SFT and RL side by side) have not run.
-
-    Adds a `role` column: base, sft, rl, a merge name ("linear-0.25") or `<stage>/<model>`
-    for 06's parents, 05 strategies and other models. Merges at ratio 0 or 1 are the parents: left out.
-    """
-    own_stage = {"sft": stages.SFT.name, "rl": stages.GRPO.name}
-    parents = []
-    for role, sources in (("base", ROLE_SOURCES), ("sft", ROLE_SOURCES[:3] + [own_stage["sft"]]),
-                          ("rl", ROLE_SOURCES[:3] + [own_stage["rl"]])):
-        for stage in sources:
-            part = levels[levels["stage"] == stage]
-            if role in set(part["model"]):
-                parents.append(part[part["model"] == role].assign(role=role))
-                break
-            own = _stage_main(levels, mains, stage) if own_stage.get(role) == stage else None
-            if own is not None:
-                parents.append(own.assign(role=role))
-                break
-    rl = next((p for p in parents if p["role"].iloc[0] == "rl"), None)
-    own_rl = _stage_main(levels, mains, stages.GRPO.name)
-    if rl is not None and own_rl is not None and rl["stage"].iloc[0] != stages.GRPO.name:
-        # 04's RL parent on 04's own questions, beside 04's ablations (findings.no_easiest).
-        parents.append(own_rl.assign(role=OWN_RL))
-    names = levels["model"].astype(str)
-    ratio = names.str.extract(MERGE_PATTERN)[1].astype(float)
-    merges = levels.loc[(levels["stage"] == stages.MERGING.name) & ratio.notna()
-                        & ~ratio.isin([0.0, 1.0])]
-    picked = [*parents, merges.assign(role=merges["model"])]
-    if len(merges) and {p["stage"].iloc[0] for p in parents} != {stages.MERGING.name}:
-        # The merges' parents on the merges' own questions (evidence.Evidence.parents_of).
-        own = levels[(levels["stage"] == stages.MERGING.name) & names.isin(PARENTS)]
-        picked.append(own.assign(role=stages.MERGING.name + "/" + own["model"]))
-    # The other SFT / RL models (teachers, sweeps, KL ablations), 05's strategies, router,
-    # oracle; not the parents a stage re-evaluated (base, init, sft-*, 05's sft and rl), nor
-    # 03's and 04's main models, which are "sft" and "rl".
-    taken = {(p["stage"].iloc[0], p["model"].iloc[0]) for p in parents}
-    taken |= {(stage, found[0]) for stage, found in (mains or {}).items() if found}
-    others = levels[levels["stage"].isin(MODEL_STAGE_FOLDERS)
-                    & ~levels["model"].astype(str).str.match(r"^(base|init|sft|rl|sft-.*)$")]
-    others = others.loc[np.array([(s, m) not in taken for s, m in
-                                  zip(others["stage"], others["model"])], dtype=bool)]
-    # A model several stages evaluated (04 re-evaluates the SFT models) appears once.
-    others = others.sort_values("stage", kind="stable").drop_duplicates(["model", "level"])
-    picked.append(others.assign(role=others["stage"] + "/" + others["model"]))
-    return pd.concat(picked, ignore_index=True)
-
-
-
-def _stage_main(levels: pd.DataFrame, mains: dict[str, list[str]] | None,
-                stage: str) -> pd.DataFrame | None:
-    """A stage's main model (`main_models`) as that stage evaluated it (None if it did not)."""
-    part = levels[levels["stage"] == stage]
-    own = next((n for n in (mains or {}).get(stage, []) if n in set(part["model"])), None)
-    return part[part["model"] == own] if own else None
-
-
-def stage_roles(levels: pd.DataFrame, stage: str) -> pd.DataFrame:
-    """One stage's models on its own questions, in the checklist's role vocabulary: base,
-    sft and rl as themselves, every other model as "<stage>/<model>"."""
-    part = levels[levels["stage"] == stage]
-    own = part["model"].astype(str)
-    return part.assign(role=own.where(own.isin(PARENTS), stage + "/" + own))
-
-
-def headline_roles(roles: pd.DataFrame, levels: pd.DataFrame) -> pd.DataFrame:
-    """Base, SFT, RL and the best of 05's combination strategies (by accuracy over all
-    levels), all on one question set: 05's, when 05 evaluated SFT and RL beside its
-    strategies; otherwise base, SFT and RL as `role_levels` picked them."""
-    own = stage_roles(levels, stages.STRATEGIES.name)
-    combos = own[own["role"].map(is_strategy).astype(bool) & (own["level"] == "all")]
-    if combos.empty or not {"sft", "rl"} <= set(own["role"]):
-        return roles[roles["role"].isin(PARENTS)]
-    best = combos.loc[combos["accuracy"].idxmax(), "role"]
-    return own[own["role"].isin([*PARENTS, best])].reset_index(drop=True)
-
-
-def strategy_roles(levels: pd.DataFrame) -> pd.DataFrame:
-    """05's models and the parents 05 evaluated beside them (its own question set)."""
-    return stage_roles(levels, stages.STRATEGIES.name)
 
 
 def verdict(checklist: pd.DataFrame, paper: dict) -> str:

@@ -14,9 +14,8 @@ from typing import Iterable
 import pandas as pd
 
 from synergy import stages
-from synergy.report_roles import LEVELS, STRATEGY_PREFIX
+from synergy.report_roles import LEVELS, PARENTS, STRATEGY_PREFIX
 
-PARENTS = ("base", "sft", "rl")
 PARENT_COLORS = {"base": "#7f7f7f", "sft": "#1f77b4", "rl": "#d62728"}
 # Palette colours a reader would take for base, SFT or RL (greys, the blues, the reds).
 TOO_CLOSE = {"#2E91E5", "#FB0D0D", "#222A2A", "#778AAE", "#1616A7", "#FD3216", "#0D2A63",
