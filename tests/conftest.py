@@ -1,8 +1,9 @@
 """Shared fixtures: one real smoke run of the series, reused by every stage's tests.
 
 `smoke_root` runs 00 and 01; `smoke_series` adds 02 -> 03 -> 04 -> 05 -> 06, so 05 to 08
-are tested on what the stages before them actually wrote. Each is built once per test session, whatever
-the number of parallel workers (`built`), and each worker works on a copy of its own.
+are tested on what the stages before them actually wrote. Each is built once per test
+session, whatever the number of parallel workers (`built`), and each worker works on a
+copy of its own.
 """
 
 from __future__ import annotations
