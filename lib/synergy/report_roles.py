@@ -149,7 +149,8 @@ def role_levels(levels: pd.DataFrame,
     and 07 (which evaluate base, SFT and RL side by side) have not run.
 
     Adds a `role` column: base, sft, rl, a merge name ("linear-0.25") or `<stage>/<model>`
-    for 06's parents, 05 strategies and other models. Merges at ratio 0 or 1 are the parents: left out.
+    for 06's parents, 05 strategies and other models. Merges at ratio 0 or 1 are the
+    parents: left out.
     """
     own_stage = {"sft": stages.SFT.name, "rl": stages.GRPO.name}
     parents = []
@@ -196,7 +197,8 @@ def role_levels(levels: pd.DataFrame,
 
 def _stage_main(levels: pd.DataFrame, mains: dict[str, list[str]] | None,
                 stage: str) -> pd.DataFrame | None:
-    """A stage's main model (`report.main_models`) as that stage evaluated it (None if it did not)."""
+    """A stage's main model (`report.main_models`) as that stage evaluated it (None if it
+    did not)."""
     part = levels[levels["stage"] == stage]
     own = next((n for n in (mains or {}).get(stage, []) if n in set(part["model"])), None)
     return part[part["model"] == own] if own else None
