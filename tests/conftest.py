@@ -75,19 +75,28 @@ def built(tmp_path_factory, worker_id: str, name: str, stage_names: tuple[str, .
     (pytest-xdist's recipe for a session fixture run once): the first worker to ask builds
     it, the others wait, and each copies it while it holds the lock (`private_copy`). The
     lock is held while the block runs, so a test may move it away and back. Locks are
-    taken in one order, a root before its base."""
+    taken in one order, a root before its base. A build that fails is not tried again:
+    the other workers' tests that need it fail at once, with its error."""
     from filelock import FileLock
 
     shared = shared_folder(tmp_path_factory, worker_id)
     root, done = shared / f"built-{name}", shared / f"built-{name}.done"
+    failed = shared / f"built-{name}.failed"
     with FileLock(str(shared / f"built-{name}.lock")):
+        if failed.exists():  # another worker's build failed: fail at once, not build again
+            pytest.fail(f"the shared smoke build {name!r} failed on another worker:\n"
+                        f"{failed.read_text()}", pytrace=False)
         if not done.exists():
-            if root.exists():  # a build interrupted in an earlier attempt of this session
+            if root.exists():  # a worker that built it was killed mid-build
                 shutil.rmtree(root)
-            if base is not None:
-                with built(tmp_path_factory, worker_id, base) as upstream:
-                    shutil.copytree(upstream, root)
-            run_stages(root, *stage_names)
+            try:
+                if base is not None:
+                    with built(tmp_path_factory, worker_id, base) as upstream:
+                        shutil.copytree(upstream, root)
+                run_stages(root, *stage_names)
+            except BaseException as error:
+                failed.write_text(f"{type(error).__name__}: {error}"[-5000:])
+                raise
             done.touch()
         yield root
 
