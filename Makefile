@@ -30,8 +30,8 @@ report: install
 
 # Test files run on parallel workers (pytest-xdist), one file per worker at a time: the
 # kill tests share one output root in order, and files share their fixtures. One worker per
-# core, at most 4 (each holds its own smoke run). Files are handed out in collection order,
-# the longest first (tests/conftest.py LONGEST_FIRST).
+# core, at most 4 (the smoke run is built once; each works on a copy of its own). Files are
+# handed out in collection order (tests/conftest.py FILE_ORDER).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n > 4 ? 4 : n )))
 
 test: install

@@ -36,7 +36,7 @@ SMOKE = ROOT / "params" / "smoke.yaml"
 # instead of waiting for it; the longest of the rest follow, so no long file starts last
 # while the other worker idles (`pytest --durations=0`, 2026-12-07). Files not listed follow
 # in their own order; a stale list costs only time.
-LONGEST_FIRST = ("test_kills_training.py", "test_vlm_series.py", "test_bad_inputs.py",
+FILE_ORDER = ("test_kills_training.py", "test_vlm_series.py", "test_bad_inputs.py",
                  "test_reliability3.py", "test_parallel.py", "test_strategies.py",
                  "test_kills.py", "test_report.py", "test_workbench.py", "test_scale.py",
                  "test_reuse.py")
@@ -44,11 +44,11 @@ LONGEST_FIRST = ("test_kills_training.py", "test_vlm_series.py", "test_bad_input
 
 def pytest_collection_modifyitems(items):
     """Everything that needs the trained smoke series is slow (`pytest -m "not slow"`);
-    the longest files first (`LONGEST_FIRST`; a stable sort keeps each file's order)."""
+    the files in `FILE_ORDER` first, in its order (a stable sort keeps each file's order)."""
     for item in items:
         if "smoke_series" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    rank = {name: i for i, name in enumerate(FILE_ORDER)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
